@@ -1,0 +1,60 @@
+"""mailslot: a mailbox for AI agents that is nothing but a folder."""
+
+from mailslot._errors import (
+    InvalidMessage,
+    InvalidName,
+    InvalidState,
+    MailslotError,
+    NoSuchAgent,
+    NoSuchMessage,
+    NoSuchThread,
+    NotFound,
+    RootError,
+    StorageError,
+)
+from mailslot.mailbox import (
+    FORMAT,
+    PRIORITIES,
+    STATES,
+    TYPES,
+    AgentCard,
+    Damage,
+    Damaged,
+    Mailbox,
+    Message,
+    Page,
+    Settings,
+    ThreadInfo,
+    default_root,
+    find_root,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT",
+    "PRIORITIES",
+    "STATES",
+    "TYPES",
+    "AgentCard",
+    "Damage",
+    "Damaged",
+    "InvalidMessage",
+    "InvalidName",
+    "InvalidState",
+    "Mailbox",
+    "MailslotError",
+    "Message",
+    "NoSuchAgent",
+    "NoSuchMessage",
+    "NoSuchThread",
+    "NotFound",
+    "Page",
+    "RootError",
+    "Settings",
+    "StorageError",
+    "ThreadInfo",
+    "__version__",
+    "default_root",
+    "find_root",
+]

@@ -1,0 +1,262 @@
+"""On-disk format version 1: messages, thread records and agent cards as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mailslot._errors import InvalidMessage
+
+FORMAT = 1
+TYPES = ("message", "task", "result", "status", "error", "question", "state")
+PRIORITIES = ("low", "normal", "high", "urgent")
+STATES = ("discuss", "implement", "review", "done", "closed", "archived")
+# Key order of a message file; the seq is the file name and is not repeated inside.
+MESSAGE_KEYS = (
+    "id",
+    "from",
+    "to",
+    "type",
+    "priority",
+    "reply_to",
+    "created_at",
+    "content",
+    "meta",
+)
+MAX_META_BYTES = 64 * 1024
+MAX_META_DEPTH = 32
+MESSAGE_NAME_RE = re.compile(r"(\d{6,})\.json")
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO-8601 with milliseconds and a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_name(seq: int) -> str:
+    """Return the file name of message seq: zero-padded to six digits, wider past 999999."""
+    return f"{seq:06d}.json"
+
+
+def dumps(obj: dict[str, Any]) -> bytes:
+    """Return the canonical bytes of a JSON document: 2-space indent, UTF-8, newline."""
+    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(data: bytes) -> Any:
+    """Return the JSON value in data; raise ValueError on anything that is not strict JSON."""
+    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message; seq and thread come from where the file lies."""
+
+    thread: str
+    seq: int
+    id: str
+    sender: str
+    to: list[str]
+    type: str
+    priority: str
+    reply_to: int | None
+    created_at: str
+    content: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the message as JSON-able dict, with thread and seq first."""
+        return {
+            "thread": self.thread,
+            "seq": self.seq,
+            "id": self.id,
+            "from": self.sender,
+            "to": list(self.to),
+            "type": self.type,
+            "priority": self.priority,
+            "reply_to": self.reply_to,
+            "created_at": self.created_at,
+            "content": self.content,
+            "meta": self.meta,
+        }
+
+
+def check_content(content: object, limit: int) -> str:
+    """Return content if it is storable text within limit bytes; raise InvalidMessage."""
+    if isinstance(content, bytes | bytearray):
+        try:
+            content = bytes(content).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidMessage(
+                f"content is not valid UTF-8 (byte {e.start}); send text encoded as UTF-8"
+            ) from None
+    if not isinstance(content, str):
+        raise InvalidMessage(f"content must be text, not {type(content).__name__}")
+    try:
+        size = len(content.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise InvalidMessage(
+            f"content holds an unpaired surrogate at character {e.start}; send valid Unicode text"
+        ) from None
+    if size > limit:
+        raise InvalidMessage(
+            f"content is {size} bytes, over the limit of {limit} bytes; split it into several "
+            "messages or store the data in a file and send its path"
+        )
+    return content
+
+
+def check_meta(meta: object) -> dict[str, Any]:
+    """Return meta if it is a JSON object within the size and depth limits; raise InvalidMessage."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidMessage(f"meta must be a JSON object, not {type(meta).__name__}")
+    stack: list[tuple[object, int]] = [(meta, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_META_DEPTH:
+            raise InvalidMessage(f"meta is nested deeper than {MAX_META_DEPTH} levels")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise InvalidMessage(f"meta keys must be strings, not {type(k).__name__}")
+                stack.append((v, depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidMessage(f"meta holds {value}, which JSON cannot represent")
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            raise InvalidMessage(f"meta holds a {type(value).__name__}, which is not JSON")
+    try:
+        size = len(json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except (UnicodeEncodeError, ValueError) as e:
+        raise InvalidMessage(f"meta is not storable JSON: {e}") from None
+    if size > MAX_META_BYTES:
+        raise InvalidMessage(f"meta is {size} bytes, over the limit of {MAX_META_BYTES} bytes")
+    return meta
+
+
+def parse_message(data: bytes, thread: str, seq: int) -> Message:
+    """Return the message stored in data; raise ValueError saying what is wrong with it."""
+    try:
+        doc = loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"not valid UTF-8 JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"a message must be a JSON object, found {type(doc).__name__}")
+    missing = [k for k in MESSAGE_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"not a mailslot message: missing {', '.join(missing)}")
+    if "seq" in doc and doc["seq"] != seq:
+        raise ValueError(f"says seq {doc['seq']!r} but its file name says {seq}")
+    if "thread" in doc and doc["thread"] != thread:
+        raise ValueError(f"says thread {doc['thread']!r} but lies in thread {thread!r}")
+    checks = (
+        isinstance(doc["id"], str)
+        and isinstance(doc["from"], str)
+        and isinstance(doc["to"], list)
+        and all(isinstance(t, str) for t in doc["to"])
+        and doc["type"] in TYPES
+        and doc["priority"] in PRIORITIES
+        and (doc["reply_to"] is None or type(doc["reply_to"]) is int)
+        and isinstance(doc["created_at"], str)
+        and isinstance(doc["content"], str)
+        and isinstance(doc["meta"], dict)
+    )
+    if not checks:
+        raise ValueError("a field has the wrong type or an unknown value")
+    return Message(
+        thread=thread,
+        seq=seq,
+        id=doc["id"],
+        sender=doc["from"],
+        to=doc["to"],
+        type=doc["type"],
+        priority=doc["priority"],
+        reply_to=doc["reply_to"],
+        created_at=doc["created_at"],
+        content=doc["content"],
+        meta=doc["meta"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    """What is known of a thread: its record plus what its messages say."""
+
+    id: str
+    topic: str
+    created_by: str
+    created_at: str
+    state: str
+    head: int
+    participants: list[str]
+    last_activity: str
+    summary: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the thread as a JSON-able dict."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "state": self.state,
+            "head": self.head,
+            "participants": list(self.participants),
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "last_activity": self.last_activity,
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCard:
+    """An agent's card: who it is, as it described itself."""
+
+    name: str
+    client: str | None
+    model: str | None
+    description: str | None
+    registered_at: str
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the card as a JSON-able dict (the file's content)."""
+        return {
+            "name": self.name,
+            "client": self.client,
+            "model": self.model,
+            "description": self.description,
+            "registered_at": self.registered_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A file in the mailbox that could not be read, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Messages read after a cursor: pass cursor as after= to continue."""
+
+    messages: list[Message]
+    cursor: int
+    has_more: bool
+    skipped: list[Damage] = field(default_factory=list)

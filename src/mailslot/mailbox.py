@@ -1,0 +1,1121 @@
+"""The store: a mailbox root of threads, each a folder of sequence-numbered JSON messages.
+
+Contract (design.md §2-3): a message is written and fsynced to a temp file under
+``.state/tmp/``, then published with ``os.link`` onto the next free ``<seq>.json`` of its thread.
+``link`` never replaces an existing name, so two writers can never overwrite each other, with
+or without the thread's lock; the lock (a blocking, fair ``flock``) only keeps writers of one
+machine from colliding. A published file is never modified again. Readers find new messages
+by opening ``seq+1``, ``seq+2``, ... until one is missing, so seqs are contiguous from 1 and a
+message becomes visible whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import portalocker
+
+from mailslot._errors import (
+    InvalidMessage,
+    InvalidName,
+    InvalidState,
+    MailslotError,
+    NoSuchAgent,
+    NoSuchMessage,
+    NoSuchThread,
+    NotFound,
+    RootError,
+    StorageError,
+)
+from mailslot._format import (
+    FORMAT,
+    MESSAGE_KEYS,
+    PRIORITIES,
+    STATES,
+    TYPES,
+    AgentCard,
+    Damage,
+    Message,
+    Page,
+    ThreadInfo,
+    check_content,
+    check_meta,
+    dumps,
+    loads,
+    message_name,
+    now_iso,
+    parse_message,
+)
+from mailslot._names import check_key, check_name, check_topic, slugify
+
+__all__ = [
+    "FORMAT",
+    "PRIORITIES",
+    "STATES",
+    "TYPES",
+    "AgentCard",
+    "Damage",
+    "Damaged",
+    "Mailbox",
+    "Message",
+    "Page",
+    "Settings",
+    "ThreadInfo",
+    "default_root",
+    "find_root",
+]
+
+log = logging.getLogger("mailslot")
+
+ROOT_DIRNAME = ".mailslot"
+DEFAULT_MAX_CONTENT = 256 * 1024
+MAX_DESCRIPTION_CHARS = 2000
+MAX_PAGE = 1000
+STALE_TMP_SECONDS = 3600.0
+_ID_NAMESPACE = uuid.UUID("6f1c1a8e-52a4-4e0c-9d0c-6d61696c736c")
+_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class Damaged(MailslotError):
+    """A file of the mailbox exists but cannot be read as what it should be."""
+
+    def __init__(self, damage: Damage) -> None:
+        self.path = Path(damage.path)
+        self.reason = damage.reason
+        super().__init__(f"{damage.path}: {damage.reason} (inspect it, or restore it from git)")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The settings of a mailbox, from its mailslot.json."""
+
+    format: int = FORMAT
+    fsync: bool = True
+    lock: bool = True
+    max_content_bytes: int = DEFAULT_MAX_CONTENT
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
+        """Return settings read from a mailslot.json document; raise RootError if invalid."""
+        fmt = doc.get("format")
+        if type(fmt) is not int:
+            raise RootError(path, f"{path} has no integer 'format'; it is not a mailslot config")
+        if fmt > FORMAT:
+            raise RootError(
+                path,
+                f"{path} is format {fmt}, made by a newer mailslot; this one reads format "
+                f"{FORMAT}: upgrade mailslot (pip install -U mailslot)",
+            )
+        for key, kind in (("fsync", bool), ("lock", bool), ("max_content_bytes", int)):
+            value = doc.get(key)
+            if value is not None and (type(value) is not kind or (kind is int and value < 1)):
+                raise RootError(path, f"{path}: {key!r} must be a {kind.__name__}")
+        return cls(
+            format=fmt,
+            fsync=doc.get("fsync", True),
+            lock=doc.get("lock", True),
+            max_content_bytes=doc.get("max_content_bytes", DEFAULT_MAX_CONTENT),
+        )
+
+
+@dataclass(slots=True)
+class _Index:
+    """What a thread's messages up to seq say; cached in .state/index/, rebuilt from messages."""
+
+    seq: int = 0
+    state: str = "discuss"
+    summary: str | None = None
+    participants: tuple[str, ...] = ()
+    last_activity: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the index as a JSON-able dict."""
+        return {
+            "seq": self.seq,
+            "state": self.state,
+            "summary": self.summary,
+            "participants": list(self.participants),
+            "last_activity": self.last_activity,
+        }
+
+
+# ---------------------------------------------------------------------------- finding roots
+
+
+def _main_worktree(dotgit: Path) -> Path | None:
+    """Return the main worktree of the linked worktree whose .git file is dotgit, if any."""
+    try:
+        text = dotgit.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    gitdir = (dotgit.parent / text[len("gitdir:") :].strip()).resolve()
+    try:
+        common = (gitdir / (gitdir / "commondir").read_text(encoding="utf-8").strip()).resolve()
+    except OSError:
+        return None  # a submodule's .git file: it has no main worktree of its own
+    if common.name != ".git":
+        return None  # bare repository: no main worktree
+    return common.parent
+
+
+def _git_top(start: Path) -> tuple[Path, Path] | None:
+    """Return (worktree top, main worktree top) of the git checkout holding start, if any."""
+    for p in (start, *start.parents):
+        dotgit = p / ".git"
+        if dotgit.is_dir():
+            return p, p
+        if dotgit.is_file():
+            main = _main_worktree(dotgit)
+            return p, (main if main is not None else p)
+    return None
+
+
+def find_root(start: Path | str | None = None) -> Path:
+    """Return the nearest mailbox root above start (default: the working directory).
+
+    Walks up to the nearest ``.mailslot/`` folder the way git finds ``.git``. Inside a linked
+    git worktree the walk starts from the same place in the main worktree, so agents in several
+    worktrees of one repository share one mailbox. Raise RootError if there is none.
+    """
+    here = Path.cwd() if start is None else Path(start)
+    here = here.resolve()
+    git = _git_top(here)
+    if git is not None and git[0] != git[1]:
+        try:
+            here = git[1] / here.relative_to(git[0])
+        except ValueError:
+            here = git[1]
+    for p in (here, *here.parents):
+        if (p / ROOT_DIRNAME).is_dir():
+            return p / ROOT_DIRNAME
+    raise RootError(
+        here,
+        f"no {ROOT_DIRNAME}/ folder in {here} or above: run `mailslot init` to create one, "
+        "or pass --root / set MAILSLOT_ROOT",
+    )
+
+
+def default_root(start: Path | str | None = None) -> Path:
+    """Return where `mailslot init` puts a new root: the main git worktree's top, else start."""
+    here = (Path.cwd() if start is None else Path(start)).resolve()
+    git = _git_top(here)
+    return (git[1] if git is not None else here) / ROOT_DIRNAME
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(e: OSError, root: Path, doing: str) -> StorageError:
+    """Return the StorageError that tells the user what a failed write means and what to do."""
+    where = e.filename or root
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = (
+            f"no space left on the device holding {root} while {doing}; nothing was stored: "
+            "free some space and retry"
+        )
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        msg = (
+            f"the mailbox at {root} is not writable ({e.strerror}: {where}) while {doing}; "
+            "nothing was stored: check the folder's permissions or mount options"
+        )
+    else:
+        msg = f"{doing} failed ({e.strerror or e}: {where}); nothing was stored"
+    return StorageError(where, msg, e.errno)
+
+
+# ---------------------------------------------------------------------------- the mailbox
+
+
+class Mailbox:
+    """A mailbox root opened for reading and writing.
+
+    Any number of Mailbox objects, in any number of processes, may use one root at once. An
+    instance is safe to use from several threads. Keyword arguments override the root's
+    settings for this instance only (benchmarks and tests use ``fsync=False``, and
+    ``lock=False`` to behave as on a network mount where locks do not reach).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        fsync: bool | None = None,
+        lock: bool | None = None,
+        max_content_bytes: int | None = None,
+    ) -> None:
+        given = Path(root)
+        if not given.exists():
+            raise RootError(given, f"no mailbox at {given}: run `mailslot init {given}`")
+        if not given.is_dir():
+            raise RootError(given, f"{given} is a file, not a mailbox folder")
+        self.root = given.resolve()
+        config = self.root / "mailslot.json"
+        try:
+            doc = loads(config.read_bytes())
+        except FileNotFoundError:
+            raise RootError(
+                config, f"{self.root} is not a mailbox (no mailslot.json): run `mailslot init`"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise RootError(
+                config, f"{config} cannot be read as JSON ({e}); fix or restore it"
+            ) from None
+        if not isinstance(doc, dict):
+            raise RootError(config, f"{config} must hold a JSON object")
+        settings = Settings.from_json(doc, config)
+        if fsync is not None:
+            settings = replace(settings, fsync=fsync)
+        if lock is not None:
+            settings = replace(settings, lock=lock)
+        if max_content_bytes is not None:
+            settings = replace(settings, max_content_bytes=max_content_bytes)
+        self.settings = settings
+        self._heads: dict[str, int] = {}
+        self._index: dict[str, _Index] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._safe_dirs: set[Path] = set()
+        self._reported: set[str] = set()
+        for sub in ("threads", "agents", ".state"):
+            self._check_not_symlink(self.root / sub)
+        self.sweep_tmp()
+
+    # ------------------------------------------------------------------ creating a root
+
+    @classmethod
+    def init(cls, root: Path | str, *, fsync: bool = True, lock: bool = True) -> Mailbox:
+        """Create a mailbox root at root (or open the one there) and return it."""
+        path = Path(root)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            config = path / "mailslot.json"
+            if not config.exists():
+                doc = {"format": FORMAT, "fsync": fsync, "lock": lock}
+                tmp = path / f".mailslot.json.{os.getpid()}.{secrets.token_hex(4)}"
+                tmp.write_bytes(dumps(doc))
+                try:
+                    os.link(tmp, config)  # two inits racing: the first config wins
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink()
+            ignore = path / ".gitignore"
+            if not ignore.exists():
+                ignore.write_text(
+                    "# mailslot: presence, cursors, locks and caches are per machine\n.state/\n",
+                    encoding="utf-8",
+                )
+            for sub in ("threads", "agents", ".state/tmp", ".state/locks"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+        except FileExistsError as e:
+            raise RootError(
+                path, f"cannot create a mailbox at {path}: {e.filename} is a file"
+            ) from None
+        except NotADirectoryError:
+            raise RootError(
+                path, f"cannot create a mailbox at {path}: a parent is a file"
+            ) from None
+        except OSError as e:
+            raise _storage_error(e, path, "creating the mailbox") from None
+        return cls(path)
+
+    # ------------------------------------------------------------------ paths and safety
+
+    def _check_not_symlink(self, path: Path) -> None:
+        if path.is_symlink():
+            raise RootError(
+                path,
+                f"{path} is a symlink (to {os.readlink(path)}); mailslot never follows links "
+                "inside a root: replace it with a real folder",
+            )
+
+    def _dir(self, rel: str, *, create: bool = True) -> Path:
+        """Return root/rel after checking that no part of it is a symlink; create it if asked."""
+        path = self.root / rel
+        if path in self._safe_dirs:
+            return path
+        current = self.root
+        for part in Path(rel).parts:
+            current = current / part
+            self._check_not_symlink(current)
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _storage_error(e, self.root, f"creating {path}") from None
+            self._safe_dirs.add(path)
+        return path
+
+    def _thread_dir(self, thread: str) -> Path:
+        """Return the folder of an existing thread; raise InvalidName or NoSuchThread."""
+        check_name(thread, "thread id")
+        path = self.root / "threads" / thread
+        if path in self._safe_dirs:
+            return path
+        self._check_not_symlink(self.root / "threads")
+        self._check_not_symlink(path)
+        if not path.is_dir():
+            known = self._thread_ids()
+            raise NoSuchThread(thread, difflib.get_close_matches(thread, known, n=3, cutoff=0.6))
+        self._safe_dirs.add(path)
+        return path
+
+    def _report(self, damage: Damage) -> Damage:
+        if damage.path not in self._reported:
+            self._reported.add(damage.path)
+            log.warning("skipping damaged file %s", damage)
+        return damage
+
+    def sweep_tmp(self) -> list[Path]:
+        """Remove temp files left by dead writers of this host, or older than an hour.
+
+        Return the removed paths. A read-only root is left alone.
+        """
+        tmp = self.root / ".state" / "tmp"
+        removed: list[Path] = []
+        try:
+            entries = list(os.scandir(tmp))
+        except OSError:
+            return removed
+        now = time.time()
+        for entry in entries:
+            parts = entry.name.split(".")
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+                if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
+                    stale = stale or not _pid_alive(int(parts[1]))
+                if not stale:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                continue
+        return removed
+
+    def _tmp_name(self, suffix: str) -> Path:
+        return self._dir(".state/tmp") / f"{_HOST}.{os.getpid()}.{secrets.token_hex(8)}.{suffix}"
+
+    def _write_tmp(self, data: bytes) -> Path:
+        path = self._tmp_name("tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW, 0o644)
+            try:
+                _write_all(fd, data)
+                if self.settings.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise _storage_error(e, self.root, "writing the message") from None
+        return path
+
+    @contextlib.contextmanager
+    def _locked(self, thread: str) -> Iterator[None]:
+        """Hold the thread's lock: a blocking exclusive flock, fair to waiting writers."""
+        if not self.settings.lock:
+            yield
+            return
+        # Lock files are never deleted: a writer blocked on a deleted file's lock would hold
+        # a lock nobody else sees, and two writers would publish at once.
+        path = self._dir(".state/locks") / f"{thread}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _CLOEXEC | _NOFOLLOW, 0o644)
+        except OSError as e:
+            raise _storage_error(e, self.root, "opening the thread's lock file") from None
+        try:
+            portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE)
+            try:
+                yield
+            finally:
+                portalocker.unlock(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ head and reading
+
+    @staticmethod
+    def _exists(tdir: Path, seq: int) -> bool:
+        return os.path.lexists(tdir / message_name(seq))
+
+    def _probe_head(self, thread: str, tdir: Path) -> int:
+        """Return the highest seq in the thread, probing with stat from the remembered hint.
+
+        Costs O(new messages) from a good hint and O(log n) stats cold, never a listing.
+        """
+        hint = self._heads.get(thread, 0)
+        if hint and not self._exists(tdir, hint):
+            hint = 0  # the folder went back in time (restored from git): search afresh
+        if hint == 0:
+            low, high = 0, 1
+            while self._exists(tdir, high):
+                low, high = high, high * 2
+            while high - low > 1:  # invariant: low exists (or is 0), high does not
+                mid = (low + high) // 2
+                if self._exists(tdir, mid):
+                    low = mid
+                else:
+                    high = mid
+            hint = low
+        while self._exists(tdir, hint + 1):
+            hint += 1
+        self._heads[thread] = hint
+        return hint
+
+    def head(self, thread: str) -> int:
+        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread."""
+        return self._probe_head(thread, self._thread_dir(thread))
+
+    def _load(self, thread: str, tdir: Path, seq: int) -> Message | Damage | None:
+        """Return message seq, the damage that makes it unreadable, or None if it is absent."""
+        path = tdir / message_name(seq)
+        try:
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return self._report(Damage(str(path), "is a symlink; messages are real files"))
+            if e.errno == errno.EISDIR:
+                return self._report(Damage(str(path), "is a folder, not a message"))
+            return self._report(Damage(str(path), f"cannot be opened: {e.strerror}"))
+        try:
+            size = os.fstat(fd).st_size
+            limit = self.settings.max_content_bytes * 2 + 256 * 1024
+            if size > limit:
+                return self._report(
+                    Damage(str(path), f"is {size} bytes, too large to be a message")
+                )
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        except OSError as e:
+            return self._report(Damage(str(path), f"cannot be read: {e.strerror}"))
+        finally:
+            os.close(fd)
+        try:
+            return parse_message(data, thread, seq)
+        except ValueError as e:
+            return self._report(Damage(str(path), str(e)))
+
+    def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
+        """Return up to limit messages with seq > after, in seq order.
+
+        Files that cannot be read are skipped, reported in Page.skipped and logged; the cursor
+        moves past them. Raise NoSuchThread, or InvalidMessage for a bad after/limit.
+        """
+        tdir = self._thread_dir(thread)
+        if type(after) is not int or after < 0:
+            raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
+        messages: list[Message] = []
+        skipped: list[Damage] = []
+        seq = after
+        while len(messages) < limit:
+            item = self._load(thread, tdir, seq + 1)
+            if item is None:
+                break
+            seq += 1
+            if isinstance(item, Damage):
+                skipped.append(item)
+            else:
+                messages.append(item)
+        has_more = len(messages) == limit and self._exists(tdir, seq + 1)
+        if seq > self._heads.get(thread, 0):
+            self._heads[thread] = seq
+        return Page(messages, seq, has_more, skipped)
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over thread ids."""
+        return iter(self._thread_ids())
+
+    def messages(self, thread: str, after: int = 0) -> Iterator[Message]:
+        """Yield every readable message of thread with seq > after, in seq order."""
+        while True:
+            page = self.read(thread, after, MAX_PAGE)
+            yield from page.messages
+            if page.cursor == after:
+                return
+            after = page.cursor
+
+    def get(self, thread: str, seq: int) -> Message:
+        """Return message seq of thread; raise NoSuchThread, NoSuchMessage or Damaged."""
+        tdir = self._thread_dir(thread)
+        if type(seq) is not int or seq < 1:
+            raise InvalidMessage(f"seq must be a whole number >= 1, not {seq!r}")
+        item = self._load(thread, tdir, seq)
+        if item is None:
+            raise NoSuchMessage(thread, seq, self._probe_head(thread, tdir))
+        if isinstance(item, Damage):
+            raise Damaged(item)
+        return item
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_recipients(self, to: object) -> list[str]:
+        if isinstance(to, str):
+            to = [to]
+        if not isinstance(to, list | tuple):
+            raise InvalidMessage(f"to must be a list of agent names, not {type(to).__name__}")
+        names: list[str] = []
+        for name in to:
+            check_name(name, "agent name")
+            if not os.path.lexists(self.root / "agents" / f"{name}.json"):
+                raise NoSuchAgent(name, [c.name for c in self.agents()])
+            if name not in names:
+                names.append(name)
+        return names
+
+    def post(
+        self,
+        thread: str,
+        content: str | bytes,
+        *,
+        sender: str,
+        to: list[str] | tuple[str, ...] = (),
+        type: str = "message",
+        priority: str = "normal",
+        reply_to: int | None = None,
+        meta: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Store a message in thread and return its seq.
+
+        The message is on disk (fsynced, unless the root says ``fsync: false``) when this
+        returns. With an idempotency_key, a retry by the same sender with the same key returns
+        the seq of the first post instead of storing a duplicate. Raise NoSuchThread,
+        NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
+        error nothing is stored.
+        """
+        tdir = self._thread_dir(thread)
+        if type == "state":
+            raise InvalidMessage(
+                "state messages are written by set_state(); use it to change state"
+            )
+        if type not in TYPES:
+            raise InvalidMessage(f"type must be one of {', '.join(TYPES[:-1])}; not {type!r}")
+        content = check_content(content, self.settings.max_content_bytes)
+        if not content.strip():
+            raise InvalidMessage("content is empty; write what you want to say")
+        return self._publish(
+            thread,
+            tdir,
+            sender=sender,
+            to=to,
+            type_=type,
+            priority=priority,
+            reply_to=reply_to,
+            content=content,
+            meta=meta,
+            key=idempotency_key,
+        )
+
+    def _publish(
+        self,
+        thread: str,
+        tdir: Path,
+        *,
+        sender: str,
+        to: object,
+        type_: str,
+        priority: str,
+        reply_to: object,
+        content: str,
+        meta: object,
+        key: str | None,
+    ) -> int:
+        check_name(sender, "agent name")
+        if priority not in PRIORITIES:
+            raise InvalidMessage(
+                f"priority must be one of {', '.join(PRIORITIES)}; not {priority!r}"
+            )
+        recipients = self._check_recipients(to)
+        if reply_to is not None:
+            if type(reply_to) is not int or reply_to < 1:
+                raise InvalidMessage(f"reply_to must be a message seq >= 1, not {reply_to!r}")
+            if not self._exists(tdir, reply_to):
+                raise NoSuchMessage(thread, reply_to, self._probe_head(thread, tdir))
+        meta = check_meta(meta)
+        if key is not None:
+            check_key(key)
+            message_id = uuid.uuid5(_ID_NAMESPACE, f"{thread}\0{sender}\0{key}").hex
+        else:
+            message_id = uuid.uuid4().hex
+        doc = dict(
+            zip(
+                MESSAGE_KEYS,
+                (
+                    message_id,
+                    sender,
+                    recipients,
+                    type_,
+                    priority,
+                    reply_to,
+                    now_iso(),
+                    content,
+                    meta,
+                ),
+                strict=True,
+            )
+        )
+        try:
+            data = dumps(doc)
+        except (ValueError, UnicodeEncodeError) as e:
+            raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
+        tmp = self._write_tmp(data)
+        try:
+            with self._locked(thread):
+                if key is not None:
+                    marker = self._dir(f".state/keys/{thread}") / (
+                        hashlib.sha256(f"{sender}\0{key}".encode()).hexdigest()[:40] + ".json"
+                    )
+                    seen = self._find_keyed(thread, tdir, marker, message_id)
+                    if seen is not None:
+                        return seen
+                    self._write_state_file(
+                        marker, {"id": message_id, "after": self._probe_head(thread, tdir)}
+                    )
+                seq = self._claim(thread, tdir, tmp)
+                if key is not None:
+                    self._write_state_file(marker, {"id": message_id, "seq": seq, "after": seq - 1})
+            if self.settings.fsync:
+                try:
+                    _fsync_dir(tdir)
+                except OSError as e:
+                    log.warning("fsync of %s failed after publishing seq %d: %s", tdir, seq, e)
+            return seq
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _claim(self, thread: str, tdir: Path, tmp: Path) -> int:
+        """Publish tmp as the next free seq of the thread with a no-replace link; return it."""
+        seq = self._probe_head(thread, tdir) + 1
+        while True:
+            target = tdir / message_name(seq)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                seq = self._probe_head(thread, tdir) + 1  # lost a race: take the next free one
+                continue
+            except PermissionError as e:
+                if os.path.lexists(target):  # sshfs reports a lost race as EPERM
+                    seq += 1
+                    continue
+                raise _storage_error(e, self.root, f"publishing {target.name}") from None
+            except OSError as e:
+                if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                    raise StorageError(
+                        target,
+                        f"cannot publish {target}: this filesystem refused a hard link "
+                        f"({e.strerror}); mailslot needs hard links between .state/tmp/ and "
+                        "threads/ to publish safely. Keep the root on one filesystem that "
+                        "supports them (not FAT/exFAT or an SMB share without unix extensions)",
+                        e.errno,
+                    ) from None
+                raise _storage_error(e, self.root, f"publishing {target.name}") from None
+            self._heads[thread] = seq
+            return seq
+
+    def _find_keyed(self, thread: str, tdir: Path, marker: Path, message_id: str) -> int | None:
+        """Return the seq already stored under an idempotency marker, if the post happened."""
+        try:
+            doc = loads(marker.read_bytes())
+            after = int(doc["after"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        seq = doc.get("seq")
+        if type(seq) is int:
+            item = self._load(thread, tdir, seq)
+            if isinstance(item, Message) and item.id == message_id:
+                return seq
+        # A post that died between publishing and writing its seq: look for its message among
+        # those that came after the marker was written.
+        head = self._probe_head(thread, tdir)
+        for s in range(max(after, 0) + 1, head + 1):
+            item = self._load(thread, tdir, s)
+            if isinstance(item, Message) and item.id == message_id:
+                return s
+        return None
+
+    def _write_state_file(self, path: Path, doc: dict[str, Any]) -> None:
+        """Atomically replace a file under .state/ (mutable, rebuildable data only)."""
+        tmp = self._tmp_name("state")
+        try:
+            tmp.write_bytes(dumps(doc))
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _storage_error(e, self.root, f"writing {path.name}") from None
+
+    # ------------------------------------------------------------------ threads
+
+    def _thread_ids(self) -> list[str]:
+        path = self.root / "threads"
+        self._check_not_symlink(path)
+        try:
+            names = os.listdir(path)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise RootError(path, f"cannot list {path}: {e.strerror}") from None
+        ids = []
+        for name in names:
+            try:
+                check_name(name)
+            except InvalidName:
+                continue  # a stray file or folder; doctor reports it
+            if (path / name).is_dir() and not (path / name).is_symlink():
+                ids.append(name)
+        return sorted(ids)
+
+    def create_thread(self, topic: str, *, creator: str) -> ThreadInfo:
+        """Return the thread for topic, creating it if it does not exist yet (get-or-create).
+
+        The thread id is the topic's slug, so agents given the same topic meet in one thread.
+        The folder appears with its thread.json already inside (it is renamed into place),
+        and when two processes create it at once both get the same thread.
+        """
+        topic = check_topic(topic)
+        thread = slugify(topic)
+        check_name(creator, "agent name")
+        threads = self._dir("threads")
+        tdir = threads / thread
+        if tdir.is_dir() or tdir.is_symlink():
+            return self.thread(thread)
+        stage = self._tmp_name("d")
+        record = {"id": thread, "topic": topic, "created_by": creator, "created_at": now_iso()}
+        try:
+            stage.mkdir()
+            fd = os.open(stage / "thread.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC)
+            try:
+                _write_all(fd, dumps(record))
+                if self.settings.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.rename(stage, tdir)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            else:
+                if self.settings.fsync:
+                    _fsync_dir(threads)
+        except OSError as e:
+            raise _storage_error(e, self.root, f"creating thread {thread!r}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return self.thread(thread)
+
+    def _record(self, thread: str, tdir: Path) -> dict[str, Any]:
+        cached = self._records.get(thread)
+        if cached is not None:
+            return cached
+        path = tdir / "thread.json"
+        try:
+            doc = loads(path.read_bytes())
+            if not (isinstance(doc, dict) and isinstance(doc.get("topic"), str)):
+                raise ValueError("it is not a thread record with a topic")
+        except FileNotFoundError:
+            self._report(Damage(str(path), "is missing; the thread's topic is unknown"))
+            return {"id": thread, "topic": thread, "created_by": "", "created_at": ""}
+        except (OSError, ValueError) as e:
+            self._report(Damage(str(path), f"cannot be read: {e}"))
+            return {"id": thread, "topic": thread, "created_by": "", "created_at": ""}
+        record = {
+            "id": thread,
+            "topic": doc["topic"],
+            "created_by": str(doc.get("created_by", "")),
+            "created_at": str(doc.get("created_at", "")),
+        }
+        self._records[thread] = record
+        return record
+
+    def _load_index(self, thread: str, path: Path) -> _Index:
+        cached = self._index.get(thread)
+        if cached is not None:
+            return replace(cached)
+        try:
+            doc = loads(path.read_bytes())
+            index = _Index(
+                seq=int(doc["seq"]),
+                state=doc["state"] if doc["state"] in STATES else "discuss",
+                summary=doc["summary"] if isinstance(doc["summary"], str) else None,
+                participants=tuple(str(p) for p in doc["participants"]),
+                last_activity=str(doc["last_activity"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return _Index()
+        return index
+
+    def thread(self, thread: str) -> ThreadInfo:
+        """Return what is known of thread; raise NoSuchThread.
+
+        State, participants and summary come from the messages; a cache under .state/index/
+        means only messages new since the last look are read.
+        """
+        tdir = self._thread_dir(thread)
+        record = self._record(thread, tdir)
+        ipath = self.root / ".state" / "index" / f"{thread}.json"
+        index = self._load_index(thread, ipath)
+        if index.seq and not self._exists(tdir, index.seq):
+            index = _Index()  # the cache is ahead of the folder: rebuild it
+        start = index.seq
+        participants = list(index.participants)
+        if record["created_by"] and record["created_by"] not in participants:
+            participants.insert(0, record["created_by"])
+        while True:
+            item = self._load(thread, tdir, index.seq + 1)
+            if item is None:
+                break
+            index.seq += 1
+            if isinstance(item, Damage):
+                continue
+            if item.sender not in participants:
+                participants.append(item.sender)
+            index.last_activity = item.created_at
+            new_state = item.meta.get("state") if item.type == "state" else None
+            if new_state in STATES:
+                index.state = str(new_state)
+                if new_state == "closed":
+                    index.summary = item.content or None
+        index.participants = tuple(participants)
+        self._index[thread] = index
+        if index.seq > self._heads.get(thread, 0):
+            self._heads[thread] = index.seq
+        if index.seq != start:
+            with contextlib.suppress(MailslotError, OSError):
+                self._dir(".state/index")
+                self._write_state_file(ipath, index.to_json())
+        return ThreadInfo(
+            id=thread,
+            topic=record["topic"],
+            created_by=record["created_by"],
+            created_at=record["created_at"],
+            state=index.state,
+            head=index.seq,
+            participants=list(index.participants),
+            last_activity=index.last_activity or record["created_at"],
+            summary=index.summary,
+        )
+
+    def threads(
+        self, *, state: str | None = None, include_archived: bool = False
+    ) -> list[ThreadInfo]:
+        """Return the threads, most recently active first; archived ones only if asked."""
+        if state is not None and state not in STATES:
+            raise InvalidState(f"state must be one of {', '.join(STATES)}; not {state!r}")
+        out = []
+        for thread in self._thread_ids():
+            try:
+                info = self.thread(thread)
+            except NotFound:
+                continue  # removed while we listed
+            if state is not None and info.state != state:
+                continue
+            if state is None and info.state == "archived" and not include_archived:
+                continue
+            out.append(info)
+        out.sort(key=lambda t: (t.last_activity, t.id), reverse=True)
+        return out
+
+    def set_state(self, thread: str, state: str, *, sender: str, summary: str | None = None) -> int:
+        """Record a lifecycle change of thread as a `state` message and return its seq.
+
+        The lifecycle is discuss -> implement -> review -> done -> closed; steps may be
+        skipped, a thread may step back to reopen or rework, and `archived` is reachable from
+        any state. A summary (Markdown) may go with any change, typically with `closed`.
+        Raise InvalidState if state is unknown or already the thread's state.
+        """
+        if state not in STATES:
+            raise InvalidState(f"state must be one of {', '.join(STATES)}; not {state!r}")
+        current = self.thread(thread).state
+        if state == current:
+            raise InvalidState(f"thread {thread!r} is already in state {state!r}")
+        content = check_content(summary or "", self.settings.max_content_bytes)
+        return self._publish(
+            thread,
+            self._thread_dir(thread),
+            sender=sender,
+            to=(),
+            type_="state",
+            priority="normal",
+            reply_to=None,
+            content=content,
+            meta={"state": state, "previous": current},
+            key=None,
+        )
+
+    # ------------------------------------------------------------------ agents
+
+    def register_agent(
+        self,
+        name: str,
+        *,
+        client: str | None = None,
+        model: str | None = None,
+        description: str | None = None,
+    ) -> AgentCard:
+        """Create or update the card of agent name and return it; None keeps a field as is."""
+        check_name(name, "agent name")
+        for field_name, value in (
+            ("client", client),
+            ("model", model),
+            ("description", description),
+        ):
+            if value is not None and (
+                not isinstance(value, str) or len(value) > MAX_DESCRIPTION_CHARS
+            ):
+                raise InvalidMessage(
+                    f"{field_name} must be text of at most {MAX_DESCRIPTION_CHARS} characters"
+                )
+            if value is not None:
+                check_content(value, MAX_DESCRIPTION_CHARS * 4)
+        agents = self._dir("agents")
+        path = agents / f"{name}.json"
+        try:
+            old: AgentCard | None = self.agent(name)
+        except NoSuchAgent:
+            old = None
+        except Damaged:
+            old = None  # a damaged card is replaced by a good one
+        now = now_iso()
+        card = AgentCard(
+            name=name,
+            client=client if client is not None else (old.client if old else None),
+            model=model if model is not None else (old.model if old else None),
+            description=description
+            if description is not None
+            else (old.description if old else None),
+            registered_at=old.registered_at if old else now,
+            updated_at=now,
+        )
+        tmp = self._tmp_name("card")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+            try:
+                _write_all(fd, dumps(card.to_dict()))
+                if self.settings.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)  # a card is mutable: readers see the old or the new one whole
+            if self.settings.fsync:
+                _fsync_dir(agents)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _storage_error(e, self.root, f"writing the card of {name!r}") from None
+        return card
+
+    def agent(self, name: str) -> AgentCard:
+        """Return the card of agent name; raise NoSuchAgent or Damaged."""
+        check_name(name, "agent name")
+        path = self.root / "agents" / f"{name}.json"
+        self._check_not_symlink(self.root / "agents")
+        try:
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NOFOLLOW)
+        except FileNotFoundError:
+            raise NoSuchAgent(name, self._agent_names()) from None
+        except OSError as e:
+            raise Damaged(Damage(str(path), f"cannot be opened: {e.strerror}")) from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                doc = loads(f.read(64 * 1024))
+            return AgentCard(
+                name=name,
+                client=_opt_str(doc.get("client")),
+                model=_opt_str(doc.get("model")),
+                description=_opt_str(doc.get("description")),
+                registered_at=str(doc.get("registered_at", "")),
+                updated_at=str(doc.get("updated_at", "")),
+            )
+        except (OSError, ValueError, AttributeError) as e:
+            raise Damaged(self._report(Damage(str(path), f"is not an agent card: {e}"))) from None
+
+    def _agent_names(self) -> list[str]:
+        try:
+            names = os.listdir(self.root / "agents")
+        except OSError:
+            return []
+        out = []
+        for n in names:
+            if n.endswith(".json"):
+                with contextlib.suppress(InvalidName):
+                    out.append(check_name(n[: -len(".json")]))
+        return sorted(out)
+
+    def agents(self) -> list[AgentCard]:
+        """Return every readable agent card, by name; damaged cards are logged and skipped."""
+        cards = []
+        for name in self._agent_names():
+            with contextlib.suppress(NotFound, Damaged):
+                cards.append(self.agent(name))
+        return cards
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Release what this instance holds (nothing is held between calls today)."""
+        self._index.clear()
+        self._heads.clear()
+
+    def __enter__(self) -> Mailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Mailbox({str(self.root)!r})"
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
