@@ -57,6 +57,8 @@ def check_topic(topic: object) -> str:
         raise InvalidName(
             "topic", topic, "control, format or unassigned characters are not allowed"
         )
+    if not any(c.isalnum() for c in stripped):
+        raise InvalidName("topic", topic, "a topic needs at least one letter or digit")
     return stripped
 
 

@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -521,11 +522,14 @@ class Mailbox:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 return self._report(Damage(str(path), "is a symlink; messages are real files"))
-            if e.errno == errno.EISDIR:
-                return self._report(Damage(str(path), "is a folder, not a message"))
             return self._report(Damage(str(path), f"cannot be opened: {e.strerror}"))
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return self._report(Damage(str(path), "is a folder, not a message"))
+            if not stat.S_ISREG(st.st_mode):
+                return self._report(Damage(str(path), "is not a regular file"))
+            size = st.st_size
             limit = self.settings.max_content_bytes * 2 + 256 * 1024
             if size > limit:
                 return self._report(

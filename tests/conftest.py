@@ -1,0 +1,43 @@
+"""Shared fixtures: real temp roots, and real worker processes started in lock step."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailslot import Mailbox
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Return the path of a fresh, durable (fsync on) mailbox root."""
+    Mailbox.init(tmp_path / "box")
+    return tmp_path / "box"
+
+
+@pytest.fixture
+def box(root: Path) -> Iterator[Mailbox]:
+    """Return an open mailbox on a fresh root, with a thread 't' and agents alice and bob."""
+    with Mailbox(root) as b:
+        b.register_agent("alice")
+        b.register_agent("bob")
+        b.create_thread("t", creator="alice")
+        yield b
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak() -> Iterator[None]:
+    """Fail a test that leaves Python threads running (observers, workers)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not extra, f"threads leaked: {extra}"

@@ -1,0 +1,72 @@
+"""Worker processes for the concurrency tests: `python workers.py ROLE ROOT ...`.
+
+Each prints 'ready', waits for the go file, then works; results go to stdout as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from mailslot import Mailbox
+
+
+def wait_for(go: Path) -> None:
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.001)
+
+
+def writer(root: str, thread: str, name: str, count: str, lock: str, fsync: str, go: str) -> None:
+    box = Mailbox(root, lock=lock == "lock", fsync=fsync == "fsync")
+    wait_for(Path(go))
+    acked = []
+    for i in range(int(count)):
+        seq = box.post(thread, f"{name} says {i}", sender=name, meta={"writer": name, "i": i})
+        acked.append(seq)
+    print(json.dumps({"writer": name, "acked": acked}), flush=True)
+
+
+def reader(root: str, thread: str, total: str, go: str) -> None:
+    box = Mailbox(root)
+    wait_for(Path(go))
+    cursor, seen, reads = 0, [], 0
+    deadline = time.monotonic() + 200
+    while len(seen) < int(total) and time.monotonic() < deadline:
+        page = box.read(thread, cursor, 1000)
+        reads += 1
+        if page.skipped:
+            print(json.dumps({"damage": [str(d) for d in page.skipped]}), flush=True)
+            sys.exit(3)
+        seen.extend(m.seq for m in page.messages)
+        cursor = page.cursor
+    print(json.dumps({"seen": seen, "reads": reads}), flush=True)
+
+
+def forever(root: str, thread: str, name: str) -> None:
+    """Post until killed; each ack is printed, so the parent knows what was stored."""
+    box = Mailbox(root)
+    print("ready", flush=True)
+    i = 0
+    while True:
+        seq = box.post(thread, f"{name} says {i}", sender=name, meta={"writer": name, "i": i})
+        print(seq, flush=True)
+        i += 1
+
+
+def hold_lock(path: str) -> None:
+    """Hold an exclusive flock on path until killed."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("ready", flush=True)
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    role, *rest = sys.argv[1:]
+    {"writer": writer, "reader": reader, "forever": forever, "hold_lock": hold_lock}[role](*rest)
