@@ -26,7 +26,9 @@ def start_together(procs: list[subprocess.Popen[str]], go: Path) -> None:
     for p in procs:
         assert p.stdout is not None
         line = p.stdout.readline().strip()
-        assert line == "ready", f"worker failed to start: {line!r} {p.stderr.read() if p.stderr else ''}"
+        assert line == "ready", (
+            f"worker failed to start: {line!r} {p.stderr.read() if p.stderr else ''}"
+        )
     go.touch()
 
 

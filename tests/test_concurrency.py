@@ -19,7 +19,9 @@ WRITERS = 8
 EACH = 500
 
 
-def check_thread(root: Path, thread: str, writers: int, each: int, acked: dict[str, list[int]]) -> None:
+def check_thread(
+    root: Path, thread: str, writers: int, each: int, acked: dict[str, list[int]]
+) -> None:
     """Assert the thread holds exactly writers*each intact messages, each once, in writer order."""
     box = Mailbox(root)
     tdir = root / "threads" / thread
@@ -81,7 +83,9 @@ def test_sigkilled_writers_leave_no_trace(root: Path) -> None:
         assert seq == box.head("crash")
     messages = list(box.messages("crash"))
     seqs = [m.seq for m in messages]
-    assert seqs == list(range(1, box.head("crash") + 1)), "a killed writer left a torn or missing file"
+    assert seqs == list(range(1, box.head("crash") + 1)), (
+        "a killed writer left a torn or missing file"
+    )
     assert set(acked) <= set(seqs), "a message acknowledged before the kill is missing"
     for k in range(40):
         mine = [m.meta["i"] for m in messages if m.sender == f"victim{k}"]

@@ -47,7 +47,15 @@ def test_message_file_is_canonical_json(box: Mailbox) -> None:
     assert "héllo wörld ✓" in text, "non-ASCII text stays readable"
     doc = json.loads(text)
     assert list(doc) == [
-        "id", "from", "to", "type", "priority", "reply_to", "created_at", "content", "meta",
+        "id",
+        "from",
+        "to",
+        "type",
+        "priority",
+        "reply_to",
+        "created_at",
+        "content",
+        "meta",
     ]
     assert "seq" not in doc, "the seq is the file name, not repeated inside"
     assert doc["created_at"].endswith("Z")
@@ -58,7 +66,10 @@ def test_file_names_widen_past_999999() -> None:
     from mailslot._format import MESSAGE_NAME_RE, message_name
 
     assert [message_name(s) for s in (1, 42, 999_999, 1_000_000)] == [
-        "000001.json", "000042.json", "999999.json", "1000000.json",
+        "000001.json",
+        "000042.json",
+        "999999.json",
+        "1000000.json",
     ]
     assert all(MESSAGE_NAME_RE.fullmatch(message_name(s)) for s in (1, 1_000_000))
 
@@ -147,8 +158,9 @@ def test_state_index_is_a_rebuildable_cache(box: Mailbox) -> None:
     assert fresh.thread("t").state == "review"
     # A cache that claims more than the folder holds (restored from an older copy) is rebuilt.
     (box.root / ".state" / "index" / "t.json").write_text(
-        json.dumps({"seq": 99, "state": "closed", "summary": "x", "participants": [],
-                    "last_activity": ""})
+        json.dumps(
+            {"seq": 99, "state": "closed", "summary": "x", "participants": [], "last_activity": ""}
+        )
     )
     assert Mailbox(box.root).thread("t").state == "review"
 
@@ -181,11 +193,23 @@ def test_read_after_cursor_pages(box: Mailbox) -> None:
 def test_fields_round_trip(box: Mailbox) -> None:
     box.post("t", "question?", sender="alice", type="question")
     seq = box.post(
-        "t", "do it", sender="alice", to=["bob"], type="task", priority="urgent",
-        reply_to=1, meta={"files": ["a.py"], "n": 10**30, "f": 1.5, "none": None},
+        "t",
+        "do it",
+        sender="alice",
+        to=["bob"],
+        type="task",
+        priority="urgent",
+        reply_to=1,
+        meta={"files": ["a.py"], "n": 10**30, "f": 1.5, "none": None},
     )
     m = box.get("t", seq)
-    assert (m.sender, m.to, m.type, m.priority, m.reply_to) == ("alice", ["bob"], "task", "urgent", 1)
+    assert (m.sender, m.to, m.type, m.priority, m.reply_to) == (
+        "alice",
+        ["bob"],
+        "task",
+        "urgent",
+        1,
+    )
     assert m.meta == {"files": ["a.py"], "n": 10**30, "f": 1.5, "none": None}
     d = m.to_dict()
     assert (d["thread"], d["seq"], d["from"]) == ("t", 2, "alice")
@@ -311,7 +335,10 @@ def test_wrong_seq_or_thread_inside_is_skipped(box: Mailbox) -> None:
     (box.root / "threads" / "t" / "000003.json").write_text(json.dumps({**doc, "thread": "u"}))
     page = box.read("t")
     assert [m.seq for m in page.messages] == [1]
-    assert ["seq 7" in page.skipped[0].reason, "thread 'u'" in page.skipped[1].reason] == [True, True]
+    assert ["seq 7" in page.skipped[0].reason, "thread 'u'" in page.skipped[1].reason] == [
+        True,
+        True,
+    ]
 
 
 def test_stray_files_and_folders_are_ignored(box: Mailbox) -> None:
@@ -405,7 +432,9 @@ def test_future_format_is_refused(root: Path) -> None:
         Mailbox(root)
 
 
-@pytest.mark.parametrize("content", ["{oops", "[]", '{"format": "1"}', '{"format": 1, "fsync": "yes"}'])
+@pytest.mark.parametrize(
+    "content", ["{oops", "[]", '{"format": "1"}', '{"format": 1, "fsync": "yes"}']
+)
 def test_bad_config_is_refused(root: Path, content: str) -> None:
     (root / "mailslot.json").write_text(content)
     with pytest.raises(RootError, match="mailslot.json"):
@@ -422,7 +451,9 @@ def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir()
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
@@ -479,7 +510,9 @@ def test_full_disk_loses_nothing(small_fs: Path) -> None:
 
 def test_agent_cards(root: Path) -> None:
     box = Mailbox(root)
-    card = box.register_agent("coder", client="claude-code", model="opus", description="writes code")
+    card = box.register_agent(
+        "coder", client="claude-code", model="opus", description="writes code"
+    )
     assert json.loads((root / "agents" / "coder.json").read_text())["model"] == "opus"
     again = box.register_agent("coder", description="writes and tests code")
     assert (again.model, again.description) == ("opus", "writes and tests code")

@@ -1,0 +1,47 @@
+"""Small helpers shared by the benchmarks: timing, medians, tables."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Where benchmark folders are made: --dir, else $MAILSLOT_BENCH_DIR, else .bench-scratch/ in the
+# working directory (on some shared machines /tmp is watched and file creation there is 25x
+# slower than elsewhere on the same disk, which would measure the watcher, not mailslot).
+SCRATCH = Path(os.environ.get("MAILSLOT_BENCH_DIR") or ".bench-scratch").resolve()
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Return the wall time in seconds of each of repeats calls of fn."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def median_us(samples: list[float]) -> float:
+    """Return the median of samples (seconds) in microseconds."""
+    return statistics.median(samples) * 1e6
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Return the p-th percentile (0-100) of samples by nearest rank."""
+    ordered = sorted(samples)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Return rows as a Markdown table with aligned columns."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return "\n".join([line, sep, *body])
