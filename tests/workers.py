@@ -57,6 +57,43 @@ def forever(root: str, thread: str, name: str) -> None:
         i += 1
 
 
+def waiter(root: str, threads: str, after: str, to: str, timeout: str, mode: str) -> None:
+    """Wait once and print what arrived, when (CLOCK_MONOTONIC, shared by all processes), and
+    how many threads this process ran while waiting."""
+    import threading
+
+    box = Mailbox(root, wait_mode=mode, poll_interval=0.1)
+    names = None if threads == "-" else threads.split(",")
+    cursor = None if after == "-" else json.loads(after)
+    print("ready", flush=True)
+    peak = [threading.active_count()]
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(threading.active_count())
+            done.wait(0.02)
+
+    done = threading.Event()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    got = box.wait(names, cursor, to=None if to == "-" else to, timeout=float(timeout))
+    woke = time.monotonic()
+    done.set()
+    sampler.join()
+    box.close()
+    print(
+        json.dumps(
+            {
+                **got.to_dict(),
+                "woke": woke,
+                "threads": max(peak) - 1,
+                "after_close": threading.active_count(),
+            }
+        ),
+        flush=True,
+    )
+
+
 def hold_lock(path: str) -> None:
     """Hold an exclusive flock on path until killed."""
     import fcntl
@@ -69,4 +106,11 @@ def hold_lock(path: str) -> None:
 
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
-    {"writer": writer, "reader": reader, "forever": forever, "hold_lock": hold_lock}[role](*rest)
+    roles = {
+        "writer": writer,
+        "reader": reader,
+        "forever": forever,
+        "hold_lock": hold_lock,
+        "waiter": waiter,
+    }
+    roles[role](*rest)

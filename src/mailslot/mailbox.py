@@ -11,6 +11,7 @@ message becomes visible whole or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import difflib
 import errno
@@ -21,9 +22,10 @@ import secrets
 import shutil
 import socket
 import stat
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,13 +64,24 @@ from mailslot._format import (
     parse_message,
 )
 from mailslot._names import check_key, check_name, check_topic, slugify
+from mailslot._wait import (
+    DISCOVERY_INTERVAL_S,
+    SAFETY_RECHECK_S,
+    WAIT_MODES,
+    Arrivals,
+    Watcher,
+    filesystem_type,
+    is_network_fs,
+)
 
 __all__ = [
     "FORMAT",
     "PRIORITIES",
     "STATES",
     "TYPES",
+    "WAIT_MODES",
     "AgentCard",
+    "Arrivals",
     "Damage",
     "Damaged",
     "Mailbox",
@@ -87,6 +100,7 @@ DEFAULT_MAX_CONTENT = 256 * 1024
 MAX_DESCRIPTION_CHARS = 2000
 MAX_PAGE = 1000
 STALE_TMP_SECONDS = 3600.0
+DEFAULT_POLL_INTERVAL = 0.1
 _ID_NAMESPACE = uuid.UUID("6f1c1a8e-52a4-4e0c-9d0c-6d61696c736c")
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -110,6 +124,8 @@ class Settings:
     fsync: bool = True
     lock: bool = True
     max_content_bytes: int = DEFAULT_MAX_CONTENT
+    wait_mode: str = "auto"
+    poll_interval: float = DEFAULT_POLL_INTERVAL
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -123,16 +139,50 @@ class Settings:
                 f"{path} is format {fmt}, made by a newer mailslot; this one reads format "
                 f"{FORMAT}: upgrade mailslot (pip install -U mailslot)",
             )
-        for key, kind in (("fsync", bool), ("lock", bool), ("max_content_bytes", int)):
-            value = doc.get(key)
-            if value is not None and (type(value) is not kind or (kind is int and value < 1)):
-                raise RootError(path, f"{path}: {key!r} must be a {kind.__name__}")
-        return cls(
-            format=fmt,
-            fsync=doc.get("fsync", True),
-            lock=doc.get("lock", True),
-            max_content_bytes=doc.get("max_content_bytes", DEFAULT_MAX_CONTENT),
-        )
+        out = cls(format=fmt)
+        try:
+            return out.with_overrides(
+                fsync=doc.get("fsync"),
+                lock=doc.get("lock"),
+                max_content_bytes=doc.get("max_content_bytes"),
+                wait_mode=doc.get("wait_mode"),
+                poll_interval=doc.get("poll_interval"),
+            )
+        except ValueError as e:
+            raise RootError(path, f"{path}: {e}") from None
+
+    def with_overrides(
+        self,
+        *,
+        fsync: object = None,
+        lock: object = None,
+        max_content_bytes: object = None,
+        wait_mode: object = None,
+        poll_interval: object = None,
+    ) -> Settings:
+        """Return these settings with every non-None value replaced; raise ValueError if bad."""
+        out = self
+        if fsync is not None:
+            if type(fsync) is not bool:
+                raise ValueError("'fsync' must be true or false")
+            out = replace(out, fsync=fsync)
+        if lock is not None:
+            if type(lock) is not bool:
+                raise ValueError("'lock' must be true or false")
+            out = replace(out, lock=lock)
+        if max_content_bytes is not None:
+            if type(max_content_bytes) is not int or max_content_bytes < 1:
+                raise ValueError("'max_content_bytes' must be a whole number of bytes >= 1")
+            out = replace(out, max_content_bytes=max_content_bytes)
+        if wait_mode is not None:
+            if wait_mode not in WAIT_MODES:
+                raise ValueError(f"'wait_mode' must be one of {', '.join(WAIT_MODES)}")
+            out = replace(out, wait_mode=str(wait_mode))
+        if poll_interval is not None:
+            if type(poll_interval) not in (int, float) or not 0.01 <= poll_interval <= 60:  # type: ignore[operator]
+                raise ValueError("'poll_interval' must be a number of seconds from 0.01 to 60")
+            out = replace(out, poll_interval=float(poll_interval))  # type: ignore[arg-type]
+        return out
 
 
 @dataclass(slots=True)
@@ -285,6 +335,8 @@ class Mailbox:
         fsync: bool | None = None,
         lock: bool | None = None,
         max_content_bytes: int | None = None,
+        wait_mode: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         given = Path(root)
         if not given.exists():
@@ -305,19 +357,24 @@ class Mailbox:
             ) from None
         if not isinstance(doc, dict):
             raise RootError(config, f"{config} must hold a JSON object")
-        settings = Settings.from_json(doc, config)
-        if fsync is not None:
-            settings = replace(settings, fsync=fsync)
-        if lock is not None:
-            settings = replace(settings, lock=lock)
-        if max_content_bytes is not None:
-            settings = replace(settings, max_content_bytes=max_content_bytes)
-        self.settings = settings
+        try:
+            self.settings = Settings.from_json(doc, config).with_overrides(
+                fsync=fsync,
+                lock=lock,
+                max_content_bytes=max_content_bytes,
+                wait_mode=wait_mode,
+                poll_interval=poll_interval,
+            )
+        except ValueError as e:
+            raise InvalidMessage(str(e)) from None
         self._heads: dict[str, int] = {}
         self._index: dict[str, _Index] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._safe_dirs: set[Path] = set()
         self._reported: set[str] = set()
+        self._mode: str | None = None
+        self._watcher: Watcher | None = None
+        self._watch_lock = threading.Lock()
         for sub in ("threads", "agents", ".state"):
             self._check_not_symlink(self.root / sub)
         self.sweep_tmp()
@@ -1104,12 +1161,170 @@ class Mailbox:
                 cards.append(self.agent(name))
         return cards
 
+    # ------------------------------------------------------------------ waiting
+
+    @property
+    def wait_mode(self) -> str:
+        """Return how waits wake here: 'native' (file events), 'poll', or 'hybrid' (both).
+
+        'auto' (the default setting) means native on a local disk and hybrid on a network
+        mount (NFS, SMB/CIFS, sshfs and other FUSE or remote filesystems), where file events
+        never report other machines' writes and only polling sees them.
+        """
+        if self._mode is None:
+            mode = self.settings.wait_mode
+            if mode == "auto":
+                mode = "hybrid" if is_network_fs(filesystem_type(self.root)) else "native"
+            self._mode = mode
+        return self._mode
+
+    def _subscribe(self, signal: Callable[[], None]) -> Callable[[], None]:
+        """Have the process's watcher call signal on file events; return the unsubscriber."""
+        if self.wait_mode == "poll":
+            return lambda: None
+        with self._watch_lock:
+            if self._watcher is None:
+                try:
+                    self._watcher = Watcher.acquire(self._dir("threads"))
+                except OSError as e:  # inotify limits reached, or no inotify at all
+                    log.warning("file events unavailable (%s); polling %s instead", e, self.root)
+                    self._mode = "poll"
+                    return lambda: None
+            return self._watcher.subscribe(signal)
+
+    def cursor(self, threads: str | Iterable[str] | None = None) -> dict[str, int]:
+        """Return the head seq of each thread (default: all): a cursor that means "from now"."""
+        if threads is None:
+            names = self._thread_ids()
+        else:
+            names = [threads] if isinstance(threads, str) else list(threads)
+        return {t: self.head(t) for t in names}
+
+    def _wait_plan(
+        self,
+        threads: str | Iterable[str] | None,
+        after: int | Mapping[str, int] | None,
+        to: str | None,
+        timeout: float,
+        limit: int,
+    ) -> _WaitPlan:
+        if to is not None:
+            check_name(to, "agent name")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
+        if not isinstance(timeout, int | float) or timeout < 0 or timeout != timeout:
+            raise InvalidMessage(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        names = (
+            None if threads is None else ([threads] if isinstance(threads, str) else list(threads))
+        )
+        for name in names or ():
+            self._thread_dir(name)
+        if after is None:
+            cursor = self.cursor(names)
+        elif isinstance(after, Mapping):
+            cursor = {}
+            for name, seq in after.items():
+                check_name(name, "thread id")
+                if type(seq) is not int or seq < 0:
+                    raise InvalidMessage(f"cursor of {name!r} must be a seq >= 0, not {seq!r}")
+                cursor[name] = seq
+        else:
+            if names is None or len(names) != 1:
+                raise InvalidMessage(
+                    "after=<seq> needs exactly one thread; pass a dict for several"
+                )
+            if type(after) is not int or after < 0:
+                raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
+            cursor = {names[0]: after}
+        for name in names or ():
+            cursor.setdefault(name, 0)
+        return _WaitPlan(self, names, cursor, to, limit)
+
+    def _tick(self, plan: _WaitPlan) -> float:
+        if self.wait_mode != "native":
+            return self.settings.poll_interval
+        # Right after a new thread appears, re-check often: its first message may land before
+        # the observer has added a watch for its folder.
+        return 0.05 if plan.fresh_until > time.monotonic() else SAFETY_RECHECK_S
+
+    def wait(
+        self,
+        threads: str | Iterable[str] | None = None,
+        after: int | Mapping[str, int] | None = None,
+        *,
+        to: str | None = None,
+        timeout: float = 50.0,
+        limit: int = 100,
+    ) -> Arrivals:
+        """Block until messages newer than the cursor exist, or timeout seconds pass.
+
+        threads is one thread id, several, or None for every thread (threads created during
+        the wait included). after is the seq to wait past (one thread), a cursor dict (as
+        returned in Arrivals.cursor; threads missing from it start at 0), or None for "from
+        now". With to=NAME only messages addressed to that agent are returned: its inbox.
+        Returns at once if such messages already exist; a burst returns together, up to
+        limit, in seq order per thread. A timeout returns empty Arrivals with timed_out=True.
+        """
+        plan = self._wait_plan(threads, after, to, timeout, limit)
+        flag = threading.Event()
+        unsubscribe = self._subscribe(flag.set)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                flag.clear()  # before checking: an event during the check is not lost
+                if plan.check():
+                    return plan.result(timed_out=False)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return plan.result(timed_out=True)
+                flag.wait(min(remaining, self._tick(plan)))
+        finally:
+            unsubscribe()
+
+    async def wait_async(
+        self,
+        threads: str | Iterable[str] | None = None,
+        after: int | Mapping[str, int] | None = None,
+        *,
+        to: str | None = None,
+        timeout: float = 50.0,
+        limit: int = 100,
+    ) -> Arrivals:
+        """Await what wait() returns, without blocking the event loop; cancellable at once.
+
+        Cancelling the awaiting task ends the wait at its current await and leaves nothing
+        behind (no subscription, no thread, no lock: a wait never holds a lock).
+        """
+        plan = self._wait_plan(threads, after, to, timeout, limit)
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def signal() -> None:  # runs on the observer thread: only hand over to the loop
+            loop.call_soon_threadsafe(woken.set)
+
+        unsubscribe = self._subscribe(signal)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                woken.clear()
+                if plan.check():
+                    return plan.result(timed_out=False)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return plan.result(timed_out=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, self._tick(plan)))
+        finally:
+            unsubscribe()
+
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Release what this instance holds (nothing is held between calls today)."""
-        self._index.clear()
-        self._heads.clear()
+        """Stop watching (the process's observer stops with its last user); safe to repeat."""
+        with self._watch_lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.release()
 
     def __enter__(self) -> Mailbox:
         return self
@@ -1123,3 +1338,68 @@ class Mailbox:
 
 def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+class _WaitPlan:
+    """The state of one wait: which threads, the cursor, and what was found so far."""
+
+    def __init__(
+        self,
+        box: Mailbox,
+        threads: list[str] | None,
+        cursor: dict[str, int],
+        to: str | None,
+        limit: int,
+    ) -> None:
+        self.box = box
+        self.threads = threads
+        self.cursor = cursor
+        self.to = to
+        self.limit = limit
+        self.messages: list[Message] = []
+        self.skipped: list[Damage] = []
+        self.known: set[str] = set(cursor)
+        self.listed_at = 0.0
+        self.fresh_until = 0.0
+
+    def _names(self) -> list[str]:
+        if self.threads is not None:
+            return self.threads
+        now = time.monotonic()
+        if self.box.wait_mode == "native" or now - self.listed_at >= DISCOVERY_INTERVAL_S:
+            self.listed_at = now
+            listed = self.box._thread_ids()
+            new = set(listed) - self.known
+            if new:
+                self.known.update(new)
+                self.fresh_until = now + 1.0
+            return sorted(self.known)
+        return sorted(self.known)
+
+    def check(self) -> bool:
+        """Read whatever is new past the cursor; return True if it found messages to return."""
+        box = self.box
+        for thread in self._names():
+            if len(self.messages) >= self.limit:
+                break
+            tdir = box.root / "threads" / thread
+            seq = self.cursor.get(thread, 0)
+            if not box._exists(tdir, seq + 1):
+                continue  # the common case: one stat per thread
+            try:
+                while len(self.messages) < self.limit:
+                    page = box.read(thread, seq, self.limit - len(self.messages))
+                    self.skipped.extend(page.skipped)
+                    for m in page.messages:
+                        if self.to is None or self.to in m.to:
+                            self.messages.append(m)
+                    if page.cursor == seq:
+                        break
+                    seq = page.cursor
+            except (NotFound, RootError):
+                continue  # removed or replaced while we waited: nothing to read there
+            self.cursor[thread] = seq
+        return bool(self.messages)
+
+    def result(self, *, timed_out: bool) -> Arrivals:
+        return Arrivals(list(self.messages), dict(self.cursor), timed_out, list(self.skipped))

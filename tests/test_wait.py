@@ -1,0 +1,217 @@
+"""Waiting: a reader blocked in one process wakes when another process publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import finish, spawn
+
+from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError
+from mailslot._wait import Watcher, filesystem_type, is_network_fs
+
+
+def start_waiter(
+    root: Path,
+    threads: str = "t",
+    after: object = None,
+    to: str = "-",
+    timeout: float = 60,
+    mode: str = "auto",
+):  # type: ignore[no-untyped-def]
+    after_arg = "-" if after is None else json.dumps(after)
+    p = spawn("waiter", str(root), threads, after_arg, to, str(timeout), mode)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def result(p) -> dict:  # type: ignore[no-untyped-def]
+    (out,) = finish([p], timeout=90)
+    return json.loads(out)
+
+
+def test_waiter_in_another_process_wakes(box: Mailbox) -> None:
+    p = start_waiter(box.root, after={"t": 0})
+    time.sleep(0.3)  # let it block (correctness does not depend on this; the cursor does)
+    box.post("t", "wake up", sender="alice")
+    got = result(p)
+    assert got["timed_out"] is False
+    assert [m["content"] for m in got["messages"]] == ["wake up"]
+    assert got["cursor"] == {"t": 1}
+    assert got["threads"] >= 2, "native mode waits with an observer thread"
+    assert got["after_close"] == 1, "closing the mailbox stops the observer"
+
+
+def test_several_waiters_all_wake(box: Mailbox) -> None:
+    waiters = [start_waiter(box.root, after={"t": 0}) for _ in range(4)]
+    time.sleep(0.3)
+    box.post("t", "everyone", sender="alice")
+    for p in waiters:
+        got = result(p)
+        assert [m["content"] for m in got["messages"]] == ["everyone"]
+
+
+def test_inbox_wakes_for_a_new_thread(box: Mailbox) -> None:
+    cursor = box.cursor()
+    p = start_waiter(box.root, threads="-", after=cursor, to="bob")
+    time.sleep(0.3)
+    other = Mailbox(box.root)
+    other.post("t", "not for bob", sender="alice")
+    other.create_thread("brand new thread", creator="alice")
+    other.post("brand-new-thread", "for bob", sender="alice", to=["bob"])
+    got = result(p)
+    assert [(m["thread"], m["content"]) for m in got["messages"]] == [
+        ("brand-new-thread", "for bob")
+    ]
+    assert got["cursor"]["brand-new-thread"] == 1
+
+
+def test_poll_mode_without_observer(box: Mailbox) -> None:
+    p = start_waiter(box.root, after={"t": 0}, mode="poll")
+    time.sleep(0.3)
+    posted = time.monotonic()
+    box.post("t", "polled", sender="alice")
+    got = result(p)
+    assert [m["content"] for m in got["messages"]] == ["polled"]
+    assert got["threads"] == 1, "poll mode runs no observer thread"
+    # Woken by the 0.1 s poll, not by the 60 s timeout (generous bound for a loaded machine).
+    assert got["woke"] - posted < 5
+
+
+def test_timeout_is_a_normal_empty_result(box: Mailbox) -> None:
+    got = box.wait("t", 0, timeout=0.2)
+    assert (got.messages, got.timed_out, got.cursor) == ([], True, {"t": 0})
+    assert box.wait("t", 0, timeout=0).timed_out
+
+
+def test_returns_at_once_when_newer_exists(box: Mailbox) -> None:
+    box.post("t", "already here", sender="alice")
+    got = box.wait("t", 0, timeout=3600)
+    assert not got.timed_out
+    assert [m.content for m in got.messages] == ["already here"]
+
+
+def test_burst_returns_together_in_order_up_to_limit(box: Mailbox) -> None:
+    for i in range(50):
+        box.post("t", f"m{i}", sender="alice")
+    got = box.wait("t", 0, timeout=1)
+    assert [m.seq for m in got.messages] == list(range(1, 51))
+    got = box.wait("t", 0, timeout=1, limit=10)
+    assert [m.seq for m in got.messages] == list(range(1, 11)) and got.cursor == {"t": 10}
+    got = box.wait("t", got.cursor, timeout=1, limit=10)
+    assert [m.seq for m in got.messages] == list(range(11, 21))
+
+
+def test_from_now_ignores_history(box: Mailbox) -> None:
+    box.post("t", "old", sender="alice")
+    got = box.wait("t", timeout=0.1)
+    assert got.timed_out and got.cursor == {"t": 1}
+
+
+def test_several_threads_and_inbox_filter(box: Mailbox) -> None:
+    box.create_thread("u", creator="alice")
+    box.post("u", "to bob", sender="alice", to=["bob"])
+    box.post("t", "to all", sender="alice")
+    got = box.wait(["t", "u"], {"t": 0, "u": 0}, timeout=1)
+    assert sorted(m.content for m in got.messages) == ["to all", "to bob"]
+    got = box.wait(["t", "u"], {"t": 0, "u": 0}, to="bob", timeout=1)
+    assert [m.content for m in got.messages] == ["to bob"]
+    assert got.cursor == {"t": 1, "u": 1}, "the cursor passes messages for others too"
+
+
+def test_async_wait_is_woken_by_another_process(box: Mailbox) -> None:
+    async def main() -> list[str]:
+        task = asyncio.create_task(box.wait_async("t", 0, timeout=30))
+        await asyncio.sleep(0.2)
+        writer = spawn(
+            "writer", str(box.root), "t", "alice", "1", "lock", "fsync", str(box.root.parent / "go")
+        )
+        (box.root.parent / "go").touch()
+        got = await task
+        finish([writer])
+        return [m.content for m in got.messages]
+
+    assert asyncio.run(main()) == ["alice says 0"]
+
+
+def test_async_cancel_ends_at_once_and_leaves_nothing(box: Mailbox) -> None:
+    async def main() -> float:
+        task = asyncio.create_task(box.wait_async("t", 0, timeout=60))
+        await asyncio.sleep(0.2)
+        assert box._watcher is not None and len(box._watcher._subscribers) == 1
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 1.0
+    assert box._watcher is not None and box._watcher._subscribers == {}
+
+
+def test_one_observer_per_process_shared_by_waiters(box: Mailbox) -> None:
+    other = Mailbox(box.root)
+    results: list[int] = []
+    waiters = [
+        threading.Thread(
+            target=lambda b=b: results.append(len(b.wait("t", 0, timeout=10).messages))
+        )
+        for b in (box, other, box)
+    ]
+    for w in waiters:
+        w.start()
+    time.sleep(0.3)
+    assert box._watcher is other._watcher
+    assert len(Watcher._registry) == 1
+    box.post("t", "one", sender="alice")
+    for w in waiters:
+        w.join(10)
+    assert results == [1, 1, 1]
+    other.close()
+    assert len(Watcher._registry) == 1, "still used by box"
+    box.close()
+    assert Watcher._registry == {}
+
+
+def test_bad_wait_arguments(box: Mailbox) -> None:
+    with pytest.raises(NoSuchThread):
+        box.wait("nope", 0, timeout=0)
+    with pytest.raises(InvalidMessage, match="exactly one thread"):
+        box.wait(["t", "t"], 0, timeout=0)
+    with pytest.raises(InvalidMessage, match="timeout"):
+        box.wait("t", 0, timeout=-1)
+    with pytest.raises(InvalidMessage, match="cursor"):
+        box.wait("t", {"t": -3}, timeout=0)
+    with pytest.raises(InvalidMessage, match="limit"):
+        box.wait("t", 0, timeout=0, limit=0)
+
+
+def test_wait_mode_settings(root: Path) -> None:
+    assert Mailbox(root).wait_mode == "native"  # a local disk
+    assert Mailbox(root, wait_mode="poll").wait_mode == "poll"
+    cfg = json.loads((root / "mailslot.json").read_text())
+    (root / "mailslot.json").write_text(
+        json.dumps({**cfg, "wait_mode": "poll", "poll_interval": 0.25})
+    )
+    box = Mailbox(root)
+    assert (box.wait_mode, box.settings.poll_interval) == ("poll", 0.25)
+    (root / "mailslot.json").write_text(json.dumps({**cfg, "wait_mode": "telepathy"}))
+    with pytest.raises(RootError, match="wait_mode"):
+        Mailbox(root)
+    (root / "mailslot.json").write_text(json.dumps({**cfg, "poll_interval": 0}))
+    with pytest.raises(RootError, match="poll_interval"):
+        Mailbox(root)
+
+
+def test_network_filesystems_are_recognised(tmp_path: Path) -> None:
+    for fstype in ("nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "fuse", "9p", "ceph"):
+        assert is_network_fs(fstype), fstype
+    for fstype in ("ext4", "xfs", "btrfs", "tmpfs", "apfs", None):
+        assert not is_network_fs(fstype), fstype
+    assert filesystem_type(tmp_path) not in (None, "")
+    assert filesystem_type(Path("/proc")) == "proc"
