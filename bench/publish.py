@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,13 +75,16 @@ def _run(procs: int, count: int, fsync: bool, kind: str) -> float:
 
 
 def run(quick: bool) -> str:
-    count = 200 if quick else 1000
+    """Return the throughput table; variants alternate and each figure is a median of runs."""
+    count, repeats = (200, 1) if quick else (1000, 3)
     rows = []
     for fsync in (False, True):
         for procs in (1, 4, 8):
-            raw = _run(procs, count, fsync, "raw")
-            locked = _run(procs, count, fsync, "lock")
-            free = _run(procs, count, fsync, "nolock")
+            runs: dict[str, list[float]] = {"raw": [], "lock": [], "nolock": []}
+            for _ in range(repeats):
+                for kind, samples in runs.items():
+                    samples.append(_run(procs, count, fsync, kind))
+            raw, locked, free = (statistics.median(runs[k]) for k in ("raw", "lock", "nolock"))
             rows.append(
                 [
                     "on" if fsync else "off",

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mailslot import Mailbox
+
 WORKERS = Path(__file__).with_name("workers.py")
 
 
@@ -40,3 +42,24 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 240) -> list[str
         assert p.returncode == 0, f"worker exited {p.returncode}: {err}"
         outs.append(out)
     return outs
+
+
+def check_thread(
+    root: Path, thread: str, writers: int, each: int, acked: dict[str, list[int]]
+) -> None:
+    """Assert the thread holds exactly writers*each intact messages, each once, in writer order."""
+    box = Mailbox(root)
+    tdir = root / "threads" / thread
+    names = sorted(p.name for p in tdir.iterdir() if p.name != "thread.json")
+    assert names == [f"{s:06d}.json" for s in range(1, writers * each + 1)], "gap or stray file"
+    messages = list(box.messages(thread))
+    assert [m.seq for m in messages] == list(range(1, writers * each + 1))
+    by_writer: dict[str, list[tuple[int, int]]] = {}
+    for m in messages:
+        assert m.content == f"{m.meta['writer']} says {m.meta['i']}"
+        assert m.sender == m.meta["writer"]
+        by_writer.setdefault(m.sender, []).append((m.meta["i"], m.seq))
+    assert sorted(by_writer) == sorted(acked)
+    for writer, pairs in by_writer.items():
+        assert [i for i, _ in pairs] == list(range(each)), f"{writer}: lost, doubled or reordered"
+        assert [s for _, s in pairs] == acked[writer], f"{writer}: acked seqs differ from stored"

@@ -1,0 +1,148 @@
+"""A shared network folder: one export mounted twice over sshfs (loopback), as two machines would.
+
+inotify on mount A never sees a file created through mount B, and flock on A does not exclude
+a writer on B: the waiter must fall back to polling by name, and the no-replace link claim must
+keep concurrent writers on both mounts from losing or doubling messages. The fixture starts its
+own sshd on 127.0.0.1 and mounts with sshfs; it skips with the reason where the machine cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import check_thread, finish, spawn, start_together
+
+from mailslot import Mailbox
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount FUSE filesystems"
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse on this machine"
+    if not (shutil.which("sshfs") and Path(SSHD).exists() and shutil.which("ssh-keygen")):
+        return "needs Debian's openssh-server and sshfs (.ci/run installs them as root)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("sshfs")
+    export, a, b = base / "export", base / "a", base / "b"
+    for d in (export, a, b):
+        d.mkdir()
+    key, hostkey = base / "key", base / "hostkey"
+    for k in (key, hostkey):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True)
+    (base / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    port = _free_port()
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
+        f"UsePAM no\nPidFile {base / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    mounted: list[Path] = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or sshd.poll() is not None:
+                pytest.skip(f"sshd did not start: {sshd.stderr.read() if sshd.stderr else ''}")
+            time.sleep(0.05)
+        for mnt in (a, b):
+            opts = (
+                f"IdentityFile={key},port={port},StrictHostKeyChecking=no,"
+                "UserKnownHostsFile=/dev/null,LogLevel=ERROR"
+            )
+            result = subprocess.run(
+                ["sshfs", "-o", opts, f"root@127.0.0.1:{export}", str(mnt)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if result.returncode != 0:
+                pytest.skip(f"sshfs mount failed: {result.stderr.strip()}")
+            mounted.append(mnt)
+        yield a, b
+    finally:
+        for mnt in mounted:
+            subprocess.run(["fusermount", "-u", "-z", str(mnt)], capture_output=True, check=False)
+        sshd.terminate()
+        sshd.communicate(timeout=10)
+
+
+def test_mounts_are_network_and_blind(mounts: tuple[Path, Path]) -> None:
+    a, b = mounts
+    box_a = Mailbox.init(a / "blind")
+    assert box_a.wait_mode == "hybrid", "sshfs is a network mount: events plus polling"
+    assert Mailbox(b / "blind").root != box_a.root
+
+
+def test_waiter_on_a_wakes_for_a_write_through_b(mounts: tuple[Path, Path]) -> None:
+    a, b = mounts
+    box_a = Mailbox.init(a / "wake")
+    box_a.create_thread("t", creator="alice")
+    p = spawn("waiter", str(a / "wake"), "t", json.dumps({"t": 0}), "-", "60", "auto")
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    posted = time.monotonic()
+    Mailbox(b / "wake").post("t", "through b", sender="bob")
+    (out,) = finish([p], timeout=90)
+    got = json.loads(out)
+    assert [m["content"] for m in got["messages"]] == ["through b"]
+    assert not got["timed_out"]
+    assert got["woke"] - posted < 10, "woken by polling, not by the 60 s timeout"
+
+
+def test_writers_on_both_mounts_lose_nothing(mounts: tuple[Path, Path]) -> None:
+    a, b = mounts
+    Mailbox.init(a / "race").create_thread("race", creator="judge")
+    go = a.parent / "go-race"
+    each = 100
+    procs = [
+        spawn(
+            "writer",
+            str(mnt / "race"),
+            "race",
+            f"{mnt.name}{i}",
+            str(each),
+            "lock",
+            "nofsync",
+            str(go),
+        )
+        for mnt in (a, b)
+        for i in range(2)
+    ]
+    start_together(procs, go)
+    acked = {}
+    for out in finish(procs):
+        doc = json.loads(out)
+        acked[doc["writer"]] = doc["acked"]
+    check_thread(a / "race", "race", 4, each, acked)
