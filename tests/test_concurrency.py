@@ -109,3 +109,17 @@ def test_stale_temp_files_are_swept(root: Path) -> None:
     assert not stale.exists()
     assert not old.exists()
     assert live.exists(), "a live writer's temp file must never be removed"
+
+
+def test_processes_creating_one_topic_meet_in_one_thread(root: Path) -> None:
+    go = root.parent / "go-create"
+    procs = [spawn("create", str(root), "Join Bus123", f"agent{i}", str(go)) for i in range(8)]
+    start_together(procs, go)
+    infos = [json.loads(out) for out in finish(procs)]
+    assert {i["id"] for i in infos} == {"join-bus123"}
+    creators = {i["created_by"] for i in infos}
+    assert len(creators) == 1, "every process sees the one thread that won"
+    assert [p.name for p in (root / "threads").iterdir()] == ["join-bus123"]
+    record = json.loads((root / "threads" / "join-bus123" / "thread.json").read_text())
+    assert record["created_by"] in creators and record["topic"] == "Join Bus123"
+    assert not list((root / ".state" / "tmp").iterdir()), "losers cleaned up their staging"

@@ -94,6 +94,13 @@ def waiter(root: str, threads: str, after: str, to: str, timeout: str, mode: str
     )
 
 
+def create(root: str, topic: str, name: str, go: str) -> None:
+    box = Mailbox(root)
+    wait_for(Path(go))
+    info = box.create_thread(topic, creator=name)
+    print(json.dumps(info.to_dict()), flush=True)
+
+
 def hold_lock(path: str) -> None:
     """Hold an exclusive flock on path until killed."""
     import fcntl
@@ -112,5 +119,6 @@ if __name__ == "__main__":
         "forever": forever,
         "hold_lock": hold_lock,
         "waiter": waiter,
+        "create": create,
     }
     roles[role](*rest)
