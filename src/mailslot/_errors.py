@@ -40,6 +40,7 @@ class NoSuchThread(NotFound):
 
     def __init__(self, thread: str, known: list[str]) -> None:
         self.thread = thread
+        self.suggestions = known
         hint = f"; did you mean {', '.join(repr(k) for k in known)}?" if known else ""
         super().__init__(f"no thread {thread!r}{hint} (list threads to see them all)")
 
@@ -62,8 +63,19 @@ class NoSuchAgent(NotFound):
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.agent = name
+        self.known = known
         names = ", ".join(known) if known else "none registered yet"
         super().__init__(f"no agent {name!r} (known agents: {names}); register it first")
+
+
+class NameTaken(MailslotError):
+    """An agent name held by another live process."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        self.agent = name
+        super().__init__(
+            f"agent name {name!r} is in use by a live process ({holder}); choose another name"
+        )
 
 
 class RootError(MailslotError):

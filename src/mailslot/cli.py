@@ -191,6 +191,23 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailslot.stdio_server import serve  # imports mcp: only this command pays for it
+
+    agent = args.agent or os.environ.get("MAILSLOT_AGENT") or None
+    lang = args.lang or os.environ.get("MAILSLOT_LANG") or None
+    serve(
+        str(_root(args)),
+        agent=agent,
+        lang=lang,
+        wait_default=args.wait_default,
+        wait_max=args.wait_max,
+        stale_after=args.heartbeat_timeout,
+        wait_mode="poll" if args.poll else None,
+    )
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     """Return the argument parser of the mailslot command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -256,6 +273,35 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("--description")
     s.set_defaults(func=cmd_register)
+
+    s = sub.add_parser("serve", parents=[common], help="serve MCP over stdio for one agent")
+    s.add_argument(
+        "--agent", help="this agent's name (default: $MAILSLOT_AGENT, else from the client)"
+    )
+    s.add_argument("--lang", help="preferred language of messages, e.g. English or Chinese")
+    s.add_argument(
+        "--wait-default",
+        type=float,
+        default=50.0,
+        metavar="S",
+        help="msg_wait timeout when the model gives none (default 50)",
+    )
+    s.add_argument(
+        "--wait-max",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="longest msg_wait a model may ask for (default 600)",
+    )
+    s.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="an agent not seen for this long reads as offline (default 30)",
+    )
+    s.add_argument("--poll", action="store_true", help="wake waiters by polling only")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("agents", parents=[common], help="list agent cards")
     s.set_defaults(func=cmd_agents)

@@ -37,6 +37,7 @@ from mailslot._errors import (
     InvalidName,
     InvalidState,
     MailslotError,
+    NameTaken,
     NoSuchAgent,
     NoSuchMessage,
     NoSuchThread,
@@ -64,6 +65,13 @@ from mailslot._format import (
     parse_message,
 )
 from mailslot._names import check_key, check_name, check_topic, slugify
+from mailslot._presence import (
+    DEFAULT_STALE_AFTER,
+    PRESENCE_STATUSES,
+    NameHold,
+    Presence,
+)
+from mailslot._presence import effective as presence_of
 from mailslot._wait import (
     DISCOVERY_INTERVAL_S,
     SAFETY_RECHECK_S,
@@ -86,7 +94,9 @@ __all__ = [
     "Damaged",
     "Mailbox",
     "Message",
+    "NameHold",
     "Page",
+    "Presence",
     "Settings",
     "ThreadInfo",
     "default_root",
@@ -373,6 +383,7 @@ class Mailbox:
         self._safe_dirs: set[Path] = set()
         self._reported: set[str] = set()
         self._mode: str | None = None
+        self._presence_docs: dict[str, dict[str, Any]] = {}
         self._watcher: Watcher | None = None
         self._watch_lock = threading.Lock()
         for sub in ("threads", "agents", ".state"):
@@ -1316,6 +1327,104 @@ class Mailbox:
                     await asyncio.wait_for(woken.wait(), min(remaining, self._tick(plan)))
         finally:
             unsubscribe()
+
+    # ------------------------------------------------------------------ presence and cursors
+
+    def hold_name(
+        self, name: str, *, client: str | None = None, stale_after: float = DEFAULT_STALE_AFTER
+    ) -> NameHold:
+        """Take agent name for this process and mark it online; return the hold.
+
+        The name stays held until the hold is released (release_name) or the process dies.
+        Raise NameTaken if a live process on this machine holds it, or a process on another
+        machine refreshed it within stale_after seconds.
+        """
+        check_name(name, "agent name")
+        path = self._dir(".state/presence") / f"{name}.lock"
+        try:
+            hold = NameHold.try_take(name, path)
+        except OSError as e:
+            raise _storage_error(e, self.root, f"taking the name {name!r}") from None
+        current = self.presence(name, stale_after=stale_after)
+        if hold is None or (current.status != "offline" and current.host != _HOST):
+            if hold is not None:
+                hold.release()
+            who = f"pid {current.pid} on {current.host}" if current.pid else "another process"
+            if current.client:
+                who += f", client {current.client}"
+            raise NameTaken(name, who)
+        self._presence_docs[name] = {"client": client, "started": now_iso()}
+        try:
+            self.set_presence(name, "online")
+        except MailslotError:
+            hold.release()
+            raise
+        return hold
+
+    def release_name(self, hold: NameHold) -> None:
+        """Mark the held name offline (a clean exit) and let it go."""
+        if hold.held:
+            with contextlib.suppress(MailslotError):
+                self.set_presence(hold.name, "offline")
+        hold.release()
+
+    def set_presence(self, name: str, status: str, *, waiting_on: str | None = None) -> None:
+        """Write this process's presence for name (a heartbeat); status online/waiting/offline."""
+        if status not in PRESENCE_STATUSES:
+            raise InvalidState(f"presence must be one of {', '.join(PRESENCE_STATUSES)}")
+        known = self._presence_docs.setdefault(name, {"client": None, "started": now_iso()})
+        doc = {
+            "agent": name,
+            "status": status,
+            "client": known["client"],
+            "pid": os.getpid(),
+            "host": _HOST,
+            "started": known["started"],
+            "last_seen": now_iso(),
+            "last_seen_epoch": time.time(),
+            "waiting_on": waiting_on,
+        }
+        self._write_state_file(self._dir(".state/presence") / f"{name}.json", doc)
+
+    def presence(self, name: str, *, stale_after: float = DEFAULT_STALE_AFTER) -> Presence:
+        """Return what is known of agent name's presence (offline if never seen or gone)."""
+        check_name(name, "agent name")
+        try:
+            doc = loads((self.root / ".state" / "presence" / f"{name}.json").read_bytes())
+        except (OSError, ValueError):
+            return Presence(agent=name, status="offline")
+        if not isinstance(doc, dict):
+            return Presence(agent=name, status="offline")
+        return presence_of(doc, name, _HOST, stale_after)
+
+    def presences(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Presence]:
+        """Return the presence of every agent that ever had a presence file, by name."""
+        try:
+            names = os.listdir(self.root / ".state" / "presence")
+        except OSError:
+            return []
+        out = []
+        for n in sorted(names):
+            if n.endswith(".json"):
+                with contextlib.suppress(InvalidName):
+                    out.append(
+                        self.presence(check_name(n[: -len(".json")]), stale_after=stale_after)
+                    )
+        return out
+
+    def load_cursor(self, agent: str, key: str) -> Any:
+        """Return what save_cursor stored for agent under key, or None."""
+        check_name(agent, "agent name")
+        try:
+            return loads((self.root / ".state" / "cursors" / agent / f"{key}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def save_cursor(self, agent: str, key: str, value: Any) -> None:
+        """Remember a read position of agent under key (a thread id, or '_inbox')."""
+        check_name(agent, "agent name")
+        with contextlib.suppress(MailslotError):  # a cursor is a convenience, never a failure
+            self._write_state_file(self._dir(f".state/cursors/{agent}") / f"{key}.json", value)
 
     # ------------------------------------------------------------------ lifetime
 

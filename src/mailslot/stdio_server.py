@@ -1,0 +1,327 @@
+"""`mailslot serve`: the tools of mailslot.tools over MCP on stdio, one process per agent.
+
+This is the single place where library errors become what the model reads (ToolError text),
+and where MCP specifics live: progress during waits, resources and their `resources/updated`
+notifications for both protocol eras, prompts, and the presence heartbeat.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import typing
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.stdio import stdio_server
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.types import EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
+
+from mailslot import __version__
+from mailslot._errors import (
+    MailslotError,
+    NameTaken,
+    NoSuchAgent,
+    NoSuchMessage,
+    NoSuchThread,
+)
+from mailslot.mailbox import Mailbox
+from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
+
+log = logging.getLogger("mailslot.serve")
+
+READ_ONLY = {"thread_list", "thread_get", "msg_list", "agent_list", "bus_get_config", "msg_wait"}
+
+
+def model_text(e: MailslotError) -> str:
+    """Return what the model reads for a library error: what went wrong and its next call."""
+    if isinstance(e, NoSuchThread):
+        near = f"; threads with similar names: {', '.join(e.suggestions)}" if e.suggestions else ""
+        return (f"no thread {e.thread!r}{near}; call thread_list to see the threads, or "
+                "thread_create(topic) to start one")  # fmt: skip
+    if isinstance(e, NoSuchAgent):
+        known = ", ".join(e.known) if e.known else "none yet"
+        return f"no agent {e.agent!r} (known agents: {known}); call agent_list to see who is here"
+    if isinstance(e, NoSuchMessage):
+        return f"{e}; call msg_list to see the thread's messages"
+    if isinstance(e, NameTaken):
+        return f"{e} with agent_register(name=...)"
+    return str(e)
+
+
+@dataclass
+class _State:
+    """What lives for one client connection (one stdio process serves one client)."""
+
+    session: Session
+    subscribed: set[str] = field(default_factory=set)
+    legacy_session: Any = None  # the handshake-era session, captured at resources/subscribe
+
+
+def _client_name(ctx: Context) -> str | None:
+    try:
+        params = ctx.session.client_params
+    except (AttributeError, RuntimeError):
+        return None
+    info = getattr(params, "client_info", None)
+    return getattr(info, "name", None)
+
+
+def _state(ctx: Context) -> _State:
+    state = ctx.request_context.lifespan_context
+    assert isinstance(state, _State)
+    return state
+
+
+def _as_tool(name: str) -> Callable[..., Any]:
+    """Return an MCP tool function for Session.<name>: same parameters, docstring and types.
+
+    The wrapper adds the MCP context (to find this connection's session, the client's name,
+    and to send progress) and turns library errors into ToolError text for the model.
+    """
+    method = getattr(Session, name)
+    hints = typing.get_type_hints(method, include_extras=True)
+    sig = inspect.signature(method)
+    params = [
+        p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name != "self"
+    ]
+    params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
+    is_async = inspect.iscoroutinefunction(method)
+
+    async def tool(ctx: Context, **kwargs: Any) -> Any:
+        session = _state(ctx).session
+        if session.client is None:
+            session.client = _client_name(ctx)
+
+        async def progress(done: float, message: str) -> None:
+            await ctx.report_progress(done, None, message)
+
+        token = PROGRESS.set(progress)
+        try:
+            result = getattr(session, name)(**kwargs)
+            return await result if is_async else result
+        except MailslotError as e:
+            raise ToolError(model_text(e)) from None
+        finally:
+            PROGRESS.reset(token)
+
+    tool.__name__ = name
+    tool.__qualname__ = name
+    tool.__doc__ = method.__doc__
+    tool.__signature__ = sig.replace(parameters=params, return_annotation=hints["return"])  # type: ignore[attr-defined]
+    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": hints["return"]}
+    return tool
+
+
+def instructions(agent: str | None, lang: str | None) -> str:
+    """Return the server's instructions: a few lines on how to collaborate through mailslot."""
+    who = (f"You are agent '{agent}'." if agent else
+           "You get a name from your client's name on first use; agent_register(name=...) "
+           "picks a stable one.")  # fmt: skip
+    text = (
+        f"mailslot is a mailbox shared with other agents. {who} "
+        "Join or start a thread with thread_create(topic), catch up with msg_list, introduce "
+        "yourself with msg_post, then keep calling msg_wait(thread, after_seq=next_after_seq): "
+        "it returns new messages, or status 'timeout' after about 50 s; then call it again. "
+        "Delegate with msg_post(type='task', to=[agent]); report with type='result'. "
+        "Move the thread with thread_set_state and close it with a summary."
+    )
+    if lang:
+        text += f" Write your messages in {lang}."
+    return text
+
+
+def create_server(
+    make_session: Callable[[], Session], *, agent: str | None = None, lang: str | None = None
+) -> MCPServer[_State]:
+    """Return the MCP server whose connection lifespan runs the session make_session returns."""
+
+    async def heartbeat(state: _State) -> None:
+        while True:
+            await anyio.sleep(state.session.stale_after / 3)
+            try:
+                state.session.heartbeat()
+            except MailslotError as e:
+                log.warning("presence heartbeat failed: %s", e)
+
+    def bus() -> Any:
+        # MCPServer keeps its subscriptions/listen bus private; ctx.notify_* reach it only
+        # inside a request, and these notifications come from a background task.
+        return server_._subscriptions
+
+    async def watch_threads(state: _State) -> None:
+        """Tell the client about new messages in any thread, whoever wrote them."""
+        box = state.session.box
+        cursor = box.cursor()
+        while True:
+            got = await box.wait_async(None, cursor, timeout=30, limit=1000)
+            new_threads = set(got.cursor) - set(cursor)
+            cursor = got.cursor
+            for thread in sorted({m.thread for m in got.messages}):
+                uri = f"mailslot://threads/{thread}/transcript"
+                await bus().publish(ResourceUpdated(uri=uri))  # 2026-07-28 era
+                if uri in state.subscribed and state.legacy_session is not None:
+                    await state.legacy_session.send_resource_updated(uri)  # handshake era
+            if new_threads:
+                await bus().publish(ResourcesListChanged())
+                if state.legacy_session is not None:
+                    await state.legacy_session.send_resource_list_changed()
+
+    holder: list[_State] = []  # the state of the one connection this process serves
+
+    def current() -> _State:
+        if not holder:
+            raise ResourceError("the server is not connected yet")
+        return holder[-1]
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer[_State]) -> AsyncIterator[_State]:
+        state = _State(make_session())
+        holder[:] = [state]
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat, state)
+                tg.start_soon(watch_threads, state)
+                try:
+                    yield state
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            state.session.close()
+
+    server_: MCPServer[_State] = MCPServer(
+        "mailslot", version=__version__, instructions=instructions(agent, lang), lifespan=lifespan
+    )
+    for name in TOOL_NAMES:
+        server_.add_tool(
+            _as_tool(name),
+            name=name,
+            annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
+            structured_output=False,
+        )
+    _add_resources(server_, current)
+    _add_prompts(server_, current)
+
+    async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        state = ctx.lifespan_context
+        state.subscribed.add(str(params.uri))
+        state.legacy_session = ctx.session
+        return EmptyResult()
+
+    async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        ctx.lifespan_context.subscribed.discard(str(params.uri))
+        return EmptyResult()
+
+    low = server_._lowlevel_server
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+    return server_
+
+
+def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> None:
+    def read(fn: Callable[[Session], Any]) -> str:
+        try:
+            value = fn(current().session)
+        except MailslotError as e:
+            raise ResourceError(model_text(e)) from None
+        return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+
+    @server.resource("mailslot://threads", mime_type="application/json",
+                     description="Threads, most recently active first")  # fmt: skip
+    def threads() -> str:
+        return read(lambda s: s.thread_list(limit=200))
+
+    @server.resource("mailslot://agents", mime_type="application/json",
+                     description="Agents and their presence")  # fmt: skip
+    def agents() -> str:
+        return read(lambda s: s.agent_list())
+
+    @server.resource("mailslot://config", mime_type="application/json",
+                     description="This bus's settings")  # fmt: skip
+    def config() -> str:
+        return read(lambda s: s.bus_get_config())
+
+    @server.resource("mailslot://threads/{thread}/transcript", mime_type="text/markdown",
+                     description="A thread as Markdown, every message in seq order")  # fmt: skip
+    def transcript(thread: str) -> str:
+        return read(lambda s: transcript_markdown(s.box, thread))
+
+    @server.resource("mailslot://threads/{thread}/state", mime_type="application/json",
+                     description="A thread's state, head, participants, summary")  # fmt: skip
+    def thread_state(thread: str) -> str:
+        return read(lambda s: thread_view(s.box.thread(thread)))
+
+
+def _add_prompts(server: MCPServer[_State], current: Callable[[], _State]) -> None:
+    @server.prompt(title="Summarize a thread")
+    def summarize_thread(thread: str) -> str:
+        """Summarize a thread's decisions and open points, ready to close it with."""
+        session = current().session
+        try:
+            transcript = transcript_markdown(session.box, thread)
+        except MailslotError as e:
+            raise ValueError(model_text(e)) from None
+        lang = f" Write it in {session.lang}." if session.lang else ""
+        return (
+            "Summarize the thread below for someone who was not in it: what was decided, what "
+            f"is still open, and who does what next, in at most 200 words of Markdown.{lang} "
+            f"Then close it with thread_set_state(thread='{thread}', state='closed', "
+            "summary=<your summary>).\n\n" + transcript
+        )
+
+    @server.prompt(title="Hand off a task to another agent")
+    def handoff_to_agent(thread: str, to_agent: str, task: str, context: str = "") -> str:
+        """Delegate a task to another agent in a thread, with the context it needs."""
+        session = current().session
+        try:
+            session.box.agent(to_agent)
+            session.box.thread(thread)
+        except MailslotError as e:
+            raise ValueError(model_text(e)) from None
+        return (
+            f"Delegate this task to agent '{to_agent}': call msg_post(thread='{thread}', "
+            f"type='task', to=['{to_agent}'], content=<the message below>), then wait for the "
+            f"result with msg_wait(thread='{thread}', after_seq=<the seq it returns>).\n\n"
+            f"**Task for {to_agent}:** {task}\n\n"
+            f"**Context:** {context or 'see the thread so far'}\n\n"
+            "**Done when:** you answer in this thread with type='result' and reply_to=<this "
+            "message's seq>; ask with type='question' if anything is unclear."
+        )
+
+
+def serve(
+    root: str,
+    *,
+    agent: str | None = None,
+    lang: str | None = None,
+    wait_default: float = 50.0,
+    wait_max: float = 600.0,
+    stale_after: float = 30.0,
+    wait_mode: str | None = None,
+) -> None:
+    """Serve MCP over stdio for one agent until the client closes stdin."""
+    box = Mailbox(root, wait_mode=wait_mode)
+    session = Session(
+        box, agent=agent, lang=lang, wait_default=wait_default, wait_max=wait_max,
+        stale_after=stale_after,
+    )  # fmt: skip
+    server = create_server(lambda: session, agent=agent, lang=lang)
+    low = server._lowlevel_server
+
+    async def run() -> None:
+        async with stdio_server() as (read, write):
+            options = low.create_initialization_options(NotificationOptions(resources_changed=True))
+            await low.run(read, write, options)
+
+    try:
+        anyio.run(run)
+    finally:
+        session.close()
+        box.close()

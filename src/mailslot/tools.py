@@ -1,0 +1,448 @@
+"""The agent-facing operations: one typed method per MCP tool, returning JSON-able dicts.
+
+A ``Session`` is one agent's view of a mailbox. ``mailslot serve`` registers its public
+methods as MCP tools (each docstring is the tool's description, so they stay short); tests and
+scripts call them directly. Errors are the library's ``MailslotError`` subclasses; the server
+turns them into text for the model in one place.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from mailslot import __version__
+from mailslot._errors import InvalidMessage, MailslotError, NameTaken, NoSuchAgent
+from mailslot._format import Message, ThreadInfo
+from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
+from mailslot.mailbox import Mailbox
+
+TOOL_NAMES = (
+    "thread_create", "thread_list", "thread_get", "thread_set_state",
+    "msg_post", "msg_list", "msg_wait",
+    "agent_register", "agent_list", "bus_get_config",
+)  # fmt: skip
+
+DEFAULT_WAIT_S = 50.0
+DEFAULT_WAIT_MAX_S = 600.0
+PROGRESS_EVERY_S = 5.0
+PAGE_DEFAULT = 50
+PAGE_MAX = 200
+PAGE_BUDGET_BYTES = 200_000  # content returned by one msg_list/msg_wait call, at most
+INBOX = "_inbox"
+
+#: Set by the server for the duration of one tool call: sends a progress notification.
+PROGRESS: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = (
+    contextvars.ContextVar("mailslot_progress", default=None)
+)
+
+State = Literal["discuss", "implement", "review", "done", "closed", "archived"]
+MsgType = Literal["message", "task", "result", "status", "error", "question"]
+Priority = Literal["low", "normal", "high", "urgent"]
+# Parameter types with the descriptions the model reads in each tool's input schema.
+Topic = Annotated[str, Field(description="What the thread is about; same topic, same thread")]
+Limit = Annotated[int, Field(ge=1, le=200)]
+Summary = Annotated[str | None, Field(description="Markdown; typically when closing")]
+Content = Annotated[str, Field(description="The message, usually Markdown")]
+To = Annotated[list[str] | None, Field(description="Agents addressed (see agent_list)")]
+ReplyTo = Annotated[int | None, Field(ge=1, description="Seq of the message answered")]
+Key = Annotated[str | None, Field(description="A retry with the same key is stored once")]
+AfterSeq = Annotated[int, Field(ge=0)]
+WaitThread = Annotated[
+    str | None, Field(description="Omit to wait on your inbox: messages to you in any thread")
+]
+WaitAfter = Annotated[
+    int | None, Field(ge=0, description="Seq to wait past: next_after_seq of the last call")
+]
+WaitTimeout = Annotated[float | None, Field(gt=0, description="Seconds; default 50")]
+AgentName = Annotated[str | None, Field(description="Stable lowercase name; omit to keep yours")]
+Description = Annotated[str | None, Field(description="What you do, for the other agents")]
+
+PROTOCOL = (
+    "Join or start a thread with thread_create(topic) (the same topic is the same thread), "
+    "catch up with msg_list, introduce yourself with msg_post, then loop on "
+    "msg_wait(thread, after_seq=next_after_seq): it returns new messages, or status 'timeout' "
+    "after about 50 s, and then you simply call it again. Delegate work with msg_post(type="
+    "'task', to=[agent]); answer with type='result' and reply_to=<seq>. Move the thread along "
+    "discuss -> implement -> review -> done -> closed with thread_set_state; close it with a "
+    "summary."
+)
+
+
+def client_slug(client: str | None) -> str:
+    """Return a readable agent name made from a client's name ('Claude Code' -> 'claude-code')."""
+    slug = re.sub(r"[^a-z0-9]+", "-", (client or "").lower()).strip("-")
+    slug = re.sub(r"-(mcp-client|client|mcp)$", "", slug)
+    return slug[:40].strip("-") or "agent"
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """Return a message as the model sees it: no empty fields, no internal id."""
+    out: dict[str, Any] = {"thread": m.thread, "seq": m.seq, "from": m.sender}
+    if m.to:
+        out["to"] = m.to
+    out["type"] = m.type
+    if m.priority != "normal":
+        out["priority"] = m.priority
+    if m.reply_to is not None:
+        out["reply_to"] = m.reply_to
+    out["created_at"] = m.created_at
+    out["content"] = m.content
+    if m.meta:
+        out["meta"] = m.meta
+    return out
+
+
+def thread_view(t: ThreadInfo) -> dict[str, Any]:
+    """Return a thread as the model sees it."""
+    out = {
+        "thread": t.id,
+        "topic": t.topic,
+        "state": t.state,
+        "head": t.head,
+        "participants": t.participants,
+        "last_activity": t.last_activity,
+    }
+    if t.summary:
+        out["summary"] = t.summary
+    return out
+
+
+def transcript_markdown(box: Mailbox, thread: str) -> str:
+    """Return a thread as Markdown: a title, its state, then every message in seq order."""
+    info = box.thread(thread)
+    lines = [
+        f"# {info.topic}",
+        "",
+        f"Thread `{info.id}` · state **{info.state}** · {info.head} messages · "
+        f"participants: {', '.join(info.participants) or 'none yet'}",
+    ]
+    if info.summary:
+        lines += ["", "> **Summary:** " + info.summary.replace("\n", "\n> ")]
+    for m in box.messages(thread):
+        head = f"**#{m.seq} {m.sender}**"
+        if m.to:
+            head += " → " + ", ".join(m.to)
+        tags = [] if m.type == "message" else [m.type]
+        if m.priority != "normal":
+            tags.append(m.priority)
+        if m.reply_to:
+            tags.append(f"re #{m.reply_to}")
+        head += "".join(f" · {t}" for t in tags) + f" · {m.created_at}"
+        body = m.content
+        if m.type == "state":
+            body = f"*state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}*"
+            if m.content:
+                body += "\n\n" + m.content
+        lines += ["", "---", "", head, "", body]
+    return "\n".join(lines) + "\n"
+
+
+class Session:
+    """One agent's tools over a mailbox; the agent's name is taken on first need."""
+
+    def __init__(
+        self,
+        box: Mailbox,
+        *,
+        agent: str | None = None,
+        client: str | None = None,
+        lang: str | None = None,
+        wait_default: float = DEFAULT_WAIT_S,
+        wait_max: float = DEFAULT_WAIT_MAX_S,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> None:
+        if not 0 < wait_default <= wait_max:
+            raise InvalidMessage("the default wait must be > 0 and at most the maximum wait")
+        self.box = box
+        self.client = client
+        self.lang = lang
+        self.wait_default = wait_default
+        self.wait_max = wait_max
+        self.stale_after = stale_after
+        self._wanted = agent
+        self._hold: NameHold | None = None
+        self._waits = 0
+        self._waiting_on: str | None = None
+        if agent is not None:
+            self._take(agent)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def agent(self) -> str | None:
+        """Return this session's agent name, or None until one is needed."""
+        return self._hold.name if self._hold is not None else None
+
+    def _take(self, name: str) -> None:
+        hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
+        old, self._hold = self._hold, hold
+        if old is not None:
+            self.box.release_name(old)
+        try:
+            card = self.box.agent(name)
+        except NoSuchAgent:
+            card = None
+        except MailslotError:
+            card = None
+        if card is None or (self.client and card.client != self.client):
+            self.box.register_agent(name, client=self.client)
+
+    def me(self) -> str:
+        """Return the agent name, taking one made from the client's name if there is none yet."""
+        if self._hold is not None:
+            return self._hold.name
+        base = client_slug(self.client)
+        for n in range(1, 100):
+            name = base if n == 1 else f"{base}-{n}"
+            try:
+                self._take(name)
+            except NameTaken:
+                continue
+            return name
+        raise NameTaken(base, "and 98 numbered variants")
+
+    def heartbeat(self) -> None:
+        """Refresh this agent's presence (call every stale_after/3 seconds)."""
+        if self._hold is not None:
+            status = "waiting" if self._waits else "online"
+            self.box.set_presence(self._hold.name, status, waiting_on=self._waiting_on)
+
+    def close(self) -> None:
+        """Mark this agent offline and let its name go."""
+        if self._hold is not None:
+            self.box.release_name(self._hold)
+            self._hold = None
+
+    # ------------------------------------------------------------------ threads
+
+    def thread_create(
+        self,
+        topic: Topic,
+    ) -> dict[str, Any]:
+        """Join the thread for a topic, creating it if needed; returns its id and head seq."""
+        info = self.box.create_thread(topic, creator=self.me())
+        out = thread_view(info)
+        out["hint"] = (
+            f"read history with msg_list(thread='{info.id}', after_seq=0), then "
+            f"msg_wait(thread='{info.id}', after_seq={info.head})"
+        )
+        return out
+
+    def thread_list(
+        self,
+        state: State | None = None,
+        include_archived: bool = False,
+        limit: Limit = PAGE_DEFAULT,
+    ) -> dict[str, Any]:
+        """List threads, most recently active first: id, topic, state, head seq, participants."""
+        infos = self.box.threads(state=state, include_archived=include_archived)
+        out: dict[str, Any] = {
+            "threads": [thread_view(t) for t in infos[:limit]],
+            "total": len(infos),
+        }
+        if len(infos) > limit:
+            out["hint"] = f"showing {limit} of {len(infos)}; filter by state or raise limit"
+        return out
+
+    def thread_get(self, thread: str) -> dict[str, Any]:
+        """Get one thread: topic, state, head seq, participants, summary."""
+        return thread_view(self.box.thread(thread))
+
+    def thread_set_state(
+        self,
+        thread: str,
+        state: State,
+        summary: Summary = None,
+    ) -> dict[str, Any]:
+        """Move a thread along discuss → implement → review → done → closed, or to archived."""
+        seq = self.box.set_state(thread, state, sender=self.me(), summary=summary)
+        return {"thread": thread, "state": state, "seq": seq}
+
+    # ------------------------------------------------------------------ messages
+
+    def msg_post(
+        self,
+        thread: str,
+        content: Content,
+        type: MsgType = "message",
+        to: To = None,
+        reply_to: ReplyTo = None,
+        priority: Priority = "normal",
+        meta: dict[str, Any] | None = None,
+        idempotency_key: Key = None,
+    ) -> dict[str, Any]:
+        """Post a message to a thread; returns its seq and id."""
+        seq = self.box.post(
+            thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
+            reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        msg = self.box.get(thread, seq)
+        self._remember(thread, seq)
+        return {"thread": thread, "seq": seq, "id": msg.id}
+
+    def _remember(self, thread: str, seq: int) -> None:
+        if self.agent is not None:
+            old = self.box.load_cursor(self.agent, thread)
+            if not (isinstance(old, int) and old >= seq):
+                self.box.save_cursor(self.agent, thread, seq)
+
+    def _page(self, messages: list[Message]) -> tuple[list[dict[str, Any]], int | None]:
+        """Return the views that fit the size budget, and the seq of the last one if cut."""
+        views: list[dict[str, Any]] = []
+        size = 0
+        for m in messages:
+            size += len(m.content.encode("utf-8"))
+            if views and size > PAGE_BUDGET_BYTES:
+                return views, views[-1]["seq"]
+            views.append(message_view(m))
+        return views, None
+
+    def msg_list(
+        self,
+        thread: str,
+        after_seq: AfterSeq = 0,
+        limit: Limit = PAGE_DEFAULT,
+    ) -> dict[str, Any]:
+        """Read a thread's messages with seq > after_seq, oldest first, one page at a time."""
+        page = self.box.read(thread, after_seq, limit)
+        views, cut = self._page(page.messages)
+        cursor = cut if cut is not None else page.cursor
+        more = page.has_more or cut is not None
+        out: dict[str, Any] = {"messages": views, "next_after_seq": cursor, "has_more": more}
+        if more:
+            out["hint"] = f"more: call msg_list(thread='{thread}', after_seq={cursor})"
+        if page.skipped:
+            out["unreadable"] = [str(d) for d in page.skipped]
+        self._remember(thread, cursor)
+        return out
+
+    async def msg_wait(
+        self,
+        thread: WaitThread = None,
+        after_seq: WaitAfter = None,
+        timeout_s: WaitTimeout = None,
+    ) -> dict[str, Any]:
+        """Block until new messages arrive, then return them; on status 'timeout', call again."""
+        me = self.me()
+        timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
+        if thread is not None:
+            self.box.head(thread)  # a missing thread fails now, not after the timeout
+            stored = self.box.load_cursor(me, thread)
+            start = (
+                after_seq
+                if after_seq is not None
+                else (stored if isinstance(stored, int) else self.box.head(thread))
+            )
+            cursor: dict[str, int] = {thread: start}
+            target: list[str] | None = [thread]
+        else:
+            if after_seq is not None:
+                raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
+            stored = self.box.load_cursor(me, INBOX)
+            cursor = stored if isinstance(stored, dict) else self.box.cursor()
+            target = None
+        report = PROGRESS.get()
+        begun = time.monotonic()
+        self._waits += 1
+        self._waiting_on = thread or "inbox"
+        self.heartbeat()
+        try:
+            while True:
+                left = timeout - (time.monotonic() - begun)
+                got = await self.box.wait_async(
+                    target, cursor, to=None if thread else me,
+                    timeout=max(0.0, min(left, PROGRESS_EVERY_S)), limit=PAGE_DEFAULT,
+                )  # fmt: skip
+                cursor = got.cursor
+                if got.messages or left <= PROGRESS_EVERY_S:
+                    break
+                if report is not None:
+                    waited = time.monotonic() - begun
+                    await report(waited, f"waiting on {thread or 'inbox'}: {waited:.0f}s")
+        finally:
+            self._waits -= 1
+            if not self._waits:
+                self._waiting_on = None
+            self.heartbeat()
+        if thread is None:
+            self.box.save_cursor(me, INBOX, cursor)
+        views, cut = self._page(got.messages)
+        out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
+        if thread is not None:
+            nxt = cut if cut is not None else cursor[thread]
+            self._remember(thread, nxt)
+            out["next_after_seq"] = nxt
+            again = f"msg_wait(thread='{thread}', after_seq={nxt})"
+        else:
+            again = "msg_wait() again"
+        out["waited_s"] = round(time.monotonic() - begun, 1)
+        out["hint"] = (
+            f"no new message yet; call {again}"
+            if not views
+            else f"reply with msg_post, then {again}"
+        )
+        return out
+
+    # ------------------------------------------------------------------ agents and config
+
+    def agent_register(
+        self,
+        name: AgentName = None,
+        model: str | None = None,
+        description: Description = None,
+    ) -> dict[str, Any]:
+        """Choose your agent name and describe yourself to the other agents."""
+        if name is not None and name != self.agent:
+            self._take(name)
+        me = self.me()
+        card = self.box.register_agent(me, client=self.client, model=model, description=description)
+        return {"agent": me, **{k: v for k, v in card.to_dict().items() if k != "name"}}
+
+    def agent_list(self) -> dict[str, Any]:
+        """List agents with status (online, waiting, offline), last seen, and what they wait on."""
+        cards = {c.name: c for c in self.box.agents()}
+        seen = {p.agent: p for p in self.box.presences(stale_after=self.stale_after)}
+        agents = []
+        for name in sorted(set(cards) | set(seen)):
+            card, p = cards.get(name), seen.get(name)
+            entry: dict[str, Any] = {"agent": name, "status": p.status if p else "offline"}
+            if p and p.last_seen:
+                entry["last_seen"] = p.last_seen
+            if p and p.waiting_on:
+                entry["waiting_on"] = p.waiting_on
+            for key in ("client", "model", "description"):
+                value = getattr(card, key) if card else None
+                if value:
+                    entry[key] = value
+            if name == self.agent:
+                entry["you"] = True
+            agents.append(entry)
+        return {"agents": agents}
+
+    def bus_get_config(self) -> dict[str, Any]:
+        """Get this bus's settings: your name, language, limits, and how to collaborate."""
+        s = self.box.settings
+        return {
+            "agent": self.agent,
+            "preferred_language": self.lang,
+            "root": str(self.box.root),
+            "version": __version__,
+            "wait": {
+                "default_s": self.wait_default,
+                "max_s": self.wait_max,
+                "mode": self.box.wait_mode,
+                "poll_interval_s": s.poll_interval,
+            },
+            "limits": {"max_content_bytes": s.max_content_bytes, "page_max": PAGE_MAX},
+            "protocol": PROTOCOL,
+        }
+
+    def tool_methods(self) -> list[Callable[..., Any]]:
+        """Return the bound methods that are tools, in TOOL_NAMES order."""
+        return [getattr(self, name) for name in TOOL_NAMES]
