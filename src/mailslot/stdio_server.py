@@ -21,8 +21,15 @@ from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
-from mcp.types import EmptyResult, SubscribeRequestParams, ToolAnnotations, UnsubscribeRequestParams
+from mcp.types import (
+    INVALID_PARAMS,
+    EmptyResult,
+    SubscribeRequestParams,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
 
 from mailslot import __version__
 from mailslot._errors import (
@@ -267,7 +274,7 @@ def _add_prompts(server: MCPServer[_State], current: Callable[[], _State]) -> No
         try:
             transcript = transcript_markdown(session.box, thread)
         except MailslotError as e:
-            raise ValueError(model_text(e)) from None
+            raise MCPError(INVALID_PARAMS, model_text(e)) from None
         lang = f" Write it in {session.lang}." if session.lang else ""
         return (
             "Summarize the thread below for someone who was not in it: what was decided, what "
@@ -284,7 +291,7 @@ def _add_prompts(server: MCPServer[_State], current: Callable[[], _State]) -> No
             session.box.agent(to_agent)
             session.box.thread(thread)
         except MailslotError as e:
-            raise ValueError(model_text(e)) from None
+            raise MCPError(INVALID_PARAMS, model_text(e)) from None
         return (
             f"Delegate this task to agent '{to_agent}': call msg_post(thread='{thread}', "
             f"type='task', to=['{to_agent}'], content=<the message below>), then wait for the "

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from mailslot import __version__
-from mailslot._errors import InvalidMessage, MailslotError, NameTaken, NoSuchAgent
+from mailslot._errors import InvalidMessage, InvalidName, MailslotError, NameTaken, NoSuchAgent
 from mailslot._format import Message, ThreadInfo
+from mailslot._names import check_name
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot.mailbox import Mailbox
 
@@ -79,6 +80,20 @@ def client_slug(client: str | None) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", (client or "").lower()).strip("-")
     slug = re.sub(r"-(mcp-client|client|mcp)$", "", slug)
     return slug[:40].strip("-") or "agent"
+
+
+def _valid_cursor(stored: object) -> dict[str, int]:
+    """Return the usable part of a remembered cursor (it lives in .state/, which may be damaged)."""
+    if not isinstance(stored, dict):
+        return {}
+    out = {}
+    for name, seq in stored.items():
+        if isinstance(name, str) and type(seq) is int and seq >= 0:
+            try:
+                out[check_name(name)] = seq
+            except InvalidName:
+                continue
+    return out
 
 
 def message_view(m: Message) -> dict[str, Any]:
@@ -156,6 +171,7 @@ class Session:
         wait_default: float = DEFAULT_WAIT_S,
         wait_max: float = DEFAULT_WAIT_MAX_S,
         stale_after: float = DEFAULT_STALE_AFTER,
+        progress_every: float = PROGRESS_EVERY_S,
     ) -> None:
         if not 0 < wait_default <= wait_max:
             raise InvalidMessage("the default wait must be > 0 and at most the maximum wait")
@@ -165,7 +181,7 @@ class Session:
         self.wait_default = wait_default
         self.wait_max = wait_max
         self.stale_after = stale_after
-        self._wanted = agent
+        self.progress_every = progress_every
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
@@ -344,8 +360,11 @@ class Session:
         else:
             if after_seq is not None:
                 raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
+            # Without a remembered inbox cursor, start at the beginning of every thread: an
+            # agent can be addressed only once its card exists, so everything addressed to it
+            # is meant for it, including tasks sent before its first wait.
             stored = self.box.load_cursor(me, INBOX)
-            cursor = stored if isinstance(stored, dict) else self.box.cursor()
+            cursor = _valid_cursor(stored)
             target = None
         report = PROGRESS.get()
         begun = time.monotonic()
@@ -357,10 +376,10 @@ class Session:
                 left = timeout - (time.monotonic() - begun)
                 got = await self.box.wait_async(
                     target, cursor, to=None if thread else me,
-                    timeout=max(0.0, min(left, PROGRESS_EVERY_S)), limit=PAGE_DEFAULT,
+                    timeout=max(0.0, min(left, self.progress_every)), limit=PAGE_DEFAULT,
                 )  # fmt: skip
                 cursor = got.cursor
-                if got.messages or left <= PROGRESS_EVERY_S:
+                if got.messages or left <= self.progress_every:
                     break
                 if report is not None:
                     waited = time.monotonic() - begun

@@ -1,0 +1,240 @@
+"""The agent-facing operations, called directly as plain functions (no MCP in between)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailslot import InvalidMessage, Mailbox, NameTaken, NoSuchAgent, NoSuchThread
+from mailslot.tools import PROGRESS, TOOL_NAMES, Session, client_slug, transcript_markdown
+
+
+@pytest.fixture
+def sessions(root: Path) -> Iterator[tuple[Session, Session]]:
+    box = Mailbox(root, fsync=False)
+    a = Session(box, agent="alice", progress_every=0.1)
+    b = Session(Mailbox(root, fsync=False), agent="bob", progress_every=0.1)
+    yield a, b
+    for s in (a, b):
+        s.close()
+        s.box.close()
+
+
+def test_tool_set_is_small_and_described() -> None:
+    assert len(TOOL_NAMES) <= 12
+    for name in TOOL_NAMES:
+        doc = getattr(Session, name).__doc__
+        assert doc and doc.count("\n") == 0 and len(doc) <= 100, f"{name}: one short line"
+
+
+@pytest.mark.parametrize(
+    ("client", "name"),
+    [("claude-code", "claude-code"), ("Visual Studio Code", "visual-studio-code"),
+     ("gemini-cli-mcp-client", "gemini-cli"), ("codex-mcp-client", "codex"), (None, "agent"),
+     ("🤖", "agent")],
+)  # fmt: skip
+def test_names_from_clients(client: str | None, name: str) -> None:
+    assert client_slug(client) == name
+
+
+def test_derived_names_are_unique_among_live_processes(root: Path) -> None:
+    box = Mailbox(root)
+    one = Session(box, client="claude-code")
+    two = Session(Mailbox(root), client="claude-code")
+    assert (one.me(), two.me()) == ("claude-code", "claude-code-2")
+    with pytest.raises(NameTaken, match="in use by a live process"):
+        Session(Mailbox(root), agent="claude-code")
+    one.close()
+    again = Session(Mailbox(root), agent="claude-code")  # a name let go can be taken again
+    assert again.me() == "claude-code"
+    assert box.agent("claude-code").client == "claude-code", "a card is written on first use"
+    again.close()
+    two.close()
+
+
+def test_a_conversation(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    t = a.thread_create("Fix login bug")
+    assert (t["thread"], t["head"]) == ("fix-login-bug", 0)
+    assert "msg_list(thread='fix-login-bug'" in t["hint"]
+    assert b.thread_create("fix login bug")["thread"] == "fix-login-bug"
+    posted = a.msg_post("fix-login-bug", "Bob, reproduce it?", type="task", to=["bob"])
+    assert posted["seq"] == 1 and len(posted["id"]) == 32
+    b.msg_post("fix-login-bug", "Reproduced.", type="result", reply_to=1, priority="high")
+    listed = a.msg_list("fix-login-bug")
+    assert [(m["seq"], m["from"], m["type"]) for m in listed["messages"]] == [
+        (1, "alice", "task"),
+        (2, "bob", "result"),
+    ]
+    assert listed["messages"][0]["to"] == ["bob"] and "meta" not in listed["messages"][0]
+    assert listed["messages"][1]["reply_to"] == 1 and listed["messages"][1]["priority"] == "high"
+    assert (listed["next_after_seq"], listed["has_more"]) == (2, False)
+    assert a.thread_set_state("fix-login-bug", "closed", summary="Fixed in #12")["seq"] == 3
+    got = a.thread_get("fix-login-bug")
+    assert (got["state"], got["summary"], got["participants"]) == (
+        "closed",
+        "Fixed in #12",
+        ["alice", "bob"],
+    )
+    assert [t["thread"] for t in a.thread_list()["threads"]] == ["fix-login-bug"]
+    assert a.thread_list(state="review")["threads"] == []
+
+
+def test_errors_name_what_exists(sessions: tuple[Session, Session]) -> None:
+    a, _ = sessions
+    a.thread_create("bus123")
+    with pytest.raises(NoSuchThread) as e:
+        a.msg_post("bus124", "hi")
+    assert e.value.suggestions == ["bus123"]
+    with pytest.raises(NoSuchAgent) as e2:
+        a.msg_post("bus123", "hi", to=["carol"])
+    assert e2.value.known == ["alice", "bob"]
+    assert a.box.head("bus123") == 0
+
+
+def test_pages_tell_how_to_continue(sessions: tuple[Session, Session]) -> None:
+    a, _ = sessions
+    a.thread_create("t")
+    for i in range(7):
+        a.msg_post("t", f"m{i}")
+    page = a.msg_list("t", after_seq=0, limit=3)
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3]
+    assert page["has_more"] and "msg_list(thread='t', after_seq=3)" in page["hint"]
+    big = "x" * 150_000
+    a.msg_post("t", big)
+    a.msg_post("t", big)
+    page = a.msg_list("t", after_seq=7)
+    assert [m["seq"] for m in page["messages"]] == [8], "one call returns at most ~200 KB"
+    assert page["has_more"] and page["next_after_seq"] == 8
+
+
+def test_wait_returns_new_messages_and_remembers(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    a.thread_create("t")
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        waiting = asyncio.create_task(b.msg_wait("t", after_seq=0, timeout_s=10))
+        await asyncio.sleep(0.2)
+        assert b.agent_list()["agents"][1]["status"] == "waiting"
+        assert b.agent_list()["agents"][1]["waiting_on"] == "t"
+        a.msg_post("t", "ping")
+        first = await waiting
+        a.msg_post("t", "pong")
+        second = await b.msg_wait("t", timeout_s=5)  # no after_seq: continues where it left
+        third = await b.msg_wait("t", timeout_s=0.3)
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert first["status"] == "messages" and [m["content"] for m in first["messages"]] == ["ping"]
+    assert first["next_after_seq"] == 1 and "after_seq=1" in first["hint"]
+    assert [m["content"] for m in second["messages"]] == ["pong"]
+    assert third["status"] == "timeout" and third["messages"] == []
+    assert "call msg_wait(thread='t', after_seq=2)" in third["hint"]
+    assert b.agent_list()["agents"][1]["status"] == "online"
+
+
+def test_inbox_wait_sees_new_threads(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    b.me()
+
+    async def scenario() -> dict:
+        waiting = asyncio.create_task(b.msg_wait(timeout_s=10))
+        await asyncio.sleep(0.2)
+        a.thread_create("other")
+        a.msg_post("other", "not for bob")
+        a.thread_create("new work")
+        a.msg_post("new-work", "for bob", to=["bob"])
+        return await waiting
+
+    got = asyncio.run(scenario())
+    assert [(m["thread"], m["content"]) for m in got["messages"]] == [("new-work", "for bob")]
+    assert "next_after_seq" not in got
+    again = asyncio.run(b.msg_wait(timeout_s=0.2))
+    assert again["status"] == "timeout", "the inbox cursor was remembered"
+
+
+def test_inbox_keeps_tasks_sent_before_the_first_wait(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    b.me()
+    a.thread_create("t")
+    a.msg_post("t", "do this", type="task", to=["bob"])
+    got = asyncio.run(b.msg_wait(timeout_s=1))
+    assert [m["content"] for m in got["messages"]] == ["do this"]
+
+
+def test_damaged_inbox_cursor_is_ignored(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    b.me()
+    a.thread_create("t")
+    a.msg_post("t", "for bob", to=["bob"])
+    cursors = b.box.root / ".state" / "cursors" / "bob"
+    cursors.mkdir(parents=True, exist_ok=True)
+    (cursors / "_inbox.json").write_text('{"../x": 3, "t": -1, "u": "seven"}')
+    got = asyncio.run(b.msg_wait(timeout_s=1))
+    assert [m["content"] for m in got["messages"]] == ["for bob"]
+
+
+def test_wait_sends_progress(sessions: tuple[Session, Session]) -> None:
+    a, _ = sessions
+    a.thread_create("t")
+    seen: list[tuple[float, str]] = []
+
+    async def report(done: float, message: str) -> None:
+        seen.append((done, message))
+
+    async def scenario() -> dict:
+        PROGRESS.set(report)
+        return await a.msg_wait("t", after_seq=0, timeout_s=0.5)
+
+    got = asyncio.run(scenario())
+    assert got["status"] == "timeout"
+    assert len(seen) >= 2 and all(m.startswith("waiting on t: ") for _, m in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen), "progress only increases"
+
+
+def test_wait_arguments(sessions: tuple[Session, Session]) -> None:
+    a, _ = sessions
+    with pytest.raises(NoSuchThread):
+        asyncio.run(a.msg_wait("nope", timeout_s=5))
+    with pytest.raises(InvalidMessage, match="after_seq needs a thread"):
+        asyncio.run(a.msg_wait(after_seq=3))
+
+
+def test_register_and_list(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    card = a.agent_register(model="opus", description="plans the work")
+    assert (card["agent"], card["model"]) == ("alice", "opus")
+    renamed = a.agent_register(name="planner")
+    assert renamed["agent"] == "planner" and a.agent == "planner"
+    agents = {x["agent"]: x for x in b.agent_list()["agents"]}
+    assert agents["planner"]["status"] == "online"
+    assert agents["alice"]["status"] == "offline", "the old name was let go"
+    assert agents["bob"]["you"] is True
+    with pytest.raises(NameTaken):
+        b.agent_register(name="planner")
+
+
+def test_config(root: Path) -> None:
+    s = Session(Mailbox(root), lang="Chinese", wait_default=40, wait_max=300)
+    cfg = s.bus_get_config()
+    assert cfg["preferred_language"] == "Chinese"
+    assert cfg["wait"]["default_s"] == 40 and cfg["wait"]["max_s"] == 300
+    assert cfg["agent"] is None and "msg_wait" in cfg["protocol"]
+    with pytest.raises(InvalidMessage):
+        Session(Mailbox(root), wait_default=700, wait_max=600)
+
+
+def test_transcript_markdown(sessions: tuple[Session, Session]) -> None:
+    a, b = sessions
+    a.thread_create("Release 2.0")
+    a.msg_post("release-2-0", "Please tag it.", type="task", to=["bob"])
+    b.msg_post("release-2-0", "Tagged **v2.0**.", type="result", reply_to=1)
+    a.thread_set_state("release-2-0", "closed", summary="Released.")
+    md = transcript_markdown(a.box, "release-2-0")
+    assert md.startswith("# Release 2.0\n")
+    assert "state **closed**" in md and "> **Summary:** Released." in md
+    assert "**#1 alice** → bob · task · " in md and "**#2 bob** · result · re #1 · " in md
+    assert "*state: discuss → closed*" in md and "Tagged **v2.0**." in md
