@@ -113,7 +113,10 @@ def _as_tool(name: str) -> Callable[..., Any]:
         token = PROGRESS.set(progress)
         try:
             result = getattr(session, name)(**kwargs)
-            return await result if is_async else result
+            if is_async:
+                result = await result
+            # Compact JSON: the model reads it as well as indented JSON, for fewer tokens.
+            return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
         except MailslotError as e:
             raise ToolError(model_text(e)) from None
         finally:

@@ -1,0 +1,233 @@
+"""End to end: real `mailslot serve` subprocesses over stdio, driven by the official MCP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import StdioServerParameters, types
+from mcp.client import Client
+
+from mailslot import Mailbox
+
+SERVE = [sys.executable, "-m", "mailslot", "serve"]
+
+
+def params(root: Path, *args: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=SERVE[0],
+        args=[*SERVE[1:], "--root", str(root), *args],
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+@asynccontextmanager
+async def agent(root: Path, name: str, mode: str = "auto") -> AsyncIterator[Client]:
+    async with Client(params(root, "--agent", name), mode=mode, cache=None) as c:
+        yield c
+
+
+async def call(c: Client, tool: str, **args: Any) -> Any:
+    result = await c.call_tool(tool, args)
+    assert isinstance(result.content[0], types.TextContent)
+    assert not result.is_error, result.content[0].text
+    return json.loads(result.content[0].text)
+
+
+def status_of(root: Path, name: str) -> str:
+    return Mailbox(root).presence(name).status
+
+
+def test_three_agents_collaborate(root: Path) -> None:
+    async def main() -> None:
+        async with (
+            agent(root, "planner", "legacy") as planner,
+            agent(root, "coder", "auto") as coder,
+            agent(root, "reviewer", "legacy") as reviewer,
+        ):
+            for c, what in ((planner, "plans"), (coder, "writes code"), (reviewer, "reviews")):
+                await call(c, "agent_register", description=what)
+            listed = await call(planner, "agent_list")
+            assert {a["agent"]: a["status"] for a in listed["agents"]} == {
+                "coder": "online",
+                "planner": "online",
+                "reviewer": "online",
+            }
+            thread = (await call(planner, "thread_create", topic="Feature X"))["thread"]
+            assert (await call(reviewer, "thread_create", topic="feature x"))["thread"] == thread
+
+            results: dict[str, Any] = {}
+
+            async def coder_works() -> None:
+                task = await call(coder, "msg_wait")  # its inbox
+                assert task["status"] == "messages"
+                seq = task["messages"][0]["seq"]
+                await call(
+                    coder,
+                    "msg_post",
+                    thread=thread,
+                    content="Done: see PR 9",
+                    type="result",
+                    reply_to=seq,
+                )
+
+            async def planner_waits() -> None:
+                results["planner"] = await call(planner, "msg_wait", thread=thread, after_seq=1)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(coder_works)
+                await anyio.sleep(0.5)
+                busy = await call(reviewer, "agent_list")
+                assert {a["agent"]: a.get("waiting_on") for a in busy["agents"]}["coder"] == "inbox"
+                await call(
+                    planner,
+                    "msg_post",
+                    thread=thread,
+                    content="Please build X",
+                    type="task",
+                    to=["coder"],
+                )
+                tg.start_soon(planner_waits)
+
+            got = results["planner"]
+            assert [m["content"] for m in got["messages"]] == ["Done: see PR 9"]
+            assert got["messages"][0]["from"] == "coder" and got["messages"][0]["reply_to"] == 1
+            await call(reviewer, "thread_set_state", thread=thread, state="review")
+            await call(
+                reviewer,
+                "thread_set_state",
+                thread=thread,
+                state="closed",
+                summary="X shipped in PR 9",
+            )
+            final = await call(planner, "thread_get", thread=thread)
+            assert (final["state"], final["summary"]) == ("closed", "X shipped in PR 9")
+            assert final["participants"] == ["planner", "coder", "reviewer"]
+
+    anyio.run(main)
+    for name in ("planner", "coder", "reviewer"):
+        assert status_of(root, name) == "offline", "a server marks itself gone when stdin closes"
+
+
+def test_cancelled_wait_stops_and_the_server_goes_on(root: Path) -> None:
+    async def main() -> None:
+        async with agent(root, "patient") as c:
+            await call(c, "thread_create", topic="t")
+            with anyio.move_on_after(1.0) as scope:
+                await c.call_tool("msg_wait", {"thread": "t", "timeout_s": 30})
+            assert scope.cancelled_caught
+            with anyio.fail_after(5):
+                while status_of(root, "patient") != "online":
+                    await anyio.sleep(0.05)  # the cancelled wait left 'waiting'
+            posted = await call(c, "msg_post", thread="t", content="still here")
+            assert posted["seq"] == 1
+
+    anyio.run(main)
+
+
+def test_killed_server_reads_offline(root: Path) -> None:
+    async def main() -> None:
+        async with agent(root, "observer") as watcher:
+            with suppress(Exception):  # the victim's client sees its server die
+                async with agent(root, "victim") as victim:
+                    await call(victim, "thread_create", topic="t")
+                    pid = Mailbox(root).presence("victim").pid
+                    assert pid and status_of(root, "victim") == "online"
+                    os.kill(pid, signal.SIGKILL)
+                    await anyio.sleep(0.3)
+                    listed = await call(watcher, "agent_list")
+                    assert {a["agent"]: a["status"] for a in listed["agents"]}[
+                        "victim"
+                    ] == "offline"
+            # The name is free again: a new process takes it over.
+            async with agent(root, "victim") as again:
+                assert (await call(again, "bus_get_config"))["agent"] == "victim"
+
+    anyio.run(main)
+
+
+def test_a_live_name_cannot_be_taken_twice(root: Path) -> None:
+    async def main() -> None:
+        async with agent(root, "solo"):
+            result = subprocess.run(
+                [*SERVE, "--root", str(root), "--agent", "solo"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+            assert result.returncode == 1
+            assert "agent name 'solo' is in use by a live process" in result.stderr
+
+    anyio.run(main)
+
+
+def test_stdout_is_protocol_only_and_stdin_close_exits_during_a_wait(root: Path) -> None:
+    Mailbox(root).create_thread("t", creator="x")
+    proc = subprocess.Popen(
+        [*SERVE, "--root", str(root), "--agent", "raw"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    lines = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "msg_wait", "arguments": {"thread": "t", "timeout_s": 60}},
+        },
+    ]
+    for line in lines:
+        proc.stdin.write((json.dumps(line) + "\n").encode())
+    proc.stdin.flush()
+    first = json.loads(proc.stdout.readline())
+    assert first["id"] == 1 and first["result"]["serverInfo"]["name"] == "mailslot"
+    deadline = time.monotonic() + 10
+    while status_of(root, "raw") != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status_of(root, "raw") == "waiting"
+    started = time.monotonic()
+    out, err = proc.communicate(timeout=30)  # closes stdin, as a client that quits does
+    took = time.monotonic() - started
+    assert proc.returncode == 0, err
+    assert took < 3, f"exit took {took:.2f} s after stdin closed"
+    for line in out.splitlines():
+        assert json.loads(line)["jsonrpc"] == "2.0", "stdout carries nothing but the protocol"
+    assert status_of(root, "raw") == "offline"
+
+
+def test_serve_without_a_mailbox_says_what_to_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MAILSLOT_ROOT"}
+    result = subprocess.run(
+        [*SERVE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert "mailslot init" in result.stderr and result.stdout == ""

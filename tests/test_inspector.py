@@ -1,0 +1,131 @@
+"""An independent client: the MCP Inspector CLI (npm) lists and calls the tools of `mailslot serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailslot import Mailbox
+
+REPO = Path(__file__).resolve().parent.parent
+INSPECTOR = os.environ.get("MAILSLOT_INSPECTOR") or str(
+    REPO / ".ci" / "node" / "node_modules" / ".bin" / "inspector"
+)
+
+pytestmark = pytest.mark.skipif(
+    not (Path(INSPECTOR).exists() and shutil.which("node")),
+    reason="needs node and @modelcontextprotocol/inspector (.ci/run installs it into .ci/node/)",
+)
+
+
+def inspect(root: Path, *args: str) -> tuple[int, dict]:
+    cmd = [
+        INSPECTOR,
+        "--cli",
+        "-q",
+        "--format",
+        "json",
+        "-e",
+        f"MAILSLOT_ROOT={root}",
+        "-e",
+        "MAILSLOT_AGENT=inspector",
+        sys.executable,
+        "-m",
+        "mailslot",
+        "serve",
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_inspector_lists_and_calls_tools(root: Path) -> None:
+    code, listed = inspect(root, "--method", "tools/list")
+    assert code == 0
+    assert {t["name"] for t in listed["result"]["tools"]} >= {
+        "msg_post",
+        "msg_wait",
+        "thread_create",
+    }
+    code, made = inspect(
+        root,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "thread_create",
+        "--tool-args-json",
+        json.dumps({"topic": "From the Inspector"}),
+    )
+    assert code == 0
+    assert json.loads(made["result"]["content"][0]["text"])["thread"] == "from-the-inspector"
+    code, posted = inspect(
+        root,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "msg_post",
+        "--tool-args-json",
+        json.dumps({"thread": "from-the-inspector", "content": "hello ✓"}),
+    )
+    assert code == 0
+    assert Mailbox(root).get("from-the-inspector", 1).content == "hello ✓"
+    code, waited = inspect(
+        root,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "msg_wait",
+        "--tool-args-json",
+        json.dumps({"thread": "from-the-inspector", "after_seq": 1, "timeout_s": 1}),
+    )
+    assert code == 0 and json.loads(waited["result"]["content"][0]["text"])["status"] == "timeout"
+
+
+def test_inspector_sees_tool_errors(root: Path) -> None:
+    code, failed = inspect(
+        root,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "msg_post",
+        "--tool-args-json",
+        json.dumps({"thread": "nope", "content": "x"}),
+    )
+    assert code == 5, "the Inspector exits 5 when a tool reports isError"
+    assert failed["result"]["isError"] is True
+    assert "no thread 'nope'" in failed["result"]["content"][0]["text"]
+
+
+def test_inspector_in_the_2026_era(root: Path) -> None:
+    cmd_args = ["--method", "tools/call", "--tool-name", "bus_get_config"]
+    result = subprocess.run(
+        [
+            INSPECTOR,
+            "--cli",
+            "-q",
+            "--format",
+            "json",
+            "--protocol-era",
+            "modern",
+            "-e",
+            f"MAILSLOT_ROOT={root}",
+            sys.executable,
+            "-m",
+            "mailslot",
+            "serve",
+            *cmd_args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads(json.loads(result.stdout)["result"]["content"][0]["text"])
+    assert cfg["agent"] is None and cfg["version"]
