@@ -696,11 +696,30 @@ class Mailbox:
         meta: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> int:
-        """Store a message in thread and return its seq.
+        """Store a message in thread and return its seq; see publish() for the contract."""
+        return self.publish(
+            thread, content, sender=sender, to=to, type=type, priority=priority,
+            reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
+        ).seq  # fmt: skip
+
+    def publish(
+        self,
+        thread: str,
+        content: str | bytes,
+        *,
+        sender: str,
+        to: list[str] | tuple[str, ...] = (),
+        type: str = "message",
+        priority: str = "normal",
+        reply_to: int | None = None,
+        meta: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        """Store a message in thread and return it as stored (with its seq and id).
 
         The message is on disk (fsynced, unless the root says ``fsync: false``) when this
         returns. With an idempotency_key, a retry by the same sender with the same key returns
-        the seq of the first post instead of storing a duplicate. Raise NoSuchThread,
+        the first message instead of storing a duplicate. Raise NoSuchThread,
         NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
         error nothing is stored.
         """
@@ -740,7 +759,7 @@ class Mailbox:
         content: str,
         meta: object,
         key: str | None,
-    ) -> int:
+    ) -> Message:
         check_name(sender, "agent name")
         if priority not in PRIORITIES:
             raise InvalidMessage(
@@ -752,7 +771,9 @@ class Mailbox:
                 raise InvalidMessage(f"reply_to must be a message seq >= 1, not {reply_to!r}")
             if not self._exists(tdir, reply_to):
                 raise NoSuchMessage(thread, reply_to, self._probe_head(thread, tdir))
+        answered = reply_to if type(reply_to) is int else None
         meta = check_meta(meta)
+        created_at = now_iso()
         if key is not None:
             check_key(key)
             message_id = uuid.uuid5(_ID_NAMESPACE, f"{thread}\0{sender}\0{key}").hex
@@ -768,7 +789,7 @@ class Mailbox:
                     type_,
                     priority,
                     reply_to,
-                    now_iso(),
+                    created_at,
                     content,
                     meta,
                 ),
@@ -788,7 +809,7 @@ class Mailbox:
                     )
                     seen = self._find_keyed(thread, tdir, marker, message_id)
                     if seen is not None:
-                        return seen
+                        return self.get(thread, seen)
                     self._write_state_file(
                         marker, {"id": message_id, "after": self._probe_head(thread, tdir)}
                     )
@@ -800,7 +821,19 @@ class Mailbox:
                     _fsync_dir(tdir)
                 except OSError as e:
                     log.warning("fsync of %s failed after publishing seq %d: %s", tdir, seq, e)
-            return seq
+            return Message(
+                thread,
+                seq,
+                message_id,
+                sender,
+                recipients,
+                type_,
+                priority,
+                answered,
+                created_at,
+                content,
+                meta,
+            )
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -1052,7 +1085,7 @@ class Mailbox:
         if state == current:
             raise InvalidState(f"thread {thread!r} is already in state {state!r}")
         content = check_content(summary or "", self.settings.max_content_bytes)
-        return self._publish(
+        message = self._publish(
             thread,
             self._thread_dir(thread),
             sender=sender,
@@ -1064,6 +1097,7 @@ class Mailbox:
             meta={"state": state, "previous": current},
             key=None,
         )
+        return message.seq
 
     # ------------------------------------------------------------------ agents
 

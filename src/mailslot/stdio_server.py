@@ -21,8 +21,9 @@ from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
-from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 from mcp.types import (
     INVALID_PARAMS,
     EmptyResult,
@@ -63,13 +64,55 @@ def model_text(e: MailslotError) -> str:
     return str(e)
 
 
+class _CountingBus:
+    """The SDK's in-memory subscriptions/listen bus, counting its listeners.
+
+    Lets the server watch the folder for transcript updates only while a 2026-era client
+    listens (or a handshake-era client subscribed), instead of waking on every post.
+    """
+
+    def __init__(self) -> None:
+        self._bus = InMemorySubscriptionBus()
+        self.listeners = 0
+        self.on_change: Callable[[], None] = lambda: None
+
+    async def publish(self, event: ServerEvent) -> None:
+        await self._bus.publish(event)
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        unsubscribe = self._bus.subscribe(listener)
+        self.listeners += 1
+        self.on_change()
+        done = False
+
+        def counted_unsubscribe() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.listeners -= 1
+            unsubscribe()
+            self.on_change()
+
+        return counted_unsubscribe
+
+
 @dataclass
 class _State:
     """What lives for one client connection (one stdio process serves one client)."""
 
     session: Session
+    bus: _CountingBus
     subscribed: set[str] = field(default_factory=set)
     legacy_session: Any = None  # the handshake-era session, captured at resources/subscribe
+    watch_from: dict[str, int] | None = None  # where the folder watch continues; None: off
+
+    def update_watch(self) -> None:
+        """Start watching from now when the first subscriber comes; stop after the last."""
+        active = bool(self.subscribed) or self.bus.listeners > 0
+        if active and self.watch_from is None:
+            self.watch_from = self.session.box.cursor()
+        elif not active:
+            self.watch_from = None
 
 
 def _client_name(ctx: Context) -> str | None:
@@ -161,26 +204,26 @@ def create_server(
             except MailslotError as e:
                 log.warning("presence heartbeat failed: %s", e)
 
-    def bus() -> Any:
-        # MCPServer keeps its subscriptions/listen bus private; ctx.notify_* reach it only
-        # inside a request, and these notifications come from a background task.
-        return server_._subscriptions
-
     async def watch_threads(state: _State) -> None:
-        """Tell the client about new messages in any thread, whoever wrote them."""
+        """Tell a subscribed client about new messages in any thread, whoever wrote them."""
         box = state.session.box
-        cursor = box.cursor()
         while True:
-            got = await box.wait_async(None, cursor, timeout=30, limit=1000)
-            new_threads = set(got.cursor) - set(cursor)
-            cursor = got.cursor
+            cursor = state.watch_from
+            if cursor is None:
+                # Nobody listens: do not wake on every post (most clients never subscribe).
+                await anyio.sleep(0.25)
+                continue
+            got = await box.wait_async(None, cursor, timeout=1, limit=1000)
+            if state.watch_from is not cursor:
+                continue  # unsubscribed (or re-subscribed) meanwhile
+            state.watch_from = got.cursor
             for thread in sorted({m.thread for m in got.messages}):
                 uri = f"mailslot://threads/{thread}/transcript"
-                await bus().publish(ResourceUpdated(uri=uri))  # 2026-07-28 era
+                await bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 era
                 if uri in state.subscribed and state.legacy_session is not None:
                     await state.legacy_session.send_resource_updated(uri)  # handshake era
-            if new_threads:
-                await bus().publish(ResourcesListChanged())
+            if set(got.cursor) - set(cursor):
+                await bus.publish(ResourcesListChanged())
                 if state.legacy_session is not None:
                     await state.legacy_session.send_resource_list_changed()
 
@@ -193,7 +236,8 @@ def create_server(
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[_State]) -> AsyncIterator[_State]:
-        state = _State(make_session())
+        state = _State(make_session(), bus)
+        bus.on_change = state.update_watch
         holder[:] = [state]
         try:
             async with anyio.create_task_group() as tg:
@@ -206,8 +250,13 @@ def create_server(
         finally:
             state.session.close()
 
+    bus = _CountingBus()
     server_: MCPServer[_State] = MCPServer(
-        "mailslot", version=__version__, instructions=instructions(agent, lang), lifespan=lifespan
+        "mailslot",
+        version=__version__,
+        instructions=instructions(agent, lang),
+        lifespan=lifespan,
+        subscriptions=bus,
     )
     for name in TOOL_NAMES:
         server_.add_tool(
@@ -223,10 +272,12 @@ def create_server(
         state = ctx.lifespan_context
         state.subscribed.add(str(params.uri))
         state.legacy_session = ctx.session
+        state.update_watch()
         return EmptyResult()
 
     async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
         ctx.lifespan_context.subscribed.discard(str(params.uri))
+        ctx.lifespan_context.update_watch()
         return EmptyResult()
 
     low = server_._lowlevel_server

@@ -182,6 +182,8 @@ class Session:
         self.wait_max = wait_max
         self.stale_after = stale_after
         self.progress_every = progress_every
+        self._read: dict[str, int] = {}  # thread -> last seq this agent was given
+        self._unsaved: set[str] = set()
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
@@ -197,9 +199,11 @@ class Session:
 
     def _take(self, name: str) -> None:
         hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
-        old, self._hold = self._hold, hold
-        if old is not None:
-            self.box.release_name(old)
+        if self._hold is not None:  # a rename: what was read so far belongs to the old name
+            self.save_positions()
+            self._read.clear()
+            self.box.release_name(self._hold)
+        self._hold = hold
         try:
             card = self.box.agent(name)
         except NoSuchAgent:
@@ -228,10 +232,12 @@ class Session:
         if self._hold is not None:
             status = "waiting" if self._waits else "online"
             self.box.set_presence(self._hold.name, status, waiting_on=self._waiting_on)
+            self.save_positions()
 
     def close(self) -> None:
-        """Mark this agent offline and let its name go."""
+        """Save read positions, mark this agent offline and let its name go."""
         if self._hold is not None:
+            self.save_positions()
             self.box.release_name(self._hold)
             self._hold = None
 
@@ -294,19 +300,32 @@ class Session:
         idempotency_key: Key = None,
     ) -> dict[str, Any]:
         """Post a message to a thread; returns its seq and id."""
-        seq = self.box.post(
+        msg = self.box.publish(
             thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
         )  # fmt: skip
-        msg = self.box.get(thread, seq)
-        self._remember(thread, seq)
-        return {"thread": thread, "seq": seq, "id": msg.id}
+        self._remember(thread, msg.seq)
+        return {"thread": thread, "seq": msg.seq, "id": msg.id}
+
+    def _position(self, thread: str) -> int | None:
+        """Return how far this agent has read thread (remembered across restarts), if known."""
+        if thread not in self._read and self.agent is not None:
+            stored = self.box.load_cursor(self.agent, thread)
+            if type(stored) is int and stored >= 0:
+                self._read[thread] = stored
+        return self._read.get(thread)
 
     def _remember(self, thread: str, seq: int) -> None:
+        if seq > (self._position(thread) or 0):
+            self._read[thread] = seq
+            self._unsaved.add(thread)
+
+    def save_positions(self) -> None:
+        """Write read positions changed since the last save to .state/cursors/ (best effort)."""
         if self.agent is not None:
-            old = self.box.load_cursor(self.agent, thread)
-            if not (isinstance(old, int) and old >= seq):
-                self.box.save_cursor(self.agent, thread, seq)
+            for thread in sorted(self._unsaved):
+                self.box.save_cursor(self.agent, thread, self._read[thread])
+        self._unsaved.clear()
 
     def _page(self, messages: list[Message]) -> tuple[list[dict[str, Any]], int | None]:
         """Return the views that fit the size budget, and the seq of the last one if cut."""
@@ -349,11 +368,11 @@ class Session:
         timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
         if thread is not None:
             self.box.head(thread)  # a missing thread fails now, not after the timeout
-            stored = self.box.load_cursor(me, thread)
+            known = self._position(thread)
             start = (
                 after_seq
                 if after_seq is not None
-                else (stored if isinstance(stored, int) else self.box.head(thread))
+                else (known if known is not None else self.box.head(thread))
             )
             cursor: dict[str, int] = {thread: start}
             target: list[str] | None = [thread]

@@ -1,0 +1,178 @@
+"""Through the real protocol: `mailslot serve` subprocesses driven by the official MCP client.
+
+Measures msg_post round trips, post→wake between two serve processes (msg_post in one,
+msg_wait in the other), aggregate msg_post throughput of 4 client processes, cold start to the
+first tools/list, and how long a server takes to exit once its stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import StdioServerParameters, types
+from mcp.client import Client
+
+from bench._util import SCRATCH, percentile, table
+from mailslot import Mailbox
+
+
+def _params(root: Path, agent: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mailslot", "serve", "--root", str(root), "--agent", agent],
+    )
+
+
+async def _call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
+    result = await c.call_tool(tool, args)
+    assert isinstance(result.content[0], types.TextContent) and not result.is_error
+    return dict(json.loads(result.content[0].text))
+
+
+async def _post_latency(root: Path, n: int) -> list[float]:
+    async with Client(_params(root, "poster"), cache=None) as c:
+        await _call(c, "thread_create", topic="lat")
+        for _ in range(10):  # warm up
+            await _call(c, "msg_post", thread="lat", content="warm")
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await _call(c, "msg_post", thread="lat", content="x" * 400)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+async def _wake_latency(root: Path, n: int) -> list[float]:
+    async with (
+        Client(_params(root, "waiter"), cache=None) as waiter,
+        Client(_params(root, "sender"), cache=None) as sender,
+    ):
+        head = (await _call(waiter, "thread_create", topic="wake"))["head"]
+        await _call(sender, "thread_create", topic="wake")
+        out: list[float] = []
+        for _ in range(n):
+            sent: list[float] = []
+            async with anyio.create_task_group() as tg:
+
+                async def post() -> None:
+                    await anyio.sleep(0.005)
+                    sent.append(time.perf_counter())
+                    await _call(sender, "msg_post", thread="wake", content="ping")
+
+                tg.start_soon(post)
+                got = await _call(waiter, "msg_wait", thread="wake", after_seq=head, timeout_s=30)
+                out.append(time.perf_counter() - sent[0])
+            head = got["next_after_seq"]
+        return out
+
+
+def _writer(root: str, name: str, count: int) -> None:
+    async def main() -> None:
+        async with Client(_params(Path(root), name), cache=None) as c:
+            await _call(c, "thread_create", topic="load")
+            print("ready", flush=True)
+            sys.stdin.readline()
+            t0 = time.perf_counter()
+            for _ in range(count):
+                await _call(c, "msg_post", thread="load", content="x" * 400)
+            print(time.perf_counter() - t0, flush=True)
+
+    anyio.run(main)
+
+
+def _throughput(root: Path, procs: int, count: int) -> float:
+    ps = [
+        subprocess.Popen([sys.executable, "-m", "bench.mcp", "writer", str(root), f"w{i}", str(count)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+        for i in range(procs)
+    ]  # fmt: skip
+    for p in ps:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    t0 = time.perf_counter()
+    for p in ps:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in ps:
+        p.communicate(timeout=600)
+    elapsed = time.perf_counter() - t0
+    assert Mailbox(root).head("load") == procs * count, "lost or doubled messages"
+    return procs * count / elapsed
+
+
+async def _cold_start(root: Path) -> float:
+    t0 = time.perf_counter()
+    async with Client(_params(root, "cold"), cache=None) as c:
+        await c.list_tools()
+        return time.perf_counter() - t0
+
+
+def _shutdown(root: Path) -> float:
+    """Return seconds from closing stdin to exit, with a msg_wait in flight."""
+    Mailbox(root).create_thread("bye", creator="bench")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", "leaver"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    for line in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "msg_wait", "arguments": {"thread": "bye", "timeout_s": 60}}},
+    ):  # fmt: skip
+        proc.stdin.write((json.dumps(line) + "\n").encode())
+    proc.stdin.flush()
+    proc.stdout.readline()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    proc.communicate(timeout=30)
+    return time.perf_counter() - t0
+
+
+def run(quick: bool) -> str:
+    n = 100 if quick else 500
+    rows = []
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
+        for fsync in (True, False):
+            root = Path(d) / f"post-{fsync}"
+            Mailbox.init(root, fsync=fsync)
+            lat = anyio.run(_post_latency, root, n)
+            rows.append([f"msg_post round trip, fsync {'on' if fsync else 'off'}",
+                         f"{percentile(lat, 50) * 1e3:.2f} ms", f"{percentile(lat, 99) * 1e3:.2f} ms"])
+        root = Path(d) / "wake"
+        Mailbox.init(root)
+        lat = anyio.run(_wake_latency, root, n // 2)
+        rows.append(["post→wake, two serve processes", f"{percentile(lat, 50) * 1e3:.2f} ms",
+                     f"{percentile(lat, 99) * 1e3:.2f} ms"])
+        root = Path(d) / "load"
+        Mailbox.init(root)
+        rate = _throughput(root, 4, 100 if quick else 500)
+        rows.append(["msg_post, 4 client processes on one thread", f"{rate:,.0f} msg/s", ""])
+        cold = [anyio.run(_cold_start, Path(d) / "load") for _ in range(3 if quick else 7)]
+        rows.append(["cold start → first tools/list", f"{statistics.median(cold) * 1e3:.0f} ms",
+                     f"max {max(cold) * 1e3:.0f} ms"])
+        exits = [_shutdown(Path(d) / f"bye{i}") if Mailbox.init(Path(d) / f"bye{i}") else 0.0
+                 for i in range(3)]
+        rows.append(["exit after stdin closes (during msg_wait)",
+                     f"{statistics.median(exits) * 1e3:.0f} ms", f"max {max(exits) * 1e3:.0f} ms"])
+    return table(["through MCP over stdio", "p50 / value", "p99 / worst"], rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "writer":
+        _writer(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        print(run("--quick" in sys.argv))
