@@ -89,10 +89,12 @@ def _writer(root: str, name: str, count: int) -> None:
 
 
 def _throughput(root: Path, procs: int, count: int) -> float:
+    here = Path(__file__).resolve().parent.parent
     ps = [
-        subprocess.Popen([sys.executable, "-m", "bench.mcp", "writer", str(root), f"w{i}", str(count)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.mcp", "writer", str(root), f"w{i}", str(count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=here,
+        )
         for i in range(procs)
     ]  # fmt: skip
     for p in ps:
@@ -149,24 +151,46 @@ def run(quick: bool) -> str:
             root = Path(d) / f"post-{fsync}"
             Mailbox.init(root, fsync=fsync)
             lat = anyio.run(_post_latency, root, n)
-            rows.append([f"msg_post round trip, fsync {'on' if fsync else 'off'}",
-                         f"{percentile(lat, 50) * 1e3:.2f} ms", f"{percentile(lat, 99) * 1e3:.2f} ms"])
+            rows.append(
+                [
+                    f"msg_post round trip, fsync {'on' if fsync else 'off'}",
+                    f"{percentile(lat, 50) * 1e3:.2f} ms",
+                    f"{percentile(lat, 99) * 1e3:.2f} ms",
+                ]
+            )
         root = Path(d) / "wake"
         Mailbox.init(root)
         lat = anyio.run(_wake_latency, root, n // 2)
-        rows.append(["post→wake, two serve processes", f"{percentile(lat, 50) * 1e3:.2f} ms",
-                     f"{percentile(lat, 99) * 1e3:.2f} ms"])
+        rows.append(
+            [
+                "post→wake, two serve processes",
+                f"{percentile(lat, 50) * 1e3:.2f} ms",
+                f"{percentile(lat, 99) * 1e3:.2f} ms",
+            ]
+        )
         root = Path(d) / "load"
         Mailbox.init(root)
         rate = _throughput(root, 4, 100 if quick else 500)
         rows.append(["msg_post, 4 client processes on one thread", f"{rate:,.0f} msg/s", ""])
         cold = [anyio.run(_cold_start, Path(d) / "load") for _ in range(3 if quick else 7)]
-        rows.append(["cold start → first tools/list", f"{statistics.median(cold) * 1e3:.0f} ms",
-                     f"max {max(cold) * 1e3:.0f} ms"])
-        exits = [_shutdown(Path(d) / f"bye{i}") if Mailbox.init(Path(d) / f"bye{i}") else 0.0
-                 for i in range(3)]
-        rows.append(["exit after stdin closes (during msg_wait)",
-                     f"{statistics.median(exits) * 1e3:.0f} ms", f"max {max(exits) * 1e3:.0f} ms"])
+        rows.append(
+            [
+                "cold start → first tools/list",
+                f"{statistics.median(cold) * 1e3:.0f} ms",
+                f"max {max(cold) * 1e3:.0f} ms",
+            ]
+        )
+        exits = [
+            _shutdown(Path(d) / f"bye{i}") if Mailbox.init(Path(d) / f"bye{i}") else 0.0
+            for i in range(3)
+        ]
+        rows.append(
+            [
+                "exit after stdin closes (during msg_wait)",
+                f"{statistics.median(exits) * 1e3:.0f} ms",
+                f"max {max(exits) * 1e3:.0f} ms",
+            ]
+        )
     return table(["through MCP over stdio", "p50 / value", "p99 / worst"], rows)
 
 

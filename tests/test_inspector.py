@@ -1,4 +1,4 @@
-"""An independent client: the MCP Inspector CLI (npm) lists and calls the tools of `mailslot serve`."""
+"""An independent client: the MCP Inspector CLI (npm) drives `mailslot serve`."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_inspector_lists_and_calls_tools(root: Path) -> None:
     )
     assert code == 0
     assert json.loads(made["result"]["content"][0]["text"])["thread"] == "from-the-inspector"
-    code, posted = inspect(
+    code, _ = inspect(
         root,
         "--method",
         "tools/call",

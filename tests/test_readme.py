@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -75,3 +76,65 @@ def test_test_command_is_what_ci_runs() -> None:
 @pytest.mark.parametrize("command", sorted(parser()._subparsers._group_actions[0].choices))  # type: ignore[union-attr]
 def test_every_command_is_documented(command: str) -> None:
     assert f"`mailslot {command}" in TEXT, f"README lacks `mailslot {command}`"
+
+
+def _snippets() -> list[tuple[str, dict]]:
+    import tomllib
+
+    out = []
+    for block in blocks("json"):
+        doc = json.loads(block)
+        servers = doc.get("mcpServers") or doc.get("servers")
+        if servers:
+            out.append(("json", servers["mailslot"]))
+    for block in blocks("toml"):
+        out.append(("toml", tomllib.loads(block)["mcp_servers"]["mailslot"]))
+    return out
+
+
+def _fill(value: str, root: Path) -> str:
+    bindir = Path(sys.executable).parent
+    return value.replace("/ABS/PATH/TO/.venv/bin/mailslot", str(bindir / "mailslot")).replace(
+        "/ABS/PATH/TO/project/.mailslot", str(root)
+    )
+
+
+def test_every_client_is_configured() -> None:
+    kinds = [kind for kind, _ in _snippets()]
+    assert kinds.count("json") == 4 and kinds.count("toml") == 1
+    assert '"servers"' in TEXT and "mcp_servers.mailslot" in TEXT and "claude mcp add" in TEXT
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_config_snippets_start_the_server(tmp_path: Path, index: int) -> None:
+    import anyio
+    from mcp import StdioServerParameters
+    from mcp.client import Client
+
+    from mailslot import Mailbox
+
+    _, entry = _snippets()[index]
+    root = tmp_path / "project" / ".mailslot"
+    Mailbox.init(root)
+    env = {k: _fill(v, root) for k, v in entry["env"].items()}
+    params = StdioServerParameters(
+        command=_fill(entry["command"], root), args=entry["args"], env=env, cwd=str(tmp_path)
+    )
+
+    async def main() -> dict:
+        async with Client(params, cache=None) as c:
+            result = await c.call_tool("bus_get_config", {})
+            return json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+    config = anyio.run(main)
+    assert config["agent"] == env["MAILSLOT_AGENT"]
+    assert config["root"] == str(root)
+
+
+def test_claude_mcp_add_matches_the_json() -> None:
+    line = next(b for b in blocks("bash") if "claude mcp add" in b).strip()
+    flags, _, command = line.partition(" -- ")
+    _, entry = _snippets()[0]
+    assert command.split() == [entry["command"], *entry["args"]]
+    for key, value in entry["env"].items():
+        assert f"--env {key}={value}" in flags
