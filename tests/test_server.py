@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -235,3 +237,59 @@ def test_instructions_say_how_to_collaborate() -> None:
     text_ = instructions("coder", "Chinese")
     assert "You are agent 'coder'" in text_ and "msg_wait" in text_ and "Chinese" in text_
     assert "agent_register" in instructions(None, None)
+
+
+def test_damage_and_vanishing_never_kill_the_server(root: Path) -> None:
+    async def main() -> None:
+        async with connect(root, "auto", agent="sturdy") as c:
+            await c.call_tool("thread_create", {"topic": "t"})
+            await c.call_tool("msg_post", {"thread": "t", "content": "one"})
+            (root / "threads" / "t" / "000002.json").write_text("{torn")
+            await c.call_tool("msg_post", {"thread": "t", "content": "three"})
+            listed = text(await c.call_tool("msg_list", {"thread": "t"}))
+            assert [m["content"] for m in listed["messages"]] == ["one", "three"]
+            assert "000002.json" in listed["unreadable"][0]
+            md = (await c.read_resource("mailslot://threads/t/transcript")).contents[0]
+            assert isinstance(md, types.TextResourceContents) and "three" in md.text
+            await c.call_tool("thread_create", {"topic": "gone"})
+            shutil.rmtree(root / "threads" / "gone")
+            bad = await c.call_tool("msg_list", {"thread": "gone"})
+            assert bad.is_error and "no thread 'gone'" in text(bad)
+            bad = await c.call_tool("msg_wait", {"thread": "gone", "timeout_s": 1})
+            assert bad.is_error and "no thread 'gone'" in text(bad)
+            assert (
+                text(await c.call_tool("msg_post", {"thread": "t", "content": "four"}))["seq"] == 4
+            )
+
+    anyio.run(main)
+
+
+def test_full_disk_is_an_error_the_model_can_read(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        root = mnt / "box"
+        Mailbox.init(root)
+
+        async def main() -> None:
+            async with connect(root, "legacy", agent="filler") as c:
+                await c.call_tool("thread_create", {"topic": "t"})
+                (mnt / "ballast").write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))
+                bad = await c.call_tool("msg_post", {"thread": "t", "content": "x" * 200_000})
+                assert bad.is_error and "no space left" in text(bad)
+                assert "nothing was stored" in text(bad)
+                (mnt / "ballast").unlink()
+                ok = text(await c.call_tool("msg_post", {"thread": "t", "content": "x" * 200_000}))
+                assert ok["seq"] == 1
+
+        anyio.run(main)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -457,18 +457,25 @@ class Mailbox:
         return path
 
     def _thread_dir(self, thread: str) -> Path:
-        """Return the folder of an existing thread; raise InvalidName or NoSuchThread."""
+        """Return the folder of an existing thread; raise InvalidName, NoSuchThread or RootError.
+
+        Checked on every call (one lstat): a thread folder may vanish, or be swapped for a
+        symlink, between two calls.
+        """
         check_name(thread, "thread id")
         path = self.root / "threads" / thread
-        if path in self._safe_dirs:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = 0
+        except OSError as e:
+            raise RootError(path, f"cannot look at {path}: {e.strerror}") from None
+        if stat.S_ISDIR(mode):
             return path
         self._check_not_symlink(self.root / "threads")
         self._check_not_symlink(path)
-        if not path.is_dir():
-            known = self._thread_ids()
-            raise NoSuchThread(thread, difflib.get_close_matches(thread, known, n=3, cutoff=0.6))
-        self._safe_dirs.add(path)
-        return path
+        known = self._thread_ids()
+        raise NoSuchThread(thread, difflib.get_close_matches(thread, known, n=3, cutoff=0.6))
 
     def _report(self, damage: Damage) -> Damage:
         if damage.path not in self._reported:
