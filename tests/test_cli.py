@@ -118,7 +118,7 @@ def test_a_conversation(env_root: Path, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(capsys, "threads")
     assert "release-2-0" in out and "closed" in out
     code, out, _ = run(capsys, "agents", "--json")
-    assert [a["name"] for a in json.loads(out)] == ["bob"]
+    assert [a["agent"] for a in json.loads(out)] == ["bob"]
 
 
 def test_post_from_stdin(env_root: Path) -> None:

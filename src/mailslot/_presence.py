@@ -19,11 +19,16 @@ import portalocker
 
 PRESENCE_STATUSES = ("online", "waiting", "offline")
 DEFAULT_STALE_AFTER = 30.0
+IDLE_AFTER = 300.0  # online but no tool call for this long reads as "idle"
 
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """What an agent's presence file says, with the status as seen now."""
+    """What an agent's presence file says, with the status as seen now.
+
+    status is "online" (its process lives), "waiting" (blocked in a wait: reachable now),
+    "idle" (alive, but no tool call for IDLE_AFTER seconds) or "offline".
+    """
 
     agent: str
     status: str
@@ -57,6 +62,14 @@ def effective(doc: dict[str, Any], agent: str, host: str, stale_after: float) ->
         status = "offline"
     elif doc.get("host") == host and pid is not None and not pid_alive(pid):
         status = "offline"  # killed on this machine: no need to wait for the heartbeat
+    else:
+        active = doc.get("last_active_epoch")
+        if (
+            status == "online"
+            and isinstance(active, int | float)
+            and time.time() - active > IDLE_AFTER
+        ):
+            status = "idle"
     return Presence(
         agent=agent,
         status=status,

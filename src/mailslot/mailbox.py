@@ -333,8 +333,9 @@ class Mailbox:
     """A mailbox root opened for reading and writing.
 
     Any number of Mailbox objects, in any number of processes, may use one root at once. An
-    instance is safe to use from several threads. Keyword arguments override the root's
-    settings for this instance only (benchmarks and tests use ``fsync=False``, and
+    instance is safe to use from several threads. Opening sweeps temp files that dead writers
+    left (``sweep=False`` to only look). Keyword arguments override the root's settings for
+    this instance only (benchmarks and tests use ``fsync=False``, and
     ``lock=False`` to behave as on a network mount where locks do not reach).
     """
 
@@ -347,6 +348,7 @@ class Mailbox:
         max_content_bytes: int | None = None,
         wait_mode: str | None = None,
         poll_interval: float | None = None,
+        sweep: bool = True,
     ) -> None:
         given = Path(root)
         if not given.exists():
@@ -388,7 +390,8 @@ class Mailbox:
         self._watch_lock = threading.Lock()
         for sub in ("threads", "agents", ".state"):
             self._check_not_symlink(self.root / sub)
-        self.sweep_tmp()
+        if sweep:
+            self.sweep_tmp()
 
     # ------------------------------------------------------------------ creating a root
 
@@ -1409,8 +1412,18 @@ class Mailbox:
                 self.set_presence(hold.name, "offline")
         hold.release()
 
-    def set_presence(self, name: str, status: str, *, waiting_on: str | None = None) -> None:
-        """Write this process's presence for name (a heartbeat); status online/waiting/offline."""
+    def set_presence(
+        self,
+        name: str,
+        status: str,
+        *,
+        waiting_on: str | None = None,
+        last_active: float | None = None,
+    ) -> None:
+        """Write this process's presence for name (a heartbeat); status online/waiting/offline.
+
+        last_active is when the agent last did something (epoch seconds; default now).
+        """
         if status not in PRESENCE_STATUSES:
             raise InvalidState(f"presence must be one of {', '.join(PRESENCE_STATUSES)}")
         known = self._presence_docs.setdefault(name, {"client": None, "started": now_iso()})
@@ -1424,6 +1437,7 @@ class Mailbox:
             "last_seen": now_iso(),
             "last_seen_epoch": time.time(),
             "waiting_on": waiting_on,
+            "last_active_epoch": time.time() if last_active is None else last_active,
         }
         self._write_state_file(self._dir(".state/presence") / f"{name}.json", doc)
 

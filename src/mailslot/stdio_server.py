@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 import typing
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -147,6 +148,7 @@ def _as_tool(name: str) -> Callable[..., Any]:
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
         session = _state(ctx).session
+        session.last_active = time.time()
         if session.client is None:
             session.client = _client_name(ctx)
 

@@ -9,6 +9,7 @@ turns them into text for the model in one place.
 from __future__ import annotations
 
 import contextvars
+import html
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -158,6 +159,47 @@ def transcript_markdown(box: Mailbox, thread: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def transcript_html(box: Mailbox, thread: str) -> str:
+    """Return a thread as one self-contained HTML page (for an archive or a review)."""
+    info = box.thread(thread)
+    esc = html.escape
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(info.topic)}</title>",
+        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;"
+        "padding:0 1rem;color:#222}.m{border-top:1px solid #ddd;padding:.6rem 0}"
+        ".h{color:#555;font-size:.9em}.h b{color:#000}.t{display:inline-block;padding:0 .4em;"
+        "border-radius:.3em;background:#eef;margin-left:.4em}.c{white-space:pre-wrap}"
+        ".s{background:#f6f6f6;padding:.5rem 1rem;border-left:3px solid #888}</style>",
+        "</head><body>",
+        f"<h1>{esc(info.topic)}</h1>",
+        f"<p>Thread <code>{esc(info.id)}</code> · state <b>{esc(info.state)}</b> · "
+        f"{info.head} messages · participants: {esc(', '.join(info.participants))}</p>",
+    ]
+    if info.summary:
+        parts.append(
+            f'<div class="s"><b>Summary:</b> <span class="c">{esc(info.summary)}</span></div>'
+        )
+    for m in box.messages(thread):
+        tags = [] if m.type == "message" else [m.type]
+        if m.priority != "normal":
+            tags.append(m.priority)
+        if m.reply_to:
+            tags.append(f"re #{m.reply_to}")
+        to = f" → {esc(', '.join(m.to))}" if m.to else ""
+        head = (f'<div class="h"><b>#{m.seq} {esc(m.sender)}</b>{to}'
+                + "".join(f'<span class="t">{esc(t)}</span>' for t in tags)
+                + f" · {esc(m.created_at)}</div>")  # fmt: skip
+        body = m.content
+        if m.type == "state":
+            body = f"state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}"
+            body += f"\n{m.content}" if m.content else ""
+        parts.append(f'<div class="m" id="m{m.seq}">{head}<div class="c">{esc(body)}</div></div>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
 class Session:
     """One agent's tools over a mailbox; the agent's name is taken on first need."""
 
@@ -182,6 +224,7 @@ class Session:
         self.wait_max = wait_max
         self.stale_after = stale_after
         self.progress_every = progress_every
+        self.last_active = time.time()  # when a tool was last called (the server sets it)
         self._read: dict[str, int] = {}  # thread -> last seq this agent was given
         self._unsaved: set[str] = set()
         self._hold: NameHold | None = None
@@ -231,7 +274,9 @@ class Session:
         """Refresh this agent's presence (call every stale_after/3 seconds)."""
         if self._hold is not None:
             status = "waiting" if self._waits else "online"
-            self.box.set_presence(self._hold.name, status, waiting_on=self._waiting_on)
+            self.box.set_presence(
+                self._hold.name, status, waiting_on=self._waiting_on, last_active=self.last_active
+            )
             self.save_positions()
 
     def close(self) -> None:
@@ -443,13 +488,15 @@ class Session:
         return {"agent": me, **{k: v for k, v in card.to_dict().items() if k != "name"}}
 
     def agent_list(self) -> dict[str, Any]:
-        """List agents with status (online, waiting, offline), last seen, and what they wait on."""
+        """List agents: status (online, waiting, idle, offline), since, and what they wait on."""
         cards = {c.name: c for c in self.box.agents()}
         seen = {p.agent: p for p in self.box.presences(stale_after=self.stale_after)}
         agents = []
         for name in sorted(set(cards) | set(seen)):
             card, p = cards.get(name), seen.get(name)
             entry: dict[str, Any] = {"agent": name, "status": p.status if p else "offline"}
+            if p and p.status != "offline" and p.started:
+                entry["since"] = p.started
             if p and p.last_seen:
                 entry["last_seen"] = p.last_seen
             if p and p.waiting_on:
