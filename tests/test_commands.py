@@ -204,6 +204,13 @@ def break_everything(root: Path) -> None:
         {"agent": "zombie", "status": "online", "pid": dead.pid, "host": "elsewhere",
          "last_seen_epoch": time.time() - 999}))  # fmt: skip
     (root / ".gitignore").write_text("")
+    box.create_thread("copies", creator="alice")
+    box.post("copies", "original", sender="alice")
+    (root / "threads" / "copies" / "000002.json").write_bytes(
+        (root / "threads" / "copies" / "000001.json").read_bytes()
+    )  # a copy: same id twice
+    (root / "threads" / "escape").symlink_to(root.parent)
+    (root / "agents" / "broken.json").write_text("[1, 2")
 
 
 def test_doctor_finds_and_fixes(env_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,7 +220,8 @@ def test_doctor_finds_and_fixes(env_root: Path, capsys: pytest.CaptureFixture[st
     assert code == 1 and not report["healthy"]
     kinds = {f["kind"] for f in report["findings"]}
     assert kinds >= {"gap", "corrupt message", "foreign file", "thread record", "temp file",
-                     "stale presence", "gitignore"}  # fmt: skip
+                     "stale presence", "gitignore", "duplicate", "symlink",
+                     "agent card"}  # fmt: skip
     assert report["hard_links"] is True and report["locks"] is True
     assert report["wait_mode"] == "native" and report["network"] is False
 
@@ -228,8 +236,10 @@ def test_doctor_finds_and_fixes(env_root: Path, capsys: pytest.CaptureFixture[st
     assert len(kept) == 1 and kept[0].read_text() == "{torn"
     assert box.thread("u").topic == "u"
     code, out, _ = run(capsys, "doctor", "--json")
-    left = [f["kind"] for f in json.loads(out)["findings"]]
-    assert left == ["foreign file"], "only what is not safe to touch remains"
+    left = sorted(f["kind"] for f in json.loads(out)["findings"])
+    assert left == ["agent card", "duplicate", "foreign file", "symlink"], (
+        "only what is unsafe to touch"
+    )
     assert box.post("t", "after repair", sender="alice") == 5
 
 
