@@ -8,6 +8,7 @@ first tools/list, and how long a server takes to exit once its stdin closes.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from mcp.client import Client
 
 from bench._util import SCRATCH, percentile, table
 from mailslot import Mailbox
+
+# The handshake era: what most clients speak today, and what the peer (mcp 1.x) speaks too.
+MODE = "legacy"
 
 
 def _params(root: Path, agent: str) -> StdioServerParameters:
@@ -38,7 +42,7 @@ async def _call(c: Client, tool: str, **args: Any) -> dict[str, Any]:
 
 
 async def _post_latency(root: Path, n: int) -> list[float]:
-    async with Client(_params(root, "poster"), cache=None) as c:
+    async with Client(_params(root, "poster"), mode=MODE, cache=None) as c:
         await _call(c, "thread_create", topic="lat")
         for _ in range(10):  # warm up
             await _call(c, "msg_post", thread="lat", content="warm")
@@ -52,8 +56,8 @@ async def _post_latency(root: Path, n: int) -> list[float]:
 
 async def _wake_latency(root: Path, n: int) -> list[float]:
     async with (
-        Client(_params(root, "waiter"), cache=None) as waiter,
-        Client(_params(root, "sender"), cache=None) as sender,
+        Client(_params(root, "waiter"), mode=MODE, cache=None) as waiter,
+        Client(_params(root, "sender"), mode=MODE, cache=None) as sender,
     ):
         head = (await _call(waiter, "thread_create", topic="wake"))["head"]
         await _call(sender, "thread_create", topic="wake")
@@ -76,7 +80,7 @@ async def _wake_latency(root: Path, n: int) -> list[float]:
 
 def _writer(root: str, name: str, count: int) -> None:
     async def main() -> None:
-        async with Client(_params(Path(root), name), cache=None) as c:
+        async with Client(_params(Path(root), name), mode=MODE, cache=None) as c:
             await _call(c, "thread_create", topic="load")
             print("ready", flush=True)
             sys.stdin.readline()
@@ -93,10 +97,13 @@ def _throughput(root: Path, procs: int, count: int) -> float:
     ps = [
         subprocess.Popen(
             [sys.executable, "-m", "bench.mcp", "writer", str(root), f"w{i}", str(count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=here,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=here,
         )
         for i in range(procs)
-    ]  # fmt: skip
+    ]
     for p in ps:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     t0 = time.perf_counter()
@@ -113,9 +120,43 @@ def _throughput(root: Path, procs: int, count: int) -> float:
 
 async def _cold_start(root: Path) -> float:
     t0 = time.perf_counter()
-    async with Client(_params(root, "cold"), cache=None) as c:
+    async with Client(_params(root, "cold"), mode=MODE, cache=None) as c:
         await c.list_tools()
         return time.perf_counter() - t0
+
+
+def _proc_stat(pid: int) -> tuple[float, float]:
+    """Return (resident MB, CPU seconds) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20, cpu
+
+
+def _footprint(root: Path) -> dict[str, float]:
+    """Return the resident memory of an idle and a waiting server, and its CPU while waiting."""
+
+    async def main() -> dict[str, float]:
+        async with Client(_params(root, "footprint"), mode=MODE, cache=None) as c:
+            await _call(c, "thread_create", topic="quiet")
+            pid = Mailbox(root).presence("footprint").pid
+            assert pid is not None
+            await anyio.sleep(0.5)
+            idle, _ = _proc_stat(pid)
+            out: dict[str, float] = {"rss_idle_mb": idle}
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: c.call_tool("msg_wait", {"thread": "quiet", "timeout_s": 8}))
+                await anyio.sleep(1.0)
+                _, cpu0 = _proc_stat(pid)
+                t0 = time.monotonic()
+                await anyio.sleep(5.0)
+                rss, cpu1 = _proc_stat(pid)
+                out["rss_waiting_mb"] = rss
+                out["cpu_waiting_pct"] = (cpu1 - cpu0) / (time.monotonic() - t0) * 100
+                tg.cancel_scope.cancel()
+            return out
+
+    return anyio.run(main)
 
 
 def _shutdown(root: Path) -> float:
@@ -123,17 +164,30 @@ def _shutdown(root: Path) -> float:
     Mailbox(root).create_thread("bye", creator="bench")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", "leaver"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     for line in (
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                    "clientInfo": {"name": "bench", "version": "1"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "1"},
+            },
+        },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-         "params": {"name": "msg_wait", "arguments": {"thread": "bye", "timeout_s": 60}}},
-    ):  # fmt: skip
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "msg_wait", "arguments": {"thread": "bye", "timeout_s": 60}},
+        },
+    ):
         proc.stdin.write((json.dumps(line) + "\n").encode())
     proc.stdin.flush()
     proc.stdout.readline()
@@ -143,55 +197,70 @@ def _shutdown(root: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run(quick: bool) -> str:
+def measure(quick: bool) -> dict[str, float]:
+    """Return the figures: latencies in seconds, throughput in messages per second."""
     n = 100 if quick else 500
-    rows = []
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
         for fsync in (True, False):
             root = Path(d) / f"post-{fsync}"
             Mailbox.init(root, fsync=fsync)
             lat = anyio.run(_post_latency, root, n)
-            rows.append(
-                [
-                    f"msg_post round trip, fsync {'on' if fsync else 'off'}",
-                    f"{percentile(lat, 50) * 1e3:.2f} ms",
-                    f"{percentile(lat, 99) * 1e3:.2f} ms",
-                ]
-            )
+            key = "post" if fsync else "post_nofsync"
+            out[key + "_p50"], out[key + "_p99"] = percentile(lat, 50), percentile(lat, 99)
         root = Path(d) / "wake"
         Mailbox.init(root)
         lat = anyio.run(_wake_latency, root, n // 2)
-        rows.append(
-            [
-                "post→wake, two serve processes",
-                f"{percentile(lat, 50) * 1e3:.2f} ms",
-                f"{percentile(lat, 99) * 1e3:.2f} ms",
-            ]
-        )
+        out["wake_p50"], out["wake_p99"] = percentile(lat, 50), percentile(lat, 99)
         root = Path(d) / "load"
         Mailbox.init(root)
-        rate = _throughput(root, 4, 100 if quick else 500)
-        rows.append(["msg_post, 4 client processes on one thread", f"{rate:,.0f} msg/s", ""])
+        out["writers4"] = _throughput(root, 4, 100 if quick else 500)
         cold = [anyio.run(_cold_start, Path(d) / "load") for _ in range(3 if quick else 7)]
-        rows.append(
-            [
-                "cold start → first tools/list",
-                f"{statistics.median(cold) * 1e3:.0f} ms",
-                f"max {max(cold) * 1e3:.0f} ms",
-            ]
-        )
-        exits = [
-            _shutdown(Path(d) / f"bye{i}") if Mailbox.init(Path(d) / f"bye{i}") else 0.0
-            for i in range(3)
-        ]
-        rows.append(
-            [
-                "exit after stdin closes (during msg_wait)",
-                f"{statistics.median(exits) * 1e3:.0f} ms",
-                f"max {max(exits) * 1e3:.0f} ms",
-            ]
-        )
+        out["cold_p50"], out["cold_max"] = statistics.median(cold), max(cold)
+        exits = []
+        for i in range(3):
+            Mailbox.init(Path(d) / f"bye{i}")
+            exits.append(_shutdown(Path(d) / f"bye{i}"))
+        out["exit_p50"], out["exit_max"] = statistics.median(exits), max(exits)
+        out |= _footprint(Path(d) / "load")
+    return out
+
+
+def render(v: dict[str, float]) -> str:
+    """Return the figures as a table."""
+    ms = lambda x: f"{x * 1e3:.2f} ms"  # noqa: E731 - a local formatter
+    rows = [
+        ["msg_post round trip, fsync on", ms(v["post_p50"]), ms(v["post_p99"])],
+        ["msg_post round trip, fsync off", ms(v["post_nofsync_p50"]), ms(v["post_nofsync_p99"])],
+        ["post→wake, two serve processes", ms(v["wake_p50"]), ms(v["wake_p99"])],
+        ["msg_post, 4 client processes on one thread", f"{v['writers4']:,.0f} msg/s", ""],
+        [
+            "cold start → first tools/list",
+            f"{v['cold_p50'] * 1e3:.0f} ms",
+            f"max {v['cold_max'] * 1e3:.0f} ms",
+        ],
+        [
+            "exit after stdin closes (during msg_wait)",
+            f"{v['exit_p50'] * 1e3:.0f} ms",
+            f"max {v['exit_max'] * 1e3:.0f} ms",
+        ],
+        [
+            "resident memory: idle / blocked in msg_wait",
+            f"{v['rss_idle_mb']:.0f} MB",
+            f"{v['rss_waiting_mb']:.0f} MB",
+        ],
+        [
+            "CPU of a server blocked in msg_wait (5 s)",
+            f"{v['cpu_waiting_pct']:.2f} % of a core",
+            "",
+        ],
+    ]
     return table(["through MCP over stdio", "p50 / value", "p99 / worst"], rows)
+
+
+def run(quick: bool) -> str:
+    """Return the table of figures measured now."""
+    return render(measure(quick))
 
 
 if __name__ == "__main__":

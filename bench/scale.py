@@ -63,6 +63,33 @@ def run(sizes: list[int], repeats: int) -> tuple[str, dict[str, dict[int, float]
     return table(headers, rows), results
 
 
+def many_threads(counts: list[int], repeats: int) -> str:
+    """Return the cost of listing threads (with state, head, participants) as threads multiply."""
+    results: dict[str, dict[int, float]] = {}
+    for n in counts:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
+            root = Path(d) / "box"
+            box = Mailbox.init(root, fsync=False)
+            for i in range(n):
+                t = box.create_thread(f"topic {i}", creator="bench").id
+                box.post(t, "x" * 400, sender="bench")
+            box.threads()  # builds the per-thread index files under .state/index/
+            row = {
+                "thread list, same process (cached)": median_us(timed(box.threads, repeats)),
+                "thread list, new process (index files)": median_us(
+                    timed(lambda: Mailbox(root).threads(), repeats)
+                ),
+            }
+            for k, v in row.items():
+                results.setdefault(k, {})[n] = v
+    headers = ["operation (µs, median)", *[f"{n:,} threads" for n in counts], "per thread"]
+    rows = [
+        [k, *[f"{v[n]:,.0f}" for n in counts], f"{v[counts[-1]] / counts[-1]:.1f} µs"]
+        for k, v in results.items()
+    ]
+    return table(headers, rows)
+
+
 if __name__ == "__main__":
     import sys
 

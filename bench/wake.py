@@ -79,9 +79,11 @@ def _latencies(kind: str, n: int, via_post: bool) -> list[float]:
             p = _start(["mailslot", str(root), kind, str(n)])
         assert p.stdout is not None
         time.sleep(0.2)
-        data = b'{"id": "x", "from": "bench", "to": [], "type": "message", "priority": "normal", ' \
-               b'"reply_to": null, "created_at": "2026-01-01T00:00:00.000Z", "content": "ping", ' \
-               b'"meta": {}}\n'  # fmt: skip
+        data = (
+            b'{"id": "x", "from": "bench", "to": [], "type": "message", "priority": "normal", '
+            b'"reply_to": null, "created_at": "2026-01-01T00:00:00.000Z", "content": "ping", '
+            b'"meta": {}}\n'
+        )
         out = []
         spread = 0.1 if kind == "poll" else 0.01  # hit random phases of the poll interval
         for seq in range(1, n + 1):
@@ -133,8 +135,11 @@ def run(quick: bool) -> str:
         samples = _latencies(kind, n if kind != "poll" else n // 4, via_post)
         p50, p99 = percentile(samples, 50) * 1e3, percentile(samples, 99) * 1e3
         floor = floor or p50
-        label = {"raw inotify (floor)": "raw inotify read (floor)", "native": "mailslot native",
-                 "poll": "mailslot poll (0.1 s interval)"}[kind]  # fmt: skip
+        label = {
+            "raw inotify (floor)": "raw inotify read (floor)",
+            "native": "mailslot native",
+            "poll": "mailslot poll (0.1 s interval)",
+        }[kind]
         label += ", from the start of post() (fsync on)" if via_post else ", from the link()"
         rows.append([label, str(len(samples)), f"{p50:.3f}", f"{p99:.3f}", f"{p50 / floor:.1f}×"])
     secs = 2.0 if quick else 5.0

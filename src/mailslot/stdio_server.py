@@ -106,14 +106,17 @@ class _State:
     subscribed: set[str] = field(default_factory=set)
     legacy_session: Any = None  # the handshake-era session, captured at resources/subscribe
     watch_from: dict[str, int] | None = None  # where the folder watch continues; None: off
+    watch_started: anyio.Event = field(default_factory=anyio.Event)
 
     def update_watch(self) -> None:
         """Start watching from now when the first subscriber comes; stop after the last."""
         active = bool(self.subscribed) or self.bus.listeners > 0
         if active and self.watch_from is None:
             self.watch_from = self.session.box.cursor()
+            self.watch_started.set()
         elif not active:
             self.watch_from = None
+            self.watch_started = anyio.Event()
 
 
 def _client_name(ctx: Context) -> str | None:
@@ -212,8 +215,8 @@ def create_server(
         while True:
             cursor = state.watch_from
             if cursor is None:
-                # Nobody listens: do not wake on every post (most clients never subscribe).
-                await anyio.sleep(0.25)
+                # Nobody listens: sleep until someone subscribes (most clients never do).
+                await state.watch_started.wait()
                 continue
             got = await box.wait_async(None, cursor, timeout=1, limit=1000)
             if state.watch_from is not cursor:
