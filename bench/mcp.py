@@ -54,6 +54,29 @@ async def _post_latency(root: Path, n: int) -> list[float]:
         return out
 
 
+async def _noop_latency(root: Path, n: int) -> list[float]:
+    """Round trips of bus_get_config, which touches no file: the SDK's own cost per call."""
+    async with Client(_params(root, "noop"), mode=MODE, cache=None) as c:
+        for _ in range(10):
+            await _call(c, "bus_get_config")
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await _call(c, "bus_get_config")
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def _import_time(module: str) -> float:
+    """Return the median wall time of a fresh interpreter importing module."""
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
 async def _wake_latency(root: Path, n: int) -> list[float]:
     async with (
         Client(_params(root, "waiter"), mode=MODE, cache=None) as waiter,
@@ -223,6 +246,11 @@ def measure(quick: bool) -> dict[str, float]:
             exits.append(_shutdown(Path(d) / f"bye{i}"))
         out["exit_p50"], out["exit_max"] = statistics.median(exits), max(exits)
         out |= _footprint(Path(d) / "load")
+        lat = anyio.run(_noop_latency, Path(d) / "load", n)
+        out["noop_p50"] = percentile(lat, 50)
+        out["import_python"] = _import_time("sys")
+        out["import_mcp"] = _import_time("mcp.server.mcpserver")
+        out["import_mailslot"] = _import_time("mailslot")
     return out
 
 
@@ -248,6 +276,16 @@ def render(v: dict[str, float]) -> str:
             "resident memory: idle / blocked in msg_wait",
             f"{v['rss_idle_mb']:.0f} MB",
             f"{v['rss_waiting_mb']:.0f} MB",
+        ],
+        [
+            "SDK share: round trip of a tool that touches no file (bus_get_config)",
+            ms(v["noop_p50"]),
+            "",
+        ],
+        [
+            "SDK share: fresh interpreter importing mcp / mailslot / nothing",
+            f"{v['import_mcp'] * 1e3:.0f} / {v['import_mailslot'] * 1e3:.0f} ms",
+            f"{v['import_python'] * 1e3:.0f} ms",
         ],
         [
             "CPU of a server blocked in msg_wait (5 s)",
