@@ -67,10 +67,10 @@ async def _noop_latency(root: Path, n: int) -> list[float]:
         return out
 
 
-def _import_time(module: str) -> float:
+def _import_time(module: str, repeats: int) -> float:
     """Return the median wall time of a fresh interpreter importing module."""
     runs = []
-    for _ in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
         runs.append(time.perf_counter() - t0)
@@ -156,7 +156,7 @@ def _proc_stat(pid: int) -> tuple[float, float]:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20, cpu
 
 
-def _footprint(root: Path) -> dict[str, float]:
+def _footprint(root: Path, seconds: float) -> dict[str, float]:
     """Return the resident memory of an idle and a waiting server, and its CPU while waiting."""
 
     async def main() -> dict[str, float]:
@@ -168,11 +168,12 @@ def _footprint(root: Path) -> dict[str, float]:
             idle, _ = _proc_stat(pid)
             out: dict[str, float] = {"rss_idle_mb": idle}
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: c.call_tool("msg_wait", {"thread": "quiet", "timeout_s": 8}))
+                wait = {"thread": "quiet", "timeout_s": seconds + 3}
+                tg.start_soon(lambda: c.call_tool("msg_wait", wait))
                 await anyio.sleep(1.0)
                 _, cpu0 = _proc_stat(pid)
                 t0 = time.monotonic()
-                await anyio.sleep(5.0)
+                await anyio.sleep(seconds)
                 rss, cpu1 = _proc_stat(pid)
                 out["rss_waiting_mb"] = rss
                 out["cpu_waiting_pct"] = (cpu1 - cpu0) / (time.monotonic() - t0) * 100
@@ -245,12 +246,13 @@ def measure(quick: bool) -> dict[str, float]:
             Mailbox.init(Path(d) / f"bye{i}")
             exits.append(_shutdown(Path(d) / f"bye{i}"))
         out["exit_p50"], out["exit_max"] = statistics.median(exits), max(exits)
-        out |= _footprint(Path(d) / "load")
+        out |= _footprint(Path(d) / "load", 2.0 if quick else 5.0)
         lat = anyio.run(_noop_latency, Path(d) / "load", n)
         out["noop_p50"] = percentile(lat, 50)
-        out["import_python"] = _import_time("sys")
-        out["import_mcp"] = _import_time("mcp.server.mcpserver")
-        out["import_mailslot"] = _import_time("mailslot")
+        repeats = 1 if quick else 3
+        out["import_python"] = _import_time("sys", repeats)
+        out["import_mcp"] = _import_time("mcp.server.mcpserver", repeats)
+        out["import_mailslot"] = _import_time("mailslot", repeats)
     return out
 
 
@@ -288,7 +290,7 @@ def render(v: dict[str, float]) -> str:
             f"{v['import_python'] * 1e3:.0f} ms",
         ],
         [
-            "CPU of a server blocked in msg_wait (5 s)",
+            "CPU of a server blocked in msg_wait",
             f"{v['cpu_waiting_pct']:.2f} % of a core",
             "",
         ],

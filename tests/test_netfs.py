@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import check_thread, finish, spawn, start_together
 
-from mailslot import Mailbox
+from mailslot import Mailbox, StorageError
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -146,3 +146,125 @@ def test_writers_on_both_mounts_lose_nothing(mounts: tuple[Path, Path]) -> None:
         doc = json.loads(out)
         acked[doc["writer"]] = doc["acked"]
     check_thread(a / "race", "race", 4, each, acked)
+
+
+# ---------------------------------------------------------------- SMB: no hard links
+
+
+def _why_no_smb() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to run smbd on port 445 and mount FUSE filesystems"
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse on this machine"
+    if not (shutil.which("smbd") and shutil.which("smbnetfs")):
+        return "needs Debian's samba and smbnetfs (.ci/run installs them as root)"
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 445)) == 0:
+            return "port 445 is already taken on this machine"
+    return None
+
+
+@pytest.fixture(scope="module")
+def smb_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    reason = _why_no_smb()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("smb")
+    export = base / "export"
+    export.mkdir()
+    for d in ("run", "lock", "state", "cache", "private"):
+        (base / d).mkdir()
+    conf = base / "smb.conf"
+    conf.write_text(
+        "[global]\n  interfaces = lo\n  bind interfaces only = yes\n  smb ports = 445\n"
+        "  map to guest = Bad User\n  server role = standalone server\n"
+        "  load printers = no\n  disable spoolss = yes\n"
+        f"  pid directory = {base}/run\n  lock directory = {base}/lock\n"
+        f"  state directory = {base}/state\n  cache directory = {base}/cache\n"
+        f"  private dir = {base}/private\n  log file = {base}/log.%m\n"
+        f"[mbox]\n  path = {export}\n  guest ok = yes\n  read only = no\n  force user = root\n"
+    )
+    # A session of its own (made by us: smbd's own setsid would fail in it, hence
+    # --no-process-group): on shutdown smbd signals its whole process group, which must not be
+    # the test runner's.
+    smbd = subprocess.Popen(
+        ["smbd", "--foreground", "--no-process-group", "-s", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    mounted: list[Path] = []
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", 445)) == 0:
+                    break
+            if time.monotonic() > deadline or smbd.poll() is not None:
+                pytest.skip(f"smbd did not start: {smbd.stderr.read() if smbd.stderr else ''}")
+            time.sleep(0.1)
+        shares = []
+        for name in ("a", "b"):
+            home = base / f"home-{name}"
+            (home / ".smb").mkdir(parents=True)
+            cfg = home / ".smb" / "smbnetfs.conf"
+            cfg.write_text('auth "127.0.0.1" "guest" ""\nhost 127.0.0.1 visible=true\n')
+            cfg.chmod(0o600)
+            mnt = base / f"mnt-{name}"
+            mnt.mkdir()
+            result = subprocess.run(["smbnetfs", str(mnt), "-o", f"config={cfg}"],
+                                    env={**os.environ, "HOME": str(home)}, capture_output=True,
+                                    text=True, timeout=30, check=False)  # fmt: skip
+            if result.returncode != 0:
+                pytest.skip(f"smbnetfs mount failed: {result.stderr.strip()}")
+            mounted.append(mnt)
+            share = mnt / "127.0.0.1" / "mbox"
+            deadline = time.monotonic() + 20
+            while not share.is_dir():
+                if time.monotonic() > deadline:
+                    pytest.skip("the SMB share did not appear under the smbnetfs mount")
+                time.sleep(0.2)
+            shares.append(share)
+        yield shares[0], shares[1]
+    finally:
+        for mnt in mounted:
+            subprocess.run(["fusermount", "-u", "-z", str(mnt)], capture_output=True, check=False)
+        smbd.terminate()
+        smbd.communicate(timeout=10)
+
+
+def test_smb_without_hard_links_refuses_and_explains(smb_mounts: tuple[Path, Path]) -> None:
+    from mailslot._doctor import diagnose
+
+    a, _ = smb_mounts
+    box = Mailbox.init(a / "refuse")
+    box.create_thread("t", creator="alice")
+    with pytest.raises(StorageError, match='refused a hard link.*"claim": "exclusive-create"'):
+        box.post("t", "would be unsafe", sender="alice")
+    assert box.head("t") == 0, "nothing was stored"
+    report = diagnose(box.root)
+    assert report.hard_links is False and report.network is True
+    assert any("claim" in f.detail for f in report.findings if f.kind == "filesystem")
+
+
+def test_smb_exclusive_create_accepts_the_risk(smb_mounts: tuple[Path, Path]) -> None:
+    a, b = smb_mounts
+    box = Mailbox.init(a / "excl")
+    cfg = json.loads((box.root / "mailslot.json").read_text())
+    (box.root / "mailslot.json").write_text(json.dumps({**cfg, "claim": "exclusive-create"}))
+    box = Mailbox(box.root)
+    box.create_thread("t", creator="alice")
+    # Writers on one mount: the share honours O_EXCL among them, so nothing is lost.
+    go = a / "go-excl"
+    procs = [spawn("writer", str(box.root), "t", f"w{i}", "40", "lock", "nofsync", str(go))
+             for i in range(2)]  # fmt: skip
+    start_together(procs, go)
+    acked = {json.loads(out)["writer"]: json.loads(out)["acked"] for out in finish(procs)}
+    check_thread(box.root, "t", 2, 40, acked)
+    # A waiter on mount A wakes for a write made through mount B (polling: no events cross).
+    p = spawn("waiter", str(box.root), "t", json.dumps({"t": 80}), "-", "60", "auto")
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    Mailbox(b / "excl").post("t", "through b", sender="bob")
+    (out,) = finish([p], timeout=90)
+    assert [m["content"] for m in json.loads(out)["messages"]] == ["through b"]

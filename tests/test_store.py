@@ -426,10 +426,12 @@ def test_root_that_is_a_file(tmp_path: Path) -> None:
         Mailbox.init(tmp_path / "f" / "box")
 
 
-def test_future_format_is_refused(root: Path) -> None:
+def test_future_format_is_read_only(root: Path) -> None:
     (root / "mailslot.json").write_text('{"format": 2}')
+    box = Mailbox(root)
+    assert box.read_only is not None and "upgrade mailslot" in box.read_only
     with pytest.raises(RootError, match="format 2.*upgrade"):
-        Mailbox(root)
+        box.create_thread("t", creator="alice")
 
 
 @pytest.mark.parametrize(

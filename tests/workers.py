@@ -101,6 +101,43 @@ def create(root: str, topic: str, name: str, go: str) -> None:
     print(json.dumps(info.to_dict()), flush=True)
 
 
+def mcp_agent(root: str, name: str, count: str, go: str) -> None:
+    """Drive a `mailslot serve` of our own over stdio: post count messages into 'load', say
+    'posted', then block in msg_wait on 'signal' until the judge's message arrives."""
+    import anyio
+    from mcp import StdioServerParameters
+    from mcp.client import Client
+
+    async def main() -> None:
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "mailslot", "serve", "--root", root, "--agent", name],
+        )
+        async with Client(params, mode="legacy", cache=None) as c:
+            acked = []
+            wait_for(Path(go))
+            for i in range(int(count)):
+                result = await c.call_tool(
+                    "msg_post",
+                    {
+                        "thread": "load",
+                        "content": f"{name} says {i}",
+                        "meta": {"writer": name, "i": i},
+                    },
+                )
+                acked.append(json.loads(result.content[0].text)["seq"])  # type: ignore[union-attr]
+            print(json.dumps({"writer": name, "acked": acked}), flush=True)
+            while True:
+                args = {"thread": "signal", "after_seq": 0, "timeout_s": 5}
+                result = await c.call_tool("msg_wait", args)
+                got = json.loads(result.content[0].text)  # type: ignore[union-attr]
+                if got["messages"]:
+                    print(json.dumps({"woke": got["messages"][0]["content"]}), flush=True)
+                    return
+
+    anyio.run(main)
+
+
 def hold_lock(path: str) -> None:
     """Hold an exclusive flock on path until killed."""
     import fcntl
@@ -120,5 +157,6 @@ if __name__ == "__main__":
         "hold_lock": hold_lock,
         "waiter": waiter,
         "create": create,
+        "mcp_agent": mcp_agent,
     }
     roles[role](*rest)

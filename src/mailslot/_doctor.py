@@ -36,7 +36,11 @@ from mailslot._wait import filesystem_type, is_network_fs
 _NAME_RE = re.compile(NAME_PATTERN)
 _MESSAGE_RE = re.compile(r"(\d{6,})\.json")
 DOCTOR = "mailslot"
-NO_LINKS = "hard links do not work here: mailslot cannot publish safely"
+NO_LINKS = (
+    "hard links do not work here, so posts fail: move the mailbox to a filesystem with hard "
+    'links, or accept the risk with "claim": "exclusive-create" in mailslot.json (exclusive '
+    "creates that some network clients, such as smbnetfs, do not honour across machines)"
+)
 NO_LOCKS = (
     "file locks do not exclude here: the link claim still keeps messages safe, but writers "
     "collide more"

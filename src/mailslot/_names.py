@@ -67,21 +67,21 @@ def slugify(topic: str) -> str:
 
     Case, accents and punctuation do not matter ("Bus 123", "bus-123" and "BUS_123!" meet in
     thread 'bus-123'). A topic without any Latin letter or digit gets 't-' plus a hash of its
-    normalised text; a topic whose slug would pass 64 characters is cut and given a hash suffix
-    so two long topics with the same start do not meet by accident.
+    normalised text; a topic whose slug would pass 64 characters, or that lost letters with no
+    Latin form, is cut and given a hash suffix so different topics do not meet by accident.
     """
     topic = check_topic(topic)
     folded = unicodedata.normalize("NFKD", topic.casefold())
-    ascii_only = (
-        "".join(c for c in folded if not unicodedata.combining(c))
-        .encode("ascii", "ignore")
-        .decode()
-    )
+    unmarked = "".join(c for c in folded if not unicodedata.combining(c))
+    ascii_only = unmarked.encode("ascii", "ignore").decode()
+    # A letter with no Latin form (Greek, Cyrillic, CJK, ...) is dropped from the slug; then the
+    # hash keeps look-alikes apart: "bυs123" (Greek upsilon) must not meet "bs123" or "bus123".
+    lost = any(c.isalnum() and not c.isascii() for c in unmarked)
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_only.replace("_", "-")).strip("-")
     digest = hashlib.sha256(unicodedata.normalize("NFKC", topic.casefold()).encode()).hexdigest()
     if not slug:
         slug = f"t-{digest[:12]}"
-    elif len(slug) > _SLUG_WIDTH:
+    elif len(slug) > _SLUG_WIDTH or lost:
         slug = f"{slug[: _SLUG_WIDTH - 9].rstrip('-')}-{digest[:8]}"
     if slug in _RESERVED:  # "CON" is a fine topic but not a folder name on Windows
         slug = f"{slug}-thread"

@@ -50,9 +50,11 @@ def _open(args: argparse.Namespace) -> Mailbox:
 
 def _sender(args: argparse.Namespace) -> str:
     """Return who a person posts as: --as, MAILSLOT_AGENT, or the OS user made into a name."""
-    name = args.sender or os.environ.get("MAILSLOT_AGENT")
+    if args.sender is not None:
+        return str(args.sender)  # given explicitly: validated as given, even if empty
+    name = os.environ.get("MAILSLOT_AGENT")
     if name:
-        return str(name)
+        return name
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -389,7 +391,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mailslot.stdio_server import serve  # imports mcp: only this command pays for it
 
-    agent = args.agent or os.environ.get("MAILSLOT_AGENT") or None
+    agent = args.agent if args.agent is not None else os.environ.get("MAILSLOT_AGENT") or None
     lang = args.lang or os.environ.get("MAILSLOT_LANG") or None
     serve(
         str(_root(args)),

@@ -111,6 +111,11 @@ MAX_DESCRIPTION_CHARS = 2000
 MAX_PAGE = 1000
 STALE_TMP_SECONDS = 3600.0
 DEFAULT_POLL_INTERVAL = 0.1
+# How a writer claims a seq: "link" publishes a finished file with a no-replace hard link (safe
+# everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
+# writes into it, for filesystems without hard links, at a risk (see _no_link_error).
+CLAIMS = ("link", "exclusive-create")
+YOUNG_FILE_S = 5.0  # with exclusive-create, a new file that does not parse yet is "not yet there"
 _ID_NAMESPACE = uuid.UUID("6f1c1a8e-52a4-4e0c-9d0c-6d61696c736c")
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -136,6 +141,7 @@ class Settings:
     max_content_bytes: int = DEFAULT_MAX_CONTENT
     wait_mode: str = "auto"
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    claim: str = "link"
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -143,12 +149,6 @@ class Settings:
         fmt = doc.get("format")
         if type(fmt) is not int:
             raise RootError(path, f"{path} has no integer 'format'; it is not a mailslot config")
-        if fmt > FORMAT:
-            raise RootError(
-                path,
-                f"{path} is format {fmt}, made by a newer mailslot; this one reads format "
-                f"{FORMAT}: upgrade mailslot (pip install -U mailslot)",
-            )
         out = cls(format=fmt)
         try:
             return out.with_overrides(
@@ -157,6 +157,7 @@ class Settings:
                 max_content_bytes=doc.get("max_content_bytes"),
                 wait_mode=doc.get("wait_mode"),
                 poll_interval=doc.get("poll_interval"),
+                claim=doc.get("claim"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -169,6 +170,7 @@ class Settings:
         max_content_bytes: object = None,
         wait_mode: object = None,
         poll_interval: object = None,
+        claim: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         out = self
@@ -192,6 +194,10 @@ class Settings:
             if type(poll_interval) not in (int, float) or not 0.01 <= poll_interval <= 60:  # type: ignore[operator]
                 raise ValueError("'poll_interval' must be a number of seconds from 0.01 to 60")
             out = replace(out, poll_interval=float(poll_interval))  # type: ignore[arg-type]
+        if claim is not None:
+            if claim not in CLAIMS:
+                raise ValueError(f"'claim' must be one of {', '.join(CLAIMS)}")
+            out = replace(out, claim=str(claim))
         return out
 
 
@@ -379,10 +385,17 @@ class Mailbox:
             )
         except ValueError as e:
             raise InvalidMessage(str(e)) from None
+        #: Why this root must not be written to (made by a newer mailslot), or None.
+        self.read_only: str | None = None
+        if self.settings.format > FORMAT:
+            self.read_only = (
+                f"{config} is format {self.settings.format}, made by a newer mailslot; this one "
+                f"knows format {FORMAT}, so it reads but will not write here: upgrade mailslot "
+                "(pip install -U mailslot)"
+            )
         self._heads: dict[str, int] = {}
         self._index: dict[str, _Index] = {}
         self._records: dict[str, dict[str, Any]] = {}
-        self._safe_dirs: set[Path] = set()
         self._reported: set[str] = set()
         self._mode: str | None = None
         self._presence_docs: dict[str, dict[str, Any]] = {}
@@ -390,7 +403,7 @@ class Mailbox:
         self._watch_lock = threading.Lock()
         for sub in ("threads", "agents", ".state"):
             self._check_not_symlink(self.root / sub)
-        if sweep:
+        if sweep and self.read_only is None:
             self.sweep_tmp()
 
     # ------------------------------------------------------------------ creating a root
@@ -410,6 +423,11 @@ class Mailbox:
                     os.link(tmp, config)  # two inits racing: the first config wins
                 except FileExistsError:
                     pass
+                except OSError:
+                    # No hard links here (an SMB share): create it exclusively instead. Posts
+                    # will explain what that means for messages before any is stored.
+                    with contextlib.suppress(FileExistsError), config.open("xb") as f:
+                        f.write(dumps(doc))
                 finally:
                     tmp.unlink()
             ignore = path / ".gitignore"
@@ -443,21 +461,36 @@ class Mailbox:
             )
 
     def _dir(self, rel: str, *, create: bool = True) -> Path:
-        """Return root/rel after checking that no part of it is a symlink; create it if asked."""
-        path = self.root / rel
-        if path in self._safe_dirs:
-            return path
+        """Return root/rel after checking that no part of it is a symlink; create it if asked.
+
+        Checked on every call (a few lstat calls), not once: a folder swapped for a symlink
+        after the mailbox was opened must not lead a write out of the root.
+        """
         current = self.root
         for part in Path(rel).parts:
             current = current / part
-            self._check_not_symlink(current)
-        if create:
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                if not create:
+                    return self.root / rel
+                if self.read_only is not None:
+                    raise RootError(self.root, self.read_only) from None
+                try:
+                    current.mkdir()
+                except FileExistsError:
+                    mode = os.lstat(current).st_mode  # made by someone else meanwhile
+                except OSError as e:
+                    raise _storage_error(e, self.root, f"creating {current}") from None
+                else:
+                    continue
             except OSError as e:
-                raise _storage_error(e, self.root, f"creating {path}") from None
-            self._safe_dirs.add(path)
-        return path
+                raise _storage_error(e, self.root, f"looking at {current}") from None
+            if stat.S_ISLNK(mode):
+                self._check_not_symlink(current)
+            if not stat.S_ISDIR(mode):
+                raise RootError(current, f"{current} should be a folder but is a file")
+        return self.root / rel
 
     def _thread_dir(self, thread: str) -> Path:
         """Return the folder of an existing thread; raise InvalidName, NoSuchThread or RootError.
@@ -516,6 +549,9 @@ class Mailbox:
         return removed
 
     def _tmp_name(self, suffix: str) -> Path:
+        # Every write starts with a temp file: this is where a root we must not write stops it.
+        if self.read_only is not None:
+            raise RootError(self.root, self.read_only)
         return self._dir(".state/tmp") / f"{_HOST}.{os.getpid()}.{secrets.token_hex(8)}.{suffix}"
 
     def _write_tmp(self, data: bytes) -> Path:
@@ -622,6 +658,9 @@ class Mailbox:
         try:
             return parse_message(data, thread, seq)
         except ValueError as e:
+            young = time.time() - st.st_mtime < YOUNG_FILE_S
+            if young and self.settings.claim == "exclusive-create":
+                return None  # being written by an exclusive-create writer: not there yet
             return self._report(Damage(str(path), str(e)))
 
     def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
@@ -810,7 +849,9 @@ class Mailbox:
             data = dumps(doc)
         except (ValueError, UnicodeEncodeError) as e:
             raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
-        tmp = self._write_tmp(data)
+        if self.read_only is not None:
+            raise RootError(self.root, self.read_only)
+        tmp = self._write_tmp(data) if self.settings.claim == "link" else None
         try:
             with self._locked(thread):
                 if key is not None:
@@ -823,7 +864,7 @@ class Mailbox:
                     self._write_state_file(
                         marker, {"id": message_id, "after": self._probe_head(thread, tdir)}
                     )
-                seq = self._claim(thread, tdir, tmp)
+                seq = self._claim(thread, tdir, tmp, data)
                 if key is not None:
                     self._write_state_file(marker, {"id": message_id, "seq": seq, "after": seq - 1})
             if self.settings.fsync:
@@ -845,11 +886,33 @@ class Mailbox:
                 meta,
             )
         finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
-    def _claim(self, thread: str, tdir: Path, tmp: Path) -> int:
-        """Publish tmp as the next free seq of the thread with a no-replace link; return it."""
+    def _no_link_error(self, target: Path, e: OSError) -> StorageError:
+        return StorageError(
+            target,
+            f"cannot publish {target.name}: the filesystem refused a hard link ({e.strerror}). "
+            "mailslot publishes with hard links because a link never replaces a message another "
+            "writer just stored; either this folder is not writable, or it does not support hard "
+            "links (an SMB share without unix extensions, FAT/exFAT): `mailslot doctor` tells "
+            "which. Nothing was stored. Move the mailbox to a filesystem with hard links, or set "
+            '"claim": "exclusive-create" in mailslot.json to publish with exclusive creates '
+            "instead, accepting that some network clients (smbnetfs, for one) do not honour them "
+            "across machines, so two writers there can overwrite each other without an error",
+            e.errno,
+        )
+
+    def _claim(self, thread: str, tdir: Path, tmp: Path | None, data: bytes) -> int:
+        """Publish the message as the next free seq of the thread; return the seq.
+
+        With the default "link" claim, tmp (written and fsynced) is hard-linked to the name,
+        which fails if the name exists. With "exclusive-create", the name is created with
+        O_EXCL and data written into it.
+        """
+        if tmp is None:
+            return self._claim_exclusive(thread, tdir, data)
         seq = self._probe_head(thread, tdir) + 1
         while True:
             target = tdir / message_name(seq)
@@ -862,18 +925,45 @@ class Mailbox:
                 if os.path.lexists(target):  # sshfs reports a lost race as EPERM
                     seq += 1
                     continue
-                raise _storage_error(e, self.root, f"publishing {target.name}") from None
+                if e.errno == errno.EACCES:  # plainly not allowed to write here
+                    raise _storage_error(e, self.root, f"publishing {target.name}") from None
+                raise self._no_link_error(target, e) from None
             except OSError as e:
                 if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-                    raise StorageError(
-                        target,
-                        f"cannot publish {target}: this filesystem refused a hard link "
-                        f"({e.strerror}); mailslot needs hard links between .state/tmp/ and "
-                        "threads/ to publish safely. Keep the root on one filesystem that "
-                        "supports them (not FAT/exFAT or an SMB share without unix extensions)",
-                        e.errno,
-                    ) from None
+                    raise self._no_link_error(target, e) from None
                 raise _storage_error(e, self.root, f"publishing {target.name}") from None
+            self._heads[thread] = seq
+            return seq
+
+    def _claim_exclusive(self, thread: str, tdir: Path, data: bytes) -> int:
+        seq = self._probe_head(thread, tdir) + 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _NOFOLLOW
+        while True:
+            target = tdir / message_name(seq)
+            try:
+                fd = os.open(target, flags, 0o644)
+            except FileExistsError:
+                seq = self._probe_head(thread, tdir) + 1
+                continue
+            except PermissionError as e:
+                if os.path.lexists(target):
+                    seq += 1
+                    continue
+                raise _storage_error(e, self.root, f"publishing {target.name}") from None
+            except OSError as e:
+                raise _storage_error(e, self.root, f"publishing {target.name}") from None
+            try:
+                _write_all(fd, data)
+                if self.settings.fsync:
+                    os.fsync(fd)
+            except OSError as e:
+                # The name is visible but holds a torn message: take it back, so the next
+                # writer reuses the seq and readers (who wait on young files) never see it.
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+                raise _storage_error(e, self.root, f"writing {target.name}") from None
+            finally:
+                os.close(fd)
             self._heads[thread] = seq
             return seq
 
@@ -1384,6 +1474,8 @@ class Mailbox:
         machine refreshed it within stale_after seconds.
         """
         check_name(name, "agent name")
+        if self.read_only is not None:
+            raise RootError(self.root, self.read_only)
         path = self._dir(".state/presence") / f"{name}.lock"
         try:
             hold = NameHold.try_take(name, path)
