@@ -89,9 +89,11 @@ def test_threads_table(env_root: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_tail_without_follow(env_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     box = Mailbox(env_root)
     box.create_thread("u", creator="alice")
-    for i in range(3):
+    for i in range(3):  # tail merges threads by time (milliseconds): keep the stamps apart
         box.post("t", f"t{i}", sender="alice")
+        time.sleep(0.003)
         box.post("u", f"u{i}", sender="bob")
+        time.sleep(0.003)
     code, out, _ = run(capsys, "tail", "-n", "4", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(lines) == 4
