@@ -51,7 +51,7 @@ say(f"- load average at start: {load:.2f} (a shared machine: compare ratios, not
 
 t = time.monotonic()
 sizes = [1000, 10000] if quick else [1000, 10000, 100000]
-body = scale.run(sizes, 10 if quick else 50)[0]
+body = scale.run(sizes, 5 if quick else 50)[0]
 body += "\n\n" + scale.many_threads([10, 200] if quick else [10, 1000], 3 if quick else 10)
 section("Scale: cost per operation as threads grow (flat = O(new messages))", body, t)
 

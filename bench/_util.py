@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +47,27 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return "\n".join([line, sep, *body])
+
+
+def run_writers(module: str, argvs: list[list[str]]) -> tuple[list[str], float]:
+    """Run `python -m module *argv` writers released together; return their outputs and the
+    seconds from release to the last one's end.
+
+    Each writer prints "ready" once set up, waits for a line on stdin, works, and prints what
+    it has to say on its last line.
+    """
+    here = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=here)
+        for argv in argvs
+    ]  # fmt: skip
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    t0 = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return outs, time.perf_counter() - t0

@@ -21,7 +21,7 @@ import anyio
 from mcp import StdioServerParameters, types
 from mcp.client import Client
 
-from bench._util import SCRATCH, percentile, table
+from bench._util import SCRATCH, percentile, run_writers, table
 from mailslot import Mailbox
 
 # The handshake era: what most clients speak today, and what the peer (mcp 1.x) speaks too.
@@ -116,27 +116,8 @@ def _writer(root: str, name: str, count: int) -> None:
 
 
 def _throughput(root: Path, procs: int, count: int) -> float:
-    here = Path(__file__).resolve().parent.parent
-    ps = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.mcp", "writer", str(root), f"w{i}", str(count)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=here,
-        )
-        for i in range(procs)
-    ]
-    for p in ps:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    t0 = time.perf_counter()
-    for p in ps:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    for p in ps:
-        p.communicate(timeout=600)
-    elapsed = time.perf_counter() - t0
+    argvs = [["writer", str(root), f"w{i}", str(count)] for i in range(procs)]
+    _, elapsed = run_writers("bench.mcp", argvs)
     assert Mailbox(root).head("load") == procs * count, "lost or doubled messages"
     return procs * count / elapsed
 
@@ -223,7 +204,7 @@ def _shutdown(root: Path) -> float:
 
 def measure(quick: bool) -> dict[str, float]:
     """Return the figures: latencies in seconds, throughput in messages per second."""
-    n = 100 if quick else 500
+    n = 60 if quick else 500
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
         for fsync in (True, False):

@@ -29,7 +29,7 @@ import anyio
 from mcp import StdioServerParameters, types
 from mcp.client import Client
 
-from bench._util import SCRATCH, percentile, table
+from bench._util import SCRATCH, percentile, run_writers, table
 
 VENV = SCRATCH / "venv-acb"
 STDIO = VENV / "bin" / "agentchatbus-stdio"
@@ -206,26 +206,9 @@ async def _make_thread(store: Path) -> str:
 
 def _throughput(store: Path, seconds: float) -> tuple[float, float]:
     thread = anyio.run(_make_thread, store)
-    here = Path(__file__).resolve().parent.parent
-    ps = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.peer", "writer", str(store), thread, str(seconds)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=here,
-        )
-        for _ in range(4)
-    ]
-    for p in ps:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    t0 = time.perf_counter()
-    for p in ps:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in ps]
-    elapsed = time.perf_counter() - t0
+    argvs = [["writer", str(store), thread, str(seconds)] for _ in range(4)]
+    outs, elapsed = run_writers("bench.peer", argvs)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
     accepted = sum(r["accepted"] for r in results)
     attempts = accepted + sum(r["rejected"] for r in results)
     return accepted / elapsed, (attempts - accepted) / max(attempts, 1)

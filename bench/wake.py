@@ -127,7 +127,7 @@ def _idle_cpu(mode: str, seconds: float) -> float:
 
 
 def run(quick: bool) -> str:
-    n = 100 if quick else 400
+    n = 60 if quick else 400
     rows = []
     floor = None
     kinds = [("raw inotify (floor)", False), ("native", False), ("poll", False), ("native", True)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from mailslot import Mailbox
 
@@ -63,3 +66,45 @@ def check_thread(
     for writer, pairs in by_writer.items():
         assert [i for i, _ in pairs] == list(range(each)), f"{writer}: lost, doubled or reordered"
         assert [s for _, s in pairs] == acked[writer], f"{writer}: acked seqs differ from stored"
+
+
+def raw_serve(root: Path, agent: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", agent],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    for line in (
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ):
+        proc.stdin.write((json.dumps(line) + "\n").encode())
+    proc.stdin.flush()
+    return proc
+
+
+def answer(proc: subprocess.Popen[bytes], want_id: int, within: float = 30) -> dict[str, Any]:
+    """Return the server's reply to request want_id; fail (not hang) if none comes in time."""
+    import select
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + within
+    while True:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no reply to request {want_id} within {within} s"
+        line = proc.stdout.readline()
+        assert line, "the server closed its output"
+        doc = json.loads(line)
+        if doc.get("id") == want_id:
+            return dict(doc)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from helpers import answer, raw_serve
 from mcp import StdioServerParameters, types
 from mcp.client import Client
 
@@ -173,37 +174,14 @@ def test_a_live_name_cannot_be_taken_twice(root: Path) -> None:
 
 def test_stdout_is_protocol_only_and_stdin_close_exits_during_a_wait(root: Path) -> None:
     Mailbox(root).create_thread("t", creator="x")
-    proc = subprocess.Popen(
-        [*SERVE, "--root", str(root), "--agent", "raw"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    lines = [
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {
-            "jsonrpc": "2.0",
-            "id": 2,
-            "method": "tools/call",
-            "params": {"name": "msg_wait", "arguments": {"thread": "t", "timeout_s": 60}},
-        },
-    ]
-    for line in lines:
-        proc.stdin.write((json.dumps(line) + "\n").encode())
+    proc = raw_serve(root, "raw")
+    assert proc.stdin is not None
+    first = answer(proc, 1)
+    assert first["result"]["serverInfo"]["name"] == "mailslot"
+    wait = {"name": "msg_wait", "arguments": {"thread": "t", "timeout_s": 60}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": wait}
+    proc.stdin.write((json.dumps(call) + "\n").encode())
     proc.stdin.flush()
-    first = json.loads(proc.stdout.readline())
-    assert first["id"] == 1 and first["result"]["serverInfo"]["name"] == "mailslot"
     deadline = time.monotonic() + 10
     while status_of(root, "raw") != "waiting" and time.monotonic() < deadline:
         time.sleep(0.05)

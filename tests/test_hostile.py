@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import finish, spawn, start_together
+from helpers import answer, finish, raw_serve, spawn, start_together
 from mcp import types
 from mcp.client import Client
 
@@ -332,52 +332,10 @@ def test_permission_denied_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- crashes
 
 
-def _raw_serve(root: Path, agent: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", agent],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    for line in (
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-    ):
-        proc.stdin.write((json.dumps(line) + "\n").encode())
-    proc.stdin.flush()
-    return proc
-
-
-def _answer(proc: subprocess.Popen[bytes], want_id: int, within: float = 30) -> dict[str, Any]:
-    """Return the server's reply to request want_id; fail (not hang) if none comes in time."""
-    import select
-
-    assert proc.stdout is not None
-    deadline = time.monotonic() + within
-    while True:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        assert ready, f"no reply to request {want_id} within {within} s"
-        line = proc.stdout.readline()
-        assert line, "the server closed its output"
-        doc = json.loads(line)
-        if doc.get("id") == want_id:
-            return dict(doc)
-
-
 def test_server_killed_while_waiting(world: tuple[Mailbox, Path]) -> None:
     box, _ = world
-    proc = _raw_serve(box.root, "sleeper")
-    _answer(proc, 1)
+    proc = raw_serve(box.root, "sleeper")
+    answer(proc, 1)
     assert proc.stdin is not None
     call = {
         "jsonrpc": "2.0",
@@ -395,8 +353,8 @@ def test_server_killed_while_waiting(world: tuple[Mailbox, Path]) -> None:
     assert box.presence("sleeper").status == "offline"
     assert box.post("t", "life goes on", sender="alice") == 2
     assert not list((box.root / ".state" / "tmp").iterdir())
-    again = _raw_serve(box.root, "sleeper")  # its name is free again
-    assert "result" in _answer(again, 1)
+    again = raw_serve(box.root, "sleeper")  # its name is free again
+    assert "result" in answer(again, 1)
     again.communicate(timeout=10)
 
 
@@ -405,9 +363,9 @@ def test_server_killed_while_waiting(world: tuple[Mailbox, Path]) -> None:
 
 def test_protocol_abuse_leaves_the_server_usable(world: tuple[Mailbox, Path]) -> None:
     box, _ = world
-    proc = _raw_serve(box.root, "target")
+    proc = raw_serve(box.root, "target")
     assert proc.stdin is not None
-    assert "result" in _answer(proc, 1)
+    assert "result" in answer(proc, 1)
     junk = [
         b"this is not json\n",
         b"[1, 2, 3]\n",
@@ -474,15 +432,15 @@ def test_protocol_abuse_leaves_the_server_usable(world: tuple[Mailbox, Path]) ->
     for line in junk:
         proc.stdin.write(line)
     proc.stdin.flush()
-    assert _answer(proc, 2)["error"]["code"] == -32601  # method not found
+    assert answer(proc, 2)["error"]["code"] == -32601  # method not found
     for bad in (3, 4, 5):
-        reply = _answer(proc, bad)
+        reply = answer(proc, bad)
         assert reply.get("error") or reply["result"]["isError"], reply
         if bad == 5:
             assert "limit" in json.dumps(reply)
     # Request 6 (params that are not an object) gets no reply at all: the MCP SDK drops invalid
     # request objects. What matters is that the server goes on, as the next answer shows.
-    ok = _answer(proc, 7)["result"]
+    ok = answer(proc, 7)["result"]
     assert not ok["isError"] and json.loads(ok["content"][0]["text"])["seq"] == 2
     assert proc.poll() is None, "the server is still running"
     _, err = proc.communicate(timeout=10)

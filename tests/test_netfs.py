@@ -31,6 +31,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_for_port(port: int, server: subprocess.Popen[bytes], name: str) -> None:
+    """Return once server listens on port of 127.0.0.1; skip the tests if it never does."""
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline or server.poll() is not None:
+            pytest.skip(f"{name} did not start: {server.stderr.read() if server.stderr else ''}")
+        time.sleep(0.05)
+
+
 def _why_not() -> str | None:
     if os.geteuid() != 0:
         return "needs root to mount FUSE filesystems"
@@ -66,14 +78,7 @@ def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     mounted: list[Path] = []
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline or sshd.poll() is not None:
-                pytest.skip(f"sshd did not start: {sshd.stderr.read() if sshd.stderr else ''}")
-            time.sleep(0.05)
+        _wait_for_port(port, sshd, "sshd")
         for mnt in (a, b):
             opts = (
                 f"IdentityFile={key},port={port},StrictHostKeyChecking=no,"
@@ -195,14 +200,7 @@ def smb_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     )
     mounted: list[Path] = []
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", 445)) == 0:
-                    break
-            if time.monotonic() > deadline or smbd.poll() is not None:
-                pytest.skip(f"smbd did not start: {smbd.stderr.read() if smbd.stderr else ''}")
-            time.sleep(0.1)
+        _wait_for_port(445, smbd, "smbd")
         shares = []
         for name in ("a", "b"):
             home = base / f"home-{name}"

@@ -70,6 +70,7 @@ from mailslot._presence import (
     PRESENCE_STATUSES,
     NameHold,
     Presence,
+    pid_alive,
 )
 from mailslot._presence import effective as presence_of
 from mailslot._wait import (
@@ -288,16 +289,6 @@ def default_root(start: Path | str | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------- small helpers
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -536,7 +527,7 @@ class Mailbox:
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
                 if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
-                    stale = stale or not _pid_alive(int(parts[1]))
+                    stale = stale or not pid_alive(int(parts[1]))
                 if not stale:
                     continue
                 if entry.is_dir(follow_symlinks=False):
