@@ -23,6 +23,7 @@ from mailslot._errors import MailslotError
 from mailslot._format import (
     FORMAT,
     MESSAGE_KEYS,
+    MESSAGE_NAME_RE,
     dumps,
     loads,
     message_name,
@@ -34,7 +35,6 @@ from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._wait import filesystem_type, is_network_fs
 
 _NAME_RE = re.compile(NAME_PATTERN)
-_MESSAGE_RE = re.compile(r"(\d{6,})\.json")
 DOCTOR = "mailslot"
 NO_LINKS = (
     "hard links do not work here, so posts fail: move the mailbox to a filesystem with hard "
@@ -217,7 +217,7 @@ def _check_thread(tdir: Path, report: Report, fix: bool, tmpdir: Path, quarantin
         report.findings.append(finding)
     seqs: dict[int, str] = {}
     for entry in sorted(os.listdir(tdir)):
-        m = _MESSAGE_RE.fullmatch(entry)
+        m = MESSAGE_NAME_RE.fullmatch(entry)
         if entry == "thread.json":
             continue
         if not m or message_name(int(m.group(1))) != entry:

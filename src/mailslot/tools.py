@@ -527,7 +527,3 @@ class Session:
             "limits": {"max_content_bytes": s.max_content_bytes, "page_max": PAGE_MAX},
             "protocol": PROTOCOL,
         }
-
-    def tool_methods(self) -> list[Callable[..., Any]]:
-        """Return the bound methods that are tools, in TOOL_NAMES order."""
-        return [getattr(self, name) for name in TOOL_NAMES]
