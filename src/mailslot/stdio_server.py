@@ -128,17 +128,11 @@ def _client_name(ctx: Context) -> str | None:
     return getattr(info, "name", None)
 
 
-def _state(ctx: Context) -> _State:
-    state = ctx.request_context.lifespan_context
-    assert isinstance(state, _State)
-    return state
-
-
-def _as_tool(name: str) -> Callable[..., Any]:
+def _as_tool(name: str, current: Callable[[], _State]) -> Callable[..., Any]:
     """Return an MCP tool function for Session.<name>: same parameters, docstring and types.
 
-    The wrapper adds the MCP context (to find this connection's session, the client's name,
-    and to send progress) and turns library errors into ToolError text for the model.
+    The wrapper runs it on this connection's session, adds the MCP context (for the client's
+    name and to send progress) and turns library errors into ToolError text for the model.
     """
     method = getattr(Session, name)
     hints = typing.get_type_hints(method, include_extras=True)
@@ -150,7 +144,7 @@ def _as_tool(name: str) -> Callable[..., Any]:
     is_async = inspect.iscoroutinefunction(method)
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
-        session = _state(ctx).session
+        session = current().session
         session.last_active = time.time()
         if session.client is None:
             session.client = _client_name(ctx)
@@ -265,7 +259,7 @@ def create_server(
     )
     for name in TOOL_NAMES:
         server_.add_tool(
-            _as_tool(name),
+            _as_tool(name, current),
             name=name,
             annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
             structured_output=False,
@@ -274,15 +268,15 @@ def create_server(
     _add_prompts(server_, current)
 
     async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        state = ctx.lifespan_context
+        state = current()
         state.subscribed.add(str(params.uri))
         state.legacy_session = ctx.session
         state.update_watch()
         return EmptyResult()
 
     async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        ctx.lifespan_context.subscribed.discard(str(params.uri))
-        ctx.lifespan_context.update_watch()
+        current().subscribed.discard(str(params.uri))
+        current().update_watch()
         return EmptyResult()
 
     low = server_._lowlevel_server
