@@ -412,13 +412,9 @@ class Session:
         me = self.me()
         timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
         if thread is not None:
-            self.box.head(thread)  # a missing thread fails now, not after the timeout
+            head = self.box.head(thread)  # a missing thread fails now, not after the timeout
             known = self._position(thread)
-            start = (
-                after_seq
-                if after_seq is not None
-                else (known if known is not None else self.box.head(thread))
-            )
+            start = after_seq if after_seq is not None else (known if known is not None else head)
             cursor: dict[str, int] = {thread: start}
             target: list[str] | None = [thread]
         else:
