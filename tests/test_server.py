@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -245,6 +247,8 @@ def test_damage_and_vanishing_never_kill_the_server(root: Path) -> None:
             await c.call_tool("thread_create", {"topic": "t"})
             await c.call_tool("msg_post", {"thread": "t", "content": "one"})
             (root / "threads" / "t" / "000002.json").write_text("{torn")
+            old = time.time() - 3600  # torn long ago: damage, not a file still arriving
+            os.utime(root / "threads" / "t" / "000002.json", (old, old))
             await c.call_tool("msg_post", {"thread": "t", "content": "three"})
             listed = text(await c.call_tool("msg_list", {"thread": "t"}))
             assert [m["content"] for m in listed["messages"]] == ["one", "three"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -315,8 +316,16 @@ def test_corrupt_files_are_skipped_and_reported(
     box: Mailbox, payload: bytes, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     box.post("t", "before", sender="alice")
-    (box.root / "threads" / "t" / "000002.json").write_bytes(payload)
+    bad = box.root / "threads" / "t" / "000002.json"
+    bad.write_bytes(payload)
     box.post("t", "after", sender="bob")
+    # Young, it may still be arriving (git, a sync tool): readers stop before it and say so.
+    page = box.read("t")
+    assert [m.content for m in page.messages] == ["before"] and page.cursor == 1
+    assert page.pending is not None and page.pending.seq == 2 and not page.skipped
+    assert box.thread("t").head == 3
+    old = time.time() - box.settings.grace_s - 1
+    os.utime(bad, (old, old))  # unchanged for longer than the grace period: damage
     page = box.read("t")
     assert [m.content for m in page.messages] == ["before", "after"]
     assert page.cursor == 3
@@ -333,6 +342,9 @@ def test_wrong_seq_or_thread_inside_is_skipped(box: Mailbox) -> None:
     doc = json.loads((box.root / "threads" / "t" / "000001.json").read_text())
     (box.root / "threads" / "t" / "000002.json").write_text(json.dumps({**doc, "seq": 7}))
     (box.root / "threads" / "t" / "000003.json").write_text(json.dumps({**doc, "thread": "u"}))
+    old = time.time() - box.settings.grace_s - 1
+    for name in ("000002.json", "000003.json"):  # damage, not a file still being written
+        os.utime(box.root / "threads" / "t" / name, (old, old))
     page = box.read("t")
     assert [m.seq for m in page.messages] == [1]
     assert ["seq 7" in page.skipped[0].reason, "thread 'u'" in page.skipped[1].reason] == [

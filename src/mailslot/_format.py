@@ -29,6 +29,15 @@ MESSAGE_KEYS = (
 )
 MAX_META_BYTES = 64 * 1024
 MAX_META_DEPTH = 32
+# Deepest nesting any file mailslot reads may have (a message with meta at its own limit is
+# ~34 deep). json.loads recurses once per level, so an unbounded file could exhaust the stack.
+MAX_JSON_DEPTH = 64
+# What a message file holds besides content and meta: keys, indentation, id, sender, type,
+# timestamps and recipients (~72 bytes each; about 900 fit).
+MESSAGE_FIXED_BYTES = 64 * 1024
+# Room for meta as written: check_meta measures it compact, the file indents it. Meta of a
+# usual shape grows up to ~4x; one nested 30 deep can grow ~40x and is refused at publish.
+MESSAGE_META_ROOM = 8 * MAX_META_BYTES
 MESSAGE_NAME_RE = re.compile(r"(\d{6,})\.json")
 
 
@@ -51,9 +60,67 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads(data: bytes) -> Any:
-    """Return the JSON value in data; raise ValueError on anything that is not strict JSON."""
-    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+def _check_depth(doc: Any) -> None:
+    """Raise ValueError if doc nests deeper than MAX_JSON_DEPTH; level by level, no recursion."""
+    level = [doc] if type(doc) is dict or type(doc) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        level = [
+            v
+            for c in level
+            for v in (c.values() if type(c) is dict else c)
+            if type(v) is dict or type(v) is list
+        ]
+
+
+def loads(data: bytes | str) -> Any:
+    """Return the JSON value in data; raise ValueError on anything that is not strict JSON.
+
+    Bounded for hostile input: nesting deeper than MAX_JSON_DEPTH is a ValueError, and neither
+    RecursionError nor MemoryError escapes.
+    """
+    # The depth is checked on the parsed value, not by scanning the text first: a string-aware
+    # scan in Python costs more than json.loads itself on a long message, while walking the
+    # containers costs next to nothing. json.loads stops a hostile depth with RecursionError
+    # at the interpreter's recursion limit, long before the stack runs out.
+    try:
+        doc = json.loads(
+            data.decode("utf-8") if isinstance(data, bytes | bytearray) else data,
+            parse_constant=_reject_constant,
+        )
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except MemoryError:
+        raise ValueError(f"too large to parse ({len(data)} bytes)") from None
+    _check_depth(doc)
+    return doc
+
+
+def max_message_file_bytes(max_content_bytes: int) -> int:
+    """Return the size of the largest message file a mailbox with this content limit accepts.
+
+    Writers refuse to publish a larger file (check_message_file) and readers refuse to read
+    one, from this same number, so a message that was acknowledged can always be read. Room is
+    kept for content at its limit escaped at worst (6 bytes a control character, ``\\u0001``),
+    meta of a usual shape at its limit as indented, and about 900 recipients.
+    """
+    return 6 * max_content_bytes + MESSAGE_META_ROOM + MESSAGE_FIXED_BYTES
+
+
+def check_message_file(data: bytes, max_content_bytes: int) -> bytes:
+    """Return data, a serialised message, if readers accept its size; raise InvalidMessage."""
+    limit = max_message_file_bytes(max_content_bytes)
+    if len(data) > limit:
+        raise InvalidMessage(
+            f"the message would be a {len(data)}-byte file, over the {limit} bytes readers "
+            "accept (content and meta grow when written as JSON: a control character takes 6 "
+            "bytes, nested meta is indented); nothing was stored. Split it into several "
+            "messages, make meta smaller or flatter, or store the data in a file and send its path"
+        )
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +320,36 @@ class Damage:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """A message a reader waits for rather than stepping past it.
+
+    ``reason`` says what is wrong; ``since`` is when it started to look that way (epoch s);
+    ``blocked`` is True when time will not resolve it (a merge conflict needs
+    ``mailslot doctor --fix``), so waiters should not poll it fast.
+    """
+
+    thread: str
+    seq: int
+    path: str
+    reason: str
+    since: float
+    blocked: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the pending message as a JSON-able dict."""
+        return {
+            "thread": self.thread,
+            "seq": self.seq,
+            "path": self.path,
+            "reason": self.reason,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """Messages read after a cursor: pass cursor as after= to continue."""
 
@@ -260,3 +357,5 @@ class Page:
     cursor: int
     has_more: bool
     skipped: list[Damage] = field(default_factory=list)
+    #: The message the read stopped before because it is still arriving, if any.
+    pending: Pending | None = None

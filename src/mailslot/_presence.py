@@ -2,15 +2,22 @@
 
 A live process holds its name with an exclusive ``flock`` on ``.state/presence/<name>.lock``
 for as long as it runs; the kernel drops the lock when the process dies, however it dies, so
-a name is never stuck on this machine. Its presence file ``.state/presence/<name>.json`` says
-what it is doing and is refreshed by a heartbeat; a file not refreshed within ``stale_after``
-seconds reads as offline, which is what covers other machines, where locks may not reach.
+a name is never stuck on this machine. Because ``.state/`` may be deleted under running
+processes (``git clean -fdX`` does), on Linux the hold is also an abstract unix socket named
+after the root's folder identity and the agent name: it lives outside the folder, the kernel
+lets only one process bind it, and it goes away with the process. Its presence file
+``.state/presence/<name>.json`` says what it is doing and is refreshed by a heartbeat; a file
+not refreshed within ``stale_after`` seconds reads as offline, which is what covers other
+machines, where locks may not reach.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -96,27 +103,46 @@ def pid_alive(pid: int) -> bool:
 class NameHold:
     """A name held by this process: the open, flocked lock file. Release it or exit."""
 
-    def __init__(self, name: str, fd: int) -> None:
+    def __init__(self, name: str, fd: int, sock: int | None = None) -> None:
         self.name = name
         self._fd: int | None = fd
+        self._sock = sock  # a bound socket's descriptor, held like the lock's for the lifetime
 
     @classmethod
-    def try_take(cls, name: str, lock_path: os.PathLike[str] | str) -> NameHold | None:
-        """Return a hold on name, or None if another live process holds it."""
+    def try_take(
+        cls, name: str, lock_path: os.PathLike[str] | str, root_id: str = ""
+    ) -> NameHold | None:
+        """Return a hold on name, or None if another live process holds it.
+
+        root_id identifies the mailbox folder on this machine (device and inode); with it, the
+        hold also binds an abstract socket on Linux, which deleting .state/ cannot undo.
+        """
+        free, sock = _bind_name(root_id, name) if root_id else (True, None)
+        if not free:
+            return None
         # Lock files are never deleted: deleting one while another process waits on it would
         # let two processes hold the same name.
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except BaseException:
+            if sock is not None:
+                os.close(sock)
+            raise
         try:
             portalocker.lock(
                 fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
             )
         except portalocker.AlreadyLocked:
             os.close(fd)
+            if sock is not None:
+                os.close(sock)
             return None
         except BaseException:
             os.close(fd)
+            if sock is not None:
+                os.close(sock)
             raise
-        return cls(name, fd)
+        return cls(name, fd, sock)
 
     @property
     def held(self) -> bool:
@@ -126,7 +152,30 @@ class NameHold:
     def release(self) -> None:
         """Let the name go; safe to call twice."""
         fd, self._fd = self._fd, None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            os.close(sock)
         if fd is not None:
             with contextlib.suppress(OSError):
                 portalocker.unlock(fd)
             os.close(fd)
+
+
+def _bind_name(root_id: str, name: str) -> tuple[bool, int | None]:
+    """Bind the abstract socket that says "this process holds name in this root" (Linux).
+
+    Return (False, None) if another process holds it, else (True, the bound socket), or
+    (True, None) where abstract sockets do not exist (the lock file alone decides there). The
+    socket is returned as a bare descriptor, held and closed like the lock file's.
+    """
+    if not sys.platform.startswith("linux"):
+        return True, None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(f"\0mailslot/{root_id}/{name}"[:107])
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            return False, None
+        return True, None  # not allowed here (a sandbox): fall back to the lock file
+    return True, sock.detach()

@@ -10,23 +10,30 @@ every ``SAFETY_RECHECK_S`` otherwise.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
+    FileClosedEvent,
     FileCreatedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from mailslot._format import Damage, Message
+from mailslot._format import Damage, Message, Pending
 
 log = logging.getLogger("mailslot")
 
@@ -55,6 +62,8 @@ class Arrivals:
     cursor: dict[str, int]
     timed_out: bool
     skipped: list[Damage] = field(default_factory=list)
+    #: Messages the wait stopped before in their threads because they are still arriving.
+    pending: list[Pending] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         """Return the arrivals as a JSON-able dict."""
@@ -63,6 +72,7 @@ class Arrivals:
             "cursor": dict(self.cursor),
             "timed_out": self.timed_out,
             "skipped": [{"path": d.path, "reason": d.reason} for d in self.skipped],
+            "pending": [p.to_dict() for p in self.pending],
         }
 
 
@@ -94,19 +104,87 @@ def is_network_fs(fstype: str | None) -> bool:
     return fstype in _NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
 
 
+# How often the keeper stats threads/ to notice that it was removed or replaced (git checkout,
+# rm -rf and `mailslot init`): one stat per interval, never a listing.
+KEEP_INTERVAL_S = 0.5
+# A thread folder is judged unwatched only if it still has no watch this much later: watchdog
+# adds a new folder's watch a moment after the folder appears.
+_CONFIRM_S = 0.2
+# What wakes waiters: a name appearing (create, link, rename), and a file that a foreign writer
+# (git, rsync, an editor) created first and fills later being written and closed. Deleting a
+# folder is watched only to learn that threads/ itself is gone.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+_FIX = (
+    "raise the limits, e.g. `sudo sysctl -w fs.inotify.max_user_watches=524288 "
+    "fs.inotify.max_user_instances=1024` (add them to /etc/sysctl.d/ to keep them), then "
+    "restart mailslot"
+)
+
+
+def _why(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "the inotify watch limit is reached (fs.inotify.max_user_watches)"
+    if error.errno == errno.EMFILE:
+        return "the inotify instance limit is reached (fs.inotify.max_user_instances)"
+    return f"inotify failed: {error}"
+
+
+def _kernel_watches() -> set[int] | None:
+    """Return the inode of every inotify watch this process holds, from /proc/self/fdinfo.
+
+    None where the kernel does not say (no /proc, not Linux, or no watch listed at all).
+    Inodes alone, not devices: the kernel lists the superblock's device, which differs from
+    stat's st_dev on btrfs subvolumes; a collision only makes a missing watch go unnoticed.
+    """
+    try:
+        fds = os.listdir("/proc/self/fdinfo")
+    except OSError:
+        return None
+    inodes = set()
+    for fd in fds:
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue  # closed meanwhile
+        for line in text.splitlines():
+            if line.startswith("inotify wd:"):
+                for item in line.split():
+                    if item.startswith("ino:"):
+                        inodes.add(int(item[4:], 16))
+    return inodes or None
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher) -> None:
         self._watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:  # runs on the observer thread
+        if event.is_directory:
+            self._watcher.folder_event(event)
         self._watcher.notify()
 
 
 class Watcher:
     """One recursive watch on a root's threads/ folder, shared by every waiter of the process.
 
-    Subscribers are plain callables run on the observer thread; they must only signal
+    Subscribers are plain callables run on the observer or keeper thread; they must only signal
     (``threading.Event.set`` or ``loop.call_soon_threadsafe``), never do the work.
+
+    The watch follows the folder, not the inode it first saw: a keeper thread stats threads/
+    every ``KEEP_INTERVAL_S`` and, when git or ``mailslot init`` removed or replaced it, moves
+    the watch to the new folder (waiting while there is none) and signals every subscriber so
+    waiters re-check. It also asks the kernel whether every thread folder really has a watch:
+    where inotify limits refused one (watchdog says nothing then), ``failure`` says why, one
+    warning is logged, and waiters poll as well (hybrid mode).
     """
 
     _registry: dict[Path, Watcher] = {}  # noqa: RUF012 - one shared registry per process
@@ -114,22 +192,49 @@ class Watcher:
 
     def __init__(self, threads_dir: Path) -> None:
         self.threads_dir = threads_dir
+        #: Why file events here cannot be trusted (inotify limits), or None while they can.
+        self.failure: str | None = None
         self._users = 0
         self._subscribers: dict[int, Callable[[], None]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
-        self._observer = Observer()
-        self._observer.schedule(
-            _Handler(self),
-            str(threads_dir),
-            recursive=True,
-            event_filter=[FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent],
-        )
-        self._observer.start()
+        self._handler = _Handler(self)
+        self._watch: ObservedWatch | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
+        self._lost = False  # threads/ itself was deleted: watch it anew even if the inode is reused
+        self._folders_changed = False  # a thread folder came or went: check the watches
+        self._suspects: set[int] = set()  # folders without a watch at the last check
+        self._stopping = False
+        self._look = threading.Event()  # wakes the keeper early
+        self._keeper: threading.Thread | None = None
+        try:
+            self._observer: BaseObserver | None = Observer()
+        except OSError as e:  # inotify_init: EMFILE at max_user_instances
+            self._observer = None
+            self._fail(_why(e))
+            return
+        self._observer.start()  # with no watch yet, so that schedule() raises here, not there
+        try:
+            self._follow()
+            self._verify()
+            if self._suspects:  # maybe a folder made a moment ago: look again before judging
+                time.sleep(_CONFIRM_S)
+                self._verify()
+            self._keeper = threading.Thread(
+                target=self._keep, name=f"mailslot-keeper:{threads_dir}", daemon=True
+            )
+            self._keeper.start()
+        except BaseException:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            raise
 
     @classmethod
     def acquire(cls, threads_dir: Path) -> Watcher:
-        """Return the process's watcher for threads_dir, starting it if needed; raise OSError."""
+        """Return the process's watcher for threads_dir, starting it if needed.
+
+        Inotify limits do not raise: the watcher then reports them in ``failure``.
+        """
         with cls._registry_lock:
             watcher = cls._registry.get(threads_dir)
             if watcher is None:
@@ -139,15 +244,20 @@ class Watcher:
             return watcher
 
     def release(self) -> None:
-        """Drop one user; the last one stops and joins the observer thread."""
+        """Drop one user; the last one stops and joins the keeper and observer threads."""
         with self._registry_lock:
             self._users -= 1
             if self._users > 0:
                 return
             del self._registry[self.threads_dir]
-        self._observer.stop()
-        if self._observer.is_alive():
-            self._observer.join(timeout=5)
+        self._stopping = True
+        self._look.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=5)
+        if self._observer is not None:
+            self._observer.stop()
+            if self._observer.is_alive():
+                self._observer.join(timeout=5)
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call callback on every relevant event until the returned function is called."""
@@ -163,10 +273,96 @@ class Watcher:
         return unsubscribe
 
     def notify(self) -> None:
-        """Signal every subscriber (called on the observer thread)."""
+        """Signal every subscriber (called on the observer or keeper thread)."""
         with self._lock:
             callbacks = list(self._subscribers.values())
         for callback in callbacks:
             # RuntimeError: the waiter's event loop closed while we were signalling.
             with contextlib.suppress(RuntimeError):
                 callback()
+
+    def folder_event(self, event: FileSystemEvent) -> None:
+        """Note a folder event for the keeper and wake it (called on the observer thread)."""
+        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == str(
+            self.threads_dir
+        ):
+            self._lost = True
+        self._folders_changed = True
+        self._look.set()
+
+    # The keeper: runs on its own thread (and once in __init__, before that thread starts).
+
+    def _keep(self) -> None:
+        while True:
+            self._look.wait(_CONFIRM_S if self._suspects else KEEP_INTERVAL_S)
+            self._look.clear()
+            if self._stopping:
+                return
+            failed = self.failure
+            moved = self._follow()
+            if moved or self._folders_changed or self._suspects:
+                self._folders_changed = False
+                self._verify()
+            if moved or self.failure != failed:
+                self.notify()  # waiters re-check now, and poll from now on if events failed
+
+    def _follow(self) -> bool:
+        """Move the watch to the folder now at threads_dir; return True if it moved."""
+        try:
+            st = os.stat(self.threads_dir)
+            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            identity = None  # removed; the watch comes back when the folder does
+        if identity == self._identity and not self._lost:
+            return False
+        assert self._observer is not None
+        self._lost = False
+        if self._watch is not None:
+            self._observer.unschedule(self._watch)
+            self._watch = None
+        # Identity taken before scheduling: if the folder is replaced in between, the next
+        # look sees a different one and moves the watch again.
+        self._identity = identity
+        self._suspects = set()
+        if identity is not None:
+            try:
+                self._watch = self._observer.schedule(
+                    self._handler, str(self.threads_dir), recursive=True, event_filter=_EVENTS
+                )
+            except FileNotFoundError:
+                self._identity = None  # gone again already: try on the next look
+            except OSError as e:
+                self._fail(_why(e))
+        return True
+
+    def _verify(self) -> None:
+        """Fail over to hybrid if a thread folder has no watch at two checks in a row."""
+        if self._watch is None or self.failure is not None:
+            return
+        watched = _kernel_watches()
+        if watched is None:
+            return  # the kernel does not say; trust the watch
+        missing = set()
+        with contextlib.suppress(OSError), os.scandir(self.threads_dir) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and entry.inode() not in watched:
+                    missing.add(entry.inode())
+        if missing & self._suspects:
+            self._fail(
+                f"{len(missing)} thread folder(s) got no inotify watch, which watchdog does "
+                "not report; usually the inotify watch limit is reached "
+                "(fs.inotify.max_user_watches)"
+            )
+        self._suspects = missing
+
+    def _fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+            log.warning(
+                "mailslot: file events under %s cannot be trusted: %s. Waits there now also "
+                "poll every poll_interval (hybrid mode): still correct, but wakes come later "
+                "and cost CPU. To fix, %s.",
+                self.threads_dir,
+                why,
+                _FIX,
+            )

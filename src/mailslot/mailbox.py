@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +55,19 @@ from mailslot._format import (
     Damage,
     Message,
     Page,
+    Pending,
     ThreadInfo,
     check_content,
+    check_message_file,
     check_meta,
     dumps,
     loads,
+    max_message_file_bytes,
     message_name,
     now_iso,
     parse_message,
 )
+from mailslot._log import DEFAULT_GRACE_S, Ages, Listings
 from mailslot._names import check_key, check_name, check_topic, slugify
 from mailslot._presence import (
     DEFAULT_STALE_AFTER,
@@ -97,6 +101,7 @@ __all__ = [
     "Message",
     "NameHold",
     "Page",
+    "Pending",
     "Presence",
     "Settings",
     "ThreadInfo",
@@ -116,7 +121,12 @@ DEFAULT_POLL_INTERVAL = 0.1
 # everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
 # writes into it, for filesystems without hard links, at a risk (see _no_link_error).
 CLAIMS = ("link", "exclusive-create")
-YOUNG_FILE_S = 5.0  # with exclusive-create, a new file that does not parse yet is "not yet there"
+PENDING_RECHECK_S = 0.1
+MAX_UNANSWERED = 1000  # per agent and thread, remembered by the thread index
+CONFLICT_TEXT = (
+    "holds a git merge conflict: two clones both wrote seq {seq}. Readers stop here until it is "
+    "resolved; run `mailslot doctor --fix` (it keeps both messages), then commit the result"
+)
 _ID_NAMESPACE = uuid.UUID("6f1c1a8e-52a4-4e0c-9d0c-6d61696c736c")
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -143,6 +153,9 @@ class Settings:
     wait_mode: str = "auto"
     poll_interval: float = DEFAULT_POLL_INTERVAL
     claim: str = "link"
+    #: Seconds an empty or half-written file, or a missing seq with later ones present, is
+    #: waited for before readers report it and step past it (foreign writers: git, sync tools).
+    grace_s: float = DEFAULT_GRACE_S
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -159,6 +172,7 @@ class Settings:
                 wait_mode=doc.get("wait_mode"),
                 poll_interval=doc.get("poll_interval"),
                 claim=doc.get("claim"),
+                grace_s=doc.get("grace_s"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -172,6 +186,7 @@ class Settings:
         wait_mode: object = None,
         poll_interval: object = None,
         claim: object = None,
+        grace_s: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         out = self
@@ -199,6 +214,10 @@ class Settings:
             if claim not in CLAIMS:
                 raise ValueError(f"'claim' must be one of {', '.join(CLAIMS)}")
             out = replace(out, claim=str(claim))
+        if grace_s is not None:
+            if type(grace_s) not in (int, float) or not 0 <= grace_s <= 3600:  # type: ignore[operator]
+                raise ValueError("'grace_s' must be a number of seconds from 0 to 3600")
+            out = replace(out, grace_s=float(grace_s))  # type: ignore[arg-type]
         return out
 
 
@@ -211,6 +230,9 @@ class _Index:
     summary: str | None = None
     participants: tuple[str, ...] = ()
     last_activity: str = ""
+    incarnation: str = ""
+    #: agent -> seqs of messages addressed to it that it has not answered (reply_to) yet.
+    unanswered: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Return the index as a JSON-able dict."""
@@ -220,7 +242,27 @@ class _Index:
             "summary": self.summary,
             "participants": list(self.participants),
             "last_activity": self.last_activity,
+            "incarnation": self.incarnation,
+            "unanswered": {a: list(s) for a, s in self.unanswered.items()},
         }
+
+    def add(self, m: Message) -> None:
+        """Take what message m says into the index."""
+        if m.sender not in self.participants:
+            self.participants = (*self.participants, m.sender)
+        self.last_activity = m.created_at
+        new_state = m.meta.get("state") if m.type == "state" else None
+        if new_state in STATES:
+            self.state = str(new_state)
+            if new_state == "closed":
+                self.summary = m.content or None
+        if m.reply_to is not None and m.reply_to in self.unanswered.get(m.sender, ()):
+            self.unanswered[m.sender].remove(m.reply_to)
+        for agent in m.to:
+            if agent != m.sender:
+                seqs = self.unanswered.setdefault(agent, [])
+                seqs.append(m.seq)
+                del seqs[:-MAX_UNANSWERED]
 
 
 # ---------------------------------------------------------------------------- finding roots
@@ -345,6 +387,7 @@ class Mailbox:
         max_content_bytes: int | None = None,
         wait_mode: str | None = None,
         poll_interval: float | None = None,
+        grace_s: float | None = None,
         sweep: bool = True,
     ) -> None:
         given = Path(root)
@@ -373,6 +416,7 @@ class Mailbox:
                 max_content_bytes=max_content_bytes,
                 wait_mode=wait_mode,
                 poll_interval=poll_interval,
+                grace_s=grace_s,
             )
         except ValueError as e:
             raise InvalidMessage(str(e)) from None
@@ -385,8 +429,11 @@ class Mailbox:
                 "(pip install -U mailslot)"
             )
         self._heads: dict[str, int] = {}
+        self._listings = Listings()
+        self._ages = Ages()
         self._index: dict[str, _Index] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        self._incarnations: dict[str, tuple[tuple[int, int, int], str]] = {}
         self._reported: set[str] = set()
         self._mode: str | None = None
         self._presence_docs: dict[str, dict[str, Any]] = {}
@@ -592,7 +639,11 @@ class Mailbox:
     def _probe_head(self, thread: str, tdir: Path) -> int:
         """Return the highest seq in the thread, probing with stat from the remembered hint.
 
-        Costs O(new messages) from a good hint and O(log n) stats cold, never a listing.
+        Costs O(new messages) from a good hint and O(log n) stats cold. It sees past gaps (a
+        missing seq while later files exist, as git or a sync tool may leave them), so a writer
+        never claims a seq inside a gap that readers may already have stepped over, and never
+        acknowledges a message where readers cannot reach it. Listing the folder is needed only
+        when it changed and the next names are missing (see Listings.beyond).
         """
         hint = self._heads.get(thread, 0)
         if hint and not self._exists(tdir, hint):
@@ -608,8 +659,13 @@ class Mailbox:
                 else:
                     high = mid
             hint = low
-        while self._exists(tdir, hint + 1):
-            hint += 1
+        while True:
+            while self._exists(tdir, hint + 1):
+                hint += 1
+            beyond = self._listings.beyond(thread, tdir, hint + 1)
+            if beyond is None:
+                break
+            hint = beyond
         self._heads[thread] = hint
         return hint
 
@@ -617,8 +673,13 @@ class Mailbox:
         """Return the seq of the newest message in thread (0 if none); raise NoSuchThread."""
         return self._probe_head(thread, self._thread_dir(thread))
 
-    def _load(self, thread: str, tdir: Path, seq: int) -> Message | Damage | None:
-        """Return message seq, the damage that makes it unreadable, or None if it is absent."""
+    def _load(self, thread: str, tdir: Path, seq: int) -> Message | Damage | Pending | None:
+        """Return message seq, why it cannot be read, or None if it is absent.
+
+        An unreadable file that changed less than grace_s ago is Pending (still being written
+        by git, a sync tool or an editor), and so is a file holding a git merge conflict (until
+        `mailslot doctor --fix` resolves it); only an older one is Damage.
+        """
         path = tdir / message_name(seq)
         try:
             fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NOFOLLOW)
@@ -635,7 +696,7 @@ class Mailbox:
             if not stat.S_ISREG(st.st_mode):
                 return self._report(Damage(str(path), "is not a regular file"))
             size = st.st_size
-            limit = self.settings.max_content_bytes * 2 + 256 * 1024
+            limit = max_message_file_bytes(self.settings.max_content_bytes)
             if size > limit:
                 return self._report(
                     Damage(str(path), f"is {size} bytes, too large to be a message")
@@ -649,38 +710,113 @@ class Mailbox:
         try:
             return parse_message(data, thread, seq)
         except ValueError as e:
-            young = time.time() - st.st_mtime < YOUNG_FILE_S
-            if young and self.settings.claim == "exclusive-create":
-                return None  # being written by an exclusive-create writer: not there yet
-            return self._report(Damage(str(path), str(e)))
+            return self._unreadable(thread, seq, path, st, data, str(e))
 
-    def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
-        """Return up to limit messages with seq > after, in seq order.
+    def _unreadable(
+        self, thread: str, seq: int, path: Path, st: os.stat_result, data: bytes, why: str
+    ) -> Damage | Pending:
+        since = self._ages.since(str(path), st)
+        if data.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in data:
+            if str(path) not in self._reported:
+                self._reported.add(str(path))
+                log.warning("%s holds a git merge conflict; run `mailslot doctor --fix`", path)
+            return Pending(thread, seq, str(path), CONFLICT_TEXT.format(seq=seq), since, True)
+        grace = self.settings.grace_s
+        if time.time() - since < grace:
+            what = "is empty" if not data.strip() else f"is incomplete ({why})"
+            return Pending(
+                thread, seq, str(path),
+                f"{what}; it may still be arriving (git, a sync tool, an editor): readers wait "
+                f"for it up to {grace:g} s after its last change, then report it and go on",
+                since,
+            )  # fmt: skip
+        return self._report(Damage(str(path), why))
 
-        Files that cannot be read are skipped, reported in Page.skipped and logged; the cursor
-        moves past them. Raise NoSuchThread, or InvalidMessage for a bad after/limit.
+    def _gap(self, thread: str, tdir: Path, first: int, nxt: int) -> Damage | Pending:
+        """Return what the missing seqs first..nxt-1 (nxt has a file) mean for a reader now."""
+        path = tdir / message_name(first)
+        span = f"seq {first} is" if nxt == first + 1 else f"seqs {first}-{nxt - 1} are"
+        try:
+            later = tdir / message_name(nxt)
+            since = self._ages.since(str(later), os.lstat(later), arrival=True)
+        except OSError:
+            since = time.time()  # the later file went away meanwhile: look again
+        grace = self.settings.grace_s
+        if time.time() - since < grace:
+            return Pending(
+                thread, first, str(path),
+                f"{span} missing while seq {nxt} exists; it may still be arriving (git, a sync "
+                f"tool): readers wait up to {grace:g} s, then report it and go on",
+                since,
+            )  # fmt: skip
+        return self._report(
+            Damage(
+                str(path),
+                f"missing: {span} absent while seq {nxt} exists (deleted, or lost in a sync or a "
+                "merge); restore it from git if you can, or run `mailslot doctor --fix` to fill "
+                "the gap with a placeholder",
+            )
+        )
+
+    def _walk(self, thread: str, tdir: Path, after: int, limit: int) -> Page:
+        """Read up to limit messages past after: the one loop every reader uses.
+
+        Damage and gaps older than grace_s are stepped over and reported in Page.skipped; the
+        walk stops before anything Pending and says so in Page.pending, so no reader (nor the
+        thread index) ever passes a message that is still arriving.
         """
-        tdir = self._thread_dir(thread)
-        if type(after) is not int or after < 0:
-            raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
-        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
-            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
         messages: list[Message] = []
         skipped: list[Damage] = []
+        pending: Pending | None = None
         seq = after
         while len(messages) < limit:
             item = self._load(thread, tdir, seq + 1)
             if item is None:
+                nxt = self._listings.beyond(thread, tdir, seq + 1)
+                if nxt is None:
+                    break
+                gap = self._gap(thread, tdir, seq + 1, nxt)
+                if isinstance(gap, Pending):
+                    pending = gap
+                    break
+                skipped.append(gap)
+                seq = nxt - 1
+                continue
+            if isinstance(item, Pending):
+                pending = item
                 break
             seq += 1
             if isinstance(item, Damage):
                 skipped.append(item)
             else:
                 messages.append(item)
-        has_more = len(messages) == limit and self._exists(tdir, seq + 1)
-        if seq > self._heads.get(thread, 0):
-            self._heads[thread] = seq
-        return Page(messages, seq, has_more, skipped)
+        has_more = (
+            pending is None
+            and len(messages) == limit
+            and (
+                self._exists(tdir, seq + 1)
+                or self._listings.beyond(thread, tdir, seq + 1) is not None
+            )
+        )
+        return Page(messages, seq, has_more, skipped, pending)
+
+    def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
+        """Return up to limit messages with seq > after, in seq order.
+
+        A file that is empty, half-written or missing while later seqs exist is pending for
+        grace_s after its last change: the read stops before it and names it in Page.pending.
+        After that it is stepped over, reported in Page.skipped and logged; so are files that
+        cannot be read. Raise NoSuchThread, or InvalidMessage for a bad after/limit.
+        """
+        tdir = self._thread_dir(thread)
+        if type(after) is not int or after < 0:
+            raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
+        page = self._walk(thread, tdir, after, limit)
+        if page.cursor > self._heads.get(thread, 0):
+            self._heads[thread] = page.cursor
+        return page
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over thread ids."""
@@ -705,6 +841,8 @@ class Mailbox:
             raise NoSuchMessage(thread, seq, self._probe_head(thread, tdir))
         if isinstance(item, Damage):
             raise Damaged(item)
+        if isinstance(item, Pending):
+            raise Damaged(Damage(item.path, item.reason))
         return item
 
     # ------------------------------------------------------------------ writing
@@ -840,6 +978,7 @@ class Mailbox:
             data = dumps(doc)
         except (ValueError, UnicodeEncodeError) as e:
             raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
+        check_message_file(data, self.settings.max_content_bytes)  # acknowledged => readable
         if self.read_only is not None:
             raise RootError(self.root, self.read_only)
         tmp = self._write_tmp(data) if self.settings.claim == "link" else None
@@ -1050,7 +1189,34 @@ class Mailbox:
             shutil.rmtree(stage, ignore_errors=True)
         return self.thread(thread)
 
+    def incarnation(self, thread: str) -> str:
+        """Return a token of this incarnation of thread: it changes if the thread is deleted
+        and created again (it is made from the immutable thread.json). Raise NoSuchThread.
+        """
+        path = self._thread_dir(thread) / "thread.json"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._incarnations.get(thread)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                token = hashlib.sha256(f.read(MAX_PAGE * 64)).hexdigest()[:16]
+        except OSError:
+            return ""
+        if cached is not None and cached[1] != token:
+            self._records.pop(thread, None)  # a new thread under the old id
+            self._index.pop(thread, None)
+            self._listings.forget(thread)
+            self._heads.pop(thread, None)
+        self._incarnations[thread] = (key, token)
+        return token
+
     def _record(self, thread: str, tdir: Path) -> dict[str, Any]:
+        self.incarnation(thread)  # forgets what was cached of an earlier incarnation
         cached = self._records.get(thread)
         if cached is not None:
             return cached
@@ -1086,8 +1252,12 @@ class Mailbox:
                 summary=doc["summary"] if isinstance(doc["summary"], str) else None,
                 participants=tuple(str(p) for p in doc["participants"]),
                 last_activity=str(doc["last_activity"]),
+                incarnation=str(doc["incarnation"]),
+                unanswered={
+                    str(a): [int(s) for s in seqs] for a, seqs in doc["unanswered"].items()
+                },
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return _Index()
         return index
 
@@ -1099,30 +1269,48 @@ class Mailbox:
         """
         tdir = self._thread_dir(thread)
         record = self._record(thread, tdir)
+        index = self._current_index(thread, tdir)
+        return ThreadInfo(
+            id=thread,
+            topic=record["topic"],
+            created_by=record["created_by"],
+            created_at=record["created_at"],
+            state=index.state,
+            head=max(index.seq, self._probe_head(thread, tdir)),
+            participants=list(index.participants),
+            last_activity=index.last_activity or record["created_at"],
+            summary=index.summary,
+        )
+
+    def unanswered(self, thread: str, agent: str) -> tuple[list[int], int]:
+        """Return (seqs, upto): the messages up to seq upto addressed to agent and not answered.
+
+        "Answered" means agent posted a message whose reply_to is that seq. From the thread
+        index, so it costs only the messages new since the last look. upto stops before
+        anything still arriving. Raise NoSuchThread.
+        """
+        check_name(agent, "agent name")
+        index = self._current_index(thread, self._thread_dir(thread))
+        return list(index.unanswered.get(agent, ())), index.seq
+
+    def _current_index(self, thread: str, tdir: Path) -> _Index:
+        """Return the thread index brought up to date with the folder (and saved if it moved)."""
+        record = self._record(thread, tdir)
+        incarnation = self.incarnation(thread)
         ipath = self.root / ".state" / "index" / f"{thread}.json"
         index = self._load_index(thread, ipath)
-        if index.seq and not self._exists(tdir, index.seq):
-            index = _Index()  # the cache is ahead of the folder: rebuild it
+        if index.incarnation != incarnation or (index.seq and not self._exists(tdir, index.seq)):
+            index = _Index(incarnation=incarnation)  # another thread, or ahead of the folder
         start = index.seq
-        participants = list(index.participants)
-        if record["created_by"] and record["created_by"] not in participants:
-            participants.insert(0, record["created_by"])
-        while True:
-            item = self._load(thread, tdir, index.seq + 1)
-            if item is None:
+        if record["created_by"] and record["created_by"] not in index.participants:
+            index.participants = (record["created_by"], *index.participants)
+        while True:  # never past a pending file: the index would miss what it says for good
+            page = self._walk(thread, tdir, index.seq, MAX_PAGE)
+            for item in page.messages:
+                index.add(item)
+            moved, index.seq = page.cursor != index.seq, page.cursor
+            if not moved or page.pending is not None or len(page.messages) < MAX_PAGE:
                 break
-            index.seq += 1
-            if isinstance(item, Damage):
-                continue
-            if item.sender not in participants:
-                participants.append(item.sender)
-            index.last_activity = item.created_at
-            new_state = item.meta.get("state") if item.type == "state" else None
-            if new_state in STATES:
-                index.state = str(new_state)
-                if new_state == "closed":
-                    index.summary = item.content or None
-        index.participants = tuple(participants)
         self._index[thread] = index
         if index.seq > self._heads.get(thread, 0):
             self._heads[thread] = index.seq
@@ -1130,17 +1318,7 @@ class Mailbox:
             with contextlib.suppress(MailslotError, OSError):
                 self._dir(".state/index")
                 self._write_state_file(ipath, index.to_json())
-        return ThreadInfo(
-            id=thread,
-            topic=record["topic"],
-            created_by=record["created_by"],
-            created_at=record["created_at"],
-            state=index.state,
-            head=index.seq,
-            participants=list(index.participants),
-            last_activity=index.last_activity or record["created_at"],
-            summary=index.summary,
-        )
+        return index
 
     def threads(
         self, *, state: str | None = None, include_archived: bool = False
@@ -1305,13 +1483,17 @@ class Mailbox:
 
         'auto' (the default setting) means native on a local disk and hybrid on a network
         mount (NFS, SMB/CIFS, sshfs and other FUSE or remote filesystems), where file events
-        never report other machines' writes and only polling sees them.
+        never report other machines' writes and only polling sees them. Native turns hybrid
+        when the watch cannot be trusted (inotify limits reached); the watcher warns once.
         """
         if self._mode is None:
             mode = self.settings.wait_mode
             if mode == "auto":
                 mode = "hybrid" if is_network_fs(filesystem_type(self.root)) else "native"
             self._mode = mode
+        watcher = self._watcher
+        if self._mode == "native" and watcher is not None and watcher.failure is not None:
+            self._mode = "hybrid"  # events still wake where they work; polling covers the rest
         return self._mode
 
     def _subscribe(self, signal: Callable[[], None]) -> Callable[[], None]:
@@ -1321,10 +1503,12 @@ class Mailbox:
         with self._watch_lock:
             if self._watcher is None:
                 try:
-                    self._watcher = Watcher.acquire(self._dir("threads"))
-                except OSError as e:  # inotify limits reached, or no inotify at all
-                    log.warning("file events unavailable (%s); polling %s instead", e, self.root)
-                    self._mode = "poll"
+                    # Not created here: a wait never writes, and the watcher waits for threads/
+                    # to appear (and follows it when git or `mailslot init` replaces it).
+                    self._watcher = Watcher.acquire(self._dir("threads", create=False))
+                except OSError as e:  # no file events at all (limits are the watcher's to report)
+                    log.warning("file events unavailable (%s); polling %s as well", e, self.root)
+                    self._mode = "hybrid"
                     return lambda: None
             return self._watcher.subscribe(signal)
 
@@ -1377,6 +1561,10 @@ class Mailbox:
         return _WaitPlan(self, names, cursor, to, limit)
 
     def _tick(self, plan: _WaitPlan) -> float:
+        if any(not p.blocked for p in plan.pending.values()):
+            # Something is still arriving: look again soon, both to read it once it is whole
+            # and to step past it once its grace period is over.
+            return min(PENDING_RECHECK_S, self.settings.poll_interval)
         if self.wait_mode != "native":
             return self.settings.poll_interval
         # Right after a new thread appears, re-check often: its first message may land before
@@ -1469,7 +1657,8 @@ class Mailbox:
             raise RootError(self.root, self.read_only)
         path = self._dir(".state/presence") / f"{name}.lock"
         try:
-            hold = NameHold.try_take(name, path)
+            st = os.stat(self.root)
+            hold = NameHold.try_take(name, path, f"{st.st_dev:x}:{st.st_ino:x}")
         except OSError as e:
             raise _storage_error(e, self.root, f"taking the name {name!r}") from None
         current = self.presence(name, stale_after=stale_after)
@@ -1605,6 +1794,7 @@ class _WaitPlan:
         self.limit = limit
         self.messages: list[Message] = []
         self.skipped: list[Damage] = []
+        self.pending: dict[str, Pending] = {}
         self.known: set[str] = set(cursor)
         self.listed_at = 0.0
         self.fresh_until = 0.0
@@ -1631,8 +1821,13 @@ class _WaitPlan:
                 break
             tdir = box.root / "threads" / thread
             seq = self.cursor.get(thread, 0)
-            if not box._exists(tdir, seq + 1):
-                continue  # the common case: one stat per thread
+            # The common case costs a stat of the next name and one of the folder.
+            if (
+                not box._exists(tdir, seq + 1)
+                and box._listings.beyond(thread, tdir, seq + 1) is None
+            ):
+                self.pending.pop(thread, None)
+                continue
             try:
                 while len(self.messages) < self.limit:
                     page = box.read(thread, seq, self.limit - len(self.messages))
@@ -1640,7 +1835,12 @@ class _WaitPlan:
                     for m in page.messages:
                         if self.to is None or self.to in m.to:
                             self.messages.append(m)
-                    if page.cursor == seq:
+                    if page.pending is not None:
+                        self.pending[thread] = page.pending
+                    else:
+                        self.pending.pop(thread, None)
+                    if page.cursor == seq or page.pending is not None:
+                        seq = page.cursor
                         break
                     seq = page.cursor
             except (NotFound, RootError):
@@ -1649,4 +1849,10 @@ class _WaitPlan:
         return bool(self.messages)
 
     def result(self, *, timed_out: bool) -> Arrivals:
-        return Arrivals(list(self.messages), dict(self.cursor), timed_out, list(self.skipped))
+        return Arrivals(
+            list(self.messages),
+            dict(self.cursor),
+            timed_out,
+            list(self.skipped),
+            list(self.pending.values()),
+        )

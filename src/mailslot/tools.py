@@ -8,6 +8,7 @@ turns them into text for the model in one place.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import html
 import re
@@ -18,11 +19,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from mailslot import __version__
-from mailslot._errors import InvalidMessage, InvalidName, MailslotError, NameTaken, NoSuchAgent
-from mailslot._format import Message, ThreadInfo
-from mailslot._names import check_name
+from mailslot._errors import InvalidMessage, MailslotError, NameTaken, NoSuchAgent
+from mailslot._format import Damage, Message, Pending, ThreadInfo
+from mailslot._positions import Position
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
-from mailslot.mailbox import Mailbox
+from mailslot.mailbox import Arrivals, Mailbox
 
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",
@@ -36,7 +37,6 @@ PROGRESS_EVERY_S = 5.0
 PAGE_DEFAULT = 50
 PAGE_MAX = 200
 PAGE_BUDGET_BYTES = 200_000  # content returned by one msg_list/msg_wait call, at most
-INBOX = "_inbox"
 
 #: Set by the server for the duration of one tool call: sends a progress notification.
 PROGRESS: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = (
@@ -83,18 +83,16 @@ def client_slug(client: str | None) -> str:
     return slug[:40].strip("-") or "agent"
 
 
-def _valid_cursor(stored: object) -> dict[str, int]:
-    """Return the usable part of a remembered cursor (it lives in .state/, which may be damaged)."""
-    if not isinstance(stored, dict):
-        return {}
-    out = {}
-    for name, seq in stored.items():
-        if isinstance(name, str) and type(seq) is int and seq >= 0:
-            try:
-                out[check_name(name)] = seq
-            except InvalidName:
-                continue
-    return out
+def _report_trouble(out: dict[str, Any], skipped: list[Damage], pending: list[Pending]) -> None:
+    """Tell the model what a read stepped over, and what it stopped before."""
+    if skipped:
+        out["unreadable"] = [str(d) for d in skipped]
+    if pending:
+        out["pending"] = [
+            {"thread": p.thread, "seq": p.seq, "why": p.reason}
+            | ({"do": "ask a person to run `mailslot doctor --fix`"} if p.blocked else {})
+            for p in pending
+        ]
 
 
 def message_view(m: Message) -> dict[str, Any]:
@@ -225,8 +223,8 @@ class Session:
         self.stale_after = stale_after
         self.progress_every = progress_every
         self.last_active = time.time()  # when a tool was last called (the server sets it)
-        self._read: dict[str, int] = {}  # thread -> last seq this agent was given
-        self._unsaved: set[str] = set()
+        self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
+        self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
@@ -244,7 +242,8 @@ class Session:
         hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
         if self._hold is not None:  # a rename: what was read so far belongs to the old name
             self.save_positions()
-            self._read.clear()
+            self._positions.clear()
+            self._backlog.clear()
             self.box.release_name(self._hold)
         self._hold = hold
         try:
@@ -349,28 +348,35 @@ class Session:
             thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
         )  # fmt: skip
-        self._remember(thread, msg.seq)
+        # Posting moves no read position: a message another agent posted just before this
+        # one has not been shown yet. Waits never return an agent's own messages instead.
         return {"thread": thread, "seq": msg.seq, "id": msg.id}
 
-    def _position(self, thread: str) -> int | None:
-        """Return how far this agent has read thread (remembered across restarts), if known."""
-        if thread not in self._read and self.agent is not None:
-            stored = self.box.load_cursor(self.agent, thread)
-            if type(stored) is int and stored >= 0:
-                self._read[thread] = stored
-        return self._read.get(thread)
+    def _pos(self, thread: str) -> Position:
+        """Return what this agent was shown of thread (this incarnation of it), loading it once.
 
-    def _remember(self, thread: str, seq: int) -> None:
-        if seq > (self._position(thread) or 0):
-            self._read[thread] = seq
-            self._unsaved.add(thread)
+        Raise NoSuchThread.
+        """
+        incarnation = self.box.incarnation(thread)
+        pos = self._positions.get(thread)
+        if pos is None or pos.incarnation != incarnation:
+            stored = self.box.load_cursor(self.agent, thread) if self.agent else None
+            pos = Position.from_json(stored, incarnation)
+            self._backlog = [(t, s) for t, s in self._backlog if t != thread]
+            self._positions[thread] = pos
+        return pos
 
     def save_positions(self) -> None:
         """Write read positions changed since the last save to .state/cursors/ (best effort)."""
-        if self.agent is not None:
-            for thread in sorted(self._unsaved):
-                self.box.save_cursor(self.agent, thread, self._read[thread])
-        self._unsaved.clear()
+        if self.agent is None:
+            return
+        owed = {t for t, _ in self._backlog}
+        for thread, pos in sorted(self._positions.items()):
+            if pos.dirty:
+                # While inbox messages from before the first look are still owed, the saved
+                # inbox position stays unknown, so a restart derives them again.
+                self.box.save_cursor(self.agent, thread, pos.to_json(owed=thread in owed))
+                pos.dirty = False
 
     def _page(self, messages: list[Message]) -> tuple[list[dict[str, Any]], int | None]:
         """Return the views that fit the size budget, and the seq of the last one if cut."""
@@ -397,9 +403,11 @@ class Session:
         out: dict[str, Any] = {"messages": views, "next_after_seq": cursor, "has_more": more}
         if more:
             out["hint"] = f"more: call msg_list(thread='{thread}', after_seq={cursor})"
-        if page.skipped:
-            out["unreadable"] = [str(d) for d in page.skipped]
-        self._remember(thread, cursor)
+        _report_trouble(out, page.skipped, [page.pending] if page.pending else [])
+        if page.pending is not None and not more:
+            out["hint"] = f"call msg_list(thread='{thread}', after_seq={cursor}) again shortly"
+        self._pos(thread).shown(after_seq, cursor)
+        self.save_positions()
         return out
 
     async def msg_wait(
@@ -411,62 +419,149 @@ class Session:
         """Block until new messages arrive, then return them; on status 'timeout', call again."""
         me = self.me()
         timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
-        if thread is not None:
-            head = self.box.head(thread)  # a missing thread fails now, not after the timeout
-            known = self._position(thread)
-            start = after_seq if after_seq is not None else (known if known is not None else head)
-            cursor: dict[str, int] = {thread: start}
-            target: list[str] | None = [thread]
-        else:
-            if after_seq is not None:
-                raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
-            # Without a remembered inbox cursor, start at the beginning of every thread: an
-            # agent can be addressed only once its card exists, so everything addressed to it
-            # is meant for it, including tasks sent before its first wait.
-            stored = self.box.load_cursor(me, INBOX)
-            cursor = _valid_cursor(stored)
-            target = None
-        report = PROGRESS.get()
+        if thread is None and after_seq is not None:
+            raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
         begun = time.monotonic()
         self._waits += 1
         self._waiting_on = thread or "inbox"
         self.heartbeat()
         try:
-            while True:
-                left = timeout - (time.monotonic() - begun)
-                got = await self.box.wait_async(
-                    target, cursor, to=None if thread else me,
-                    timeout=max(0.0, min(left, self.progress_every)), limit=PAGE_DEFAULT,
-                )  # fmt: skip
-                cursor = got.cursor
-                if got.messages or left <= self.progress_every:
-                    break
-                if report is not None:
-                    waited = time.monotonic() - begun
-                    await report(waited, f"waiting on {thread or 'inbox'}: {waited:.0f}s")
+            if thread is not None:
+                out = await self._wait_thread(me, thread, after_seq, timeout)
+            else:
+                out = await self._wait_inbox(me, timeout)
         finally:
             self._waits -= 1
             if not self._waits:
                 self._waiting_on = None
             self.heartbeat()
-        if thread is None:
-            self.box.save_cursor(me, INBOX, cursor)
-        views, cut = self._page(got.messages)
-        out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
-        if thread is not None:
-            nxt = cut if cut is not None else cursor[thread]
-            self._remember(thread, nxt)
-            out["next_after_seq"] = nxt
-            again = f"msg_wait(thread='{thread}', after_seq={nxt})"
-        else:
-            again = "msg_wait() again"
-        out["waited_s"] = round(time.monotonic() - begun, 1)
-        out["hint"] = (
-            f"no new message yet; call {again}"
-            if not views
-            else f"reply with msg_post, then {again}"
+        again = (
+            f"msg_wait(thread='{thread}', after_seq={out['next_after_seq']})"
+            if thread is not None
+            else "msg_wait() again"
         )
+        out["waited_s"] = round(time.monotonic() - begun, 1)
+        if not out["messages"]:
+            out["hint"] = f"no new message yet; call {again}"
+        else:
+            out["hint"] = f"reply with msg_post, then {again}"
         return out
+
+    async def _wait_thread(
+        self, me: str, thread: str, after_seq: int | None, timeout: float
+    ) -> dict[str, Any]:
+        head = self.box.head(thread)  # a missing thread fails now, not after the timeout
+        pos = self._pos(thread)
+        start = after_seq if after_seq is not None else (pos.read if pos.read is not None else head)
+        inbox = pos.inbox_seen
+
+        # Skipped: the agent's own messages, and (when continuing from its own position)
+        # messages to it that its inbox already returned.
+        def keep(m: Message) -> bool:
+            seen = after_seq is None and me in m.to and m.seq <= inbox
+            return m.sender != me and not seen
+
+        got, messages = await self._waiting([thread], {thread: start}, None, timeout, keep)
+        views, cut = self._page(messages)
+        nxt = cut if cut is not None else got.cursor[thread]
+        pos.shown(start, nxt)
+        self.save_positions()
+        out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
+        out["next_after_seq"] = nxt
+        _report_trouble(out, got.skipped, got.pending)
+        return out
+
+    async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
+        cursor: dict[str, int] = {}
+        for thread in list(self.box):
+            try:
+                pos = self._pos(thread)
+                if pos.inbox is None:
+                    self._first_look(me, thread, pos)
+            except MailslotError:
+                continue  # removed, or unreadable: the wait reports what it meets
+            cursor[thread] = pos.inbox_seen
+        owed = self._owed(me)
+        if owed:  # due from before this agent's first look: return them at once
+            got = Arrivals([], cursor, False)
+            messages = owed
+        else:
+            got, messages = await self._waiting(None, cursor, me, timeout, lambda m: m.sender != me)
+        views, cut = self._page(messages)
+        shown = {(v["thread"], v["seq"]) for v in views}
+        self._backlog = [item for item in self._backlog if item not in shown]
+        # A cut page never moves a position past what was returned: each thread's inbox
+        # position stops before its first message that did not fit.
+        held: dict[str, int] = {}
+        for m in messages:
+            if (m.thread, m.seq) not in shown and (m.thread, m.seq) not in self._backlog:
+                held.setdefault(m.thread, m.seq - 1)
+        for thread, seq in got.cursor.items():
+            with contextlib.suppress(MailslotError):
+                self._pos(thread).inbox_shown(held.get(thread, seq))
+        self.save_positions()
+        out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
+        if cut is not None or self._backlog:
+            out["has_more"] = True
+        _report_trouble(out, got.skipped, got.pending)
+        return out
+
+    def _first_look(self, me: str, thread: str, pos: Position) -> None:
+        """Start the inbox position of a thread this agent's inbox never looked at.
+
+        What is addressed to the agent and not yet answered (no reply_to from it) is owed to
+        it: tasks and questions sent before it started. Read from the thread index, so this
+        costs one look per thread, not a read of every message.
+        """
+        seqs, upto = self.box.unanswered(thread, me)
+        done = pos.read or 0
+        self._backlog += [(thread, s) for s in seqs if s > done]
+        pos.inbox_shown(upto)
+
+    def _owed(self, me: str) -> list[Message]:
+        """Return the owed inbox messages that can still be read (dropping the others)."""
+        out: list[Message] = []
+        keep: list[tuple[str, int]] = []
+        for thread, seq in sorted(self._backlog):
+            try:
+                m = self.box.get(thread, seq)
+            except MailslotError:
+                continue  # gone or unreadable since the index saw it
+            if m.sender != me:
+                out.append(m)
+                keep.append((thread, seq))
+        self._backlog = keep
+        return out
+
+    async def _waiting(
+        self,
+        threads: list[str] | None,
+        cursor: dict[str, int],
+        to: str | None,
+        timeout: float,
+        keep: Callable[[Message], bool],
+    ) -> tuple[Arrivals, list[Message]]:
+        """Wait until messages that keep() accepts arrive; return the last arrivals and them."""
+        report = PROGRESS.get()
+        begun = time.monotonic()
+        skipped = []
+        while True:
+            left = timeout - (time.monotonic() - begun)
+            got = await self.box.wait_async(
+                threads, cursor, to=to,
+                timeout=max(0.0, min(left, self.progress_every)), limit=PAGE_DEFAULT,
+            )  # fmt: skip
+            cursor = got.cursor
+            skipped += got.skipped
+            messages = [m for m in got.messages if keep(m)]
+            if messages or left <= self.progress_every:
+                break
+            if report is not None:
+                waited = time.monotonic() - begun
+                await report(
+                    waited, f"waiting on {threads[0] if threads else 'inbox'}: {waited:.0f}s"
+                )
+        return Arrivals(got.messages, cursor, got.timed_out, skipped, got.pending), messages
 
     # ------------------------------------------------------------------ agents and config
 

@@ -1,0 +1,68 @@
+"""What an agent has been shown: one position per agent and thread, with one meaning.
+
+``read`` is "every message of the thread up to here has been shown to the agent" (by a thread
+wait or a list that returned them); ``inbox`` is "every message *addressed to the agent* up to
+here has been shown" (by an inbox wait), so it is never behind ``read``. Posting moves neither,
+and a page cut at the size budget moves them only as far as what was returned.
+
+A position belongs to one incarnation of a thread (a token of its immutable ``thread.json``):
+after a thread is deleted and created again under the same id, what was read of the old one
+is forgotten. Positions are kept per machine in ``.state/cursors/<agent>/<thread>.json``; when
+that is lost, the inbox is derived again from the thread log (what is addressed to the agent
+and not answered by it), and thread waits start from now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def _seq(value: object) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+@dataclass(slots=True)
+class Position:
+    """One agent's position in one thread: see the module docstring for the meaning."""
+
+    incarnation: str
+    read: int | None = None
+    inbox: int | None = None
+    dirty: bool = False
+
+    @classmethod
+    def from_json(cls, doc: object, incarnation: str) -> Position:
+        """Return the position stored in doc if it belongs to this incarnation, else a new one."""
+        if not isinstance(doc, dict) or doc.get("incarnation") != incarnation or not incarnation:
+            return cls(incarnation)
+        return cls(incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")))
+
+    def to_json(self, *, owed: bool = False) -> dict[str, Any]:
+        """Return the position as stored; owed leaves the inbox unknown (derive it again)."""
+        return {
+            "incarnation": self.incarnation,
+            "read": self.read,
+            "inbox": None if owed else self.inbox,
+        }
+
+    @property
+    def inbox_seen(self) -> int:
+        """Return the seq up to which every message to the agent has been shown."""
+        return max(self.inbox or 0, self.read or 0)
+
+    def shown(self, start: int, upto: int) -> None:
+        """Record that the messages after start up to upto were shown, in one piece.
+
+        The position moves only if that piece joins what was shown before (start at or before
+        it), so a read further ahead never marks the messages in between as shown.
+        """
+        if self.read is None or (start <= self.read < upto):
+            self.read = upto
+            self.dirty = True
+
+    def inbox_shown(self, upto: int) -> None:
+        """Record that every message to the agent up to upto was shown."""
+        if self.inbox is None or upto > self.inbox:
+            self.inbox = upto
+            self.dirty = True
