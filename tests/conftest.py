@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -41,3 +43,17 @@ def no_thread_leak() -> Iterator[None]:
             break
         time.sleep(0.01)
     assert not extra, f"threads leaked: {extra}"
+
+
+@pytest.fixture
+def git(tmp_path: Path) -> dict[str, str]:
+    """Return an environment for running git, isolated from the user's configuration."""
+    if shutil.which("git") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("git is not installed, and CI=true requires these tests to run")
+        pytest.skip("needs the git command")
+    home = tmp_path / "home"
+    home.mkdir()
+    return {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
+            "LC_ALL": "C"}  # fmt: skip

@@ -108,3 +108,14 @@ def answer(proc: subprocess.Popen[bytes], want_id: int, within: float = 30) -> d
         doc = json.loads(line)
         if doc.get("id") == want_id:
             return dict(doc)
+
+
+def run_git(env: dict[str, str], repo: Path, *args: str, ok: bool = True) -> str:
+    """Run git in repo; return its stdout; fail with its output unless it succeeded (or not ok)."""
+    done = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    if ok:
+        assert done.returncode == 0, f"git {' '.join(args)}: {done.stdout}{done.stderr}"
+    else:
+        assert done.returncode != 0, f"git {' '.join(args)} should have failed: {done.stdout}"
+    return done.stdout

@@ -138,6 +138,55 @@ def mcp_agent(root: str, name: str, count: str, go: str) -> None:
     anyio.run(main)
 
 
+def collector(root: str, thread: str, after: str, total: str, grace: str) -> None:
+    """Wait on thread past seq after until total messages came; print seqs, ids and trouble."""
+    box = Mailbox(root, grace_s=float(grace))
+    print("ready", flush=True)
+    cursor = {thread: int(after)}
+    seen: list[list[object]] = []
+    skipped: list[str] = []
+    pending = 0
+    deadline = time.monotonic() + 120
+    while len(seen) < int(total) and time.monotonic() < deadline:
+        got = box.wait(thread, cursor, timeout=5)
+        cursor = got.cursor
+        seen += [[m.seq, m.id, m.content] for m in got.messages]
+        skipped += [str(d) for d in got.skipped]
+        pending += bool(got.pending)
+    box.close()
+    print(json.dumps({"seen": seen, "skipped": skipped, "pending": pending}), flush=True)
+
+
+def foreign(root: str, thread: str, docs: str, how: str, pause: str) -> None:
+    """Write message files the way tools other than mailslot do, from a JSON file of
+    [seq, bytes-as-text] pairs in the order given.
+
+    how = "fill": create the file empty, then write it in two halves (git, editors);
+    "rename": write a hidden temp file in the folder and rename it into place (rsync,
+    Syncthing), in whatever order the pairs come.
+    """
+    tdir = Path(root) / "threads" / thread
+    items = json.loads(Path(docs).read_text())
+    print("ready", flush=True)
+    for seq, text in items:
+        data = text.encode()
+        target = tdir / f"{seq:06d}.json"
+        if how == "fill":
+            with open(target, "wb") as f:
+                f.flush()
+                time.sleep(float(pause))
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(float(pause))
+                f.write(data[len(data) // 2 :])
+        else:
+            tmp = tdir / f".{target.name}.part"
+            tmp.write_bytes(data)
+            os.rename(tmp, target)
+            time.sleep(float(pause))
+    print("done", flush=True)
+
+
 def hold_lock(path: str) -> None:
     """Hold an exclusive flock on path until killed."""
     import fcntl
@@ -158,5 +207,7 @@ if __name__ == "__main__":
         "waiter": waiter,
         "create": create,
         "mcp_agent": mcp_agent,
+        "collector": collector,
+        "foreign": foreign,
     }
     roles[role](*rest)

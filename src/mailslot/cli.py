@@ -22,7 +22,7 @@ from typing import Any
 
 from mailslot import __version__
 from mailslot._errors import MailslotError
-from mailslot._format import PRIORITIES, STATES, TYPES, Message
+from mailslot._format import PRIORITIES, STATES, TYPES, Damage, Message, Pending, loads
 from mailslot.mailbox import Mailbox, default_root, find_root
 
 EXIT_OK = 0
@@ -191,7 +191,7 @@ def cmd_post(args: argparse.Namespace) -> int:
     meta = None
     if args.meta is not None:
         try:
-            meta = json.loads(args.meta)
+            meta = loads(args.meta)  # bounded: a hostile depth is a ValueError, not a crash
         except ValueError as e:
             raise MailslotError(f"--meta is not JSON: {e}") from None
     message = box.publish(
@@ -218,16 +218,32 @@ def cmd_read(args: argparse.Namespace) -> int:
                 "cursor": page.cursor,
                 "has_more": page.has_more,
                 "skipped": [{"path": d.path, "reason": d.reason} for d in page.skipped],
+                "pending": page.pending.to_dict() if page.pending else None,
             }
         )
         return EXIT_OK
     for m in page.messages:
         print(_show(m))
-    for d in page.skipped:
-        print(f"(skipped {d})", file=sys.stderr)
+    _trouble(page.skipped, [page.pending] if page.pending else [], set())
+    if page.pending is not None and not page.pending.blocked:
+        print(f"... run `mailslot read {args.thread} --after {page.cursor}` again shortly",
+              file=sys.stderr)  # fmt: skip
     if page.has_more:
         print(f"... more: mailslot read {args.thread} --after {page.cursor}")
     return EXIT_OK
+
+
+def _trouble(skipped: list[Damage], pending: list[Pending], told: set[str]) -> None:
+    """Print on stderr, once each, what a read stepped over and what it is waiting for."""
+    for d in skipped:
+        if d.path not in told:
+            told.add(d.path)
+            print(f"(skipped {d})", file=sys.stderr)
+    for p in pending:
+        key = f"{p.path}\0{p.reason[:20]}"
+        if key not in told:
+            told.add(key)
+            print(f"(waiting for {p})", file=sys.stderr)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -243,11 +259,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
     _emit(backlog[-args.lines :] if args.lines else [], args, thread=True)
     if not args.follow:
         return EXIT_OK
+    told: set[str] = set()
     try:
         while True:  # blocks in wait(): no busy polling; new threads are followed too
             got = box.wait(args.threads or None, cursor, timeout=3600)
             cursor = got.cursor
             _emit(got.messages, args, thread=True)
+            _trouble(got.skipped, got.pending, told)
     except KeyboardInterrupt:
         return EXIT_OK  # Ctrl-C is how one stops following
     finally:
@@ -265,6 +283,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         _print_json(got.to_dict())
     else:
         _emit(got.messages, args, thread=args.thread is None)
+        _trouble(got.skipped, got.pending, set())
     return EXIT_TIMEOUT if got.timed_out else EXIT_OK
 
 
@@ -348,10 +367,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print("healthy" if not report.findings else "healthy after repairs")
         elif not args.fix and any(f.kind in FIXABLE for f in report.findings):
             print("run `mailslot doctor --fix` to repair what is safe to repair")
+        if report.git_work_tree and any(f.kind == "conflict" and f.fixed for f in report.findings):
+            print(f"merge conflicts resolved: finish the merge with `git add -A {report.root}` "
+                  "and `git commit`")  # fmt: skip
     return EXIT_OK if report.healthy else EXIT_ERROR
 
 
-FIXABLE = {"thread record", "gap", "corrupt message", "temp file", "stale presence", "gitignore"}
+FIXABLE = {
+    "thread record", "gap", "corrupt message", "conflict", "temp file", "stale presence",
+    "gitignore",
+}  # fmt: skip
 
 
 def cmd_mcp_config(args: argparse.Namespace) -> int:
