@@ -7,8 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from mcp import StdioServerParameters, types
+from mcp.client import Client
 
 from mailslot import Mailbox
 
@@ -119,3 +124,30 @@ def run_git(env: dict[str, str], repo: Path, *args: str, ok: bool = True) -> str
     else:
         assert done.returncode != 0, f"git {' '.join(args)} should have failed: {done.stdout}"
     return done.stdout
+
+
+SERVE = [sys.executable, "-m", "mailslot", "serve"]
+
+
+def params(root: Path, *args: str) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=SERVE[0],
+        args=[*SERVE[1:], "--root", str(root), *args],
+        # The SDK passes servers only a safe subset of the environment; PYTHONPATH goes along
+        # so the suite can be pointed at another source tree (a mutation run, an old release).
+        env={"PYTHONDONTWRITEBYTECODE": "1"}
+        | ({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+    )
+
+
+@asynccontextmanager
+async def agent(root: Path, name: str, mode: str = "auto") -> AsyncIterator[Client]:
+    async with Client(params(root, "--agent", name), mode=mode, cache=None) as c:
+        yield c
+
+
+async def call(c: Client, tool: str, **args: Any) -> Any:
+    result = await c.call_tool(tool, args)
+    assert isinstance(result.content[0], types.TextContent)
+    assert not result.is_error, result.content[0].text
+    return json.loads(result.content[0].text)

@@ -6,42 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import anyio
-from helpers import answer, raw_serve
-from mcp import StdioServerParameters, types
-from mcp.client import Client
+from helpers import SERVE, agent, answer, call, raw_serve
 
 from mailslot import Mailbox
-
-SERVE = [sys.executable, "-m", "mailslot", "serve"]
-
-
-def params(root: Path, *args: str) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=SERVE[0],
-        args=[*SERVE[1:], "--root", str(root), *args],
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    )
-
-
-@asynccontextmanager
-async def agent(root: Path, name: str, mode: str = "auto") -> AsyncIterator[Client]:
-    async with Client(params(root, "--agent", name), mode=mode, cache=None) as c:
-        yield c
-
-
-async def call(c: Client, tool: str, **args: Any) -> Any:
-    result = await c.call_tool(tool, args)
-    assert isinstance(result.content[0], types.TextContent)
-    assert not result.is_error, result.content[0].text
-    return json.loads(result.content[0].text)
 
 
 def status_of(root: Path, name: str) -> str:

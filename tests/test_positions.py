@@ -1,0 +1,187 @@
+"""What an agent has read: one position per agent and thread, so nothing is dropped or repeated.
+
+Each case drives real `mailslot serve` processes with the official MCP client and checks
+exactly-once delivery to the agent: every message it should get arrives once, none twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+from helpers import agent, call
+from mcp.client import Client
+
+from mailslot import Mailbox
+
+
+async def drain(c: Client, **args: Any) -> list[tuple[str, int, str]]:
+    """Call msg_wait until it times out; return (thread, seq, content) of everything it gave."""
+    seen: list[tuple[str, int, str]] = []
+    for _ in range(200):
+        got = await call(c, "msg_wait", timeout_s=1, **args)
+        if not got["messages"]:
+            return seen
+        seen += [(m["thread"], m["seq"], m["content"]) for m in got["messages"]]
+    raise AssertionError("msg_wait never ran dry")
+
+
+def once(seen: list[tuple[str, int, str]]) -> set[tuple[str, int]]:
+    counts = Counter((t, s) for t, s, _ in seen)
+    repeated = {k: n for k, n in counts.items() if n > 1}
+    assert not repeated, f"delivered more than once: {repeated}"
+    return set(counts)
+
+
+def post_tasks(box: Mailbox, to: str) -> set[tuple[str, int]]:
+    """Post 50 tasks of 5 KB and 3 of 120 KB to agent to, over two threads."""
+    sent = set()
+    for i in range(53):
+        thread = "build" if i % 2 else "review"
+        body = f"task {i} " + ("x" * 120_000 if i in (10, 30, 50) else "y" * 5_000)
+        sent.add((thread, box.post(thread, body, sender="boss", to=[to], type="task")))
+    return sent
+
+
+def setup(root: Path) -> Mailbox:
+    box = Mailbox(root)
+    for name in ("boss", "worker"):
+        box.register_agent(name)
+    for topic in ("build", "review"):
+        box.create_thread(topic, creator="boss")
+    return box
+
+
+def test_an_inbox_cut_at_the_page_budget_delivers_every_task_once(root: Path) -> None:
+    box = setup(root)
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            assert await drain(worker) == []  # the inbox looked once: positions exist now
+            sent = post_tasks(box, "worker")
+            assert once(await drain(worker)) == sent
+
+    anyio.run(main)
+
+
+def test_a_new_agents_first_inbox_wait_reads_every_task_sent_before_it(root: Path) -> None:
+    box = setup(root)
+    sent = post_tasks(box, "worker")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            assert once(await drain(worker)) == sent
+
+    anyio.run(main)
+
+
+def test_the_first_inbox_wait_skips_what_the_agent_already_answered(root: Path) -> None:
+    box = setup(root)
+    box.post("build", "not for you", sender="boss")
+    done = box.post("build", "answered already", sender="boss", to=["worker"], type="task")
+    box.post("build", "done", sender="worker", type="result", reply_to=done)
+    todo = box.post("build", "still to do", sender="boss", to=["worker"], type="task")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            assert [(t, s) for t, s, _ in await drain(worker)] == [("build", todo)]
+
+    anyio.run(main)
+
+
+def test_posting_does_not_skip_a_message_posted_just_before(root: Path) -> None:
+    box = setup(root)
+    box.post("build", "hello", sender="boss")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            first = await call(worker, "msg_list", thread="build", after_seq=0)
+            assert [m["seq"] for m in first["messages"]] == [1]
+            question = box.post("build", "which branch?", sender="boss", type="question")
+            await call(worker, "msg_post", thread="build", content="starting now")
+            got = await call(worker, "msg_wait", thread="build", timeout_s=2)
+            assert [m["seq"] for m in got["messages"]] == [question]  # not its own post
+            again = await call(worker, "msg_wait", thread="build", timeout_s=0.5)
+            assert again["messages"] == [] and again["status"] == "timeout"
+
+    anyio.run(main)
+
+
+def test_thread_waits_and_the_inbox_share_one_position(root: Path) -> None:
+    box = setup(root)
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            for thread in ("build", "review"):  # a wait with no position starts from now
+                await call(worker, "msg_wait", thread=thread, timeout_s=0.2)
+            pings = [box.post("build", f"ping {i}", sender="boss", to=["worker"]) for i in range(5)]
+            got = once(await drain(worker, thread="build"))
+            assert got == {("build", s) for s in pings}
+            assert await drain(worker) == []  # the inbox does not hand them out again
+            more = [box.post("review", f"pong {i}", sender="boss", to=["worker"]) for i in range(3)]
+            box.post("review", "for everyone", sender="boss")
+            assert once(await drain(worker)) == {("review", s) for s in more}
+            # and a thread wait from the agent's own position does not repeat them either
+            rest = await drain(worker, thread="review")
+            assert [c for _, _, c in rest] == ["for everyone"]
+
+    anyio.run(main)
+
+
+def test_a_thread_created_again_starts_fresh(root: Path) -> None:
+    box = setup(root)
+    for i in range(5):
+        box.post("build", f"old {i}", sender="boss")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            old = await call(worker, "msg_list", thread="build", after_seq=0)
+            assert old["next_after_seq"] == 5
+        shutil.rmtree(root / "threads" / "build")
+        box.create_thread("build", creator="someone-else")
+        new = [box.post("build", f"new {i}", sender="boss") for i in range(2)]
+        async with agent(root, "worker") as worker:
+            got = await call(worker, "msg_wait", thread="build", timeout_s=2)
+            assert [m["seq"] for m in got["messages"]] == new
+
+    anyio.run(main)
+
+
+def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Path) -> None:
+    box = setup(root)
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker, agent(root, "boss") as boss:
+            first = [box.post("build", f"task {i}", sender="boss", to=["worker"], type="task")
+                     for i in range(3)]  # fmt: skip
+            assert once(await drain(worker)) == {("build", s) for s in first}
+            for seq in first:  # the worker answers what it handled
+                await call(worker, "msg_post", thread="build", content="done", reply_to=seq)
+            shutil.rmtree(root / ".state")  # as `git clean -fdX` does
+            # A live name still cannot be taken twice.
+            box2 = Mailbox(root)
+            try:
+                box2.hold_name("worker")
+            except Exception as e:
+                assert "worker" in str(e)
+            else:
+                raise AssertionError("a second process took the live name 'worker'")
+            second = [
+                (await call(boss, "msg_post", thread="review", content=f"task {i}",
+                            to=["worker"], type="task"))["seq"]
+                for i in range(2)
+            ]  # fmt: skip
+            assert once(await drain(worker)) == {("review", s) for s in second}
+            assert await drain(boss) == []  # boss was never addressed
+            for seq in second:
+                await call(worker, "msg_post", thread="review", content="done", reply_to=seq)
+        shutil.rmtree(root / ".state")
+        async with agent(root, "worker") as worker:  # a restart with .state/ gone
+            assert await drain(worker) == []  # everything it answered stays handled
+            late = box.post("build", "one more", sender="boss", to=["worker"], type="task")
+            assert [(t, s) for t, s, _ in await drain(worker)] == [("build", late)]
+
+    anyio.run(main)
