@@ -9,7 +9,6 @@ silently.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid

@@ -33,10 +33,22 @@ class Position:
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
-        """Return the position stored in doc if it belongs to this incarnation, else a new one."""
-        if not isinstance(doc, dict) or doc.get("incarnation") != incarnation or not incarnation:
+        """Return the position stored in doc for this incarnation of its thread.
+
+        Nothing stored: unknown (thread waits start from now, the inbox is derived). Stored
+        for an earlier incarnation: the thread was deleted and created again since, so all of
+        it is new to the agent (position 0).
+        """
+        if not isinstance(doc, dict) or not incarnation:
             return cls(incarnation)
+        if doc.get("incarnation") != incarnation:
+            return cls.reborn(incarnation)
         return cls(incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")))
+
+    @classmethod
+    def reborn(cls, incarnation: str) -> Position:
+        """Return the position in a thread created again under an id the agent had read."""
+        return cls(incarnation, 0, 0, dirty=True)
 
     def to_json(self, *, owed: bool = False) -> dict[str, Any]:
         """Return the position as stored; owed leaves the inbox unknown (derive it again)."""

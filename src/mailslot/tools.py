@@ -360,8 +360,11 @@ class Session:
         incarnation = self.box.incarnation(thread)
         pos = self._positions.get(thread)
         if pos is None or pos.incarnation != incarnation:
-            stored = self.box.load_cursor(self.agent, thread) if self.agent else None
-            pos = Position.from_json(stored, incarnation)
+            if pos is not None:  # deleted and created again while we ran
+                pos = Position.reborn(incarnation)
+            else:
+                stored = self.box.load_cursor(self.agent, thread) if self.agent else None
+                pos = Position.from_json(stored, incarnation)
             self._backlog = [(t, s) for t, s in self._backlog if t != thread]
             self._positions[thread] = pos
         return pos
