@@ -1,7 +1,7 @@
 """Checking a mailbox folder, and repairing what is safe to repair.
 
-Repairs never delete a message and never leave a gap (readers stop at the first missing seq,
-and a writer would refill it): a corrupt message file is moved to ``.state/quarantine/`` and a
+Repairs never delete a message and never leave a gap (a gap is reported to every reader, and
+writers never refill it): a corrupt message file is moved to ``.state/quarantine/`` and a
 placeholder ``error`` message from ``mailslot`` takes its number, saying where the original
 went; a missing seq gets the same kind of placeholder. A message file that git left with
 merge-conflict markers (two clones both wrote that seq) is split back into its two messages:
@@ -52,6 +52,11 @@ NO_LINKS = (
 NO_LOCKS = (
     "file locks do not exclude here: the link claim still keeps messages safe, but writers "
     "collide more"
+)
+GAP = (
+    "missing while seq {head} exists: deleted, not synced yet, or lost in a merge. Readers wait "
+    "for it for grace_s after a later file appeared, then report it and go on; restore it "
+    "(git checkout / git log --all -- <path>) if you can, or --fix fills it with a placeholder"
 )
 SYMLINKED = "a thread folder that is a symlink is refused; replace it with a folder"
 LEFT_TEMP = "left by a writer that was interrupted (it never became a message)"
@@ -543,9 +548,7 @@ def _check_thread(
     for seq in range(1, head + 1):
         path = tdir / message_name(seq)
         if seq not in seqs:
-            finding = Finding(
-                "gap", str(path), "missing: readers stop here and never see later messages"
-            )
+            finding = Finding("gap", str(path), GAP.format(seq=seq, head=head))
             if fix:
                 text = (f"Message {seq} was missing from this thread; mailslot doctor put this "
                         "note in its place.")  # fmt: skip
