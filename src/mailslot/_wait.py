@@ -10,6 +10,7 @@ every ``SAFETY_RECHECK_S`` otherwise.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -107,8 +108,9 @@ def is_network_fs(fstype: str | None) -> bool:
 # How often the keeper stats threads/ to notice that it was removed or replaced (git checkout,
 # rm -rf and `mailslot init`): one stat per interval, never a listing.
 KEEP_INTERVAL_S = 0.5
-# A thread folder is judged unwatched only if it still has no watch this much later: watchdog
-# adds a new folder's watch a moment after the folder appears.
+# A thread folder still without a watch this long after it was first seen so is tried with a
+# watch of our own: watchdog adds a new folder's watch a moment (a busy process: longer) after
+# the folder appears, and only the kernel's answer to a real attempt tells a limit from a lag.
 _CONFIRM_S = 0.2
 # What wakes waiters: a name appearing (create, link, rename), and a file that a foreign writer
 # (git, rsync, an editor) created first and fills later being written and closed. Deleting a
@@ -159,8 +161,24 @@ def _kernel_watches() -> set[int] | None:
             if line.startswith("inotify wd:"):
                 for item in line.split():
                     if item.startswith("ino:"):
-                        inodes.add(int(item[4:], 16))
+                        with contextlib.suppress(ValueError):
+                            inodes.add(int(item[4:], 16))
     return inodes or None
+
+
+def _try_watch(path: str) -> int:
+    """Return 0 if a fresh inotify instance may watch path now, else the kernel's errno."""
+    # Imported here: the module exists only where inotify does (Linux), and so do we here.
+    from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+
+    fd = inotify_init()
+    if fd < 0:
+        return ctypes.get_errno()
+    try:
+        mask = InotifyConstants.IN_CREATE | InotifyConstants.IN_DONT_FOLLOW
+        return 0 if inotify_add_watch(fd, os.fsencode(path), mask) >= 0 else ctypes.get_errno()
+    finally:
+        os.close(fd)  # and with it the watch
 
 
 class _Handler(FileSystemEventHandler):
@@ -203,7 +221,8 @@ class Watcher:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
         self._lost = False  # threads/ itself was deleted: watch it anew even if the inode is reused
         self._folders_changed = False  # a thread folder came or went: check the watches
-        self._suspects: set[int] = set()  # folders without a watch at the last check
+        self._suspects: dict[int, float] = {}  # inode -> when first seen without a watch
+        self._cleared: set[int] = set()  # folders we could watch ourselves: not a limit
         self._stopping = False
         self._look = threading.Event()  # wakes the keeper early
         self._keeper: threading.Thread | None = None
@@ -282,13 +301,17 @@ class Watcher:
                 callback()
 
     def folder_event(self, event: FileSystemEvent) -> None:
-        """Note a folder event for the keeper and wake it (called on the observer thread)."""
+        """Note a folder event for the keeper (called on the observer thread).
+
+        A thread folder that came or went is checked at the keeper's next look (a checkout of
+        thousands costs one check per interval, not one each); threads/ itself gone wakes it now.
+        """
+        self._folders_changed = True
         if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == str(
             self.threads_dir
         ):
             self._lost = True
-        self._folders_changed = True
-        self._look.set()
+            self._look.set()
 
     # The keeper: runs on its own thread (and once in __init__, before that thread starts).
 
@@ -309,7 +332,7 @@ class Watcher:
     def _follow(self) -> bool:
         """Move the watch to the folder now at threads_dir; return True if it moved."""
         try:
-            st = os.stat(self.threads_dir)
+            st = os.lstat(self.threads_dir)
             identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except OSError:
             identity = None  # removed; the watch comes back when the folder does
@@ -323,7 +346,7 @@ class Watcher:
         # Identity taken before scheduling: if the folder is replaced in between, the next
         # look sees a different one and moves the watch again.
         self._identity = identity
-        self._suspects = set()
+        self._suspects, self._cleared = {}, set()
         if identity is not None:
             try:
                 self._watch = self._observer.schedule(
@@ -336,30 +359,46 @@ class Watcher:
         return True
 
     def _verify(self) -> None:
-        """Fail over to hybrid if a thread folder has no watch at two checks in a row."""
+        """Fail over to hybrid if the kernel refuses a watch that a thread folder lacks.
+
+        watchdog ignores a sub-folder it could not watch, so ask the kernel which folders
+        have a watch (/proc/self/fdinfo); one still missing after _CONFIRM_S is tried with a
+        watch of our own, and ENOSPC or EMFILE there means the limits are reached.
+        """
         if self._watch is None or self.failure is not None:
             return
         watched = _kernel_watches()
         if watched is None:
             return  # the kernel does not say; trust the watch
-        missing = set()
+        watched |= self._cleared
+        now = time.monotonic()
+        missing: dict[int, str] = {}
         with contextlib.suppress(OSError), os.scandir(self.threads_dir) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and entry.inode() not in watched:
-                    missing.add(entry.inode())
-        if missing & self._suspects:
-            self._fail(
-                f"{len(missing)} thread folder(s) got no inotify watch, which watchdog does "
-                "not report; usually the inotify watch limit is reached "
-                "(fs.inotify.max_user_watches)"
-            )
-        self._suspects = missing
+                ino = entry.inode()
+                if entry.is_dir(follow_symlinks=False) and ino not in watched:
+                    missing[ino] = entry.path
+        self._suspects = {ino: self._suspects.get(ino, now) for ino in missing}
+        for ino, since in list(self._suspects.items()):
+            if now - since < _CONFIRM_S:
+                continue
+            err = _try_watch(missing[ino])
+            if err in (errno.ENOSPC, errno.EMFILE):
+                self._fail(
+                    f"thread folder {missing[ino]} got no watch (watchdog does not say so): "
+                    + _why(OSError(err, os.strerror(err)))
+                )
+                return
+            # Watchable: watchdog was only late, or failed for a reason that is no limit (the
+            # safety re-check covers that folder); either way, stop judging it.
+            del self._suspects[ino]
+            self._cleared.add(ino)
 
     def _fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
             log.warning(
-                "mailslot: file events under %s cannot be trusted: %s. Waits there now also "
+                "file events under %s cannot be trusted: %s. Waits there now also "
                 "poll every poll_interval (hybrid mode): still correct, but wakes come later "
                 "and cost CPU. To fix, %s.",
                 self.threads_dir,

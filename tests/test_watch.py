@@ -1,0 +1,318 @@
+"""Watches you can trust: the watch follows the folder, sees foreign writers finish, and says so
+when the kernel refuses it.
+
+Every waiter here is a separate process blocked in Mailbox.wait over a real folder; the folder
+is changed by real git checkouts, a real `mailslot init`, plain open/write, and real inotify
+limits (lowered inside a user namespace of the waiter's own, so nothing else on the machine is
+affected). The bounds are generous but each one fails if the waiter only woke on its 5 s
+safety re-check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_git
+
+from mailslot import Mailbox
+from mailslot._wait import SAFETY_RECHECK_S, Watcher
+
+# A waiter process: waits `rounds` times from a cursor, printing what woke it and when
+# (CLOCK_MONOTONIC, shared by every process of the machine). With a limit "name=value" it first
+# lowers /proc/sys/user/<name>, which only a process in its own user namespace may do.
+WAITER = r"""
+import json, sys, time
+root, threads, after, rounds, limit = sys.argv[1:]
+if limit != "-":
+    name, value = limit.split("=")
+    with open(f"/proc/sys/user/{name}", "w") as f:
+        f.write(value)
+from mailslot import Mailbox
+box = Mailbox(root, poll_interval=0.1)
+names = None if threads == "-" else threads.split(",")
+cursor = json.loads(after)
+print("ready", flush=True)
+for _ in range(int(rounds)):
+    got = box.wait(names, cursor, timeout=30)
+    woke = time.monotonic()
+    cursor = got.cursor
+    print(json.dumps({**got.to_dict(), "woke": woke, "mode": box.wait_mode}), flush=True)
+box.close()
+"""
+
+# The one warning a waiter gives when file events cannot be trusted (it also names the fix).
+WARNING = "cannot be trusted"
+
+
+def _must_run(reason: str) -> None:
+    """Skip with reason; under CI=true fail instead (as the git fixture does)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true requires these tests to run")
+    pytest.skip(reason)
+
+
+class Waiters:
+    """Start waiter processes; kill whatever is still running at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(
+        self,
+        root: Path,
+        threads: str,
+        after: dict[str, int],
+        *,
+        rounds: int = 1,
+        limit: str = "-",
+        prefix: tuple[str, ...] = (),
+    ) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", WAITER, str(root), threads, json.dumps(after), str(rounds)]
+        p = subprocess.Popen(
+            [*prefix, *argv, limit], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.procs.append(p)
+        assert self.next_line(p) == "ready"
+        # Let it reach its wait and start watching; correctness does not depend on this (the
+        # cursor does), but the latencies measured below do.
+        time.sleep(0.5)
+        return p
+
+    @staticmethod
+    def next_line(p: subprocess.Popen[str], within: float = 30) -> str:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], within)
+        line = p.stdout.readline() if ready else ""
+        if not line:
+            p.kill()
+            _, err = p.communicate()
+            pytest.fail(f"waiter said nothing within {within} s (exit {p.returncode}): {err}")
+        return line.strip()
+
+    def woke(self, p: subprocess.Popen[str]) -> dict[str, Any]:
+        return dict(json.loads(self.next_line(p)))
+
+    @staticmethod
+    def stderr(p: subprocess.Popen[str]) -> str:
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, f"waiter exited {p.returncode}: {err}"
+        return err
+
+
+@pytest.fixture
+def waiters() -> Iterator[Waiters]:
+    w = Waiters()
+    yield w
+    for p in w.procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def _post(root: Path, thread: str, content: str) -> float:
+    """Post from this process (not the waiter's); return when the post was stored."""
+    with Mailbox(root) as box:
+        box.post(thread, content, sender="alice")
+    return time.monotonic()
+
+
+def _contents(got: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(m["thread"], m["content"]) for m in got["messages"]]
+
+
+# ---------------------------------------------------------------------- following the folder
+
+
+def test_branch_switch_that_recreates_threads_keeps_waking(
+    tmp_path: Path, waiters: Waiters, git: dict[str, str]
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_git(git, repo, "init", "-q", "-b", "main")
+    for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
+        run_git(git, repo, "config", key, value)
+    root = repo / ".mailslot"
+    with Mailbox.init(root) as box:
+        box.create_thread("t", creator="alice")
+        box.post("t", "committed", sender="alice")
+    run_git(git, repo, "add", "-A")
+    run_git(git, repo, "commit", "-q", "-m", "a mailbox")
+    run_git(git, repo, "checkout", "-q", "-b", "other")
+    run_git(git, repo, "rm", "-r", "-q", ".mailslot/threads")
+    run_git(git, repo, "commit", "-q", "-m", "a branch without threads")
+    run_git(git, repo, "checkout", "-q", "main")
+
+    p = waiters.start(root, "t", {"t": 1}, rounds=2)
+    run_git(git, repo, "checkout", "-q", "other")
+    assert not (root / "threads").exists(), "the checkout removed threads/"
+    run_git(git, repo, "checkout", "-q", "main")
+    assert (root / "threads" / "t" / "000001.json").exists(), "and the checkout back restored it"
+
+    # At once: the watch may not be on the new folder yet; moving it there wakes the waiter.
+    posted = _post(root, "t", "right after the switch")
+    got = waiters.woke(p)
+    assert _contents(got) == [("t", "right after the switch")]
+    assert got["woke"] - posted < 1.5 < SAFETY_RECHECK_S
+
+    # A second later: the watch is on the new folder, so the event itself wakes the waiter.
+    time.sleep(1.0)
+    posted = _post(root, "t", "a second later")
+    got = waiters.woke(p)
+    assert _contents(got) == [("t", "a second later")]
+    assert got["woke"] - posted < 1.5
+    assert got["mode"] == "native"
+    assert WARNING not in waiters.stderr(p), "following the folder is not a failure"
+
+
+def test_root_deleted_and_reinitialised_under_an_inbox_waiter(
+    tmp_path: Path, waiters: Waiters
+) -> None:
+    root = tmp_path / "box"
+    Mailbox.init(root).close()
+    p = waiters.start(root, "-", {})
+    shutil.rmtree(root)
+    subprocess.run(
+        [sys.executable, "-m", "mailslot", "init", str(root)], check=True, capture_output=True
+    )
+    with Mailbox(root) as box:
+        box.create_thread("fresh", creator="alice")
+    posted = _post(root, "fresh", "into a new root")
+    got = waiters.woke(p)
+    assert _contents(got) == [("fresh", "into a new root")]
+    assert got["woke"] - posted < 1.5
+    assert got["cursor"] == {"fresh": 1}
+    assert WARNING not in waiters.stderr(p)
+
+
+# ---------------------------------------------------------------------- foreign writers
+
+
+@pytest.mark.parametrize("first", ["empty", "half"])
+def test_file_filled_later_by_a_foreign_writer_wakes_the_waiter(
+    tmp_path: Path, waiters: Waiters, first: str
+) -> None:
+    # The bytes a writer elsewhere made (then git, rsync or an editor carries them here).
+    with Mailbox.init(tmp_path / "elsewhere") as other:
+        other.create_thread("t", creator="alice")
+        other.post("t", "filled in later", sender="alice")
+    data = (tmp_path / "elsewhere" / "threads" / "t" / "000001.json").read_bytes()
+    with Mailbox.init(tmp_path / "box") as box:
+        box.create_thread("t", creator="alice")
+    root = box.root
+
+    p = waiters.start(root, "t", {"t": 0})
+    assert p.poll() is None
+    split = 0 if first == "empty" else len(data) // 2
+    with open(root / "threads" / "t" / "000001.json", "xb") as f:  # create, then fill
+        f.write(data[:split])
+        f.flush()
+        time.sleep(0.5)
+        f.write(data[split:])
+    filled = time.monotonic()
+    got = waiters.woke(p)
+    assert _contents(got) == [("t", "filled in later")]
+    assert got["skipped"] == [], "a file still being written is pending, not damage"
+    assert got["woke"] - filled < 0.3
+    assert got["mode"] == "native"
+
+
+def test_watcher_signals_when_a_created_file_is_filled(box: Mailbox) -> None:
+    # The event alone, with no re-check of any waiter in between: writing and closing the file.
+    watcher = Watcher.acquire(box.root / "threads")
+    signalled = threading.Event()
+    unsubscribe = watcher.subscribe(signalled.set)
+    try:
+        with open(box.root / "threads" / "t" / "000001.json", "xb") as f:
+            assert signalled.wait(5), "creating the file signals"
+            time.sleep(0.2)
+            signalled.clear()
+            f.write(b"{}")
+            f.flush()
+            assert signalled.wait(0.3), "writing into it signals"
+            signalled.clear()
+        assert signalled.wait(0.3), "closing it signals"
+        assert watcher.failure is None
+    finally:
+        unsubscribe()
+        watcher.release()
+
+
+# ---------------------------------------------------------------------- inotify limits
+
+UNSHARE = ("unshare", "--user", "--map-root-user")
+
+
+def _own_limits() -> tuple[str, ...]:
+    """Return the argv prefix that runs a process in a user namespace with inotify limits of its
+    own; skip (fail under CI) where the machine cannot make one."""
+    if shutil.which("unshare") is None:
+        _must_run("needs unshare (util-linux) to give the waiter inotify limits of its own")
+    probe = subprocess.run(
+        [*UNSHARE, "sh", "-c", "echo 7 > /proc/sys/user/max_inotify_watches"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        _must_run(
+            "cannot lower inotify limits in a user namespace of our own "
+            f"(unprivileged user namespaces disabled?): {probe.stderr.strip()}"
+        )
+    return UNSHARE
+
+
+@pytest.mark.parametrize(
+    ("limit", "fails", "reason"),
+    [
+        ("max_inotify_instances=0", "inotify_init: EMFILE", "instance limit is reached"),
+        ("max_inotify_watches=0", "watching threads/: ENOSPC", "watch limit is reached"),
+        ("max_inotify_watches=1", "watching t/, ignored by watchdog", "t got no watch"),
+    ],
+)
+def test_inotify_limit_reached_falls_back_to_polling_with_one_warning(
+    root: Path, waiters: Waiters, limit: str, fails: str, reason: str
+) -> None:
+    prefix = _own_limits()
+    with Mailbox(root) as box:
+        box.create_thread("t", creator="alice")
+    p = waiters.start(root, "t", {"t": 0}, rounds=2, limit=limit, prefix=prefix)
+    for i in range(2):
+        posted = _post(root, "t", f"polled {i}")
+        got = waiters.woke(p)
+        assert _contents(got) == [("t", f"polled {i}")], fails
+        assert got["mode"] == "hybrid", fails
+        assert got["woke"] - posted < 1.0, f"{fails}: woken by the 0.1 s poll, not the re-check"
+    err = waiters.stderr(p)
+    assert err.count(WARNING) == 1, f"{fails}: exactly one warning, got: {err}"
+    assert reason in err, "the warning says what happened"
+    assert "sysctl -w fs.inotify.max_user_watches=" in err, "the warning says how to fix it"
+    assert "fs.inotify.max_user_instances=" in err
+
+
+def test_watch_refused_for_a_thread_created_while_waiting(root: Path, waiters: Waiters) -> None:
+    prefix = _own_limits()
+    with Mailbox(root) as box:
+        box.create_thread("t", creator="alice")
+    # Room for threads/ and t/, none for a third folder: the new thread's watch fails quietly.
+    p = waiters.start(root, "-", {"t": 0}, limit="max_inotify_watches=2", prefix=prefix)
+    with Mailbox(root) as box:
+        box.create_thread("late", creator="alice")
+    time.sleep(1.5)  # past the waiter's fresh-thread fast re-checks
+    posted = _post(root, "late", "into a folder nobody watches")
+    got = waiters.woke(p)
+    assert _contents(got) == [("late", "into a folder nobody watches")]
+    assert got["mode"] == "hybrid"
+    assert got["woke"] - posted < 1.0
+    err = waiters.stderr(p)
+    assert err.count(WARNING) == 1, err
+    assert "late got no watch" in err and "watch limit is reached" in err
