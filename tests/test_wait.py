@@ -12,7 +12,7 @@ import pytest
 from helpers import finish, spawn
 
 from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError
-from mailslot._wait import Watcher, filesystem_type, is_network_fs
+from mailslot._watch import Watcher, filesystem_type, is_network_fs
 
 
 def start_waiter(

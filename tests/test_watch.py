@@ -26,7 +26,8 @@ import pytest
 from helpers import run_git
 
 from mailslot import Mailbox
-from mailslot._wait import SAFETY_RECHECK_S, Watcher
+from mailslot._wait import SAFETY_RECHECK_S
+from mailslot._watch import Watcher
 
 # A waiter process: waits `rounds` times from a cursor, printing what woke it and when
 # (CLOCK_MONOTONIC, shared by every process of the machine). With a limit "name=value" it first

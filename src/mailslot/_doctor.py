@@ -26,6 +26,7 @@ import portalocker
 
 from mailslot._conflict import conflict_sides
 from mailslot._errors import MailslotError
+from mailslot._files import HOST
 from mailslot._format import (
     FORMAT,
     MESSAGE_KEYS,
@@ -40,7 +41,9 @@ from mailslot._format import (
 )
 from mailslot._names import NAME_PATTERN
 from mailslot._presence import DEFAULT_STALE_AFTER
-from mailslot._wait import filesystem_type, is_network_fs
+from mailslot._roots import _git_top
+from mailslot._settings import Settings
+from mailslot._watch import filesystem_type, is_network_fs
 
 _NAME_RE = re.compile(NAME_PATTERN)
 DOCTOR = "mailslot"
@@ -132,10 +135,9 @@ def temp_path(tmpdir: Path, what: str, *, pid: int | None = None) -> Path:
     doctor is killed mid-write the next sweep (Mailbox.sweep_tmp) sees a dead writer of this
     host and removes the file, instead of reporting it for an hour.
     """
-    from mailslot.mailbox import _HOST  # the store's hostname rule: one rule, one place
 
     pid = os.getpid() if pid is None else pid
-    return tmpdir / f"{_HOST}.{pid}.doctor-{what}.{secrets.token_hex(6)}"
+    return tmpdir / f"{HOST}.{pid}.doctor-{what}.{secrets.token_hex(6)}"
 
 
 def _probe_links(tmp: Path) -> bool:
@@ -264,7 +266,6 @@ def _quarantine(path: Path, quarantine: Path, thread: str) -> Path:
 
 def _message_limit(root: Path) -> int:
     """Return the size of the largest message file readers of root accept."""
-    from mailslot.mailbox import Settings
 
     config = root / "mailslot.json"
     try:
@@ -594,7 +595,7 @@ def _check_thread(
 
 def diagnose(root: Path, *, fix: bool = False, stale_after: float = DEFAULT_STALE_AFTER) -> Report:
     """Return what is wrong in the mailbox at root, repairing what is safe if fix is set."""
-    from mailslot.mailbox import Mailbox, _git_top  # the store's own view and root rules
+    from mailslot.mailbox import Mailbox  # the store's own view, for sweeping and presence
 
     root = root.resolve()
     report = Report(str(root), filesystem_type(root))

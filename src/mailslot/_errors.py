@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailslot._format import Damage
 
 
 class MailslotError(Exception):
@@ -93,3 +97,12 @@ class StorageError(MailslotError, OSError):
         self.path = Path(path)
         super().__init__(message)
         self.errno = errno_
+
+
+class Damaged(MailslotError):
+    """A file of the mailbox exists but cannot be read as what it should be."""
+
+    def __init__(self, damage: Damage) -> None:
+        self.path = Path(damage.path)
+        self.reason = damage.reason
+        super().__init__(f"{damage.path}: {damage.reason} (inspect it, or restore it from git)")

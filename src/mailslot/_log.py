@@ -1,8 +1,10 @@
-"""Reading a thread's log when more than mailslot writes the folder.
+"""Reading a thread's log: finding its head and its messages, in seq order, whatever wrote it.
 
 mailslot's own writers publish whole files onto contiguous seqs. git, rsync, sync tools and
 people do not: a file may appear empty and be filled afterwards, and seqs may arrive out of
-order or go missing while later ones exist. This module holds what the reader needs for that:
+order or go missing while later ones exist. ``ThreadLog`` is the one reader every part of
+mailslot uses (reads, waits, the thread index); it never passes a message that may still be
+arriving (``Pending``), and reports what it steps over (``Damage``). Beside it:
 
 - ``Listings``: each thread folder's listing, kept per process and refreshed only when the
   folder changed, so "is there anything beyond this missing seq?" costs a ``stat`` of the
@@ -13,17 +15,38 @@ order or go missing while later ones exist. This module holds what the reader ne
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 import threading
 import time
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailslot._format import MESSAGE_NAME_RE, message_name
+from mailslot._errors import Damaged, InvalidMessage, NoSuchMessage
+from mailslot._files import CLOEXEC, NOFOLLOW, Files, exists
+from mailslot._format import (
+    MESSAGE_NAME_RE,
+    Damage,
+    Message,
+    Page,
+    Pending,
+    max_message_file_bytes,
+    message_name,
+    parse_message,
+)
 
-DEFAULT_GRACE_S = 10.0
+log = logging.getLogger("mailslot")
+
+MAX_PAGE = 1000
+CONFLICT_TEXT = (
+    "holds a git merge conflict: two clones both wrote seq {seq}. Readers stop here until it is "
+    "resolved; run `mailslot doctor --fix` (it keeps both messages), then commit the result"
+)
 LOOKAHEAD = 4  # seqs stat-ed past a missing one before a listing is considered
 RESCAN_EVERY_S = 1.0  # a changed folder is listed again at most this often per process
 RACY_S = 1.0  # a listing taken this soon after the folder's mtime may miss a same-tick change
@@ -135,3 +158,224 @@ class Ages:
             if len(self._first_seen) >= self.MAX_TRACKED:
                 self._first_seen.clear()
             return self._first_seen.setdefault(path, now)
+
+
+class ThreadLog:
+    """The messages of a root's threads as readers see them; safe to use from several threads.
+
+    Remembers each thread's head (a hint for probing) and folder listing per process.
+    """
+
+    def __init__(self, files: Files) -> None:
+        self.files = files
+        self.heads: dict[str, int] = {}
+        self.listings = Listings()
+        self._ages = Ages()
+        self._conflicts_told: set[str] = set()
+
+    def forget(self, thread: str) -> None:
+        """Drop what is remembered of thread (it was created again under the same id)."""
+        self.heads.pop(thread, None)
+        self.listings.forget(thread)
+
+    def probe_head(self, thread: str, tdir: Path) -> int:
+        """Return the highest seq in the thread, probing with stat from the remembered hint.
+
+        Costs O(new messages) from a good hint and O(log n) stats cold. It sees past gaps (a
+        missing seq while later files exist, as git or a sync tool may leave them), so a writer
+        never claims a seq inside a gap that readers may already have stepped over, and never
+        acknowledges a message where readers cannot reach it. Listing the folder is needed only
+        when it changed and the next names are missing (see Listings.beyond).
+        """
+        hint = self.heads.get(thread, 0)
+        if hint and not exists(tdir, hint):
+            hint = 0  # the folder went back in time (restored from git): search afresh
+        if hint == 0:
+            low, high = 0, 1
+            while exists(tdir, high):
+                low, high = high, high * 2
+            while high - low > 1:  # invariant: low exists (or is 0), high does not
+                mid = (low + high) // 2
+                if exists(tdir, mid):
+                    low = mid
+                else:
+                    high = mid
+            hint = low
+        while True:
+            while exists(tdir, hint + 1):
+                hint += 1
+            beyond = self.listings.beyond(thread, tdir, hint + 1)
+            if beyond is None:
+                break
+            hint = beyond
+        self.heads[thread] = hint
+        return hint
+
+    def head(self, thread: str) -> int:
+        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread."""
+        return self.probe_head(thread, self.files.thread_dir(thread))
+
+    def load(self, thread: str, tdir: Path, seq: int) -> Message | Damage | Pending | None:
+        """Return message seq, why it cannot be read, or None if it is absent.
+
+        An unreadable file that changed less than grace_s ago is Pending (still being written
+        by git, a sync tool or an editor), and so is a file holding a git merge conflict (until
+        `mailslot doctor --fix` resolves it); only an older one is Damage.
+        """
+        path = tdir / message_name(seq)
+        try:
+            fd = os.open(path, os.O_RDONLY | CLOEXEC | NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return self.files.report(Damage(str(path), "is a symlink; messages are real files"))
+            return self.files.report(Damage(str(path), f"cannot be opened: {e.strerror}"))
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return self.files.report(Damage(str(path), "is a folder, not a message"))
+            if not stat.S_ISREG(st.st_mode):
+                return self.files.report(Damage(str(path), "is not a regular file"))
+            size = st.st_size
+            limit = max_message_file_bytes(self.files.settings.max_content_bytes)
+            if size > limit:
+                return self.files.report(
+                    Damage(str(path), f"is {size} bytes, too large to be a message")
+                )
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        except OSError as e:
+            return self.files.report(Damage(str(path), f"cannot be read: {e.strerror}"))
+        finally:
+            os.close(fd)
+        try:
+            return parse_message(data, thread, seq)
+        except ValueError as e:
+            return self._unreadable(thread, seq, path, st, data, str(e))
+
+    def _unreadable(
+        self, thread: str, seq: int, path: Path, st: os.stat_result, data: bytes, why: str
+    ) -> Damage | Pending:
+        since = self._ages.since(str(path), st)
+        if data.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in data:
+            if str(path) not in self._conflicts_told:
+                self._conflicts_told.add(str(path))
+                log.warning("%s holds a git merge conflict; run `mailslot doctor --fix`", path)
+            return Pending(thread, seq, str(path), CONFLICT_TEXT.format(seq=seq), since, True)
+        grace = self.files.settings.grace_s
+        if time.time() - since < grace:
+            what = "is empty" if not data.strip() else f"is incomplete ({why})"
+            return Pending(
+                thread, seq, str(path),
+                f"{what}; it may still be arriving (git, a sync tool, an editor): readers wait "
+                f"for it up to {grace:g} s after its last change, then report it and go on",
+                since,
+            )  # fmt: skip
+        return self.files.report(Damage(str(path), why))
+
+    def _gap(self, thread: str, tdir: Path, first: int, nxt: int) -> Damage | Pending:
+        """Return what the missing seqs first..nxt-1 (nxt has a file) mean for a reader now."""
+        path = tdir / message_name(first)
+        span = f"seq {first} is" if nxt == first + 1 else f"seqs {first}-{nxt - 1} are"
+        try:
+            later = tdir / message_name(nxt)
+            since = self._ages.since(str(later), os.lstat(later), arrival=True)
+        except OSError:
+            since = time.time()  # the later file went away meanwhile: look again
+        grace = self.files.settings.grace_s
+        if time.time() - since < grace:
+            return Pending(
+                thread, first, str(path),
+                f"{span} missing while seq {nxt} exists; it may still be arriving (git, a sync "
+                f"tool): readers wait up to {grace:g} s, then report it and go on",
+                since,
+            )  # fmt: skip
+        return self.files.report(
+            Damage(
+                str(path),
+                f"missing: {span} absent while seq {nxt} exists (deleted, or lost in a sync or a "
+                "merge); restore it from git if you can, or run `mailslot doctor --fix` to fill "
+                "the gap with a placeholder",
+            )
+        )
+
+    def walk(self, thread: str, tdir: Path, after: int, limit: int) -> Page:
+        """Read up to limit messages past after: the one loop every reader uses.
+
+        Damage and gaps older than grace_s are stepped over and reported in Page.skipped; the
+        walk stops before anything Pending and says so in Page.pending, so no reader (nor the
+        thread index) ever passes a message that is still arriving.
+        """
+        messages: list[Message] = []
+        skipped: list[Damage] = []
+        pending: Pending | None = None
+        seq = after
+        while len(messages) < limit:
+            item = self.load(thread, tdir, seq + 1)
+            if item is None:
+                nxt = self.listings.beyond(thread, tdir, seq + 1)
+                if nxt is None:
+                    break
+                gap = self._gap(thread, tdir, seq + 1, nxt)
+                if isinstance(gap, Pending):
+                    pending = gap
+                    break
+                skipped.append(gap)
+                seq = nxt - 1
+                continue
+            if isinstance(item, Pending):
+                pending = item
+                break
+            seq += 1
+            if isinstance(item, Damage):
+                skipped.append(item)
+            else:
+                messages.append(item)
+        has_more = (
+            pending is None
+            and len(messages) == limit
+            and (exists(tdir, seq + 1) or self.listings.beyond(thread, tdir, seq + 1) is not None)
+        )
+        return Page(messages, seq, has_more, skipped, pending)
+
+    def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
+        """Return up to limit messages with seq > after, in seq order.
+
+        A file that is empty, half-written or missing while later seqs exist is pending for
+        grace_s after its last change: the read stops before it and names it in Page.pending.
+        After that it is stepped over, reported in Page.skipped and logged; so are files that
+        cannot be read. Raise NoSuchThread, or InvalidMessage for a bad after/limit.
+        """
+        tdir = self.files.thread_dir(thread)
+        if type(after) is not int or after < 0:
+            raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
+        page = self.walk(thread, tdir, after, limit)
+        if page.cursor > self.heads.get(thread, 0):
+            self.heads[thread] = page.cursor
+        return page
+
+    def messages(self, thread: str, after: int = 0) -> Iterator[Message]:
+        """Yield every readable message of thread with seq > after, in seq order."""
+        while True:
+            page = self.read(thread, after, MAX_PAGE)
+            yield from page.messages
+            if page.cursor == after:
+                return
+            after = page.cursor
+
+    def get(self, thread: str, seq: int) -> Message:
+        """Return message seq of thread; raise NoSuchThread, NoSuchMessage or Damaged."""
+        tdir = self.files.thread_dir(thread)
+        if type(seq) is not int or seq < 1:
+            raise InvalidMessage(f"seq must be a whole number >= 1, not {seq!r}")
+        item = self.load(thread, tdir, seq)
+        if item is None:
+            raise NoSuchMessage(thread, seq, self.probe_head(thread, tdir))
+        if isinstance(item, Damage):
+            raise Damaged(item)
+        if isinstance(item, Pending):
+            raise Damaged(Damage(item.path, item.reason))
+        return item

@@ -14,8 +14,14 @@ and not answered by it), and thread waits start from now.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+from mailslot._errors import MailslotError
+from mailslot._files import Files
+from mailslot._format import loads
+from mailslot._names import check_name
 
 
 def _seq(value: object) -> int | None:
@@ -78,3 +84,19 @@ class Position:
         if self.inbox is None or upto > self.inbox:
             self.inbox = upto
             self.dirty = True
+
+
+def load(files: Files, agent: str, key: str) -> Any:
+    """Return what save() stored for agent under key (a thread id), or None."""
+    check_name(agent, "agent name")
+    try:
+        return loads((files.root / ".state" / "cursors" / agent / f"{key}.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def save(files: Files, agent: str, key: str, value: Any) -> None:
+    """Remember a read position of agent under key (a thread id), best effort."""
+    check_name(agent, "agent name")
+    with contextlib.suppress(MailslotError):  # a position is re-derived if lost, never a failure
+        files.write_state_file(files.dir(f".state/cursors/{agent}") / f"{key}.json", value)

@@ -1,53 +1,35 @@
-"""Waking waiters: one watchdog observer per root per process, and name-polling for network mounts.
+"""Waiting: block until messages newer than a cursor exist, in one thread, several, or all.
 
-Watch events are hints, files are facts (design.md §4): the observer thread only signals
-subscribers, thread-safely, and every waiter re-reads the folder from its own cursor. A
-lost, late or coalesced event costs latency, never a message, because waiters also re-check on
-a timer: every ``poll_interval`` where native events cannot see other machines' writes, and
-every ``SAFETY_RECHECK_S`` otherwise.
+A wait subscribes to the process's watcher (_watch), then checks, then sleeps: no wake-up is
+lost between checking and sleeping. Events are hints; every check re-reads the folder from the
+cursor through the thread log, so a lost or late event costs latency, never a message. Waiters
+also re-check on a timer: every ``poll_interval`` where native events cannot see other
+machines' writes, every ``PENDING_RECHECK_S`` while a message is still arriving, and every
+``SAFETY_RECHECK_S`` otherwise. A wait never holds a lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import ctypes
-import errno
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-
+from mailslot._errors import InvalidMessage, NotFound, RootError
+from mailslot._files import Files, exists
 from mailslot._format import Damage, Message, Pending
+from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._names import check_name
+from mailslot._watch import Watcher, filesystem_type, is_network_fs
 
 log = logging.getLogger("mailslot")
 
-WAIT_MODES = ("auto", "native", "poll")
 SAFETY_RECHECK_S = 5.0
 DISCOVERY_INTERVAL_S = 1.0
-# Filesystems whose writes from other machines never reach this machine's inotify/FSEvents.
-_NETWORK_FS = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre",
-        "davfs", "ncpfs", "coda", "gpfs", "beegfs", "virtiofs", "vboxsf", "prl_fs", "orangefs",
-    }
-)  # fmt: skip
+PENDING_RECHECK_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,331 +59,264 @@ class Arrivals:
         }
 
 
-def filesystem_type(path: Path) -> str | None:
-    """Return the type of the filesystem holding path, from /proc/self/mountinfo (Linux)."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    target = str(path.resolve())
-    best, best_type = "", None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        mount_point = fields[4].replace("\\040", " ")
-        within = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if within and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0]
-    return best_type
+class Waiting:
+    """The waits of one root in this process, sharing one watcher."""
 
+    def __init__(self, files: Files, log: ThreadLog) -> None:
+        self.files = files
+        self.log = log
+        self.watcher: Watcher | None = None
+        self._mode: str | None = None
+        self._watch_lock = threading.Lock()
 
-def is_network_fs(fstype: str | None) -> bool:
-    """Return True if native file events cannot see other machines' writes on fstype."""
-    if fstype is None:
-        return False
-    return fstype in _NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
+    @property
+    def wait_mode(self) -> str:
+        """Return how waits wake here: 'native' (file events), 'poll', or 'hybrid' (both).
 
-
-# How often the keeper stats threads/ to notice that it was removed or replaced (git checkout,
-# rm -rf and `mailslot init`): one stat per interval, never a listing.
-KEEP_INTERVAL_S = 0.5
-# A thread folder still without a watch this long after it was first seen so is tried with a
-# watch of our own: watchdog adds a new folder's watch a moment (a busy process: longer) after
-# the folder appears, and only the kernel's answer to a real attempt tells a limit from a lag.
-_CONFIRM_S = 0.2
-# What wakes waiters: a name appearing (create, link, rename), and a file that a foreign writer
-# (git, rsync, an editor) created first and fills later being written and closed. Deleting a
-# folder is watched only to learn that threads/ itself is gone.
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
-_FIX = (
-    "raise the limits, e.g. `sudo sysctl -w fs.inotify.max_user_watches=524288 "
-    "fs.inotify.max_user_instances=1024` (add them to /etc/sysctl.d/ to keep them), then "
-    "restart mailslot"
-)
-
-
-def _why(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        return "the inotify watch limit is reached (fs.inotify.max_user_watches)"
-    if error.errno == errno.EMFILE:
-        return "the inotify instance limit is reached (fs.inotify.max_user_instances)"
-    return f"inotify failed: {error}"
-
-
-def _kernel_watches() -> set[int] | None:
-    """Return the inode of every inotify watch this process holds, from /proc/self/fdinfo.
-
-    None where the kernel does not say (no /proc, not Linux, or no watch listed at all).
-    Inodes alone, not devices: the kernel lists the superblock's device, which differs from
-    stat's st_dev on btrfs subvolumes; a collision only makes a missing watch go unnoticed.
-    """
-    try:
-        fds = os.listdir("/proc/self/fdinfo")
-    except OSError:
-        return None
-    inodes = set()
-    for fd in fds:
-        try:
-            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue  # closed meanwhile
-        for line in text.splitlines():
-            if line.startswith("inotify wd:"):
-                for item in line.split():
-                    if item.startswith("ino:"):
-                        with contextlib.suppress(ValueError):
-                            inodes.add(int(item[4:], 16))
-    return inodes or None
-
-
-def _try_watch(path: str) -> int:
-    """Return 0 if a fresh inotify instance may watch path now, else the kernel's errno."""
-    # Imported here: the module exists only where inotify does (Linux), and so do we here.
-    from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
-
-    fd = inotify_init()
-    if fd < 0:
-        return ctypes.get_errno()
-    try:
-        mask = InotifyConstants.IN_CREATE | InotifyConstants.IN_DONT_FOLLOW
-        return 0 if inotify_add_watch(fd, os.fsencode(path), mask) >= 0 else ctypes.get_errno()
-    finally:
-        os.close(fd)  # and with it the watch
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher) -> None:
-        self._watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:  # runs on the observer thread
-        if event.is_directory:
-            self._watcher.folder_event(event)
-        self._watcher.notify()
-
-
-class Watcher:
-    """One recursive watch on a root's threads/ folder, shared by every waiter of the process.
-
-    Subscribers are plain callables run on the observer or keeper thread; they must only signal
-    (``threading.Event.set`` or ``loop.call_soon_threadsafe``), never do the work.
-
-    The watch follows the folder, not the inode it first saw: a keeper thread stats threads/
-    every ``KEEP_INTERVAL_S`` and, when git or ``mailslot init`` removed or replaced it, moves
-    the watch to the new folder (waiting while there is none) and signals every subscriber so
-    waiters re-check. It also asks the kernel whether every thread folder really has a watch:
-    where inotify limits refused one (watchdog says nothing then), ``failure`` says why, one
-    warning is logged, and waiters poll as well (hybrid mode).
-    """
-
-    _registry: dict[Path, Watcher] = {}  # noqa: RUF012 - one shared registry per process
-    _registry_lock = threading.Lock()
-
-    def __init__(self, threads_dir: Path) -> None:
-        self.threads_dir = threads_dir
-        #: Why file events here cannot be trusted (inotify limits), or None while they can.
-        self.failure: str | None = None
-        self._users = 0
-        self._subscribers: dict[int, Callable[[], None]] = {}
-        self._next_id = 0
-        self._lock = threading.Lock()
-        self._handler = _Handler(self)
-        self._watch: ObservedWatch | None = None
-        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
-        self._lost = False  # threads/ itself was deleted: watch it anew even if the inode is reused
-        self._folders_changed = False  # a thread folder came or went: check the watches
-        self._suspects: dict[int, float] = {}  # inode -> when first seen without a watch
-        self._cleared: set[int] = set()  # folders we could watch ourselves: not a limit
-        self._stopping = False
-        self._look = threading.Event()  # wakes the keeper early
-        self._keeper: threading.Thread | None = None
-        try:
-            self._observer: BaseObserver | None = Observer()
-        except OSError as e:  # inotify_init: EMFILE at max_user_instances
-            self._observer = None
-            self._fail(_why(e))
-            return
-        self._observer.start()  # with no watch yet, so that schedule() raises here, not there
-        try:
-            self._follow()
-            self._verify()
-            if self._suspects:  # maybe a folder made a moment ago: look again before judging
-                time.sleep(_CONFIRM_S)
-                self._verify()
-            self._keeper = threading.Thread(
-                target=self._keep, name=f"mailslot-keeper:{threads_dir}", daemon=True
-            )
-            self._keeper.start()
-        except BaseException:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            raise
-
-    @classmethod
-    def acquire(cls, threads_dir: Path) -> Watcher:
-        """Return the process's watcher for threads_dir, starting it if needed.
-
-        Inotify limits do not raise: the watcher then reports them in ``failure``.
+        'auto' (the default setting) means native on a local disk and hybrid on a network
+        mount (NFS, SMB/CIFS, sshfs and other FUSE or remote filesystems), where file events
+        never report other machines' writes and only polling sees them. Native turns hybrid
+        when the watch cannot be trusted (inotify limits reached); the watcher warns once.
         """
-        with cls._registry_lock:
-            watcher = cls._registry.get(threads_dir)
-            if watcher is None:
-                watcher = cls(threads_dir)
-                cls._registry[threads_dir] = watcher
-            watcher._users += 1
-            return watcher
+        if self._mode is None:
+            mode = self.files.settings.wait_mode
+            if mode == "auto":
+                mode = "hybrid" if is_network_fs(filesystem_type(self.files.root)) else "native"
+            self._mode = mode
+        watcher = self.watcher
+        if self._mode == "native" and watcher is not None and watcher.failure is not None:
+            self._mode = "hybrid"  # events still wake where they work; polling covers the rest
+        return self._mode
 
-    def release(self) -> None:
-        """Drop one user; the last one stops and joins the keeper and observer threads."""
-        with self._registry_lock:
-            self._users -= 1
-            if self._users > 0:
-                return
-            del self._registry[self.threads_dir]
-        self._stopping = True
-        self._look.set()
-        if self._keeper is not None:
-            self._keeper.join(timeout=5)
-        if self._observer is not None:
-            self._observer.stop()
-            if self._observer.is_alive():
-                self._observer.join(timeout=5)
+    def subscribe(self, signal: Callable[[], None]) -> Callable[[], None]:
+        """Have the process's watcher call signal on file events; return the unsubscriber."""
+        if self.wait_mode == "poll":
+            return lambda: None
+        with self._watch_lock:
+            if self.watcher is None:
+                try:
+                    # Not created here: a wait never writes, and the watcher waits for threads/
+                    # to appear (and follows it when git or `mailslot init` replaces it).
+                    self.watcher = Watcher.acquire(self.files.dir("threads", create=False))
+                except OSError as e:  # no file events at all (limits are the watcher's to report)
+                    log.warning(
+                        "file events unavailable (%s); polling %s as well", e, self.files.root
+                    )
+                    self._mode = "hybrid"
+                    return lambda: None
+            return self.watcher.subscribe(signal)
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call callback on every relevant event until the returned function is called."""
-        with self._lock:
-            key = self._next_id
-            self._next_id += 1
-            self._subscribers[key] = callback
+    def cursor(self, threads: str | Iterable[str] | None = None) -> dict[str, int]:
+        """Return the head seq of each thread (default: all): a cursor that means "from now"."""
+        if threads is None:
+            names = self.files.thread_ids()
+        else:
+            names = [threads] if isinstance(threads, str) else list(threads)
+        return {t: self.log.head(t) for t in names}
 
-        def unsubscribe() -> None:
-            with self._lock:
-                self._subscribers.pop(key, None)
-
-        return unsubscribe
-
-    def notify(self) -> None:
-        """Signal every subscriber (called on the observer or keeper thread)."""
-        with self._lock:
-            callbacks = list(self._subscribers.values())
-        for callback in callbacks:
-            # RuntimeError: the waiter's event loop closed while we were signalling.
-            with contextlib.suppress(RuntimeError):
-                callback()
-
-    def folder_event(self, event: FileSystemEvent) -> None:
-        """Note a folder event for the keeper (called on the observer thread).
-
-        A thread folder that came or went is checked at the keeper's next look (a checkout of
-        thousands costs one check per interval, not one each); threads/ itself gone wakes it now.
-        """
-        self._folders_changed = True
-        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == str(
-            self.threads_dir
-        ):
-            self._lost = True
-            self._look.set()
-
-    # The keeper: runs on its own thread (and once in __init__, before that thread starts).
-
-    def _keep(self) -> None:
-        while True:
-            self._look.wait(_CONFIRM_S if self._suspects else KEEP_INTERVAL_S)
-            self._look.clear()
-            if self._stopping:
-                return
-            failed = self.failure
-            moved = self._follow()
-            if moved or self._folders_changed or self._suspects:
-                self._folders_changed = False
-                self._verify()
-            if moved or self.failure != failed:
-                self.notify()  # waiters re-check now, and poll from now on if events failed
-
-    def _follow(self) -> bool:
-        """Move the watch to the folder now at threads_dir; return True if it moved."""
-        try:
-            st = os.lstat(self.threads_dir)
-            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            identity = None  # removed; the watch comes back when the folder does
-        if identity == self._identity and not self._lost:
-            return False
-        assert self._observer is not None
-        self._lost = False
-        if self._watch is not None:
-            self._observer.unschedule(self._watch)
-            self._watch = None
-        # Identity taken before scheduling: if the folder is replaced in between, the next
-        # look sees a different one and moves the watch again.
-        self._identity = identity
-        self._suspects, self._cleared = {}, set()
-        if identity is not None:
-            try:
-                self._watch = self._observer.schedule(
-                    self._handler, str(self.threads_dir), recursive=True, event_filter=_EVENTS
+    def plan(
+        self,
+        threads: str | Iterable[str] | None,
+        after: int | Mapping[str, int] | None,
+        to: str | None,
+        timeout: float,
+        limit: int,
+    ) -> _WaitPlan:
+        if to is not None:
+            check_name(to, "agent name")
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidMessage(f"limit must be between 1 and {MAX_PAGE}, not {limit!r}")
+        if not isinstance(timeout, int | float) or timeout < 0 or timeout != timeout:
+            raise InvalidMessage(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        names = (
+            None if threads is None else ([threads] if isinstance(threads, str) else list(threads))
+        )
+        for name in names or ():
+            self.files.thread_dir(name)
+        if after is None:
+            cursor = self.cursor(names)
+        elif isinstance(after, Mapping):
+            cursor = {}
+            for name, seq in after.items():
+                check_name(name, "thread id")
+                if type(seq) is not int or seq < 0:
+                    raise InvalidMessage(f"cursor of {name!r} must be a seq >= 0, not {seq!r}")
+                cursor[name] = seq
+        else:
+            if names is None or len(names) != 1:
+                raise InvalidMessage(
+                    "after=<seq> needs exactly one thread; pass a dict for several"
                 )
-            except FileNotFoundError:
-                self._identity = None  # gone again already: try on the next look
-            except OSError as e:
-                self._fail(_why(e))
-        return True
+            if type(after) is not int or after < 0:
+                raise InvalidMessage(f"after must be a whole number >= 0, not {after!r}")
+            cursor = {names[0]: after}
+        for name in names or ():
+            cursor.setdefault(name, 0)
+        return _WaitPlan(self, names, cursor, to, limit)
 
-    def _verify(self) -> None:
-        """Fail over to hybrid if the kernel refuses a watch that a thread folder lacks.
+    def tick(self, plan: _WaitPlan) -> float:
+        if any(not p.blocked for p in plan.pending.values()):
+            # Something is still arriving: look again soon, both to read it once it is whole
+            # and to step past it once its grace period is over.
+            return min(PENDING_RECHECK_S, self.files.settings.poll_interval)
+        if self.wait_mode != "native":
+            return self.files.settings.poll_interval
+        # Right after a new thread appears, re-check often: its first message may land before
+        # the observer has added a watch for its folder.
+        return 0.05 if plan.fresh_until > time.monotonic() else SAFETY_RECHECK_S
 
-        watchdog ignores a sub-folder it could not watch, so ask the kernel which folders
-        have a watch (/proc/self/fdinfo); one still missing after _CONFIRM_S is tried with a
-        watch of our own, and ENOSPC or EMFILE there means the limits are reached.
+    def wait(
+        self,
+        threads: str | Iterable[str] | None = None,
+        after: int | Mapping[str, int] | None = None,
+        *,
+        to: str | None = None,
+        timeout: float = 50.0,
+        limit: int = 100,
+    ) -> Arrivals:
+        """Block until messages newer than the cursor exist, or timeout seconds pass.
+
+        threads is one thread id, several, or None for every thread (threads created during
+        the wait included). after is the seq to wait past (one thread), a cursor dict (as
+        returned in Arrivals.cursor; threads missing from it start at 0), or None for "from
+        now". With to=NAME only messages addressed to that agent are returned: its inbox.
+        Returns at once if such messages already exist; a burst returns together, up to
+        limit, in seq order per thread. A timeout returns empty Arrivals with timed_out=True.
         """
-        if self._watch is None or self.failure is not None:
-            return
-        watched = _kernel_watches()
-        if watched is None:
-            return  # the kernel does not say; trust the watch
-        watched |= self._cleared
+        plan = self.plan(threads, after, to, timeout, limit)
+        flag = threading.Event()
+        unsubscribe = self.subscribe(flag.set)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                flag.clear()  # before checking: an event during the check is not lost
+                if plan.check():
+                    return plan.result(timed_out=False)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return plan.result(timed_out=True)
+                flag.wait(min(remaining, self.tick(plan)))
+        finally:
+            unsubscribe()
+
+    async def wait_async(
+        self,
+        threads: str | Iterable[str] | None = None,
+        after: int | Mapping[str, int] | None = None,
+        *,
+        to: str | None = None,
+        timeout: float = 50.0,
+        limit: int = 100,
+    ) -> Arrivals:
+        """Await what wait() returns, without blocking the event loop; cancellable at once.
+
+        Cancelling the awaiting task ends the wait at its current await and leaves nothing
+        behind (no subscription, no thread, no lock: a wait never holds a lock).
+        """
+        plan = self.plan(threads, after, to, timeout, limit)
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def signal() -> None:  # runs on the observer thread: only hand over to the loop
+            loop.call_soon_threadsafe(woken.set)
+
+        unsubscribe = self.subscribe(signal)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                woken.clear()
+                if plan.check():
+                    return plan.result(timed_out=False)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return plan.result(timed_out=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, self.tick(plan)))
+        finally:
+            unsubscribe()
+
+    def close(self) -> None:
+        """Stop watching (the process's observer stops with its last user); safe to repeat."""
+        with self._watch_lock:
+            watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.release()
+
+
+class _WaitPlan:
+    """The state of one wait: which threads, the cursor, and what was found so far."""
+
+    def __init__(
+        self,
+        waiting: Waiting,
+        threads: list[str] | None,
+        cursor: dict[str, int],
+        to: str | None,
+        limit: int,
+    ) -> None:
+        self.waiting = waiting
+        self.threads = threads
+        self.cursor = cursor
+        self.to = to
+        self.limit = limit
+        self.messages: list[Message] = []
+        self.skipped: list[Damage] = []
+        self.pending: dict[str, Pending] = {}
+        self.known: set[str] = set(cursor)
+        self.listed_at = 0.0
+        self.fresh_until = 0.0
+
+    def _names(self) -> list[str]:
+        if self.threads is not None:
+            return self.threads
         now = time.monotonic()
-        missing: dict[int, str] = {}
-        with contextlib.suppress(OSError), os.scandir(self.threads_dir) as entries:
-            for entry in entries:
-                ino = entry.inode()
-                if entry.is_dir(follow_symlinks=False) and ino not in watched:
-                    missing[ino] = entry.path
-        self._suspects = {ino: self._suspects.get(ino, now) for ino in missing}
-        for ino, since in list(self._suspects.items()):
-            if now - since < _CONFIRM_S:
-                continue
-            err = _try_watch(missing[ino])
-            if err in (errno.ENOSPC, errno.EMFILE):
-                self._fail(
-                    f"thread folder {missing[ino]} got no watch (watchdog does not say so): "
-                    + _why(OSError(err, os.strerror(err)))
-                )
-                return
-            # Watchable: watchdog was only late, or failed for a reason that is no limit (the
-            # safety re-check covers that folder); either way, stop judging it.
-            del self._suspects[ino]
-            self._cleared.add(ino)
+        if self.waiting.wait_mode == "native" or now - self.listed_at >= DISCOVERY_INTERVAL_S:
+            self.listed_at = now
+            listed = self.waiting.files.thread_ids()
+            new = set(listed) - self.known
+            if new:
+                self.known.update(new)
+                self.fresh_until = now + 1.0
+            return sorted(self.known)
+        return sorted(self.known)
 
-    def _fail(self, why: str) -> None:
-        if self.failure is None:
-            self.failure = why
-            log.warning(
-                "file events under %s cannot be trusted: %s. Waits there now also "
-                "poll every poll_interval (hybrid mode): still correct, but wakes come later "
-                "and cost CPU. To fix, %s.",
-                self.threads_dir,
-                why,
-                _FIX,
-            )
+    def check(self) -> bool:
+        """Read whatever is new past the cursor; return True if it found messages to return."""
+        files, log = self.waiting.files, self.waiting.log
+        for thread in self._names():
+            if len(self.messages) >= self.limit:
+                break
+            tdir = files.root / "threads" / thread
+            seq = self.cursor.get(thread, 0)
+            # The common case costs a stat of the next name and one of the folder.
+            if not exists(tdir, seq + 1) and log.listings.beyond(thread, tdir, seq + 1) is None:
+                self.pending.pop(thread, None)
+                continue
+            try:
+                while len(self.messages) < self.limit:
+                    page = log.read(thread, seq, self.limit - len(self.messages))
+                    self.skipped.extend(page.skipped)
+                    for m in page.messages:
+                        if self.to is None or self.to in m.to:
+                            self.messages.append(m)
+                    if page.pending is not None:
+                        self.pending[thread] = page.pending
+                    else:
+                        self.pending.pop(thread, None)
+                    if page.cursor == seq or page.pending is not None:
+                        seq = page.cursor
+                        break
+                    seq = page.cursor
+            except (NotFound, RootError):
+                continue  # removed or replaced while we waited: nothing to read there
+            self.cursor[thread] = seq
+        return bool(self.messages)
+
+    def result(self, *, timed_out: bool) -> Arrivals:
+        return Arrivals(
+            list(self.messages),
+            dict(self.cursor),
+            timed_out,
+            list(self.skipped),
+            list(self.pending.values()),
+        )

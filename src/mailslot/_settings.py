@@ -1,0 +1,131 @@
+"""A mailbox's settings: mailslot.json, read once when a root is opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mailslot._errors import InvalidMessage, RootError
+from mailslot._format import FORMAT, loads
+
+DEFAULT_MAX_CONTENT = 256 * 1024
+DEFAULT_GRACE_S = 10.0
+DEFAULT_POLL_INTERVAL = 0.1
+WAIT_MODES = ("auto", "native", "poll")
+# How a writer claims a seq: "link" publishes a finished file with a no-replace hard link (safe
+# everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
+# writes into it, for filesystems without hard links, at a risk (see Files.no_link_error).
+CLAIMS = ("link", "exclusive-create")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The settings of a mailbox, from its mailslot.json."""
+
+    format: int = FORMAT
+    fsync: bool = True
+    lock: bool = True
+    max_content_bytes: int = DEFAULT_MAX_CONTENT
+    wait_mode: str = "auto"
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    claim: str = "link"
+    #: Seconds an empty or half-written file, or a missing seq with later ones present, is
+    #: waited for before readers report it and step past it (foreign writers: git, sync tools).
+    grace_s: float = DEFAULT_GRACE_S
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
+        """Return settings read from a mailslot.json document; raise RootError if invalid."""
+        fmt = doc.get("format")
+        if type(fmt) is not int:
+            raise RootError(path, f"{path} has no integer 'format'; it is not a mailslot config")
+        out = cls(format=fmt)
+        try:
+            return out.with_overrides(
+                fsync=doc.get("fsync"),
+                lock=doc.get("lock"),
+                max_content_bytes=doc.get("max_content_bytes"),
+                wait_mode=doc.get("wait_mode"),
+                poll_interval=doc.get("poll_interval"),
+                claim=doc.get("claim"),
+                grace_s=doc.get("grace_s"),
+            )
+        except ValueError as e:
+            raise RootError(path, f"{path}: {e}") from None
+
+    def with_overrides(
+        self,
+        *,
+        fsync: object = None,
+        lock: object = None,
+        max_content_bytes: object = None,
+        wait_mode: object = None,
+        poll_interval: object = None,
+        claim: object = None,
+        grace_s: object = None,
+    ) -> Settings:
+        """Return these settings with every non-None value replaced; raise ValueError if bad."""
+        out = self
+        if fsync is not None:
+            if type(fsync) is not bool:
+                raise ValueError("'fsync' must be true or false")
+            out = replace(out, fsync=fsync)
+        if lock is not None:
+            if type(lock) is not bool:
+                raise ValueError("'lock' must be true or false")
+            out = replace(out, lock=lock)
+        if max_content_bytes is not None:
+            if type(max_content_bytes) is not int or max_content_bytes < 1:
+                raise ValueError("'max_content_bytes' must be a whole number of bytes >= 1")
+            out = replace(out, max_content_bytes=max_content_bytes)
+        if wait_mode is not None:
+            if wait_mode not in WAIT_MODES:
+                raise ValueError(f"'wait_mode' must be one of {', '.join(WAIT_MODES)}")
+            out = replace(out, wait_mode=str(wait_mode))
+        if poll_interval is not None:
+            if type(poll_interval) not in (int, float) or not 0.01 <= poll_interval <= 60:  # type: ignore[operator]
+                raise ValueError("'poll_interval' must be a number of seconds from 0.01 to 60")
+            out = replace(out, poll_interval=float(poll_interval))  # type: ignore[arg-type]
+        if claim is not None:
+            if claim not in CLAIMS:
+                raise ValueError(f"'claim' must be one of {', '.join(CLAIMS)}")
+            out = replace(out, claim=str(claim))
+        if grace_s is not None:
+            if type(grace_s) not in (int, float) or not 0 <= grace_s <= 3600:  # type: ignore[operator]
+                raise ValueError("'grace_s' must be a number of seconds from 0 to 3600")
+            out = replace(out, grace_s=float(grace_s))  # type: ignore[arg-type]
+        return out
+
+
+def load(root: Path, **overrides: Any) -> tuple[Settings, str | None]:
+    """Return the settings of the mailbox at root (with overrides) and why it is read-only.
+
+    The second value is None unless the root was made by a newer mailslot. Raise RootError if
+    mailslot.json is missing or unreadable, InvalidMessage if an override is invalid.
+    """
+    config = root / "mailslot.json"
+    try:
+        doc = loads(config.read_bytes())
+    except FileNotFoundError:
+        raise RootError(
+            config, f"{root} is not a mailbox (no mailslot.json): run `mailslot init`"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise RootError(
+            config, f"{config} cannot be read as JSON ({e}); fix or restore it"
+        ) from None
+    if not isinstance(doc, dict):
+        raise RootError(config, f"{config} must hold a JSON object")
+    try:
+        settings = Settings.from_json(doc, config).with_overrides(**overrides)
+    except ValueError as e:
+        raise InvalidMessage(str(e)) from None
+    read_only = None
+    if settings.format > FORMAT:
+        read_only = (
+            f"{config} is format {settings.format}, made by a newer mailslot; this one "
+            f"knows format {FORMAT}, so it reads but will not write here: upgrade mailslot "
+            "(pip install -U mailslot)"
+        )
+    return settings, read_only

@@ -1,0 +1,268 @@
+"""Threads: creating them, what they are (record and incarnation), and the index of their state.
+
+A thread is a folder under ``threads/`` with an immutable ``thread.json``. What its messages
+say (state, summary, participants, who was addressed and has not answered) is kept in a
+per-machine index under ``.state/index/``, brought up to date from the log on each look, so
+only new messages are read; the index never records past a message still arriving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mailslot._errors import InvalidState, MailslotError, NotFound
+from mailslot._files import CLOEXEC, Files, exists, fsync_dir, storage_error, write_all
+from mailslot._format import STATES, Damage, Message, ThreadInfo, dumps, loads, now_iso
+from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._names import check_name, check_topic, slugify
+
+MAX_UNANSWERED = 1000  # per agent and thread, remembered by the thread index
+
+
+@dataclass(slots=True)
+class _Index:
+    """What a thread's messages up to seq say; cached in .state/index/, rebuilt from messages."""
+
+    seq: int = 0
+    state: str = "discuss"
+    summary: str | None = None
+    participants: tuple[str, ...] = ()
+    last_activity: str = ""
+    incarnation: str = ""
+    #: agent -> seqs of messages addressed to it that it has not answered (reply_to) yet.
+    unanswered: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the index as a JSON-able dict."""
+        return {
+            "seq": self.seq,
+            "state": self.state,
+            "summary": self.summary,
+            "participants": list(self.participants),
+            "last_activity": self.last_activity,
+            "incarnation": self.incarnation,
+            "unanswered": {a: list(s) for a, s in self.unanswered.items()},
+        }
+
+    def add(self, m: Message) -> None:
+        """Take what message m says into the index."""
+        if m.sender not in self.participants:
+            self.participants = (*self.participants, m.sender)
+        self.last_activity = m.created_at
+        new_state = m.meta.get("state") if m.type == "state" else None
+        if new_state in STATES:
+            self.state = str(new_state)
+            if new_state == "closed":
+                self.summary = m.content or None
+        if m.reply_to is not None and m.reply_to in self.unanswered.get(m.sender, ()):
+            self.unanswered[m.sender].remove(m.reply_to)
+        for agent in m.to:
+            if agent != m.sender:
+                seqs = self.unanswered.setdefault(agent, [])
+                seqs.append(m.seq)
+                del seqs[:-MAX_UNANSWERED]
+
+
+class Threads:
+    """The threads of a root; safe to use from several threads."""
+
+    def __init__(self, files: Files, log: ThreadLog) -> None:
+        self.files = files
+        self.log = log
+        self._index: dict[str, _Index] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._incarnations: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+    def create(self, topic: str, *, creator: str) -> ThreadInfo:
+        """Return the thread for topic, creating it if it does not exist yet (get-or-create).
+
+        The thread id is the topic's slug, so agents given the same topic meet in one thread.
+        The folder appears with its thread.json already inside (it is renamed into place),
+        and when two processes create it at once both get the same thread.
+        """
+        topic = check_topic(topic)
+        thread = slugify(topic)
+        check_name(creator, "agent name")
+        threads = self.files.dir("threads")
+        tdir = threads / thread
+        if tdir.is_dir() or tdir.is_symlink():
+            return self.info(thread)
+        stage = self.files.tmp_name("d")
+        record = {"id": thread, "topic": topic, "created_by": creator, "created_at": now_iso()}
+        try:
+            stage.mkdir()
+            fd = os.open(stage / "thread.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC)
+            try:
+                write_all(fd, dumps(record))
+                if self.files.settings.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.rename(stage, tdir)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            else:
+                if self.files.settings.fsync:
+                    fsync_dir(threads)
+        except OSError as e:
+            raise storage_error(e, self.files.root, f"creating thread {thread!r}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return self.info(thread)
+
+    def incarnation(self, thread: str) -> str:
+        """Return a token of this incarnation of thread: it changes if the thread is deleted
+        and created again (it is made from the immutable thread.json). Raise NoSuchThread.
+        """
+        path = self.files.thread_dir(thread) / "thread.json"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._incarnations.get(thread)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                token = hashlib.sha256(f.read(MAX_PAGE * 64)).hexdigest()[:16]
+        except OSError:
+            return ""
+        if cached is not None and cached[1] != token:
+            self._records.pop(thread, None)  # a new thread under the old id
+            self._index.pop(thread, None)
+            self.log.forget(thread)
+        self._incarnations[thread] = (key, token)
+        return token
+
+    def _record(self, thread: str, tdir: Path) -> dict[str, Any]:
+        self.incarnation(thread)  # forgets what was cached of an earlier incarnation
+        cached = self._records.get(thread)
+        if cached is not None:
+            return cached
+        path = tdir / "thread.json"
+        try:
+            doc = loads(path.read_bytes())
+            if not (isinstance(doc, dict) and isinstance(doc.get("topic"), str)):
+                raise ValueError("it is not a thread record with a topic")
+        except FileNotFoundError:
+            self.files.report(Damage(str(path), "is missing; the thread's topic is unknown"))
+            return {"id": thread, "topic": thread, "created_by": "", "created_at": ""}
+        except (OSError, ValueError) as e:
+            self.files.report(Damage(str(path), f"cannot be read: {e}"))
+            return {"id": thread, "topic": thread, "created_by": "", "created_at": ""}
+        record = {
+            "id": thread,
+            "topic": doc["topic"],
+            "created_by": str(doc.get("created_by", "")),
+            "created_at": str(doc.get("created_at", "")),
+        }
+        self._records[thread] = record
+        return record
+
+    def _load_index(self, thread: str, path: Path) -> _Index:
+        cached = self._index.get(thread)
+        if cached is not None:
+            return replace(cached)
+        try:
+            doc = loads(path.read_bytes())
+            index = _Index(
+                seq=int(doc["seq"]),
+                state=doc["state"] if doc["state"] in STATES else "discuss",
+                summary=doc["summary"] if isinstance(doc["summary"], str) else None,
+                participants=tuple(str(p) for p in doc["participants"]),
+                last_activity=str(doc["last_activity"]),
+                incarnation=str(doc["incarnation"]),
+                unanswered={
+                    str(a): [int(s) for s in seqs] for a, seqs in doc["unanswered"].items()
+                },
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return _Index()
+        return index
+
+    def info(self, thread: str) -> ThreadInfo:
+        """Return what is known of thread; raise NoSuchThread.
+
+        State, participants and summary come from the messages; a cache under .state/index/
+        means only messages new since the last look are read.
+        """
+        tdir = self.files.thread_dir(thread)
+        record = self._record(thread, tdir)
+        index = self.current_index(thread, tdir)
+        return ThreadInfo(
+            id=thread,
+            topic=record["topic"],
+            created_by=record["created_by"],
+            created_at=record["created_at"],
+            state=index.state,
+            head=max(index.seq, self.log.probe_head(thread, tdir)),
+            participants=list(index.participants),
+            last_activity=index.last_activity or record["created_at"],
+            summary=index.summary,
+        )
+
+    def unanswered(self, thread: str, agent: str) -> tuple[list[int], int]:
+        """Return (seqs, upto): the messages up to seq upto addressed to agent and not answered.
+
+        "Answered" means agent posted a message whose reply_to is that seq. From the thread
+        index, so it costs only the messages new since the last look. upto stops before
+        anything still arriving. Raise NoSuchThread.
+        """
+        check_name(agent, "agent name")
+        index = self.current_index(thread, self.files.thread_dir(thread))
+        return list(index.unanswered.get(agent, ())), index.seq
+
+    def current_index(self, thread: str, tdir: Path) -> _Index:
+        """Return the thread index brought up to date with the folder (and saved if it moved)."""
+        record = self._record(thread, tdir)
+        incarnation = self.incarnation(thread)
+        ipath = self.files.root / ".state" / "index" / f"{thread}.json"
+        index = self._load_index(thread, ipath)
+        if index.incarnation != incarnation or (index.seq and not exists(tdir, index.seq)):
+            index = _Index(incarnation=incarnation)  # another thread, or ahead of the folder
+        start = index.seq
+        if record["created_by"] and record["created_by"] not in index.participants:
+            index.participants = (record["created_by"], *index.participants)
+        while True:  # never past a pending file: the index would miss what it says for good
+            page = self.log.walk(thread, tdir, index.seq, MAX_PAGE)
+            for item in page.messages:
+                index.add(item)
+            moved, index.seq = page.cursor != index.seq, page.cursor
+            if not moved or page.pending is not None or len(page.messages) < MAX_PAGE:
+                break
+        self._index[thread] = index
+        if index.seq > self.log.heads.get(thread, 0):
+            self.log.heads[thread] = index.seq
+        if index.seq != start:
+            with contextlib.suppress(MailslotError, OSError):
+                self.files.dir(".state/index")
+                self.files.write_state_file(ipath, index.to_json())
+        return index
+
+    def list(self, *, state: str | None = None, include_archived: bool = False) -> list[ThreadInfo]:
+        """Return the threads, most recently active first; archived ones only if asked."""
+        if state is not None and state not in STATES:
+            raise InvalidState(f"state must be one of {', '.join(STATES)}; not {state!r}")
+        out = []
+        for thread in self.files.thread_ids():
+            try:
+                info = self.info(thread)
+            except NotFound:
+                continue  # removed while we listed
+            if state is not None and info.state != state:
+                continue
+            if state is None and info.state == "archived" and not include_archived:
+                continue
+            out.append(info)
+        out.sort(key=lambda t: (t.last_activity, t.id), reverse=True)
+        return out
