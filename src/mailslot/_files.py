@@ -53,9 +53,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def storage_error(e: OSError, root: Path, doing: str) -> StorageError:
-    """Return the StorageError that tells the user what a failed write means and what to do."""
+def storage_error(e: OSError, root: Path, doing: str, *, creating: bool = False) -> StorageError:
+    """Return the StorageError that tells the user what a failed write means and what to do.
+
+    Unless the root is being created, a root that no longer exists is said to be gone.
+    """
     where = e.filename or root
+    if not creating and not os.path.isdir(root):
+        return StorageError(
+            where,
+            f"the mailbox at {root} is gone (removed, or its disk unmounted) while {doing}: "
+            f"restore it, or run `mailslot init {root}` to start a new one",
+            e.errno,
+        )
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         msg = (
             f"no space left on the device holding {root} while {doing}; nothing was stored: "

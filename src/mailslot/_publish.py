@@ -12,11 +12,12 @@ import hashlib
 import logging
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mailslot._agents import Agents
-from mailslot._errors import InvalidMessage, NoSuchAgent, NoSuchMessage, RootError
+from mailslot._errors import InvalidMessage, NoSuchAgent, NoSuchMessage, RootError, StorageError
 from mailslot._files import Files, exists, fsync_dir
 from mailslot._format import (
     MESSAGE_KEYS,
@@ -118,6 +119,55 @@ class Writer:
         meta: object,
         key: str | None,
     ) -> Message:
+        """Publish a message of any type (state included) and return it as stored."""
+        message = self._message(
+            thread, tdir, sender=sender, to=to, type_=type_, priority=priority,
+            reply_to=reply_to, content=content, meta=meta, key=key,
+        )  # fmt: skip
+        try:
+            data = dumps(_doc(message))
+        except (ValueError, UnicodeEncodeError) as e:
+            raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
+        check_message_file(data, self.files.settings.max_content_bytes)  # acknowledged => readable
+        if self.files.read_only is not None:
+            raise RootError(self.files.root, self.files.read_only)
+        tmp = self.files.write_tmp(data) if self.files.settings.claim == "link" else None
+        try:
+            with self.files.locked(thread):
+                if key is not None:
+                    seen = self._keyed(thread, tdir, message, key)
+                    if seen is not None:
+                        return self.log.get(thread, seen)
+                seq = self.files.claim(tdir, tmp, data, lambda: self.log.probe_head(thread, tdir))
+                self.log.heads[thread] = seq
+                if key is not None:
+                    self._keyed_done(thread, message, key, seq)
+            if self.files.settings.fsync:
+                try:
+                    fsync_dir(tdir)
+                except OSError as e:
+                    log.warning("fsync of %s failed after publishing seq %d: %s", tdir, seq, e)
+            return replace(message, seq=seq)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def _message(
+        self,
+        thread: str,
+        tdir: Path,
+        *,
+        sender: str,
+        to: object,
+        type_: str,
+        priority: str,
+        reply_to: object,
+        content: str,
+        meta: object,
+        key: str | None,
+    ) -> Message:
+        """Return the message to publish (seq 0 until claimed); raise if a field is invalid."""
         check_name(sender, "agent name")
         if priority not in PRIORITIES:
             raise InvalidMessage(
@@ -129,79 +179,41 @@ class Writer:
                 raise InvalidMessage(f"reply_to must be a message seq >= 1, not {reply_to!r}")
             if not exists(tdir, reply_to):
                 raise NoSuchMessage(thread, reply_to, self.log.probe_head(thread, tdir))
-        answered = reply_to if type(reply_to) is int else None
-        meta = check_meta(meta)
-        created_at = now_iso()
         if key is not None:
             check_key(key)
             message_id = uuid.uuid5(ID_NAMESPACE, f"{thread}\0{sender}\0{key}").hex
         else:
             message_id = uuid.uuid4().hex
-        doc = dict(
-            zip(
-                MESSAGE_KEYS,
-                (
-                    message_id,
-                    sender,
-                    recipients,
-                    type_,
-                    priority,
-                    reply_to,
-                    created_at,
-                    content,
-                    meta,
-                ),
-                strict=True,
-            )
-        )
+        return Message(
+            thread, 0, message_id, sender, recipients, type_, priority,
+            reply_to if type(reply_to) is int else None, now_iso(), content, check_meta(meta),
+        )  # fmt: skip
+
+    def _marker(self, thread: str, sender: str, key: str) -> Path:
+        digest = hashlib.sha256(f"{sender}\0{key}".encode()).hexdigest()[:40]
+        return self.files.dir(f".state/keys/{thread}") / f"{digest}.json"
+
+    def _keyed(self, thread: str, tdir: Path, message: Message, key: str) -> int | None:
+        """Return the seq of an earlier post with this key, or mark this attempt (locked)."""
+        marker = self._marker(thread, message.sender, key)
+        seen = self._find_keyed(thread, tdir, marker, message.id)
+        if seen is None:
+            # Before the claim: if this cannot be written, nothing is stored, and we say so.
+            after = self.log.probe_head(thread, tdir)
+            self.files.write_state_file(marker, {"id": message.id, "after": after})
+        return seen
+
+    def _keyed_done(self, thread: str, message: Message, key: str, seq: int) -> None:
+        """Record the seq of a keyed post; the message is stored, so a failure here is no error.
+
+        A retry finds the message anyway by looking after the marker's "after" seq.
+        """
+        marker = self._marker(thread, message.sender, key)
         try:
-            data = dumps(doc)
-        except (ValueError, UnicodeEncodeError) as e:
-            raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
-        check_message_file(data, self.files.settings.max_content_bytes)  # acknowledged => readable
-        if self.files.read_only is not None:
-            raise RootError(self.files.root, self.files.read_only)
-        tmp = self.files.write_tmp(data) if self.files.settings.claim == "link" else None
-        try:
-            with self.files.locked(thread):
-                if key is not None:
-                    marker = self.files.dir(f".state/keys/{thread}") / (
-                        hashlib.sha256(f"{sender}\0{key}".encode()).hexdigest()[:40] + ".json"
-                    )
-                    seen = self._find_keyed(thread, tdir, marker, message_id)
-                    if seen is not None:
-                        return self.log.get(thread, seen)
-                    self.files.write_state_file(
-                        marker, {"id": message_id, "after": self.log.probe_head(thread, tdir)}
-                    )
-                seq = self.files.claim(tdir, tmp, data, lambda: self.log.probe_head(thread, tdir))
-                self.log.heads[thread] = seq
-                if key is not None:
-                    self.files.write_state_file(
-                        marker, {"id": message_id, "seq": seq, "after": seq - 1}
-                    )
-            if self.files.settings.fsync:
-                try:
-                    fsync_dir(tdir)
-                except OSError as e:
-                    log.warning("fsync of %s failed after publishing seq %d: %s", tdir, seq, e)
-            return Message(
-                thread,
-                seq,
-                message_id,
-                sender,
-                recipients,
-                type_,
-                priority,
-                answered,
-                created_at,
-                content,
-                meta,
-            )
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+            self.files.write_state_file(marker, {"id": message.id, "seq": seq, "after": seq - 1})
+        except StorageError as e:
+            log.warning("message %d of %s is stored; its key marker was not updated: %s",
+                        seq, thread, e)  # fmt: skip
 
     def _find_keyed(self, thread: str, tdir: Path, marker: Path, message_id: str) -> int | None:
         """Return the seq already stored under an idempotency marker, if the post happened."""
@@ -223,3 +235,9 @@ class Writer:
             if isinstance(item, Message) and item.id == message_id:
                 return s
         return None
+
+
+def _doc(m: Message) -> dict[str, Any]:
+    """Return the file content of message m: format v1's keys in their fixed order."""
+    values = (m.id, m.sender, m.to, m.type, m.priority, m.reply_to, m.created_at, m.content, m.meta)
+    return dict(zip(MESSAGE_KEYS, values, strict=True))

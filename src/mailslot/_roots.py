@@ -112,5 +112,5 @@ def create(root: Path | str, *, fsync: bool = True, lock: bool = True) -> Path:
     except NotADirectoryError:
         raise RootError(path, f"cannot create a mailbox at {path}: a parent is a file") from None
     except OSError as e:
-        raise storage_error(e, path, "creating the mailbox") from None
+        raise storage_error(e, path, "creating the mailbox", creating=True) from None
     return path
