@@ -151,7 +151,9 @@ class Agents:
         path = self.files.dir(".state/presence") / f"{name}.lock"
         try:
             st = os.stat(self.files.root)
-            hold = NameHold.try_take(name, path, f"{st.st_dev:x}:{st.st_ino:x}")
+            hold = NameHold.try_take(
+                name, path, f"{st.st_dev:x}:{st.st_ino:x}", shared=self.files.settings.shared
+            )
         except OSError as e:
             raise storage_error(e, self.files.root, f"taking the name {name!r}") from None
         current = self.presence(name, stale_after=stale_after)

@@ -4,7 +4,8 @@ Temp files under ``.state/tmp/`` (named after host and pid, so a dead writer's l
 recognised), fsync of files and folders, the per-thread lock, the no-replace claim of a seq
 (``os.link``, or an exclusive create where hard links do not exist), atomic replacement of
 mutable state files, and the safety checks on every folder a path goes through: no symlinks
-inside a root, ever.
+inside a root, ever. Files are made with mode 0o666 and folders with 0o777, less the umask, and
+given group access in a shared mailbox (see ``_modes``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import portalocker
 
+from mailslot import _modes
 from mailslot._errors import InvalidName, NoSuchThread, RootError, StorageError
 from mailslot._format import Damage, dumps, message_name
 from mailslot._names import check_name
@@ -74,11 +76,30 @@ def storage_error(e: OSError, root: Path, doing: str, *, creating: bool = False)
     elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         msg = (
             f"the mailbox at {root} is not writable ({e.strerror}: {where}) while {doing}; "
-            "nothing was stored: check the folder's permissions or mount options"
+            f"nothing was stored: {_whose(Path(where), root)}"
         )
     else:
         msg = f"{doing} failed ({e.strerror or e}: {where}); nothing was stored"
     return StorageError(where, msg, e.errno)
+
+
+def _whose(path: Path, root: Path) -> str:
+    """Return what to do about a permission error on path: whose it is, if not ours."""
+    for p in (path, path.parent):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if st.st_uid != os.geteuid():
+            owner, me = _modes.user_name(st.st_uid), _modes.user_name(os.geteuid())
+            group = _modes.group_name(st.st_gid)
+            return (
+                f"{p} belongs to {owner} (group {group}), and {me} may not write it. A mailbox "
+                f"that several users share must be made shared by their group: {owner} runs "
+                f"`mailslot init --shared {root}` (see `mailslot doctor`)"
+            )
+        break
+    return "check the folder's permissions or mount options"
 
 
 def exists(tdir: Path, seq: int) -> bool:
@@ -95,6 +116,7 @@ class Files:
         #: Why this root must not be written to (made by a newer mailslot), or None.
         self.read_only = read_only
         self._reported: set[str] = set()
+        self._valid: set[str] = set()  # folder names already checked as thread ids
 
     def check_not_symlink(self, path: Path) -> None:
         """Raise RootError if path is a symlink: mailslot never follows links inside a root."""
@@ -122,7 +144,7 @@ class Files:
                 if self.read_only is not None:
                     raise RootError(self.root, self.read_only) from None
                 try:
-                    current.mkdir()
+                    _modes.mkdir(current, self.settings.shared)
                 except FileExistsError:
                     mode = os.lstat(current).st_mode  # made by someone else meanwhile
                 except OSError as e:
@@ -200,16 +222,32 @@ class Files:
             raise RootError(self.root, self.read_only)
         return self.dir(".state/tmp") / f"{HOST}.{os.getpid()}.{secrets.token_hex(8)}.{suffix}"
 
+    def mkdir(self, path: Path) -> None:
+        """Create the folder path, shared with the group in a shared mailbox; raise OSError."""
+        _modes.mkdir(path, self.settings.shared)
+
+    def create_file(self, path: Path, data: bytes, *, fsync: bool | None = None) -> None:
+        """Create the new file path holding data (fsynced if the root says so); raise OSError.
+
+        Mode 0o666 less the umask, and group read and write in a shared mailbox, set before the
+        data is written: a file linked or renamed into place later already has its mode.
+        """
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC | NOFOLLOW, _modes.FILE_MODE
+        )
+        try:
+            if self.settings.shared:
+                _modes.share_fd(fd, path)
+            write_all(fd, data)
+            if self.settings.fsync if fsync is None else fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def write_tmp(self, data: bytes) -> Path:
         path = self.tmp_name("tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC | NOFOLLOW, 0o644)
-            try:
-                write_all(fd, data)
-                if self.settings.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.create_file(path, data)
         except OSError as e:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -226,9 +264,11 @@ class Files:
         # a lock nobody else sees, and two writers would publish at once.
         path = self.dir(".state/locks") / f"{thread}.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | CLOEXEC | NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | CLOEXEC | NOFOLLOW, _modes.FILE_MODE)
         except OSError as e:
             raise storage_error(e, self.root, "opening the thread's lock file") from None
+        if self.settings.shared:
+            _modes.share_fd(fd, path)  # every writer of the group opens it for writing
         try:
             portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE)
             try:
@@ -288,7 +328,7 @@ class Files:
         while True:
             target = tdir / message_name(seq)
             try:
-                fd = os.open(target, flags, 0o644)
+                fd = os.open(target, flags, _modes.FILE_MODE)
             except FileExistsError:
                 seq = head() + 1
                 continue
@@ -300,6 +340,8 @@ class Files:
             except OSError as e:
                 raise storage_error(e, self.root, f"publishing {target.name}") from None
             try:
+                if self.settings.shared:
+                    _modes.share_fd(fd, target)
                 write_all(fd, data)
                 if self.settings.fsync:
                     os.fsync(fd)
@@ -320,13 +362,7 @@ class Files:
         """
         tmp = self.tmp_name("put")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC, 0o644)
-            try:
-                write_all(fd, data)
-                if self.settings.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.create_file(tmp, data)
             os.replace(tmp, path)
             if self.settings.fsync:
                 fsync_dir(path.parent)
@@ -339,7 +375,7 @@ class Files:
         """Atomically replace a file under .state/ (mutable, rebuildable data only)."""
         tmp = self.tmp_name("state")
         try:
-            tmp.write_bytes(dumps(doc))
+            self.create_file(tmp, dumps(doc), fsync=False)  # rebuildable: not worth an fsync
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -347,20 +383,24 @@ class Files:
             raise storage_error(e, self.root, f"writing {path.name}") from None
 
     def thread_ids(self) -> list[str]:
+        """Return the ids of the thread folders, sorted (one listing; stray entries skipped)."""
         path = self.root / "threads"
         self.check_not_symlink(path)
         try:
-            names = os.listdir(path)
+            with os.scandir(path) as entries:
+                # is_dir without following links: a symlinked thread folder is not a thread.
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             return []
         except OSError as e:
             raise RootError(path, f"cannot list {path}: {e.strerror}") from None
         ids = []
         for name in names:
-            try:
-                check_name(name)
-            except InvalidName:
-                continue  # a stray file or folder; doctor reports it
-            if (path / name).is_dir() and not (path / name).is_symlink():
-                ids.append(name)
+            if name not in self._valid:
+                try:
+                    check_name(name)
+                except InvalidName:
+                    continue  # a stray folder; doctor reports it
+                self._valid.add(name)
+            ids.append(name)
         return sorted(ids)

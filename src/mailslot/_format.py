@@ -269,10 +269,14 @@ class ThreadInfo:
     participants: list[str]
     last_activity: str
     summary: str | None
+    #: False while a long thread seen for the first time on this machine is still being
+    #: indexed: state and participants then come from its newest and oldest messages read so
+    #: far (each look reads a few thousand more).
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Return the thread as a JSON-able dict."""
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "topic": self.topic,
             "state": self.state,
@@ -283,6 +287,9 @@ class ThreadInfo:
             "last_activity": self.last_activity,
             "summary": self.summary,
         }
+        if not self.complete:
+            out["complete"] = False
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,7 @@ class ThreadLog:
     def probe_head(self, thread: str, tdir: Path) -> int:
         """Return the highest seq in the thread, probing with stat from the remembered hint.
 
-        Costs O(new messages) from a good hint and O(log n) stats cold. It sees past gaps (a
+        Costs O(log new messages) stats from the remembered hint. It sees past gaps (a
         missing seq while later files exist, as git or a sync tool may leave them), so a writer
         never claims a seq inside a gap that readers may already have stepped over, and never
         acknowledges a message where readers cannot reach it. Listing the folder is needed only
@@ -190,20 +190,20 @@ class ThreadLog:
         hint = self.heads.get(thread, 0)
         if hint and not exists(tdir, hint):
             hint = 0  # the folder went back in time (restored from git): search afresh
-        if hint == 0:
-            low, high = 0, 1
-            while exists(tdir, high):
-                low, high = high, high * 2
-            while high - low > 1:  # invariant: low exists (or is 0), high does not
+        while True:
+            # Gallop forward from the hint (1, 2, 4, ... ahead), then bisect: O(log n) stats
+            # however far behind the hint is, one stat when nothing is new.
+            low, step = hint, 1
+            while exists(tdir, low + step):
+                low, step = low + step, step * 2
+            high = low + step  # invariant: low exists (or is the hint), high does not
+            while high - low > 1:
                 mid = (low + high) // 2
                 if exists(tdir, mid):
                     low = mid
                 else:
                     high = mid
             hint = low
-        while True:
-            while exists(tdir, hint + 1):
-                hint += 1
             beyond = self.listings.beyond(thread, tdir, hint + 1)
             if beyond is None:
                 break

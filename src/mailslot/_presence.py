@@ -24,6 +24,8 @@ from typing import Any
 
 import portalocker
 
+from mailslot import _modes
+
 PRESENCE_STATUSES = ("online", "waiting", "offline")
 DEFAULT_STALE_AFTER = 30.0
 IDLE_AFTER = 300.0  # online but no tool call for this long reads as "idle"
@@ -110,12 +112,18 @@ class NameHold:
 
     @classmethod
     def try_take(
-        cls, name: str, lock_path: os.PathLike[str] | str, root_id: str = ""
+        cls,
+        name: str,
+        lock_path: os.PathLike[str] | str,
+        root_id: str = "",
+        *,
+        shared: bool = False,
     ) -> NameHold | None:
         """Return a hold on name, or None if another live process holds it.
 
         root_id identifies the mailbox folder on this machine (device and inode); with it, the
         hold also binds an abstract socket on Linux, which deleting .state/ cannot undo.
+        shared: the mailbox is shared by a group, so the lock file is made group-writable.
         """
         free, sock = _bind_name(root_id, name) if root_id else (True, None)
         if not free:
@@ -123,7 +131,10 @@ class NameHold:
         # Lock files are never deleted: deleting one while another process waits on it would
         # let two processes hold the same name.
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(lock_path, flags, _modes.FILE_MODE)
+            if shared:
+                _modes.share_fd(fd, lock_path)
         except BaseException:
             if sock is not None:
                 os.close(sock)

@@ -1,4 +1,4 @@
-"""Where a mailbox lives: finding it the way git finds .git, and creating one."""
+"""Where a mailbox lives: finding it the way git finds .git, creating one, and sharing one."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 import secrets
 from pathlib import Path
 
+from mailslot import _modes
 from mailslot._errors import RootError
 from mailslot._files import storage_error
-from mailslot._format import FORMAT, dumps
+from mailslot._format import FORMAT, dumps, loads
+from mailslot._settings import SHARED, load
 
 ROOT_DIRNAME = ".mailslot"
 
@@ -76,16 +78,29 @@ def default_root(start: Path | str | None = None) -> Path:
     return (git[1] if git is not None else here) / ROOT_DIRNAME
 
 
-def create(root: Path | str, *, fsync: bool = True, lock: bool = True) -> Path:
-    """Create a mailbox root at root (or leave the one there) and return its path."""
+def create(
+    root: Path | str, *, fsync: bool = True, lock: bool = True, shared: bool = False
+) -> Path:
+    """Create a mailbox root at root (or leave the one there) and return its path.
+
+    shared: a new root is shared by its folder's group (an existing one is left as it is:
+    share() converts it).
+    """
     path = Path(root)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)  # not ours: as the umask says
+            with contextlib.suppress(FileExistsError):
+                _modes.mkdir(path, shared)
         config = path / "mailslot.json"
         if not config.exists():
-            doc = {"format": FORMAT, "fsync": fsync, "lock": lock}
+            doc: dict[str, object] = {"format": FORMAT, "fsync": fsync, "lock": lock}
+            if shared:
+                doc["shared"] = SHARED
             tmp = path / f".mailslot.json.{os.getpid()}.{secrets.token_hex(4)}"
             tmp.write_bytes(dumps(doc))
+            if shared:
+                _modes.share_path(tmp)
             try:
                 os.link(tmp, config)  # two inits racing: the first config wins
             except FileExistsError:
@@ -103,8 +118,10 @@ def create(root: Path | str, *, fsync: bool = True, lock: bool = True) -> Path:
                 "# mailslot: presence, cursors, locks and caches are per machine\n.state/\n",
                 encoding="utf-8",
             )
+            if shared:
+                _modes.share_path(ignore)
         for sub in ("threads", "agents", ".state/tmp", ".state/locks"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
+            _modes.makedirs(path / sub, shared)
     except FileExistsError as e:
         raise RootError(
             path, f"cannot create a mailbox at {path}: {e.filename} is a file"
@@ -114,3 +131,56 @@ def create(root: Path | str, *, fsync: bool = True, lock: bool = True) -> Path:
     except OSError as e:
         raise storage_error(e, path, "creating the mailbox", creating=True) from None
     return path
+
+
+def share(root: Path) -> list[str]:
+    """Make the mailbox at root shared by its folder's group; return what was done, a line each.
+
+    Records ``"shared": "group"`` in mailslot.json if it is not there, then gives every file
+    and folder this process may change (its own; all of them when run as root) the root
+    folder's group, group read and write, and for folders group search and setgid. Raise
+    RootError if mailslot.json cannot be read or the root is for a newer mailslot, StorageError
+    if it cannot be rewritten.
+    """
+    settings, read_only = load(root)
+    if read_only is not None:
+        raise RootError(root, read_only)
+    config = root / "mailslot.json"
+    done = []
+    if not settings.shared:
+        tmp = root / f".mailslot.json.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            doc = loads(config.read_bytes())
+            doc["shared"] = SHARED
+            tmp.write_bytes(dumps(doc))
+            _modes.share_path(tmp)
+            os.replace(tmp, config)  # settings are read whole: old or new, never half
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise storage_error(e, root, "making the mailbox shared") from None
+        done.append(f'recorded "shared": "{SHARED}" in {config}')
+    found = _modes.survey(root, shared=True, fix=True)
+    group = _modes.group_name(found.group)
+    if found.fixed:
+        done.append(
+            f"gave group {group} read and write access to {len(found.fixed)} files and folders "
+            "(folders also setgid, so what is made in them belongs to the group)"
+        )
+    left = found.left
+    if left:
+        owners = sorted({_modes.user_name(os.lstat(p).st_uid) for p in left if p.exists()})
+        done.append(
+            f"could not change {len(left)} files and folders of {', '.join(owners) or 'others'} "
+            f"(such as {left[0]}): each of them (or root) runs `mailslot init --shared {root}`"
+        )
+    if not done:
+        done.append(f"shared by group {group}: what mailslot makes here is group-writable")
+    me = _modes.user_name(os.geteuid())
+    if group == me:
+        done.append(
+            f"its group is {group}, your own group: other users can only join in if it is their "
+            f"group too; give it your team's group with `chgrp -R TEAM {root}` and run "
+            "`mailslot init --shared` again"
+        )
+    return done

@@ -17,6 +17,9 @@ WAIT_MODES = ("auto", "native", "poll")
 # everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
 # writes into it, for filesystems without hard links, at a risk (see Files.no_link_error).
 CLAIMS = ("link", "exclusive-create")
+# Who may write what mailslot creates: "group" (`mailslot init --shared`) makes every file and
+# folder group-writable whatever the creator's umask (see _modes); absent or false: the umask.
+SHARED = "group"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class Settings:
     #: Seconds an empty or half-written file, or a missing seq with later ones present, is
     #: waited for before readers report it and step past it (foreign writers: git, sync tools).
     grace_s: float = DEFAULT_GRACE_S
+    #: True if the mailbox is shared by the users of a group ("shared": "group").
+    shared: bool = False
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -50,6 +55,7 @@ class Settings:
                 poll_interval=doc.get("poll_interval"),
                 claim=doc.get("claim"),
                 grace_s=doc.get("grace_s"),
+                shared=doc.get("shared"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -64,6 +70,7 @@ class Settings:
         poll_interval: object = None,
         claim: object = None,
         grace_s: object = None,
+        shared: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         out = self
@@ -95,6 +102,13 @@ class Settings:
             if type(grace_s) not in (int, float) or not 0 <= grace_s <= 3600:  # type: ignore[operator]
                 raise ValueError("'grace_s' must be a number of seconds from 0 to 3600")
             out = replace(out, grace_s=float(grace_s))  # type: ignore[arg-type]
+        if shared is not None:
+            if shared is not False and shared != SHARED:
+                raise ValueError(
+                    f"'shared' must be \"{SHARED}\" (a mailbox the users of one group share: "
+                    "`mailslot init --shared` sets it) or false (files as the umask makes them)"
+                )
+            out = replace(out, shared=shared == SHARED)
         return out
 
 

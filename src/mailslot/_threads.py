@@ -13,17 +13,24 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mailslot._errors import InvalidState, MailslotError, NotFound
-from mailslot._files import CLOEXEC, Files, exists, fsync_dir, storage_error, write_all
+from mailslot._errors import InvalidName, InvalidState, MailslotError, NotFound, RootError
+from mailslot._files import Files, exists, fsync_dir, storage_error
 from mailslot._format import STATES, Damage, Message, ThreadInfo, dumps, loads, now_iso
-from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._log import RACY_S, ThreadLog
 from mailslot._names import check_name, check_topic, slugify
 
 MAX_UNANSWERED = 1000  # per agent and thread, remembered by the thread index
+INDEX_PAGE = 256
+# A first look at a long thread (a fresh clone) indexes it for this long, then reads its
+# newest messages backwards for this long; the rest is indexed over the next looks.
+INDEX_BUDGET_S = 0.02
+TAIL_BUDGET_S = 0.01
 
 
 @dataclass(slots=True)
@@ -77,6 +84,8 @@ class Threads:
         self.files = files
         self.log = log
         self._index: dict[str, _Index] = {}
+        self._listed: dict[str, tuple[tuple[int, int], ThreadInfo]] = {}
+        self._unsettled: set[str] = set()
         self._records: dict[str, dict[str, Any]] = {}
         self._incarnations: dict[str, tuple[tuple[int, int, int], str]] = {}
 
@@ -97,14 +106,8 @@ class Threads:
         stage = self.files.tmp_name("d")
         record = {"id": thread, "topic": topic, "created_by": creator, "created_at": now_iso()}
         try:
-            stage.mkdir()
-            fd = os.open(stage / "thread.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC)
-            try:
-                write_all(fd, dumps(record))
-                if self.files.settings.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.files.mkdir(stage)  # the thread's folder: its mode is set before it appears
+            self.files.create_file(stage / "thread.json", dumps(record))
             try:
                 os.rename(stage, tdir)
             except OSError as e:
@@ -134,7 +137,7 @@ class Threads:
             return cached[1]
         try:
             with open(path, "rb") as f:
-                token = hashlib.sha256(f.read(MAX_PAGE * 64)).hexdigest()[:16]
+                token = hashlib.sha256(f.read(64 * 1024)).hexdigest()[:16]
         except OSError:
             return ""
         if cached is not None and cached[1] != token:
@@ -194,21 +197,60 @@ class Threads:
         """Return what is known of thread; raise NoSuchThread.
 
         State, participants and summary come from the messages; a cache under .state/index/
-        means only messages new since the last look are read.
+        means only messages new since the last look are read. A long thread never indexed on
+        this machine (a fresh clone) is indexed a time budget per look, oldest first, while
+        its newest messages are read backwards for its current state: the answer then says
+        complete=False until the index has caught up.
         """
         tdir = self.files.thread_dir(thread)
         record = self._record(thread, tdir)
-        index = self.current_index(thread, tdir)
-        return ThreadInfo(
+        index = self.current_index(thread, tdir, budget_s=INDEX_BUDGET_S)
+        head = max(index.seq, self.log.probe_head(thread, tdir))
+        info = ThreadInfo(
             id=thread,
             topic=record["topic"],
             created_by=record["created_by"],
             created_at=record["created_at"],
             state=index.state,
-            head=max(index.seq, self.log.probe_head(thread, tdir)),
+            head=head,
             participants=list(index.participants),
             last_activity=index.last_activity or record["created_at"],
             summary=index.summary,
+        )
+        if head > index.seq and thread not in self._unsettled:
+            info = self._with_tail(info, tdir, index.seq, head)
+        return info
+
+    def _with_tail(self, info: ThreadInfo, tdir: Path, indexed: int, head: int) -> ThreadInfo:
+        """Return info completed from the newest messages past what the index has read.
+
+        Reads backwards from head for a time budget: the newest state message found is the
+        thread's state; if the budget ends before reaching the index, the answer is marked
+        incomplete (the state may be older news).
+        """
+        deadline = time.monotonic() + TAIL_BUDGET_S
+        participants = list(info.participants)
+        state, summary, last_activity = None, info.summary, ""
+        seq = head
+        while seq > indexed and time.monotonic() < deadline:
+            item = self.log.load(info.id, tdir, seq)
+            seq -= 1
+            if not isinstance(item, Message):
+                continue
+            last_activity = last_activity or item.created_at
+            if item.sender not in participants:
+                participants.append(item.sender)
+            new_state = item.meta.get("state") if item.type == "state" else None
+            if state is None and new_state in STATES:
+                state = str(new_state)
+                summary = (item.content or None) if new_state == "closed" else info.summary
+        return replace(
+            info,
+            state=state or info.state,
+            summary=summary if state else info.summary,
+            participants=participants,
+            last_activity=last_activity or info.last_activity,
+            complete=seq <= indexed,
         )
 
     def unanswered(self, thread: str, agent: str) -> tuple[list[int], int]:
@@ -222,8 +264,13 @@ class Threads:
         index = self.current_index(thread, self.files.thread_dir(thread))
         return list(index.unanswered.get(agent, ())), index.seq
 
-    def current_index(self, thread: str, tdir: Path) -> _Index:
-        """Return the thread index brought up to date with the folder (and saved if it moved)."""
+    def current_index(self, thread: str, tdir: Path, *, budget_s: float | None = None) -> _Index:
+        """Return the thread index brought up to date with the folder (and saved if it moved).
+
+        With budget_s, stop reading new messages after about that long (the index goes on from
+        there next time); without, read to the end.
+        """
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         record = self._record(thread, tdir)
         incarnation = self.incarnation(thread)
         ipath = self.files.root / ".state" / "index" / f"{thread}.json"
@@ -233,13 +280,20 @@ class Threads:
         start = index.seq
         if record["created_by"] and record["created_by"] not in index.participants:
             index.participants = (record["created_by"], *index.participants)
+        page = None
         while True:  # never past a pending file: the index would miss what it says for good
-            page = self.log.walk(thread, tdir, index.seq, MAX_PAGE)
+            page = self.log.walk(thread, tdir, index.seq, INDEX_PAGE)
             for item in page.messages:
                 index.add(item)
             moved, index.seq = page.cursor != index.seq, page.cursor
-            if not moved or page.pending is not None or len(page.messages) < MAX_PAGE:
+            if not moved or page.pending is not None or len(page.messages) < INDEX_PAGE:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        if page is not None and page.pending is not None:
+            self._unsettled.add(thread)  # time alone may change what it says: never cached
+        else:
+            self._unsettled.discard(thread)
         self._index[thread] = index
         if index.seq > self.log.heads.get(thread, 0):
             self.log.heads[thread] = index.seq
@@ -249,20 +303,57 @@ class Threads:
                 self.files.write_state_file(ipath, index.to_json())
         return index
 
-    def list(self, *, state: str | None = None, include_archived: bool = False) -> list[ThreadInfo]:
+    def every(
+        self, *, state: str | None = None, include_archived: bool = False
+    ) -> list[ThreadInfo]:
         """Return the threads, most recently active first; archived ones only if asked."""
         if state is not None and state not in STATES:
             raise InvalidState(f"state must be one of {', '.join(STATES)}; not {state!r}")
         out = []
-        for thread in self.files.thread_ids():
-            try:
-                info = self.info(thread)
-            except NotFound:
-                continue  # removed while we listed
+        for thread, key in self._folders():
+            cached = self._listed.get(thread)
+            if cached is not None and cached[0] == key:
+                info = cached[1]
+            else:
+                try:
+                    info = self.info(thread)
+                except NotFound:
+                    continue  # removed while we listed
+                # A folder that has not changed since well before this look holds the same
+                # messages (published files never change); one that changed within RACY_S may
+                # change again without its mtime moving, and a thread still settling (a file
+                # arriving, an index still catching up) changes with time alone.
+                settled = info.complete and thread not in self._unsettled
+                if settled and time.time() - key[1] / 1e9 > RACY_S:
+                    self._listed[thread] = (key, info)
             if state is not None and info.state != state:
                 continue
             if state is None and info.state == "archived" and not include_archived:
                 continue
             out.append(info)
         out.sort(key=lambda t: (t.last_activity, t.id), reverse=True)
+        return out
+
+    def _folders(self) -> list[tuple[str, tuple[int, int]]]:
+        """Return (id, (inode, mtime_ns)) of each thread folder: one listing, one lstat each."""
+        path = self.files.root / "threads"
+        self.files.check_not_symlink(path)
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise RootError(path, f"cannot list {path}: {e.strerror}") from None
+        out = []
+        for entry in entries:
+            try:
+                check_name(entry.name)
+            except InvalidName:
+                continue  # a stray file or folder; doctor reports it
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                out.append((entry.name, (st.st_ino, st.st_mtime_ns)))
         return out

@@ -11,8 +11,8 @@ machines' writes, every ``PENDING_RECHECK_S`` while a message is still arriving,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from mailslot._errors import InvalidMessage, NotFound, RootError
 from mailslot._files import Files, exists
 from mailslot._format import Damage, Message, Pending
-from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._log import MAX_PAGE, RACY_S, ThreadLog
 from mailslot._names import check_name
 from mailslot._watch import Watcher, filesystem_type, is_network_fs
 
@@ -30,6 +30,14 @@ log = logging.getLogger("mailslot")
 SAFETY_RECHECK_S = 5.0
 DISCOVERY_INTERVAL_S = 1.0
 PENDING_RECHECK_S = 0.1
+# Polling many threads: up to POLL_ALL_UPTO threads are all looked at on every tick; past
+# that, a tick looks at the threads active in the last HOT_S seconds plus POLL_SLICE others in
+# turn, so an idle waiter's cost does not grow with idle threads (a write from another
+# machine into a long-quiet thread is seen within threads / POLL_SLICE ticks; local writes
+# wake at once through file events, which look at every thread).
+POLL_ALL_UPTO = 256
+POLL_SLICE = 64
+HOT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +196,15 @@ class Waiting:
         unsubscribe = self.subscribe(flag.set)
         try:
             deadline = time.monotonic() + timeout
+            full = True  # the first look, and looks after a file event, cover every thread
             while True:
                 flag.clear()  # before checking: an event during the check is not lost
-                if plan.check():
+                if plan.check(full=full):
                     return plan.result(timed_out=False)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return plan.result(timed_out=True)
-                flag.wait(min(remaining, self.tick(plan)))
+                full = flag.wait(min(remaining, self.tick(plan))) or self.wait_mode == "native"
         finally:
             unsubscribe()
 
@@ -223,15 +232,19 @@ class Waiting:
         unsubscribe = self.subscribe(signal)
         try:
             deadline = time.monotonic() + timeout
+            full = True  # the first look, and looks after a file event, cover every thread
             while True:
                 woken.clear()
-                if plan.check():
+                if plan.check(full=full):
                     return plan.result(timed_out=False)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return plan.result(timed_out=True)
-                with contextlib.suppress(TimeoutError):
+                full = True
+                try:
                     await asyncio.wait_for(woken.wait(), min(remaining, self.tick(plan)))
+                except TimeoutError:
+                    full = self.wait_mode == "native"
         finally:
             unsubscribe()
 
@@ -263,27 +276,58 @@ class _WaitPlan:
         self.skipped: list[Damage] = []
         self.pending: dict[str, Pending] = {}
         self.known: set[str] = set(cursor)
+        self.order: list[str] = sorted(self.known) if threads is None else list(threads)
         self.listed_at = 0.0
+        self.listing_key: tuple[int, int] | None = None
         self.fresh_until = 0.0
+        self.hot: dict[str, float] = {}  # thread -> until when it is polled on every tick
+        self.turn = 0  # where the round over the other threads goes on
 
     def _names(self) -> list[str]:
         if self.threads is not None:
-            return self.threads
+            return self.order
         now = time.monotonic()
         if self.waiting.wait_mode == "native" or now - self.listed_at >= DISCOVERY_INTERVAL_S:
             self.listed_at = now
-            listed = self.waiting.files.thread_ids()
-            new = set(listed) - self.known
+            try:  # threads/ changes only when a thread comes or goes: list it only then
+                st = os.stat(self.waiting.files.root / "threads")
+                key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                key = None
+            if key is not None and key == self.listing_key:
+                return self.order
+            if key is not None and time.time() - key[1] / 1e9 > RACY_S:
+                self.listing_key = key  # a same-tick change could hide behind a newer mtime
+            new = set(self.waiting.files.thread_ids()) - self.known
             if new:
                 self.known.update(new)
+                self.order = sorted(self.known)
                 self.fresh_until = now + 1.0
-            return sorted(self.known)
-        return sorted(self.known)
+                for thread in new:
+                    self.hot[thread] = now + HOT_S
+        return self.order
 
-    def check(self) -> bool:
-        """Read whatever is new past the cursor; return True if it found messages to return."""
+    def _due(self, names: list[str], full: bool) -> list[str]:
+        """Return the threads to look at now: all of them, or on a timer tick with many
+        threads, the busy ones plus the next slice of the rest (a bounded cost per tick)."""
+        if full or len(names) <= POLL_ALL_UPTO:
+            return names
+        now = time.monotonic()
+        for thread, until in list(self.hot.items()):
+            if until < now and thread not in self.pending:
+                del self.hot[thread]
+        start = self.turn % len(names)
+        self.turn = start + POLL_SLICE
+        round_ = names[start : start + POLL_SLICE]
+        return list(dict.fromkeys([*self.hot, *self.pending, *round_]))
+
+    def check(self, *, full: bool = True) -> bool:
+        """Read whatever is new past the cursor; return True if it found messages to return.
+
+        full=False (a poll tick, not a file event) looks at a bounded number of threads.
+        """
         files, log = self.waiting.files, self.waiting.log
-        for thread in self._names():
+        for thread in self._due(self._names(), full):
             if len(self.messages) >= self.limit:
                 break
             tdir = files.root / "threads" / thread
@@ -310,6 +354,7 @@ class _WaitPlan:
             except (NotFound, RootError):
                 continue  # removed or replaced while we waited: nothing to read there
             self.cursor[thread] = seq
+            self.hot[thread] = time.monotonic() + HOT_S
         return bool(self.messages)
 
     def result(self, *, timed_out: bool) -> Arrivals:

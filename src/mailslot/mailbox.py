@@ -45,7 +45,7 @@ from mailslot._format import (
 from mailslot._log import MAX_PAGE, ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
 from mailslot._publish import Writer
-from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root
+from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
 from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
 from mailslot._threads import Threads
 from mailslot._wait import Arrivals, Waiting
@@ -112,6 +112,8 @@ class Mailbox:
         #: Why this root must not be written to (made by a newer mailslot), or None.
         self.read_only = read_only
         self._files = Files(self.root, self.settings, read_only)
+        #: What ``init(shared=True)`` did to share the root, a line each for a person.
+        self.shared_changes: list[str] = []
         self._log = ThreadLog(self._files)
         self._threads = Threads(self._files, self._log)
         self._agents = Agents(self._files)
@@ -123,9 +125,20 @@ class Mailbox:
             self.sweep_tmp()
 
     @classmethod
-    def init(cls, root: Path | str, *, fsync: bool = True, lock: bool = True) -> Mailbox:
-        """Create a mailbox root at root (or open the one there) and return it."""
-        return cls(create(root, fsync=fsync, lock=lock))
+    def init(
+        cls, root: Path | str, *, fsync: bool = True, lock: bool = True, shared: bool = False
+    ) -> Mailbox:
+        """Create a mailbox root at root (or open the one there) and return it.
+
+        shared: the users of the root folder's group share it (``"shared": "group"``): every
+        file and folder any mailslot process creates in it is group-writable, whatever the
+        creator's umask. An existing mailbox is converted: what was done is in ``shared_changes``.
+        """
+        path = create(root, fsync=fsync, lock=lock, shared=shared)
+        changes = share(path) if shared else []
+        box = cls(path)
+        box.shared_changes = changes
+        return box
 
     def sweep_tmp(self) -> list[Path]:
         """Remove temp files left by dead writers of this host, or older than an hour.
@@ -246,7 +259,7 @@ class Mailbox:
         self, *, state: str | None = None, include_archived: bool = False
     ) -> list[ThreadInfo]:
         """Return the threads, most recently active first; archived ones only if asked."""
-        return self._threads.list(state=state, include_archived=include_archived)
+        return self._threads.every(state=state, include_archived=include_archived)
 
     def set_state(self, thread: str, state: str, *, sender: str, summary: str | None = None) -> int:
         """Record a lifecycle change of thread as a `state` message and return its seq.

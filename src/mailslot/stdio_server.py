@@ -13,7 +13,7 @@ import logging
 import time
 import typing
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,48 +190,44 @@ def instructions(agent: str | None, lang: str | None) -> str:
     return text
 
 
-def create_server(
-    make_session: Callable[[], Session], *, agent: str | None = None, lang: str | None = None
-) -> MCPServer[_State]:
-    """Return the MCP server whose connection lifespan runs the session make_session returns."""
+async def _heartbeat(state: _State) -> None:
+    """Refresh this agent's presence every stale_after/3 seconds while the connection lives."""
+    while True:
+        await anyio.sleep(state.session.stale_after / 3)
+        try:
+            state.session.heartbeat()
+        except MailslotError as e:
+            log.warning("presence heartbeat failed: %s", e)
 
-    async def heartbeat(state: _State) -> None:
-        while True:
-            await anyio.sleep(state.session.stale_after / 3)
-            try:
-                state.session.heartbeat()
-            except MailslotError as e:
-                log.warning("presence heartbeat failed: %s", e)
 
-    async def watch_threads(state: _State) -> None:
-        """Tell a subscribed client about new messages in any thread, whoever wrote them."""
-        box = state.session.box
-        while True:
-            cursor = state.watch_from
-            if cursor is None:
-                # Nobody listens: sleep until someone subscribes (most clients never do).
-                await state.watch_started.wait()
-                continue
-            got = await box.wait_async(None, cursor, timeout=1, limit=1000)
-            if state.watch_from is not cursor:
-                continue  # unsubscribed (or re-subscribed) meanwhile
-            state.watch_from = got.cursor
-            for thread in sorted({m.thread for m in got.messages}):
-                uri = f"mailslot://threads/{thread}/transcript"
-                await bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 era
-                if uri in state.subscribed and state.legacy_session is not None:
-                    await state.legacy_session.send_resource_updated(uri)  # handshake era
-            if set(got.cursor) - set(cursor):
-                await bus.publish(ResourcesListChanged())
-                if state.legacy_session is not None:
-                    await state.legacy_session.send_resource_list_changed()
+async def _watch_threads(state: _State) -> None:
+    """Tell a subscribed client about new messages in any thread, whoever wrote them."""
+    box = state.session.box
+    while True:
+        cursor = state.watch_from
+        if cursor is None:
+            # Nobody listens: sleep until someone subscribes (most clients never do).
+            await state.watch_started.wait()
+            continue
+        got = await box.wait_async(None, cursor, timeout=1, limit=1000)
+        if state.watch_from is not cursor:
+            continue  # unsubscribed (or re-subscribed) meanwhile
+        state.watch_from = got.cursor
+        for thread in sorted({m.thread for m in got.messages}):
+            uri = f"mailslot://threads/{thread}/transcript"
+            await state.bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 era
+            if uri in state.subscribed and state.legacy_session is not None:
+                await state.legacy_session.send_resource_updated(uri)  # handshake era
+        if set(got.cursor) - set(cursor):
+            await state.bus.publish(ResourcesListChanged())
+            if state.legacy_session is not None:
+                await state.legacy_session.send_resource_list_changed()
 
-    holder: list[_State] = []  # the state of the one connection this process serves
 
-    def current() -> _State:
-        if not holder:
-            raise ResourceError("the server is not connected yet")
-        return holder[-1]
+def _lifespan(
+    make_session: Callable[[], Session], bus: _CountingBus, holder: list[_State]
+) -> Callable[[MCPServer[_State]], AbstractAsyncContextManager[_State]]:
+    """Return the connection lifespan: a session, its heartbeat and watch, closed at the end."""
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[_State]) -> AsyncIterator[_State]:
@@ -240,8 +236,8 @@ def create_server(
         holder[:] = [state]
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(heartbeat, state)
-                tg.start_soon(watch_threads, state)
+                tg.start_soon(_heartbeat, state)
+                tg.start_soon(_watch_threads, state)
                 try:
                     yield state
                 finally:
@@ -249,40 +245,43 @@ def create_server(
         finally:
             state.session.close()
 
+    return lifespan
+
+
+def create_server(
+    make_session: Callable[[], Session], *, agent: str | None = None, lang: str | None = None
+) -> MCPServer[_State]:
+    """Return the MCP server whose connection lifespan runs the session make_session returns."""
+    holder: list[_State] = []  # the state of the one connection this process serves
+
+    def current() -> _State:
+        if not holder:
+            raise ResourceError("the server is not connected yet")
+        return holder[-1]
+
     bus = _CountingBus()
-    server_: MCPServer[_State] = MCPServer(
+    server: MCPServer[_State] = MCPServer(
         "mailslot",
         version=__version__,
         instructions=instructions(agent, lang),
-        lifespan=lifespan,
+        lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
     )
+    _add_tools(server, current)
+    _add_resources(server, current)
+    _add_prompts(server, current)
+    _add_subscriptions(server, current)
+    return server
+
+
+def _add_tools(server: MCPServer[_State], current: Callable[[], _State]) -> None:
     for name in TOOL_NAMES:
-        server_.add_tool(
+        server.add_tool(
             _as_tool(name, current),
             name=name,
             annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
             structured_output=False,
         )
-    _add_resources(server_, current)
-    _add_prompts(server_, current)
-
-    async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        state = current()
-        state.subscribed.add(str(params.uri))
-        state.legacy_session = ctx.session
-        state.update_watch()
-        return EmptyResult()
-
-    async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        current().subscribed.discard(str(params.uri))
-        current().update_watch()
-        return EmptyResult()
-
-    low = server_._lowlevel_server
-    low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
-    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
-    return server_
 
 
 def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> None:
@@ -354,6 +353,26 @@ def _add_prompts(server: MCPServer[_State], current: Callable[[], _State]) -> No
             "**Done when:** you answer in this thread with type='result' and reply_to=<this "
             "message's seq>; ask with type='question' if anything is unclear."
         )
+
+
+def _add_subscriptions(server: MCPServer[_State], current: Callable[[], _State]) -> None:
+    """Handle resources/subscribe of handshake-era clients (2026-era ones use the bus)."""
+
+    async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        state = current()
+        state.subscribed.add(str(params.uri))
+        state.legacy_session = ctx.session
+        state.update_watch()
+        return EmptyResult()
+
+    async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        current().subscribed.discard(str(params.uri))
+        current().update_watch()
+        return EmptyResult()
+
+    low = server._lowlevel_server
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
 
 
 def serve(

@@ -8,9 +8,7 @@ turns them into text for the model in one place.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import html
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -21,8 +19,13 @@ from pydantic import Field
 from mailslot import __version__
 from mailslot._errors import InvalidMessage, MailslotError, NameTaken, NoSuchAgent
 from mailslot._format import Damage, Message, Pending, ThreadInfo
-from mailslot._positions import Position
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
+from mailslot._reading import Reading
+
+# Re-exported: tools is the public home of the agent-facing operations, and the front doors
+# (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
+from mailslot._transcript import transcript_html as transcript_html
+from mailslot._transcript import transcript_markdown as transcript_markdown
 from mailslot.mailbox import Arrivals, Mailbox
 
 TOOL_NAMES = (
@@ -127,77 +130,6 @@ def thread_view(t: ThreadInfo) -> dict[str, Any]:
     return out
 
 
-def transcript_markdown(box: Mailbox, thread: str) -> str:
-    """Return a thread as Markdown: a title, its state, then every message in seq order."""
-    info = box.thread(thread)
-    lines = [
-        f"# {info.topic}",
-        "",
-        f"Thread `{info.id}` · state **{info.state}** · {info.head} messages · "
-        f"participants: {', '.join(info.participants) or 'none yet'}",
-    ]
-    if info.summary:
-        lines += ["", "> **Summary:** " + info.summary.replace("\n", "\n> ")]
-    for m in box.messages(thread):
-        head = f"**#{m.seq} {m.sender}**"
-        if m.to:
-            head += " → " + ", ".join(m.to)
-        tags = [] if m.type == "message" else [m.type]
-        if m.priority != "normal":
-            tags.append(m.priority)
-        if m.reply_to:
-            tags.append(f"re #{m.reply_to}")
-        head += "".join(f" · {t}" for t in tags) + f" · {m.created_at}"
-        body = m.content
-        if m.type == "state":
-            body = f"*state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}*"
-            if m.content:
-                body += "\n\n" + m.content
-        lines += ["", "---", "", head, "", body]
-    return "\n".join(lines) + "\n"
-
-
-def transcript_html(box: Mailbox, thread: str) -> str:
-    """Return a thread as one self-contained HTML page (for an archive or a review)."""
-    info = box.thread(thread)
-    esc = html.escape
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(info.topic)}</title>",
-        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:52rem;margin:2rem auto;"
-        "padding:0 1rem;color:#222}.m{border-top:1px solid #ddd;padding:.6rem 0}"
-        ".h{color:#555;font-size:.9em}.h b{color:#000}.t{display:inline-block;padding:0 .4em;"
-        "border-radius:.3em;background:#eef;margin-left:.4em}.c{white-space:pre-wrap}"
-        ".s{background:#f6f6f6;padding:.5rem 1rem;border-left:3px solid #888}</style>",
-        "</head><body>",
-        f"<h1>{esc(info.topic)}</h1>",
-        f"<p>Thread <code>{esc(info.id)}</code> · state <b>{esc(info.state)}</b> · "
-        f"{info.head} messages · participants: {esc(', '.join(info.participants))}</p>",
-    ]
-    if info.summary:
-        parts.append(
-            f'<div class="s"><b>Summary:</b> <span class="c">{esc(info.summary)}</span></div>'
-        )
-    for m in box.messages(thread):
-        tags = [] if m.type == "message" else [m.type]
-        if m.priority != "normal":
-            tags.append(m.priority)
-        if m.reply_to:
-            tags.append(f"re #{m.reply_to}")
-        to = f" → {esc(', '.join(m.to))}" if m.to else ""
-        head = (f'<div class="h"><b>#{m.seq} {esc(m.sender)}</b>{to}'
-                + "".join(f'<span class="t">{esc(t)}</span>' for t in tags)
-                + f" · {esc(m.created_at)}</div>")  # fmt: skip
-        body = m.content
-        if m.type == "state":
-            body = f"state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}"
-            body += f"\n{m.content}" if m.content else ""
-        parts.append(f'<div class="m" id="m{m.seq}">{head}<div class="c">{esc(body)}</div></div>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
 class Session:
     """One agent's tools over a mailbox; the agent's name is taken on first need."""
 
@@ -223,8 +155,7 @@ class Session:
         self.stale_after = stale_after
         self.progress_every = progress_every
         self.last_active = time.time()  # when a tool was last called (the server sets it)
-        self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
-        self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
+        self._reading = Reading(box)
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
@@ -242,8 +173,7 @@ class Session:
         hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
         if self._hold is not None:  # a rename: what was read so far belongs to the old name
             self.save_positions()
-            self._positions.clear()
-            self._backlog.clear()
+            self._reading.forget()
             self.box.release_name(self._hold)
         self._hold = hold
         try:
@@ -352,34 +282,10 @@ class Session:
         # one has not been shown yet. Waits never return an agent's own messages instead.
         return {"thread": thread, "seq": msg.seq, "id": msg.id}
 
-    def _pos(self, thread: str) -> Position:
-        """Return what this agent was shown of thread (this incarnation of it), loading it once.
-
-        Raise NoSuchThread.
-        """
-        incarnation = self.box.incarnation(thread)
-        pos = self._positions.get(thread)
-        if pos is None or pos.incarnation != incarnation:
-            if pos is not None:  # deleted and created again while we ran
-                pos = Position.reborn(incarnation)
-            else:
-                stored = self.box.load_cursor(self.agent, thread) if self.agent else None
-                pos = Position.from_json(stored, incarnation)
-            self._backlog = [(t, s) for t, s in self._backlog if t != thread]
-            self._positions[thread] = pos
-        return pos
-
     def save_positions(self) -> None:
         """Write read positions changed since the last save to .state/cursors/ (best effort)."""
-        if self.agent is None:
-            return
-        owed = {t for t, _ in self._backlog}
-        for thread, pos in sorted(self._positions.items()):
-            if pos.dirty:
-                # While inbox messages from before the first look are still owed, the saved
-                # inbox position stays unknown, so a restart derives them again.
-                self.box.save_cursor(self.agent, thread, pos.to_json(owed=thread in owed))
-                pos.dirty = False
+        if self.agent is not None:
+            self._reading.save(self.agent)
 
     def _page(self, messages: list[Message]) -> tuple[list[dict[str, Any]], int | None]:
         """Return the views that fit the size budget, and the seq of the last one if cut."""
@@ -409,7 +315,7 @@ class Session:
         _report_trouble(out, page.skipped, [page.pending] if page.pending else [])
         if page.pending is not None and not more:
             out["hint"] = f"call msg_list(thread='{thread}', after_seq={cursor}) again shortly"
-        self._pos(thread).shown(after_seq, cursor)
+        self._reading.position(thread, self.agent).shown(after_seq, cursor)
         self.save_positions()
         return out
 
@@ -454,7 +360,7 @@ class Session:
         self, me: str, thread: str, after_seq: int | None, timeout: float
     ) -> dict[str, Any]:
         head = self.box.head(thread)  # a missing thread fails now, not after the timeout
-        pos = self._pos(thread)
+        pos = self._reading.position(thread, self.agent)
         start = after_seq if after_seq is not None else (pos.read if pos.read is not None else head)
         inbox = pos.inbox_seen
 
@@ -475,16 +381,8 @@ class Session:
         return out
 
     async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
-        cursor: dict[str, int] = {}
-        for thread in list(self.box):
-            try:
-                pos = self._pos(thread)
-                if pos.inbox is None:
-                    self._first_look(me, thread, pos)
-            except MailslotError:
-                continue  # removed, or unreadable: the wait reports what it meets
-            cursor[thread] = pos.inbox_seen
-        owed = self._owed(me)
+        cursor = self._reading.inbox_cursor(me)
+        owed = self._reading.owed(me)
         if owed:  # due from before this agent's first look: return them at once
             got = Arrivals([], cursor, False)
             messages = owed
@@ -492,48 +390,12 @@ class Session:
             got, messages = await self._waiting(None, cursor, me, timeout, lambda m: m.sender != me)
         views, cut = self._page(messages)
         shown = {(v["thread"], v["seq"]) for v in views}
-        self._backlog = [item for item in self._backlog if item not in shown]
-        # A cut page never moves a position past what was returned: each thread's inbox
-        # position stops before its first message that did not fit.
-        held: dict[str, int] = {}
-        for m in messages:
-            if (m.thread, m.seq) not in shown and (m.thread, m.seq) not in self._backlog:
-                held.setdefault(m.thread, m.seq - 1)
-        for thread, seq in got.cursor.items():
-            with contextlib.suppress(MailslotError):
-                self._pos(thread).inbox_shown(held.get(thread, seq))
+        self._reading.inbox_shown(messages, shown, got.cursor, self.agent)
         self.save_positions()
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
-        if cut is not None or self._backlog:
+        if cut is not None or self._reading.owes:
             out["has_more"] = True
         _report_trouble(out, got.skipped, got.pending)
-        return out
-
-    def _first_look(self, me: str, thread: str, pos: Position) -> None:
-        """Start the inbox position of a thread this agent's inbox never looked at.
-
-        What is addressed to the agent and not yet answered (no reply_to from it) is owed to
-        it: tasks and questions sent before it started. Read from the thread index, so this
-        costs one look per thread, not a read of every message.
-        """
-        seqs, upto = self.box.unanswered(thread, me)
-        done = pos.read or 0
-        self._backlog += [(thread, s) for s in seqs if s > done]
-        pos.inbox_shown(upto)
-
-    def _owed(self, me: str) -> list[Message]:
-        """Return the owed inbox messages that can still be read (dropping the others)."""
-        out: list[Message] = []
-        keep: list[tuple[str, int]] = []
-        for thread, seq in sorted(self._backlog):
-            try:
-                m = self.box.get(thread, seq)
-            except MailslotError:
-                continue  # gone or unreadable since the index saw it
-            if m.sender != me:
-                out.append(m)
-                keep.append((thread, seq))
-        self._backlog = keep
         return out
 
     async def _waiting(
