@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import mcp, peer, publish, scale, wake
+from bench import cold, mcp, peer, publish, scale, wake
 from bench._util import SCRATCH
 from mailslot._watch import filesystem_type
 
@@ -54,6 +54,11 @@ sizes = [1000, 10000] if quick else [1000, 10000, 100000]
 body = scale.run(sizes, 5 if quick else 50)[0]
 body += "\n\n" + scale.many_threads([10, 200] if quick else [10, 1000], 3 if quick else 10)
 section("Scale: cost per operation as threads grow (flat = O(new messages))", body, t)
+
+t = time.monotonic()
+section(
+    "Cold paths and many threads: a fresh clone, 10,000 threads, an idle poll", cold.run(quick), t
+)
 
 t = time.monotonic()
 section("Publish through the library, beside the raw os.link floor", publish.run(quick), t)
