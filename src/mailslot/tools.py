@@ -127,6 +127,8 @@ def thread_view(t: ThreadInfo) -> dict[str, Any]:
     }
     if t.summary:
         out["summary"] = t.summary
+    if not t.complete:
+        out["complete"] = False  # still being indexed: state and participants may lag
     return out
 
 
