@@ -14,15 +14,14 @@ import re
 import shutil
 import sys
 import tempfile
-import textwrap
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from mailslot import __version__
+from mailslot import __version__, _clients
 from mailslot._errors import MailslotError
-from mailslot._format import PRIORITIES, STATES, TYPES, Damage, Message, Pending, loads
+from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
 
 EXIT_OK = 0
@@ -30,6 +29,80 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124  # as GNU timeout(1): scripts already know it
 EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------------------- declaring commands
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Arg(NamedTuple):
+    """One argument of a command: what `ArgumentParser.add_argument` is given."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+class Command(NamedTuple):
+    """A subcommand: its name, help, arguments, which shared options it takes, and its handler."""
+
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    common: bool
+    who: bool
+    handler: Handler
+
+
+COMMANDS: list[Command] = []  # in declaration order, which is the order `--help` lists them
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    """Return an argument declaration, spelled as `add_argument` spells it."""
+    return Arg(flags, options)
+
+
+def command(
+    name: str, *, help: str, args: Sequence[Arg] = (), common: bool = True, who: bool = False
+) -> Callable[[Handler], Handler]:
+    """Return a decorator that declares the command `name`, run by the function it decorates.
+
+    common adds --root and --json; who adds --as.
+    """
+
+    def declare(handler: Handler) -> Handler:
+        COMMANDS.append(Command(name, help, tuple(args), common, who, handler))
+        return handler
+
+    return declare
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the mailslot command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--root", help="mailbox root (default: $MAILSLOT_ROOT, else nearest .mailslot/)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument(
+        "--as", dest="sender", help="your name (default: $MAILSLOT_AGENT, else the OS user)"
+    )
+
+    p = argparse.ArgumentParser(
+        prog="mailslot",
+        description="A mailbox for AI agents that is nothing but a folder.",
+        epilog="exit codes: 0 ok, 1 error, 2 usage, 124 wait timed out, 130 interrupted",
+    )
+    p.add_argument("--version", action="version", version=f"mailslot {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in COMMANDS:
+        parents = ([common] if c.common else []) + ([who] if c.who else [])
+        s = sub.add_parser(c.name, parents=parents, help=c.help)
+        for a in c.args:
+            s.add_argument(*a.flags, **a.options)
+        s.set_defaults(func=c.handler)
+    return p
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -73,63 +146,10 @@ def _color() -> bool:
     )
 
 
-def _paint(text: str, code: str) -> str:
-    return f"\033[{code}m{text}\033[0m" if _color() else text
-
-
-def _when(iso: str) -> str:
-    try:
-        return (
-            datetime.fromisoformat(iso.replace("Z", "+00:00"))
-            .astimezone()
-            .strftime("%Y-%m-%d %H:%M:%S")
-        )
-    except ValueError:
-        return iso
-
-
-def _wrap(text: str, width: int) -> str:
-    """Wrap Markdown prose to width; code blocks, tables and indented lines stay as written."""
-    out, fenced = [], False
-    for line in text.splitlines() or [""]:
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        if (
-            fenced
-            or line.startswith(("    ", "\t", "|"))
-            or line.lstrip().startswith("```")
-            or len(line) <= width
-        ):
-            out.append(line)
-            continue
-        bullet = re.match(r"\s*(?:[-*+]|\d+[.)])\s+", line)
-        indent = " " * (bullet.end() if bullet else len(line) - len(line.lstrip()))
-        out.append(textwrap.fill(line, width, subsequent_indent=indent, break_on_hyphens=False))
-    return "\n".join(out)
-
-
 def _show(m: Message, *, thread: bool = False) -> str:
-    """Return a message for a terminal: author, recipients, badges, reply, time, wrapped body."""
-    head = _paint(f"#{m.seq}", "2") + " " + _paint(m.sender, "1")
-    if thread:
-        head = _paint(m.thread, "36") + " " + head
-    if m.to:
-        head += " → " + ", ".join(m.to)
-    if m.type != "message":
-        head += " " + _paint(f"[{m.type}]", "35")
-    if m.priority != "normal":
-        head += " " + _paint(f"!{m.priority}", "31" if m.priority in ("high", "urgent") else "2")
-    if m.reply_to:
-        head += f" (re #{m.reply_to})"
-    head += "  " + _paint(_when(m.created_at), "2")
-    if m.type == "state":
-        body = f"state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}"
-        if m.content:
-            body += "\n" + m.content
-    else:
-        body = m.content
+    """Return a message for this terminal: colour and width ($COLUMNS) read here, not below."""
     width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120) - 2)
-    return head + "\n" + textwrap.indent(_wrap(body, width), "  ", lambda _: True) + "\n"
+    return show(m, thread=thread, color=_color(), width=width)
 
 
 def _emit(messages: Iterable[Message], args: argparse.Namespace, *, thread: bool = False) -> None:
@@ -140,26 +160,55 @@ def _emit(messages: Iterable[Message], args: argparse.Namespace, *, thread: bool
             print(_show(m, thread=thread), flush=True)
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------- commands
 
 
+@command(
+    "init",
+    help="create a mailbox root",
+    args=[
+        arg("path", nargs="?",
+            help="where (default: .mailslot/ at the top of the git checkout, else here)"),
+        arg("--no-fsync", action="store_true", help="scratch folder: do not fsync messages"),
+        arg("--shared", action="store_true",
+            help="shared by the users of the folder's group (converts an existing mailbox)"),
+    ],
+)  # fmt: skip
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else (Path(args.root) if args.root else default_root())
-    box = Mailbox.init(path, fsync=not args.no_fsync)
+    box = Mailbox.init(path, fsync=not args.no_fsync, shared=args.shared)
     if args.json:
-        _print_json({"root": str(box.root), "format": box.settings.format})
+        _print_json({"root": str(box.root), "format": box.settings.format,
+                     "shared": box.settings.shared, "changes": box.shared_changes})  # fmt: skip
     else:
         print(f"mailbox ready at {box.root}")
+        for line in box.shared_changes:
+            print(f"  {line}")
     return EXIT_OK
 
 
+@command(
+    "demo",
+    help="watch three agents collaborate through a fresh mailbox",
+    args=[arg("--root", help="an empty folder for the demo's mailbox (default: a temp folder)")],
+    common=False,
+)
+def cmd_demo(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mailslot import demo
+
+    if args.root:
+        root = Path(args.root)
+        if root.exists() and any(root.iterdir()):
+            raise MailslotError(f"{root} is not empty; give the demo a new or empty folder")
+    else:
+        root = Path(tempfile.mkdtemp(prefix="mailslot-demo-")) / ".mailslot"
+    anyio.run(lambda: demo.run(root, sys.stdout, color=_color()))
+    return EXIT_OK
+
+
+@command("thread", help="create or join the thread of a topic", args=[arg("topic")], who=True)
 def cmd_thread(args: argparse.Namespace) -> int:
     box = _open(args)
     info = box.create_thread(args.topic, creator=_sender(args))
@@ -170,6 +219,14 @@ def cmd_thread(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command(
+    "threads",
+    help="list threads, most recent first",
+    args=[
+        arg("--state", choices=STATES),
+        arg("--all", action="store_true", help="include archived threads"),
+    ],
+)
 def cmd_threads(args: argparse.Namespace) -> int:
     box = _open(args)
     infos = box.threads(state=args.state, include_archived=args.all)
@@ -179,12 +236,65 @@ def cmd_threads(args: argparse.Namespace) -> int:
     if not infos:
         print("no threads yet")
         return EXIT_OK
-    rows = [[t.id, t.state, str(t.head), ", ".join(t.participants), _when(t.last_activity), t.topic]
+    rows = [[t.id, t.state, str(t.head), ", ".join(t.participants), when(t.last_activity), t.topic]
             for t in infos]  # fmt: skip
-    print(_table(rows, ["THREAD", "STATE", "MSGS", "PARTICIPANTS", "LAST ACTIVITY", "TOPIC"]))
+    print(table(rows, ["THREAD", "STATE", "MSGS", "PARTICIPANTS", "LAST ACTIVITY", "TOPIC"]))
     return EXIT_OK
 
 
+@command(
+    "read",
+    help="print a thread's messages",
+    args=[
+        arg("thread"),
+        arg("--after", type=int, default=0, metavar="SEQ"),
+        arg("--last", type=int, metavar="N", help="only the last N messages"),
+        arg("--limit", type=int, default=100),
+    ],
+)
+def cmd_read(args: argparse.Namespace) -> int:
+    box = _open(args)
+    after = args.after
+    if args.last is not None:
+        after = max(after, box.head(args.thread) - args.last)
+    page = box.read(args.thread, after, args.limit)
+    if args.json:
+        _print_json(
+            {
+                "messages": [m.to_dict() for m in page.messages],
+                "cursor": page.cursor,
+                "has_more": page.has_more,
+                "skipped": [{"path": d.path, "reason": d.reason} for d in page.skipped],
+                "pending": page.pending.to_dict() if page.pending else None,
+            }
+        )
+        return EXIT_OK
+    for m in page.messages:
+        print(_show(m))
+    trouble(page.skipped, [page.pending] if page.pending else [], set())
+    if page.pending is not None and not page.pending.blocked:
+        print(f"... run `mailslot read {args.thread} --after {page.cursor}` again shortly",
+              file=sys.stderr)  # fmt: skip
+    if page.has_more:
+        print(f"... more: mailslot read {args.thread} --after {page.cursor}")
+    return EXIT_OK
+
+
+@command(
+    "post",
+    help="post a message (TEXT or - for stdin)",
+    args=[
+        arg("thread"),
+        arg("text"),
+        arg("--to", action="append", metavar="AGENT", help="address an agent (repeatable)"),
+        arg("--type", default="message", choices=[t for t in TYPES if t != "state"]),
+        arg("--priority", default="normal", choices=PRIORITIES),
+        arg("--reply-to", type=int, metavar="SEQ"),
+        arg("--meta", help="a JSON object stored with the message"),
+        arg("--key", help="idempotency key: a retry with the same key is stored once"),
+    ],
+    who=True,
+)
 def cmd_post(args: argparse.Namespace) -> int:
     box = _open(args)
     content = sys.stdin.buffer.read() if args.text == "-" else args.text
@@ -205,47 +315,15 @@ def cmd_post(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_read(args: argparse.Namespace) -> int:
-    box = _open(args)
-    after = args.after
-    if args.last is not None:
-        after = max(after, box.head(args.thread) - args.last)
-    page = box.read(args.thread, after, args.limit)
-    if args.json:
-        _print_json(
-            {
-                "messages": [m.to_dict() for m in page.messages],
-                "cursor": page.cursor,
-                "has_more": page.has_more,
-                "skipped": [{"path": d.path, "reason": d.reason} for d in page.skipped],
-                "pending": page.pending.to_dict() if page.pending else None,
-            }
-        )
-        return EXIT_OK
-    for m in page.messages:
-        print(_show(m))
-    _trouble(page.skipped, [page.pending] if page.pending else [], set())
-    if page.pending is not None and not page.pending.blocked:
-        print(f"... run `mailslot read {args.thread} --after {page.cursor}` again shortly",
-              file=sys.stderr)  # fmt: skip
-    if page.has_more:
-        print(f"... more: mailslot read {args.thread} --after {page.cursor}")
-    return EXIT_OK
-
-
-def _trouble(skipped: list[Damage], pending: list[Pending], told: set[str]) -> None:
-    """Print on stderr, once each, what a read stepped over and what it is waiting for."""
-    for d in skipped:
-        if d.path not in told:
-            told.add(d.path)
-            print(f"(skipped {d})", file=sys.stderr)
-    for p in pending:
-        key = f"{p.path}\0{p.reason[:20]}"
-        if key not in told:
-            told.add(key)
-            print(f"(waiting for {p})", file=sys.stderr)
-
-
+@command(
+    "tail",
+    help="show the latest messages; -f follows live",
+    args=[
+        arg("threads", nargs="*", metavar="THREAD", help="default: every thread"),
+        arg("-f", "--follow", action="store_true", help="keep printing new messages (Ctrl-C ends)"),
+        arg("-n", "--lines", type=int, default=10, metavar="N", help="show the last N first"),
+    ],
+)
 def cmd_tail(args: argparse.Namespace) -> int:
     box = _open(args)
     names = args.threads or list(box)
@@ -265,13 +343,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
             got = box.wait(args.threads or None, cursor, timeout=3600)
             cursor = got.cursor
             _emit(got.messages, args, thread=True)
-            _trouble(got.skipped, got.pending, told)
+            trouble(got.skipped, got.pending, told)
     except KeyboardInterrupt:
         return EXIT_OK  # Ctrl-C is how one stops following
     finally:
         box.close()
 
 
+@command(
+    "wait",
+    help="block until new messages; exit 124 on timeout",
+    args=[
+        arg("thread", nargs="?", help="default: every thread"),
+        arg("--after", type=int, metavar="SEQ", help="wait past this seq (default: from now)"),
+        arg("--to", metavar="AGENT", help="only messages addressed to AGENT (its inbox)"),
+        arg("--timeout", type=float, default=60.0, metavar="S"),
+        arg("--limit", type=int, default=100),
+    ],
+)
 def cmd_wait(args: argparse.Namespace) -> int:
     box = _open(args)
     after: int | None = args.after
@@ -283,10 +372,20 @@ def cmd_wait(args: argparse.Namespace) -> int:
         _print_json(got.to_dict())
     else:
         _emit(got.messages, args, thread=args.thread is None)
-        _trouble(got.skipped, got.pending, set())
+        trouble(got.skipped, got.pending, set())
     return EXIT_TIMEOUT if got.timed_out else EXIT_OK
 
 
+@command(
+    "state",
+    help="change a thread's state",
+    args=[
+        arg("thread"),
+        arg("state", choices=STATES),
+        arg("--summary", help="Markdown summary, typically when closing"),
+    ],
+    who=True,
+)
 def cmd_state(args: argparse.Namespace) -> int:
     box = _open(args)
     seq = box.set_state(args.thread, args.state, sender=_sender(args), summary=args.summary)
@@ -297,6 +396,26 @@ def cmd_state(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command("agents", help="who is online, waiting, idle or offline")
+def cmd_agents(args: argparse.Namespace) -> int:
+    from mailslot.tools import Session
+
+    agents = Session(_open(args)).agent_list()["agents"]
+    if args.json:
+        _print_json(agents)
+        return EXIT_OK
+    if not agents:
+        print("no agents yet")
+        return EXIT_OK
+    print(agents_table(agents, color=_color()))
+    return EXIT_OK
+
+
+@command(
+    "register",
+    help="create or update an agent card",
+    args=[arg("name"), arg("--client"), arg("--model"), arg("--description")],
+)
 def cmd_register(args: argparse.Namespace) -> int:
     box = _open(args)
     card = box.register_agent(
@@ -309,28 +428,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_agents(args: argparse.Namespace) -> int:
-    from mailslot.tools import Session
-
-    agents = Session(_open(args)).agent_list()["agents"]
-    if args.json:
-        _print_json(agents)
-        return EXIT_OK
-    if not agents:
-        print("no agents yet")
-        return EXIT_OK
-    colors = {"online": "32", "waiting": "36", "idle": "33", "offline": "2"}
-    rows = []
-    for a in agents:
-        since = a.get("since") if a["status"] != "offline" else a.get("last_seen")
-        what = a["status"] + (f" on {a['waiting_on']}" if a.get("waiting_on") else "")
-        status = _paint(what, colors.get(a["status"], "0"))
-        rows.append([a["agent"], status, _when(since) if since else "-", a.get("client") or "-",
-                     a.get("model") or "-", a.get("description") or ""])  # fmt: skip
-    print(_table(rows, ["AGENT", "STATUS", "SINCE", "CLIENT", "MODEL", "DESCRIPTION"]))
-    return EXIT_OK
-
-
+@command(
+    "export",
+    help="a thread as Markdown, JSON or HTML",
+    args=[arg("thread"), arg("--format", choices=["md", "json", "html"], default="md")],
+)
 def cmd_export(args: argparse.Namespace) -> int:
     from mailslot.tools import transcript_html, transcript_markdown
 
@@ -346,6 +448,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command(
+    "doctor",
+    help="check the folder; --fix repairs what is safe",
+    args=[arg("--fix", action="store_true")],
+)
 def cmd_doctor(args: argparse.Namespace) -> int:
     from mailslot._doctor import diagnose
 
@@ -353,35 +460,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        yes = {True: "yes", False: "NO", None: "?"}
-        print(f"root        {report.root}")
-        network = " (network mount)" if report.network else ""
-        print(f"filesystem  {report.filesystem or '?'}{network}"
-              f"; hard links {yes[report.hard_links]}; locks {yes[report.locks]}; "
-              f"waits wake by {report.wait_mode or '?'}")  # fmt: skip
-        print(f"contents    {report.threads} threads, {report.messages} messages")
-        for f in report.findings:
-            mark = _paint("fixed", "32") if f.fixed else _paint("problem", "31")
-            print(f"{mark}  {f.kind}: {f.path}: {f.detail}" + (f" -> {f.fixed}" if f.fixed else ""))
-        if report.healthy:
-            print("healthy" if not report.findings else "healthy after repairs")
-        elif not args.fix and any(f.kind in FIXABLE for f in report.findings):
-            print("run `mailslot doctor --fix` to repair what is safe to repair")
-        if report.git_work_tree and any(f.kind == "conflict" and f.fixed for f in report.findings):
-            print(f"merge conflicts resolved: finish the merge with `git add -A {report.root}` "
-                  "and `git commit`")  # fmt: skip
+        print(doctor_report(report, fix=args.fix, color=_color()))
     return EXIT_OK if report.healthy else EXIT_ERROR
 
 
-FIXABLE = {
-    "thread record", "gap", "corrupt message", "conflict", "temp file", "stale presence",
-    "gitignore",
-}  # fmt: skip
-
-
+@command(
+    "mcp-config",
+    help="print (or --install) a client's MCP config",
+    args=[
+        arg("client", choices=_clients.CLIENTS),
+        arg("--agent", help="the agent's name (default: one per client, e.g. claude)"),
+        arg("--install", action="store_true", help="merge it into the file the client reads"),
+        arg("--path", help="install into this file instead"),
+    ],
+)
 def cmd_mcp_config(args: argparse.Namespace) -> int:
-    from mailslot import _clients
-
     root = _root(args).resolve()
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
     agent = args.agent or _clients.AGENT_NAMES[args.client]
@@ -398,21 +491,21 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import anyio
-
-    from mailslot import demo
-
-    if args.root:
-        root = Path(args.root)
-        if root.exists() and any(root.iterdir()):
-            raise MailslotError(f"{root} is not empty; give the demo a new or empty folder")
-    else:
-        root = Path(tempfile.mkdtemp(prefix="mailslot-demo-")) / ".mailslot"
-    anyio.run(lambda: demo.run(root, sys.stdout, color=_color()))
-    return EXIT_OK
-
-
+@command(
+    "serve",
+    help="serve MCP over stdio for one agent",
+    args=[
+        arg("--agent", help="this agent's name (default: $MAILSLOT_AGENT, else from the client)"),
+        arg("--lang", help="preferred language of messages, e.g. English or Chinese"),
+        arg("--wait-default", type=float, default=50.0, metavar="S",
+            help="msg_wait timeout when the model gives none (default 50)"),
+        arg("--wait-max", type=float, default=600.0, metavar="S",
+            help="longest msg_wait a model may ask for (default 600)"),
+        arg("--heartbeat-timeout", type=float, default=30.0, metavar="S",
+            help="not seen for this long reads as offline (default 30)"),
+        arg("--poll", action="store_true", help="wake waiters by polling only"),
+    ],
+)  # fmt: skip
 def cmd_serve(args: argparse.Namespace) -> int:
     from mailslot.stdio_server import serve  # imports mcp: only this command pays for it
 
@@ -428,143 +521,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wait_mode="poll" if args.poll else None,
     )
     return EXIT_OK
-
-
-# ---------------------------------------------------------------------------- parser
-
-
-def parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the mailslot command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--root", help="mailbox root (default: $MAILSLOT_ROOT, else nearest .mailslot/)"
-    )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    who = argparse.ArgumentParser(add_help=False)
-    who.add_argument(
-        "--as", dest="sender", help="your name (default: $MAILSLOT_AGENT, else the OS user)"
-    )
-
-    p = argparse.ArgumentParser(
-        prog="mailslot",
-        description="A mailbox for AI agents that is nothing but a folder.",
-        epilog="exit codes: 0 ok, 1 error, 2 usage, 124 wait timed out, 130 interrupted",
-    )
-    p.add_argument("--version", action="version", version=f"mailslot {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("init", parents=[common], help="create a mailbox root")
-    s.add_argument(
-        "path",
-        nargs="?",
-        help="where (default: .mailslot/ at the top of the git checkout, else here)",
-    )
-    s.add_argument("--no-fsync", action="store_true", help="scratch folder: do not fsync messages")
-    s.set_defaults(func=cmd_init)
-
-    s = sub.add_parser("demo", help="watch three agents collaborate through a fresh mailbox")
-    s.add_argument("--root", help="an empty folder for the demo's mailbox (default: a temp folder)")
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser("thread", parents=[common, who], help="create or join the thread of a topic")
-    s.add_argument("topic")
-    s.set_defaults(func=cmd_thread)
-
-    s = sub.add_parser("threads", parents=[common], help="list threads, most recent first")
-    s.add_argument("--state", choices=STATES)
-    s.add_argument("--all", action="store_true", help="include archived threads")
-    s.set_defaults(func=cmd_threads)
-
-    s = sub.add_parser("read", parents=[common], help="print a thread's messages")
-    s.add_argument("thread")
-    s.add_argument("--after", type=int, default=0, metavar="SEQ")
-    s.add_argument("--last", type=int, metavar="N", help="only the last N messages")
-    s.add_argument("--limit", type=int, default=100)
-    s.set_defaults(func=cmd_read)
-
-    s = sub.add_parser("post", parents=[common, who], help="post a message (TEXT or - for stdin)")
-    s.add_argument("thread")
-    s.add_argument("text")
-    s.add_argument("--to", action="append", metavar="AGENT", help="address an agent (repeatable)")
-    s.add_argument("--type", default="message", choices=[t for t in TYPES if t != "state"])
-    s.add_argument("--priority", default="normal", choices=PRIORITIES)
-    s.add_argument("--reply-to", type=int, metavar="SEQ")
-    s.add_argument("--meta", help="a JSON object stored with the message")
-    s.add_argument("--key", help="idempotency key: a retry with the same key is stored once")
-    s.set_defaults(func=cmd_post)
-
-    s = sub.add_parser("tail", parents=[common], help="show the latest messages; -f follows live")
-    s.add_argument("threads", nargs="*", metavar="THREAD", help="default: every thread")
-    s.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new messages (Ctrl-C ends)"
-    )
-    s.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="show the last N first")
-    s.set_defaults(func=cmd_tail)
-
-    s = sub.add_parser(
-        "wait", parents=[common], help="block until new messages; exit 124 on timeout"
-    )
-    s.add_argument("thread", nargs="?", help="default: every thread")
-    s.add_argument(
-        "--after", type=int, metavar="SEQ", help="wait past this seq (default: from now)"
-    )
-    s.add_argument("--to", metavar="AGENT", help="only messages addressed to AGENT (its inbox)")
-    s.add_argument("--timeout", type=float, default=60.0, metavar="S")
-    s.add_argument("--limit", type=int, default=100)
-    s.set_defaults(func=cmd_wait)
-
-    s = sub.add_parser("state", parents=[common, who], help="change a thread's state")
-    s.add_argument("thread")
-    s.add_argument("state", choices=STATES)
-    s.add_argument("--summary", help="Markdown summary, typically when closing")
-    s.set_defaults(func=cmd_state)
-
-    s = sub.add_parser("agents", parents=[common], help="who is online, waiting, idle or offline")
-    s.set_defaults(func=cmd_agents)
-
-    s = sub.add_parser("register", parents=[common], help="create or update an agent card")
-    s.add_argument("name")
-    s.add_argument("--client")
-    s.add_argument("--model")
-    s.add_argument("--description")
-    s.set_defaults(func=cmd_register)
-
-    s = sub.add_parser("export", parents=[common], help="a thread as Markdown, JSON or HTML")
-    s.add_argument("thread")
-    s.add_argument("--format", choices=["md", "json", "html"], default="md")
-    s.set_defaults(func=cmd_export)
-
-    s = sub.add_parser(
-        "doctor", parents=[common], help="check the folder; --fix repairs what is safe"
-    )
-    s.add_argument("--fix", action="store_true")
-    s.set_defaults(func=cmd_doctor)
-
-    from mailslot._clients import CLIENTS
-
-    s = sub.add_parser(
-        "mcp-config", parents=[common], help="print (or --install) a client's MCP config"
-    )
-    s.add_argument("client", choices=CLIENTS)
-    s.add_argument("--agent", help="the agent's name (default: one per client, e.g. claude)")
-    s.add_argument("--install", action="store_true", help="merge it into the file the client reads")
-    s.add_argument("--path", help="install into this file instead")
-    s.set_defaults(func=cmd_mcp_config)
-
-    s = sub.add_parser("serve", parents=[common], help="serve MCP over stdio for one agent")
-    s.add_argument(
-        "--agent", help="this agent's name (default: $MAILSLOT_AGENT, else from the client)"
-    )
-    s.add_argument("--lang", help="preferred language of messages, e.g. English or Chinese")
-    s.add_argument("--wait-default", type=float, default=50.0, metavar="S",
-                   help="msg_wait timeout when the model gives none (default 50)")  # fmt: skip
-    s.add_argument("--wait-max", type=float, default=600.0, metavar="S",
-                   help="longest msg_wait a model may ask for (default 600)")  # fmt: skip
-    s.add_argument("--heartbeat-timeout", type=float, default=30.0, metavar="S",
-                   help="not seen for this long reads as offline (default 30)")  # fmt: skip
-    s.add_argument("--poll", action="store_true", help="wake waiters by polling only")
-    s.set_defaults(func=cmd_serve)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
