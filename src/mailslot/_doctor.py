@@ -377,23 +377,27 @@ def _check_sharing(root: Path, report: Report, fix: bool, *, shared: bool) -> No
     may change). Any other mailbox is only looked at if several users use it: files of several
     owners, a folder set up for a group (setgid), or a user who owns nothing in it.
     """
+    if _modes.euid() < 0:
+        return  # no Unix users here (Windows)
     found = _modes.survey(root, shared=shared, fix=fix and shared)
-    group, me, left = _modes.group_name(found.group), os.geteuid(), found.left
+    group, me, left = _modes.group_name(found.group), _modes.euid(), found.left
     owners = {_modes.user_name(u) for u, paths in found.lacking.items() if set(paths) & set(left)}
-    run_by = f"run by {', '.join(sorted(owners))} (the owner) or by root"
+    owners.discard("root")
+    run_by = (
+        f"run by {', '.join(sorted(owners))} (the owner) or by root" if owners else "run by root"
+    )
     if shared:
         if found.fixed:
-            finding = Finding(
-                "group access", str(root), f"{len(found.fixed)} files and folders lacked it"
-            )
+            lacked = f"{_modes.entries(len(found.fixed))} lacked group access"
+            finding = Finding("group access", str(root), lacked)
             finding.fixed = f"gave group {group} read and write (folders: rwx and setgid)"
             report.findings.append(finding)
         if left:
             detail = (
-                f"{len(left)} files and folders of this shared mailbox (such as {left[0]}) "
-                f"lack group read and write (folders: rwx and setgid) or the group {group}, so "
-                f"other members of {group} cannot write them: `mailslot doctor --fix` or "
-                f"`mailslot init --shared`, {run_by}, gives it to them"
+                f"{_modes.entries(len(left))} of this shared mailbox without group read and "
+                f"write (folders: rwx and setgid) or without the group {group}, such as "
+                f"{left[0]}: other members of {group} cannot write them. `mailslot doctor "
+                f"--fix` or `mailslot init --shared`, {run_by}, gives them access"
             )
             report.findings.append(Finding("group access", str(root), detail))
         return
@@ -408,7 +412,7 @@ def _check_sharing(root: Path, report: Report, fix: bool, *, shared: bool) -> No
         return  # one user's mailbox: who else may write it is that user's umask's business
     if left:
         detail = (
-            f"{why}, but it is not shared: {len(left)} files and folders (such as {left[0]}) "
+            f"{why}, but it is not shared: {_modes.entries(len(left))} (such as {left[0]}) "
             f"cannot be written by other members of group {group}, so their posts fail. Make "
             f"it shared: `mailslot init --shared {root}`, {run_by}"
         )

@@ -90,8 +90,8 @@ def _whose(path: Path, root: Path) -> str:
             st = os.stat(p)
         except OSError:
             continue
-        if st.st_uid != os.geteuid():
-            owner, me = _modes.user_name(st.st_uid), _modes.user_name(os.geteuid())
+        if st.st_uid != _modes.euid():
+            owner, me = _modes.user_name(st.st_uid), _modes.user_name(_modes.euid())
             group = _modes.group_name(st.st_gid)
             return (
                 f"{p} belongs to {owner} (group {group}), and {me} may not write it. A mailbox "

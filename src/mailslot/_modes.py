@@ -15,12 +15,10 @@ imports) both use it.
 
 from __future__ import annotations
 
-import contextlib
-import grp
 import logging
 import os
-import pwd
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +55,7 @@ def share_fd(fd: int, path: object) -> None:
     try:
         st = os.fstat(fd)
         lacking = _lacking(st.st_mode)
-        if lacking and st.st_uid == os.geteuid():
+        if lacking and st.st_uid == euid():
             os.fchmod(fd, stat.S_IMODE(st.st_mode) | lacking)
     except OSError as e:
         _not_shared(path, e)
@@ -105,23 +103,40 @@ def makedirs(path: Path, shared: bool | None) -> None:
     if path.is_dir():
         return
     makedirs(path.parent, shared)
-    with contextlib.suppress(FileExistsError):
+    try:
         mkdir(path, shared_folder(path.parent) if shared is None else shared)
+    except FileExistsError:
+        if not path.is_dir():  # a file; a folder means another process made it meanwhile
+            raise
+
+
+def entries(n: int) -> str:
+    """Return "1 file or folder" or "N files and folders"."""
+    return "1 file or folder" if n == 1 else f"{n} files and folders"
+
+
+def euid() -> int:
+    """Return the effective user id of this process (-1 where there are none: Windows)."""
+    return os.geteuid() if hasattr(os, "geteuid") else -1
 
 
 def user_name(uid: int) -> str:
     """Return the login name of uid, or the number as text."""
     try:
+        import pwd  # Unix only: imported here so that importing mailslot works everywhere
+
         return pwd.getpwuid(uid).pw_name
-    except KeyError:
+    except (ImportError, KeyError):
         return str(uid)
 
 
 def group_name(gid: int) -> str:
     """Return the name of group gid, or the number as text."""
     try:
+        import grp  # Unix only, as pwd
+
         return grp.getgrgid(gid).gr_name
-    except KeyError:
+    except (ImportError, KeyError):
         return str(gid)
 
 
@@ -168,29 +183,33 @@ def survey(root: Path, *, shared: bool, fix: bool) -> Sharing:
     except OSError:
         return Sharing(group=-1)
     out = Sharing(group=gid)
-    me = os.geteuid()
-    for folder, dirs, files in os.walk(root):
-        for name in [".", *dirs, *files]:
-            path = Path(folder) if name == "." else Path(folder) / name
-            if name != "." and path == root:
-                continue
+    me = euid()
+    for path in _tree(root):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        out.owners.add(st.st_uid)
+        if _group_can_write(st, gid, shared=shared):
+            continue
+        out.lacking.setdefault(st.st_uid, []).append(path)
+        if fix and (st.st_uid == me or me == 0):
             try:
-                st = os.lstat(path)
+                if st.st_gid != gid:
+                    os.chown(path, -1, gid)  # the owner may if in that group; root may
+                # chown clears setgid on some systems: set the mode after it.
+                os.chmod(path, stat.S_IMODE(st.st_mode) | _lacking(st.st_mode))
             except OSError:
                 continue
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            out.owners.add(st.st_uid)
-            if _group_can_write(st, gid, shared=shared):
-                continue
-            out.lacking.setdefault(st.st_uid, []).append(path)
-            if fix and (st.st_uid == me or me == 0):
-                try:
-                    if st.st_gid != gid:
-                        os.chown(path, -1, gid)  # the owner may if in that group; root may
-                    # chown clears setgid on some systems: set the mode after it.
-                    os.chmod(path, stat.S_IMODE(st.st_mode) | _lacking(st.st_mode))
-                except OSError:
-                    continue
-                out.fixed.append(path)
+            out.fixed.append(path)
     return out
+
+
+def _tree(root: Path) -> Iterator[Path]:
+    """Yield root and every path under it, folders before what is in them (no symlinks followed)."""
+    yield root
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            yield Path(folder) / name

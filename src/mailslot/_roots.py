@@ -90,8 +90,11 @@ def create(
     try:
         if not path.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)  # not ours: as the umask says
-            with contextlib.suppress(FileExistsError):
+            try:
                 _modes.mkdir(path, shared)
+            except FileExistsError:
+                if not path.is_dir():  # a file; a folder means another init made it meanwhile
+                    raise
         config = path / "mailslot.json"
         if not config.exists():
             doc: dict[str, object] = {"format": FORMAT, "fsync": fsync, "lock": lock}
@@ -164,19 +167,19 @@ def share(root: Path) -> list[str]:
     group = _modes.group_name(found.group)
     if found.fixed:
         done.append(
-            f"gave group {group} read and write access to {len(found.fixed)} files and folders "
+            f"gave group {group} read and write access to {_modes.entries(len(found.fixed))} "
             "(folders also setgid, so what is made in them belongs to the group)"
         )
     left = found.left
     if left:
         owners = sorted({_modes.user_name(os.lstat(p).st_uid) for p in left if p.exists()})
         done.append(
-            f"could not change {len(left)} files and folders of {', '.join(owners) or 'others'} "
+            f"could not change {_modes.entries(len(left))} of {', '.join(owners) or 'others'} "
             f"(such as {left[0]}): each of them (or root) runs `mailslot init --shared {root}`"
         )
     if not done:
         done.append(f"shared by group {group}: what mailslot makes here is group-writable")
-    me = _modes.user_name(os.geteuid())
+    me = _modes.user_name(_modes.euid())
     if group == me:
         done.append(
             f"its group is {group}, your own group: other users can only join in if it is their "
