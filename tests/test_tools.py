@@ -222,7 +222,9 @@ def test_config(root: Path) -> None:
     cfg = s.bus_get_config()
     assert cfg["preferred_language"] == "Chinese"
     assert cfg["wait"]["default_s"] == 40 and cfg["wait"]["max_s"] == 300
-    assert cfg["agent"] is None and "msg_wait" in cfg["protocol"]
+    # The config names the agent this session will post as (taken from the client's name).
+    assert cfg["agent"] == "agent" == s.agent and "msg_wait" in cfg["protocol"]
+    s.close()
     with pytest.raises(InvalidMessage):
         Session(Mailbox(root), wait_default=700, wait_max=600)
 

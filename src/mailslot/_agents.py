@@ -30,6 +30,18 @@ from mailslot._presence import DEFAULT_STALE_AFTER, PRESENCE_STATUSES, NameHold,
 from mailslot._presence import effective as presence_of
 
 MAX_DESCRIPTION_CHARS = 2000
+# Names agents cannot take: "mailslot" signs the notes `mailslot doctor` writes.
+RESERVED_AGENTS = frozenset({"mailslot"})
+
+
+def check_agent(name: object) -> str:
+    """Return name if an agent may take it; raise InvalidName."""
+    check_name(name, "agent name")
+    if name in RESERVED_AGENTS:
+        raise InvalidName(
+            "agent name", name, "it is reserved for mailslot's own notes; pick another"
+        )
+    return str(name)
 
 
 def _opt_str(value: object) -> str | None:
@@ -52,7 +64,7 @@ class Agents:
         description: str | None = None,
     ) -> AgentCard:
         """Create or update the card of agent name and return it; None keeps a field as is."""
-        check_name(name, "agent name")
+        check_agent(name)
         for field_name, value in (
             ("client", client),
             ("model", model),
@@ -145,7 +157,7 @@ class Agents:
         Raise NameTaken if a live process on this machine holds it, or a process on another
         machine refreshed it within stale_after seconds.
         """
-        check_name(name, "agent name")
+        check_agent(name)
         if self.files.read_only is not None:
             raise RootError(self.files.root, self.files.read_only)
         path = self.files.dir(".state/presence") / f"{name}.lock"

@@ -269,6 +269,9 @@ class ThreadInfo:
     participants: list[str]
     last_activity: str
     summary: str | None
+    #: The state the summary was given with: not the current state once a thread moved on
+    #: (a closed thread reopened keeps its old summary, from before).
+    summary_state: str | None = None
     #: False while a long thread seen for the first time on this machine is still being
     #: indexed: state and participants then come from its newest and oldest messages read so
     #: far (each look reads a few thousand more).
@@ -286,6 +289,7 @@ class ThreadInfo:
             "created_at": self.created_at,
             "last_activity": self.last_activity,
             "summary": self.summary,
+            "summary_state": self.summary_state,
         }
         if not self.complete:
             out["complete"] = False

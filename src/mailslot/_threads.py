@@ -40,6 +40,7 @@ class _Index:
     seq: int = 0
     state: str = "discuss"
     summary: str | None = None
+    summary_state: str | None = None  # the state the summary was given with
     participants: tuple[str, ...] = ()
     last_activity: str = ""
     incarnation: str = ""
@@ -52,6 +53,7 @@ class _Index:
             "seq": self.seq,
             "state": self.state,
             "summary": self.summary,
+            "summary_state": self.summary_state,
             "participants": list(self.participants),
             "last_activity": self.last_activity,
             "incarnation": self.incarnation,
@@ -66,8 +68,8 @@ class _Index:
         new_state = m.meta.get("state") if m.type == "state" else None
         if new_state in STATES:
             self.state = str(new_state)
-            if new_state == "closed":
-                self.summary = m.content or None
+            if m.content:  # the latest summary given, with any change of state
+                self.summary, self.summary_state = m.content, self.state
         if m.reply_to is not None and m.reply_to in self.unanswered.get(m.sender, ()):
             self.unanswered[m.sender].remove(m.reply_to)
         for agent in m.to:
@@ -182,6 +184,7 @@ class Threads:
                 seq=int(doc["seq"]),
                 state=doc["state"] if doc["state"] in STATES else "discuss",
                 summary=doc["summary"] if isinstance(doc["summary"], str) else None,
+                summary_state=doc["summary_state"] if doc["summary_state"] in STATES else None,
                 participants=tuple(str(p) for p in doc["participants"]),
                 last_activity=str(doc["last_activity"]),
                 incarnation=str(doc["incarnation"]),
@@ -216,6 +219,7 @@ class Threads:
             participants=list(index.participants),
             last_activity=index.last_activity or record["created_at"],
             summary=index.summary,
+            summary_state=index.summary_state,
         )
         if head > index.seq and thread not in self._unsettled:
             info = self._with_tail(info, tdir, index.seq, head)
@@ -230,7 +234,8 @@ class Threads:
         """
         deadline = time.monotonic() + TAIL_BUDGET_S
         participants = list(info.participants)
-        state, summary, last_activity = None, info.summary, ""
+        state, last_activity = None, ""
+        summary: tuple[str, str] | None = None
         seq = head
         while seq > indexed and time.monotonic() < deadline:
             item = self.log.load(info.id, tdir, seq)
@@ -241,13 +246,15 @@ class Threads:
             if item.sender not in participants:
                 participants.append(item.sender)
             new_state = item.meta.get("state") if item.type == "state" else None
-            if state is None and new_state in STATES:
-                state = str(new_state)
-                summary = (item.content or None) if new_state == "closed" else info.summary
+            if new_state in STATES:
+                state = state or str(new_state)
+                if summary is None and item.content:
+                    summary = (item.content, str(new_state))
         return replace(
             info,
             state=state or info.state,
-            summary=summary if state else info.summary,
+            summary=summary[0] if summary else info.summary,
+            summary_state=summary[1] if summary else info.summary_state,
             participants=participants,
             last_activity=last_activity or info.last_activity,
             complete=seq <= indexed,

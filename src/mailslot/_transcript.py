@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from mailslot._format import ThreadInfo
 from mailslot.mailbox import Mailbox
 
 
@@ -17,7 +18,8 @@ def transcript_markdown(box: Mailbox, thread: str) -> str:
         f"participants: {', '.join(info.participants) or 'none yet'}",
     ]
     if info.summary:
-        lines += ["", "> **Summary:** " + info.summary.replace("\n", "\n> ")]
+        label = _summary_label(info)
+        lines += ["", f"> **{label}:** " + info.summary.replace("\n", "\n> ")]
     for m in box.messages(thread):
         head = f"**#{m.seq} {m.sender}**"
         if m.to:
@@ -57,7 +59,8 @@ def transcript_html(box: Mailbox, thread: str) -> str:
     ]
     if info.summary:
         parts.append(
-            f'<div class="s"><b>Summary:</b> <span class="c">{esc(info.summary)}</span></div>'
+            f'<div class="s"><b>{esc(_summary_label(info))}:</b> '
+            f'<span class="c">{esc(info.summary)}</span></div>'
         )
     for m in box.messages(thread):
         tags = [] if m.type == "message" else [m.type]
@@ -76,3 +79,10 @@ def transcript_html(box: Mailbox, thread: str) -> str:
         parts.append(f'<div class="m" id="m{m.seq}">{head}<div class="c">{esc(body)}</div></div>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _summary_label(info: ThreadInfo) -> str:
+    """Return "Summary", or what says it is from before when the thread has moved on since."""
+    if info.summary_state and info.summary_state != info.state:
+        return f"Summary (from when it was {info.summary_state})"
+    return "Summary"

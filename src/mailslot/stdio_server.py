@@ -21,6 +21,8 @@ import anyio
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.tools.base import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
@@ -32,9 +34,11 @@ from mcp.types import (
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
+from pydantic import ValidationError, create_model
 
 from mailslot import __version__
 from mailslot._errors import (
+    InvalidName,
     MailslotError,
     NameTaken,
     NoSuchAgent,
@@ -62,6 +66,9 @@ def model_text(e: MailslotError) -> str:
         return f"{e}; call msg_list to see the thread's messages"
     if isinstance(e, NameTaken):
         return f"{e} with agent_register(name=...)"
+    if isinstance(e, InvalidName) and e.kind == "thread id":
+        return (f"{e}; pass a thread id (see thread_list) or the topic of an existing thread, "
+                "or start one with thread_create(topic)")  # fmt: skip
     return str(e)
 
 
@@ -143,7 +150,8 @@ def _as_tool(name: str, current: Callable[[], _State]) -> Callable[..., Any]:
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
     is_async = inspect.iscoroutinefunction(method)
 
-    async def tool(ctx: Context, **kwargs: Any) -> Any:
+    async def tool(ctx: Context, **raw: Any) -> Any:
+        kwargs = _validated(name, raw)
         session = current().session
         session.last_active = time.time()
         if session.client is None:
@@ -170,6 +178,88 @@ def _as_tool(name: str, current: Callable[[], _State]) -> Callable[..., Any]:
     tool.__signature__ = sig.replace(parameters=params, return_annotation=hints["return"])  # type: ignore[attr-defined]
     tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": hints["return"]}
     return tool
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+#: tool name -> (the SDK's metadata with the real argument model, the tool's input schema)
+_STRICT: dict[str, tuple[FuncMetadata, dict[str, Any]]] = {}
+
+
+def _validated(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Return the arguments of tool name validated by its real model; raise ToolError."""
+    strict, schema = _STRICT[name]
+    given = {k: v for k, v in raw.items() if v is not _MISSING}
+    try:
+        return strict.validate_arguments(given)
+    except ValidationError as e:
+        raise ToolError(argument_text(name, e, schema)) from None
+
+
+def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> str:
+    """Return what the model reads for arguments that do not fit: what, what is allowed, next."""
+    props: dict[str, Any] = schema.get("properties", {})
+    problems = []
+    for item in error.errors():
+        param = str(item["loc"][0]) if item["loc"] else "arguments"
+        spec = props.get(param, {})
+        problems.append(f"'{param}' {_what_is_wrong(item, spec)}")
+    required = [p for p in schema.get("required", [])]
+    usage = ", ".join([*required, *(f"{p}?" for p in props if p not in required)])
+    return f"{'; '.join(problems)}. Call {tool}({usage}) again with that fixed"
+
+
+def _what_is_wrong(item: Any, spec: dict[str, Any]) -> str:
+    kind, got = item["type"], item.get("input")
+    about = f" ({spec['description']})" if spec.get("description") else ""
+    choices = _choices(spec)
+    if kind == "missing":
+        return f"is required{about}"
+    if choices:
+        return f"must be one of {', '.join(map(str, choices))}, not {got!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"must be {_bounds(spec)}, not {got!r}"
+    if kind == "list_type":
+        example = '["bob"]' if "to" in spec.get("title", "").lower() else "[...]"
+        return f"must be a list, e.g. {example}, not {got!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number, not {got!r}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, not {got!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, not {got!r}"
+    if kind in ("string_type",):
+        return f"must be text, not {got!r}"
+    if kind in ("dict_type", "model_type"):
+        return f"must be a JSON object, not {got!r}"
+    return f"is not valid: {item['msg'].lower()} (got {got!r})"
+
+
+def _choices(spec: dict[str, Any]) -> list[Any]:
+    if "enum" in spec:
+        return list(spec["enum"])
+    for option in spec.get("anyOf", []):
+        if "enum" in option:
+            return list(option["enum"])
+    return []
+
+
+def _bounds(spec: dict[str, Any]) -> str:
+    for option in [spec, *spec.get("anyOf", [])]:
+        parts = []
+        if "minimum" in option:
+            parts.append(f">= {option['minimum']}")
+        if "exclusiveMinimum" in option:
+            parts.append(f"> {option['exclusiveMinimum']}")
+        if "maximum" in option:
+            parts.append(f"<= {option['maximum']}")
+        if parts:
+            return " and ".join(parts)
+    return "within its bounds"
 
 
 def instructions(agent: str | None, lang: str | None) -> str:
@@ -266,22 +356,38 @@ def create_server(
         instructions=instructions(agent, lang),
         lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
+        tools=[_tool(name, current) for name in TOOL_NAMES],
     )
-    _add_tools(server, current)
     _add_resources(server, current)
     _add_prompts(server, current)
     _add_subscriptions(server, current)
     return server
 
 
-def _add_tools(server: MCPServer[_State], current: Callable[[], _State]) -> None:
-    for name in TOOL_NAMES:
-        server.add_tool(
-            _as_tool(name, current),
-            name=name,
-            annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
-            structured_output=False,
-        )
+def _tool(name: str, current: Callable[[], _State]) -> Tool:
+    """Return the MCP tool for Session.<name>, whose argument errors read like our own.
+
+    The SDK validates arguments against the schema before the tool runs and answers with
+    pydantic's report. The tool keeps its schema, but the SDK is handed a model that accepts
+    anything; the wrapper validates with the real model and turns what is wrong into a
+    sentence with what is allowed (argument_text).
+    """
+    tool = Tool.from_function(
+        _as_tool(name, current),
+        name=name,
+        annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
+        structured_output=False,
+    )
+    strict = tool.fn_metadata.model_copy()
+    fields = strict.arg_model.model_fields
+    lenient = create_model(
+        f"{name}_anything",
+        __base__=ArgModelBase,
+        **{key: (Any, _MISSING) for key in fields},  # type: ignore[call-overload]
+    )
+    tool.fn_metadata.arg_model = lenient
+    _STRICT[name] = (strict, tool.parameters)
+    return tool
 
 
 def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> None:

@@ -17,8 +17,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from mailslot import __version__
-from mailslot._errors import InvalidMessage, MailslotError, NameTaken, NoSuchAgent
+from mailslot._errors import (
+    InvalidMessage,
+    InvalidName,
+    MailslotError,
+    NameTaken,
+    NoSuchAgent,
+)
 from mailslot._format import Damage, Message, Pending, ThreadInfo
+from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
 
@@ -59,8 +66,9 @@ ReplyTo = Annotated[int | None, Field(ge=1, description="Seq of the message answ
 Key = Annotated[str | None, Field(description="A retry with the same key is stored once")]
 AfterSeq = Annotated[int, Field(ge=0)]
 WaitThread = Annotated[
-    str | None, Field(description="Omit to wait on your inbox: messages to you in any thread")
+    str | None, Field(description="Thread id or topic; omit to wait on your inbox (any thread)")
 ]
+ThreadId = Annotated[str, Field(description="Thread id (or its topic)")]
 WaitAfter = Annotated[
     int | None, Field(ge=0, description="Seq to wait past: next_after_seq of the last call")
 ]
@@ -127,6 +135,8 @@ def thread_view(t: ThreadInfo) -> dict[str, Any]:
     }
     if t.summary:
         out["summary"] = t.summary
+        if t.summary_state != t.state:
+            out["summary_from"] = t.summary_state  # given when the thread was in that state
     if not t.complete:
         out["complete"] = False  # still being indexed: state and participants may lag
     return out
@@ -201,6 +211,29 @@ class Session:
             return name
         raise NameTaken(base, "and 98 numbered variants")
 
+    def _tid(self, thread: str) -> str:
+        """Return the thread id meant by thread: an id, or a topic (resolved as thread_create
+        resolves it, without creating). Raise NoSuchThread if neither names a thread.
+        """
+        threads = self.box.root / "threads"
+        try:
+            check_name(thread, "thread id")
+        except InvalidName as e:
+            invalid: InvalidName | None = e
+        else:
+            invalid = None
+            if (threads / thread).is_dir():
+                return thread
+        try:
+            slug = slugify(thread)
+        except InvalidName:
+            slug = thread
+        if slug != thread and (threads / slug).is_dir():
+            return slug
+        if invalid is not None:
+            raise invalid  # neither an id nor the topic of a thread
+        return thread
+
     def heartbeat(self) -> None:
         """Refresh this agent's presence (call every stale_after/3 seconds)."""
         if self._hold is not None:
@@ -248,17 +281,18 @@ class Session:
             out["hint"] = f"showing {limit} of {len(infos)}; filter by state or raise limit"
         return out
 
-    def thread_get(self, thread: str) -> dict[str, Any]:
+    def thread_get(self, thread: ThreadId) -> dict[str, Any]:
         """Get one thread: topic, state, head seq, participants, summary."""
-        return thread_view(self.box.thread(thread))
+        return thread_view(self.box.thread(self._tid(thread)))
 
     def thread_set_state(
         self,
-        thread: str,
+        thread: ThreadId,
         state: State,
         summary: Summary = None,
     ) -> dict[str, Any]:
         """Move a thread along discuss → implement → review → done → closed, or to archived."""
+        thread = self._tid(thread)
         seq = self.box.set_state(thread, state, sender=self.me(), summary=summary)
         return {"thread": thread, "state": state, "seq": seq}
 
@@ -266,7 +300,7 @@ class Session:
 
     def msg_post(
         self,
-        thread: str,
+        thread: ThreadId,
         content: Content,
         type: MsgType = "message",
         to: To = None,
@@ -276,6 +310,7 @@ class Session:
         idempotency_key: Key = None,
     ) -> dict[str, Any]:
         """Post a message to a thread; returns its seq and id."""
+        thread = self._tid(thread)
         msg = self.box.publish(
             thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
@@ -302,11 +337,19 @@ class Session:
 
     def msg_list(
         self,
-        thread: str,
+        thread: ThreadId,
         after_seq: AfterSeq = 0,
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
         """Read a thread's messages with seq > after_seq, oldest first, one page at a time."""
+        thread = self._tid(thread)
+        head = self.box.head(thread)
+        if after_seq > head:
+            return {
+                "messages": [], "next_after_seq": head, "has_more": False,
+                "hint": f"after_seq {after_seq} is past the newest message ({head}); "
+                f"wait for new ones with msg_wait(thread='{thread}', after_seq={head})",
+            }  # fmt: skip
         page = self.box.read(thread, after_seq, limit)
         views, cut = self._page(page.messages)
         cursor = cut if cut is not None else page.cursor
@@ -330,6 +373,7 @@ class Session:
         """Block until new messages arrive, then return them; on status 'timeout', call again."""
         me = self.me()
         timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
+        thread = self._tid(thread) if thread is not None else None
         if thread is None and after_seq is not None:
             raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
         begun = time.monotonic()
@@ -363,6 +407,9 @@ class Session:
     ) -> dict[str, Any]:
         head = self.box.head(thread)  # a missing thread fails now, not after the timeout
         pos = self._reading.position(thread, self.agent)
+        past = after_seq is not None and after_seq > head
+        if past:  # waiting past seqs that do not exist yet would skip them when they come
+            after_seq = head
         start = after_seq if after_seq is not None else (pos.read if pos.read is not None else head)
         inbox = pos.inbox_seen
 
@@ -378,6 +425,8 @@ class Session:
         pos.shown(start, nxt)
         self.save_positions()
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
+        if past:
+            out["note"] = f"after_seq was past the newest message ({head}): waited from {head}"
         out["next_after_seq"] = nxt
         _report_trouble(out, got.skipped, got.pending)
         return out
@@ -472,7 +521,7 @@ class Session:
         """Get this bus's settings: your name, language, limits, and how to collaborate."""
         s = self.box.settings
         return {
-            "agent": self.agent,
+            "agent": self.me(),  # the name this session posts under, taken now if need be
             "preferred_language": self.lang,
             "root": str(self.box.root),
             "version": __version__,
