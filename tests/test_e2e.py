@@ -133,7 +133,7 @@ def test_a_live_name_cannot_be_taken_twice(root: Path) -> None:
     async def main() -> None:
         async with agent(root, "solo"):
             result = subprocess.run(
-                [*SERVE, "--root", str(root), "--agent", "solo"],
+                [*SERVE, "--root", str(root), "--agent", "solo", "--strict-name"],
                 capture_output=True,
                 text=True,
                 timeout=30,

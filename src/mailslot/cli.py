@@ -504,6 +504,8 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
         arg("--heartbeat-timeout", type=float, default=30.0, metavar="S",
             help="not seen for this long reads as offline (default 30)"),
         arg("--poll", action="store_true", help="wake waiters by polling only"),
+        arg("--strict-name", action="store_true",
+            help="exit if the agent name is in use, instead of taking NAME-2, NAME-3, ..."),
     ],
 )  # fmt: skip
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -519,6 +521,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wait_max=args.wait_max,
         stale_after=args.heartbeat_timeout,
         wait_mode="poll" if args.poll else None,
+        strict_name=args.strict_name,
     )
     return EXIT_OK
 

@@ -262,11 +262,13 @@ def _bounds(spec: dict[str, Any]) -> str:
     return "within its bounds"
 
 
-def instructions(agent: str | None, lang: str | None) -> str:
+def instructions(agent: str | None, lang: str | None, was: str | None = None) -> str:
     """Return the server's instructions: a few lines on how to collaborate through mailslot."""
     who = (f"You are agent '{agent}'." if agent else
            "You get a name from your client's name on first use; agent_register(name=...) "
            "picks a stable one.")  # fmt: skip
+    if was and agent:
+        who = f"You are agent '{agent}' ('{was}' is another live session of your client)."
     text = (
         f"mailslot is a mailbox shared with other agents. {who} "
         "Join or start a thread with thread_create(topic), catch up with msg_list, introduce "
@@ -339,7 +341,11 @@ def _lifespan(
 
 
 def create_server(
-    make_session: Callable[[], Session], *, agent: str | None = None, lang: str | None = None
+    make_session: Callable[[], Session],
+    *,
+    agent: str | None = None,
+    lang: str | None = None,
+    was: str | None = None,
 ) -> MCPServer[_State]:
     """Return the MCP server whose connection lifespan runs the session make_session returns."""
     holder: list[_State] = []  # the state of the one connection this process serves
@@ -353,7 +359,7 @@ def create_server(
     server: MCPServer[_State] = MCPServer(
         "mailslot",
         version=__version__,
-        instructions=instructions(agent, lang),
+        instructions=instructions(agent, lang, was),
         lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
         tools=[_tool(name, current) for name in TOOL_NAMES],
@@ -490,14 +496,24 @@ def serve(
     wait_max: float = 600.0,
     stale_after: float = 30.0,
     wait_mode: str | None = None,
+    strict_name: bool = False,
 ) -> None:
     """Serve MCP over stdio for one agent until the client closes stdin."""
     box = Mailbox(root, wait_mode=wait_mode)
     session = Session(
         box, agent=agent, lang=lang, wait_default=wait_default, wait_max=wait_max,
-        stale_after=stale_after,
+        stale_after=stale_after, strict_name=strict_name,
     )  # fmt: skip
-    server = create_server(lambda: session, agent=agent, lang=lang)
+    if session.fallback_from:
+        log.warning(
+            "agent name %r is in use by another live session; serving as %r "
+            "(serve --strict-name refuses instead)",
+            session.fallback_from,
+            session.agent,
+        )
+    server = create_server(
+        lambda: session, agent=session.agent, lang=lang, was=session.fallback_from
+    )
     low = server._lowlevel_server
 
     async def run() -> None:

@@ -156,7 +156,14 @@ class Session:
         wait_max: float = DEFAULT_WAIT_MAX_S,
         stale_after: float = DEFAULT_STALE_AFTER,
         progress_every: float = PROGRESS_EVERY_S,
+        strict_name: bool = False,
     ) -> None:
+        """Open a session; with agent, take that name now.
+
+        If a live process holds agent, take the first free variant (agent-2, agent-3, ...)
+        and remember it in fallback_from, unless strict_name, which raises NameTaken instead:
+        two sessions of one client in one project share one pinned name.
+        """
         if not 0 < wait_default <= wait_max:
             raise InvalidMessage("the default wait must be > 0 and at most the maximum wait")
         self.box = box
@@ -171,8 +178,13 @@ class Session:
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
+        #: The pinned name this session could not take because another live session held it.
+        self.fallback_from: str | None = None
         if agent is not None:
-            self._take(agent)
+            if strict_name:
+                self._take(agent)
+            elif self._take_free(agent) != agent:
+                self.fallback_from = agent
 
     # ------------------------------------------------------------------ identity
 
@@ -201,9 +213,12 @@ class Session:
         """Return the agent name, taking one made from the client's name if there is none yet."""
         if self._hold is not None:
             return self._hold.name
-        base = client_slug(self.client)
+        return self._take_free(client_slug(self.client))
+
+    def _take_free(self, base: str) -> str:
+        """Take base, or its first free numbered variant; return the name taken."""
         for n in range(1, 100):
-            name = base if n == 1 else f"{base}-{n}"
+            name = base if n == 1 else f"{base[:60]}-{n}"
             try:
                 self._take(name)
             except NameTaken:
@@ -522,6 +537,14 @@ class Session:
         s = self.box.settings
         return {
             "agent": self.me(),  # the name this session posts under, taken now if need be
+            **(
+                {
+                    "note": f"'{self.fallback_from}' was in use by another session, so you are "
+                    f"'{self.me()}'"
+                }
+                if self.fallback_from
+                else {}
+            ),
             "preferred_language": self.lang,
             "root": str(self.box.root),
             "version": __version__,
