@@ -128,4 +128,5 @@ def test_inspector_in_the_2026_era(root: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     cfg = json.loads(json.loads(result.stdout)["result"]["content"][0]["text"])
-    assert cfg["agent"] is None and cfg["version"]
+    # The config names the agent the session posts as: here made from the client's name.
+    assert cfg["agent"] == "inspector-cli" and cfg["version"]

@@ -46,7 +46,10 @@ def test_derived_names_are_unique_among_live_processes(root: Path) -> None:
     two = Session(Mailbox(root), client="claude-code")
     assert (one.me(), two.me()) == ("claude-code", "claude-code-2")
     with pytest.raises(NameTaken, match="in use by a live process"):
-        Session(Mailbox(root), agent="claude-code")
+        Session(Mailbox(root), agent="claude-code", strict_name=True)
+    three = Session(Mailbox(root), agent="claude-code")  # a pinned name in use: a free variant
+    assert (three.me(), three.fallback_from) == ("claude-code-3", "claude-code")
+    three.close()
     one.close()
     again = Session(Mailbox(root), agent="claude-code")  # a name let go can be taken again
     assert again.me() == "claude-code"
