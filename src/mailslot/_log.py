@@ -30,7 +30,6 @@ from pathlib import Path
 from mailslot._errors import Damaged, InvalidMessage, NoSuchMessage
 from mailslot._files import CLOEXEC, NOFOLLOW, Files, exists
 from mailslot._format import (
-    MESSAGE_NAME_RE,
     Damage,
     Message,
     Page,
@@ -76,16 +75,24 @@ def _folder_key(tdir: Path) -> tuple[int, int, int, int] | None:
 
 
 def _list_seqs(tdir: Path) -> array[int]:
-    seqs = array("q")
+    """Return the sorted seqs of the message files in tdir (one listing, no stat)."""
     try:
-        with os.scandir(tdir) as entries:
-            for entry in entries:
-                m = MESSAGE_NAME_RE.fullmatch(entry.name)
-                if m and message_name(int(m.group(1))) == entry.name:
-                    seqs.append(int(m.group(1)))
+        names = os.listdir(tdir)
     except OSError:
         return array("q")
-    return array("q", sorted(seqs))
+    seqs = []
+    for name in names:
+        # A canonical message name: six digits, or more without a leading zero.
+        stem = name[:-5]
+        if (
+            name.endswith(".json")
+            and stem.isdigit()
+            and stem.isascii()
+            and (len(stem) == 6 or (len(stem) > 6 and stem[0] != "0"))
+        ):
+            seqs.append(int(stem))
+    seqs.sort()
+    return array("q", seqs)
 
 
 class Listings:
@@ -100,13 +107,15 @@ class Listings:
         with self._lock:
             self._by_thread.pop(thread, None)
 
-    def beyond(self, thread: str, tdir: Path, missing: int) -> int | None:
+    def beyond(self, thread: str, tdir: Path, missing: int, *, listing: bool = True) -> int | None:
         """Return the lowest seq above missing that has a file, or None; missing has none.
 
         Costs one ``stat`` of the folder while it is unchanged since a complete listing; a few
         ``stat`` calls of the next names and, at most once a second per thread, a listing when
         it changed. A file created less than a second ago beyond a gap wider than the
         look-ahead may be seen a second late; nothing is ever reported missing because of that.
+        With listing=False only the look-ahead and a listing already made are used (an answer
+        for people that must be cheap; writers and readers always see past gaps).
         """
         key = _folder_key(tdir)
         if key is None:
@@ -118,6 +127,8 @@ class Listings:
                 if os.path.lexists(tdir / message_name(seq)):
                     return seq
             now = time.monotonic()
+            if not listing and (known is None or known.key[:2] != key[:2]):
+                return None
             if known is None or now - known.at_mono >= RESCAN_EVERY_S:
                 known = _Listing(key, _list_seqs(tdir), time.time(), now)
                 with self._lock:
@@ -178,7 +189,7 @@ class ThreadLog:
         self.heads.pop(thread, None)
         self.listings.forget(thread)
 
-    def probe_head(self, thread: str, tdir: Path) -> int:
+    def probe_head(self, thread: str, tdir: Path, *, listing: bool = True) -> int:
         """Return the highest seq in the thread, probing with stat from the remembered hint.
 
         Costs O(log new messages) stats from the remembered hint. It sees past gaps (a
@@ -204,7 +215,7 @@ class ThreadLog:
                 else:
                     high = mid
             hint = low
-            beyond = self.listings.beyond(thread, tdir, hint + 1)
+            beyond = self.listings.beyond(thread, tdir, hint + 1, listing=listing)
             if beyond is None:
                 break
             hint = beyond

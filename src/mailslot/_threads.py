@@ -208,7 +208,9 @@ class Threads:
         tdir = self.files.thread_dir(thread)
         record = self._record(thread, tdir)
         index = self.current_index(thread, tdir, budget_s=INDEX_BUDGET_S)
-        head = max(index.seq, self.log.probe_head(thread, tdir))
+        # No listing for this answer: the look-ahead sees the gaps sync tools leave, and a
+        # writer or reader lists the folder whenever it must see further.
+        head = max(index.seq, self.log.probe_head(thread, tdir, listing=False))
         info = ThreadInfo(
             id=thread,
             topic=record["topic"],
