@@ -101,13 +101,24 @@ class Listings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_thread: dict[str, _Listing] = {}
+        self._own: dict[str, tuple[int, int, int, int]] = {}  # the folder as our last claim left it
 
     def forget(self, thread: str) -> None:
         """Drop what is remembered of thread (its folder was removed or replaced)."""
         with self._lock:
             self._by_thread.pop(thread, None)
+            self._own.pop(thread, None)
 
-    def beyond(self, thread: str, tdir: Path, missing: int, *, listing: bool = True) -> int | None:
+    def changed_by_us(self, thread: str, tdir: Path) -> None:
+        """Note that this process just changed thread's folder (a claim, under the lock)."""
+        key = _folder_key(tdir)
+        with self._lock:
+            if key is not None:
+                self._own[thread] = key
+
+    def beyond(
+        self, thread: str, tdir: Path, missing: int, *, listing: bool = True, fresh: bool = False
+    ) -> int | None:
         """Return the lowest seq above missing that has a file, or None; missing has none.
 
         Costs one ``stat`` of the folder while it is unchanged since a complete listing; a few
@@ -115,7 +126,9 @@ class Listings:
         it changed. A file created less than a second ago beyond a gap wider than the
         look-ahead may be seen a second late; nothing is ever reported missing because of that.
         With listing=False only the look-ahead and a listing already made are used (an answer
-        for people that must be cheap; writers and readers always see past gaps).
+        for people that must be cheap; writers and readers always see past gaps). fresh=True
+        (a writer about to claim a seq) lists whenever someone other than this process changed
+        the folder since, without the once-a-second limit: a claim must never land in a gap.
         """
         key = _folder_key(tdir)
         if key is None:
@@ -129,7 +142,8 @@ class Listings:
             now = time.monotonic()
             if not listing and (known is None or known.key[:2] != key[:2]):
                 return None
-            if known is None or now - known.at_mono >= RESCAN_EVERY_S:
+            ours = fresh and self._own.get(thread) == key  # nobody else changed it since
+            if known is None or (fresh and not ours) or now - known.at_mono >= RESCAN_EVERY_S:
                 known = _Listing(key, _list_seqs(tdir), time.time(), now)
                 with self._lock:
                     self._by_thread[thread] = known
@@ -189,7 +203,9 @@ class ThreadLog:
         self.heads.pop(thread, None)
         self.listings.forget(thread)
 
-    def probe_head(self, thread: str, tdir: Path, *, listing: bool = True) -> int:
+    def probe_head(
+        self, thread: str, tdir: Path, *, listing: bool = True, fresh: bool = False
+    ) -> int:
         """Return the highest seq in the thread, probing with stat from the remembered hint.
 
         Costs O(log new messages) stats from the remembered hint. It sees past gaps (a
@@ -215,7 +231,7 @@ class ThreadLog:
                 else:
                     high = mid
             hint = low
-            beyond = self.listings.beyond(thread, tdir, hint + 1, listing=listing)
+            beyond = self.listings.beyond(thread, tdir, hint + 1, listing=listing, fresh=fresh)
             if beyond is None:
                 break
             hint = beyond

@@ -36,6 +36,9 @@ class Position:
     read: int | None = None
     inbox: int | None = None
     dirty: bool = False
+    #: Where the shown range begins: messages up to here were never shown by thread reads
+    #: (a first read that started past them, such as a wait "from now").
+    start: int = 0
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
@@ -47,9 +50,11 @@ class Position:
         """
         if not isinstance(doc, dict) or not incarnation:
             return cls(incarnation)
-        if doc.get("incarnation") != incarnation:
+        if doc.get("incarnation") not in (incarnation, ""):
             return cls.reborn(incarnation)
-        return cls(incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")))
+        dirty = doc.get("incarnation") != incarnation  # stored before thread.json arrived
+        start = _seq(doc.get("start")) or 0
+        return cls(incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start)
 
     @classmethod
     def reborn(cls, incarnation: str) -> Position:
@@ -62,6 +67,7 @@ class Position:
             "incarnation": self.incarnation,
             "read": self.read,
             "inbox": None if owed else self.inbox,
+            "start": self.start,
         }
 
     @property
@@ -75,9 +81,29 @@ class Position:
         The position moves only if that piece joins what was shown before (start at or before
         it), so a read further ahead never marks the messages in between as shown.
         """
-        if self.read is None or (start <= self.read < upto):
+        if self.read is None:
+            self.read, self.start = upto, start
+            self.dirty = True
+        elif start <= self.read < upto:
             self.read = upto
             self.dirty = True
+
+    def was_shown(self, seq: int) -> bool:
+        """Return True if message seq was shown to the agent by a thread read."""
+        return self.read is not None and self.start < seq <= self.read
+
+    def clamp(self, head: int) -> None:
+        """Bring positions past the thread's newest message back to it.
+
+        The folder went back in time (its newest files deleted, or an older git branch): a
+        message posted there again takes those seqs, and must not be waited past.
+        """
+        for name in ("read", "inbox"):
+            value = getattr(self, name)
+            if value is not None and value > head:
+                setattr(self, name, head)
+                self.dirty = True
+        self.start = min(self.start, head)
 
     def inbox_shown(self, upto: int) -> None:
         """Record that every message to the agent up to upto was shown."""

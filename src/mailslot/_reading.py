@@ -41,6 +41,9 @@ class Reading:
         """
         incarnation = self.box.incarnation(thread)
         pos = self._positions.get(thread)
+        if pos is not None and not pos.incarnation and incarnation:
+            pos.incarnation = incarnation  # its thread.json arrived after its messages
+            pos.dirty = True
         if pos is None or pos.incarnation != incarnation:
             if pos is not None:  # deleted and created again while we ran
                 pos = Position.reborn(incarnation)
@@ -49,13 +52,16 @@ class Reading:
                 pos = Position.from_json(stored, incarnation)
             self._backlog = [(t, s) for t, s in self._backlog if t != thread]
             self._positions[thread] = pos
+        pos.clamp(self.box.head(thread))
         return pos
 
     def save(self, agent: str) -> None:
         """Write the positions changed since the last save to .state/cursors/ (best effort)."""
         owed = {t for t, _ in self._backlog}
+        # .state/ deleted (git clean -fdX): write every position again, not only changed ones.
+        lost = not (self.box.root / ".state" / "cursors" / agent).is_dir()
         for thread, pos in sorted(self._positions.items()):
-            if pos.dirty:
+            if pos.dirty or lost:
                 # While inbox messages from before the first look are still owed, the saved
                 # inbox position stays unknown, so a restart derives them again.
                 self.box.save_cursor(agent, thread, pos.to_json(owed=thread in owed))
@@ -82,8 +88,7 @@ class Reading:
         costs one look per thread, not a read of every message.
         """
         seqs, upto = self.box.unanswered(thread, me)
-        done = pos.read or 0
-        self._backlog += [(thread, s) for s in seqs if s > done]
+        self._backlog += [(thread, s) for s in seqs if not pos.was_shown(s)]
         pos.inbox_shown(upto)
 
     def owed(self, me: str) -> list[Message]:
@@ -92,6 +97,8 @@ class Reading:
         keep: list[tuple[str, int]] = []
         for thread, seq in sorted(self._backlog):
             try:
+                if self.position(thread, me).was_shown(seq):
+                    continue  # a thread wait returned it meanwhile
                 m = self.box.get(thread, seq)
             except MailslotError:
                 continue  # gone or unreadable since the index saw it

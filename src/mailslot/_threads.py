@@ -21,7 +21,7 @@ from typing import Any
 
 from mailslot._errors import InvalidName, InvalidState, MailslotError, NotFound, RootError
 from mailslot._files import Files, exists, fsync_dir, storage_error
-from mailslot._format import STATES, Damage, Message, ThreadInfo, dumps, loads, now_iso
+from mailslot._format import STATES, Damage, Message, Pending, ThreadInfo, dumps, loads, now_iso
 from mailslot._log import RACY_S, ThreadLog
 from mailslot._names import check_name, check_topic, slugify
 
@@ -239,9 +239,12 @@ class Threads:
         state, last_activity = None, ""
         summary: tuple[str, str] | None = None
         seq = head
+        pending = False
         while seq > indexed and time.monotonic() < deadline:
             item = self.log.load(info.id, tdir, seq)
             seq -= 1
+            if isinstance(item, Pending):
+                pending = True  # it may say something once whole: this answer is not final
             if not isinstance(item, Message):
                 continue
             last_activity = last_activity or item.created_at
@@ -259,7 +262,7 @@ class Threads:
             summary_state=summary[1] if summary else info.summary_state,
             participants=participants,
             last_activity=last_activity or info.last_activity,
-            complete=seq <= indexed,
+            complete=seq <= indexed and not pending,
         )
 
     def unanswered(self, thread: str, agent: str) -> tuple[list[int], int]:

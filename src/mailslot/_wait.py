@@ -317,8 +317,8 @@ class _WaitPlan:
             if until < now and thread not in self.pending:
                 del self.hot[thread]
         start = self.turn % len(names)
-        self.turn = start + POLL_SLICE
-        round_ = names[start : start + POLL_SLICE]
+        self.turn = (start + POLL_SLICE) % len(names)
+        round_ = (names + names)[start : start + POLL_SLICE]  # wraps: every thread in turn
         return list(dict.fromkeys([*self.hot, *self.pending, *round_]))
 
     def check(self, *, full: bool = True) -> bool:
@@ -352,7 +352,9 @@ class _WaitPlan:
                         break
                     seq = page.cursor
             except (NotFound, RootError):
-                continue  # removed or replaced while we waited: nothing to read there
+                # Removed or replaced while we read: keep what was read before that.
+                self.cursor[thread] = seq
+                continue
             self.cursor[thread] = seq
             self.hot[thread] = time.monotonic() + HOT_S
         return bool(self.messages)
