@@ -126,13 +126,14 @@ def test_post_from_stdin(env_root: Path) -> None:
     env = {**os.environ, "MAILSLOT_ROOT": str(env_root), "MAILSLOT_AGENT": "alice"}
     result = subprocess.run(
         [sys.executable, "-m", "mailslot", "post", "t", "-"],
-        input="from a pipe ✓\n".encode(),
+        input="from a pipe ✓\n\nsecond paragraph\n".encode(),
         capture_output=True,
         env=env,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert Mailbox(env_root).get("t", 1).content == "from a pipe ✓\n"
+    # The one final newline `echo` adds is dropped, as $(...) drops it; the rest is kept.
+    assert Mailbox(env_root).get("t", 1).content == "from a pipe ✓\n\nsecond paragraph"
     bad = subprocess.run(
         [sys.executable, "-m", "mailslot", "post", "t", "-"],
         input=b"\xff\xfe not utf-8",

@@ -309,8 +309,8 @@ def test_converting_a_mailbox_with_init_shared(team: Team, project: Path) -> Non
         assert not report["healthy"]
         said = [f for f in report["findings"] if f["kind"] == "not shared"]
         assert len(said) == 1, report
-        assert f"mailslot init --shared {root}" in said[0]["detail"], said
-        assert a.name in said[0]["detail"], said
+        assert f"mailslot init --shared {root}" in said[0]["todo"], said
+        assert a.name in said[0]["todo"], said
         assert report["hard_links"] is not False, report  # not mistaken for the filesystem
 
     converted = team.cli(a, "022", "init", "--shared", str(root))

@@ -124,9 +124,8 @@ class Agents:
                 updated_at=str(doc.get("updated_at", "")),
             )
         except (OSError, ValueError, AttributeError) as e:
-            raise Damaged(
-                self.files.report(Damage(str(path), f"is not an agent card: {e}"))
-            ) from None
+            # Raised, not logged: the caller hears of it once; cards() logs what it steps over.
+            raise Damaged(Damage(str(path), f"is not an agent card: {e}")) from None
 
     def names(self) -> list[str]:
         try:
@@ -144,8 +143,12 @@ class Agents:
         """Return every readable agent card, by name; damaged cards are logged and skipped."""
         cards = []
         for name in self.names():
-            with contextlib.suppress(NotFound, Damaged):
+            try:
                 cards.append(self.card(name))
+            except NotFound:
+                continue  # removed since the listing
+            except Damaged as e:
+                self.files.report(Damage(str(e.path), e.reason))
         return cards
 
     def hold_name(

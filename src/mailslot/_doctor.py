@@ -13,10 +13,12 @@ did. Everything else is reported only. How doctor writes is in ``_repair``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import secrets
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,8 @@ from mailslot._conflict import (
     resolve,
     resolve_record,
 )
-from mailslot._errors import MailslotError
+from mailslot._errors import Damaged, InvalidName, MailslotError, NoSuchAgent
+from mailslot._files import tmp_writer
 from mailslot._format import (
     FORMAT,
     MESSAGE_NAME_RE,
@@ -48,7 +51,7 @@ from mailslot._names import NAME_PATTERN
 from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._repair import DOCTOR, keep_copy, placeholder, put, temp_path
 from mailslot._roots import _git_top
-from mailslot._settings import Settings
+from mailslot._settings import KEYS, Settings
 from mailslot._watch import filesystem_type, is_network_fs
 
 if TYPE_CHECKING:
@@ -56,9 +59,13 @@ if TYPE_CHECKING:
 
 _NAME_RE = re.compile(NAME_PATTERN)
 NO_LINKS = (
-    "hard links do not work here, so posts fail: move the mailbox to a filesystem with hard "
-    'links, or accept the risk with "claim": "exclusive-create" in mailslot.json (exclusive '
-    "creates that some network clients, such as smbnetfs, do not honour across machines)"
+    'hard links do not work here, so posts fail; "claim": "exclusive-create" would claim seqs '
+    "with exclusive creates instead, which some network clients, such as smbnetfs, do not "
+    "honour across machines"
+)
+NO_LINKS_TODO = (
+    "move the mailbox to a filesystem with hard links, or accept that risk: set that claim in "
+    "mailslot.json"
 )
 NO_LOCKS = (
     "file locks do not exclude here: the link claim still keeps messages safe, but writers "
@@ -66,36 +73,58 @@ NO_LOCKS = (
 )
 GAP = (
     "missing while seq {head} exists: deleted, not synced yet, or lost in a merge. Readers wait "
-    "for it for grace_s after a later file appeared, then report it and go on; restore it "
-    "(git checkout / git log --all -- <path>) if you can, or --fix fills it with a placeholder"
+    "for it for grace_s after a later file appeared, then report it and go on"
 )
-SYMLINKED = "a thread folder that is a symlink is refused; replace it with a folder"
+GAP_TODO = "restore it from git if you can (`git log --all -- {path}`)"
 LEFT_TEMP = "left by a writer that was interrupted (it never became a message)"
 CONFLICT = (
     "merge conflict: two clones both wrote seq {seq} and git joined their two messages into "
-    "one file with conflict markers, which readers stop at; --fix keeps both: this seq keeps "
-    "one of them (the same one on every machine), the other is re-published at the end of the "
-    "thread with meta.moved_from, and the conflicted file goes to .state/quarantine/{thread}/"
+    "one file with conflict markers, which readers stop at"
+)
+CONFLICT_FIX = (
+    "keeps both: this seq keeps one of them (the same one on every machine), the other is "
+    "re-published at the end of the thread with meta.moved_from, and the conflicted file goes "
+    "to .state/quarantine/{thread}/"
 )
 CONFLICT_RECORD = (
     "merge conflict: two clones both created thread {thread} and git joined their two "
-    "thread.json files into one with conflict markers; --fix keeps the record created first "
-    "(the same on every machine) and moves the conflicted file to .state/quarantine/{thread}/"
+    "thread.json files into one with conflict markers"
 )
+CONFLICT_RECORD_FIX = (
+    "keeps the record created first (the same on every machine) and moves the conflicted file "
+    "to .state/quarantine/{thread}/"
+)
+YOURS = "leave it, or move it out of the mailbox; --fix never touches it"
 
 
 @dataclass
 class Finding:
-    """One thing doctor noticed: what kind, where, what it means, and what --fix did."""
+    """One thing doctor noticed: what, where, what it means, and what to do about it.
+
+    A problem leaves the mailbox unhealthy until it is fixed. A note does not: a file someone
+    put there that readers ignore, or a leftover that is normal. ``fix`` says what
+    ``doctor --fix`` does about it (None: --fix leaves it alone); ``todo`` what a person does
+    instead, or first.
+    """
 
     kind: str
     path: str
     detail: str
     fixed: str | None = None
+    fix: str | None = None
+    todo: str | None = None
+    note: bool = False
+
+    @property
+    def outstanding(self) -> bool:
+        """Return True if this is a problem not fixed yet."""
+        return not self.note and not self.fixed
 
     def to_dict(self) -> dict[str, Any]:
         """Return the finding as a JSON-able dict."""
-        return {"kind": self.kind, "path": self.path, "detail": self.detail, "fixed": self.fixed}
+        return {"kind": self.kind, "path": self.path, "detail": self.detail,
+                "severity": "note" if self.note else "problem", "fix": self.fix,
+                "todo": self.todo, "fixed": self.fixed}  # fmt: skip
 
 
 @dataclass
@@ -116,8 +145,8 @@ class Report:
 
     @property
     def healthy(self) -> bool:
-        """Return True if nothing is left unfixed."""
-        return all(f.fixed for f in self.findings)
+        """Return True if no problem is left unfixed (notes do not count)."""
+        return not any(f.outstanding for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-able dict."""
@@ -197,23 +226,38 @@ def _message_limit(root: Path) -> int:
 
 def _check_config(root: Path, report: Report) -> bool:
     config = root / "mailslot.json"
+    by_hand = "repair or restore it by hand (`git checkout` it if it is committed)"
     try:
         doc = loads(config.read_bytes())
     except FileNotFoundError:
-        report.findings.append(Finding("config", str(config), "missing: not a mailbox root"))
+        report.findings.append(Finding("config", str(config), "missing: not a mailbox root",
+                                       todo=f"`mailslot init {root}` makes one"))  # fmt: skip
         return False
     except (OSError, ValueError) as e:
-        report.findings.append(Finding("config", str(config), f"unreadable: {e}"))
+        report.findings.append(Finding("config", str(config), f"unreadable: {e}", todo=by_hand))
         return False
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt != FORMAT:
-        detail = (
-            f"format {fmt!r}: written by a newer mailslot; upgrade before writing here"
-            if isinstance(fmt, int) and fmt > FORMAT
-            else f"format {fmt!r} is not {FORMAT}"
-        )
-        report.findings.append(Finding("format", str(config), detail))  # fmt: skip
+        newer = isinstance(fmt, int) and fmt > FORMAT
+        report.findings.append(Finding(
+            "format", str(config),
+            f"format {fmt!r}: written by a newer mailslot" if newer
+            else f"format {fmt!r} is not {FORMAT}",
+            todo="upgrade mailslot before writing here (pip install -U mailslot)" if newer
+            else by_hand,
+        ))  # fmt: skip
         return False
+    for key in doc:
+        if key not in KEYS:
+            near = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            fix = f"rename it to {near[0]!r}" if near else f"use one of {', '.join(KEYS)}"
+            report.findings.append(Finding(
+                "config", str(config),
+                f"unknown setting {key!r}{hint}: mailslot ignores it (a typo, or a setting of "
+                "a newer mailslot)",
+                todo=f"{fix} in mailslot.json, or remove it; --fix leaves the file alone",
+            ))  # fmt: skip
     return True
 
 
@@ -228,7 +272,8 @@ def _check_record(tdir: Path, report: Report, fix: bool, tmpdir: Path, quarantin
             return
         winner = earliest_record(sides)
     except (OSError, ValueError) as e:
-        finding = Finding("thread record", str(record), f"missing or unreadable ({e})")
+        finding = Finding("thread record", str(record), f"missing or unreadable ({e})",
+                          fix="writes a new thread.json with the id as its topic")  # fmt: skip
         if fix:
             data = dumps(
                 {"id": thread, "topic": thread, "created_by": DOCTOR, "created_at": now_iso()}
@@ -239,7 +284,8 @@ def _check_record(tdir: Path, report: Report, fix: bool, tmpdir: Path, quarantin
             finding.fixed = "wrote a new thread.json with the id as its topic"
         report.findings.append(finding)
         return
-    finding = Finding("conflict", str(record), CONFLICT_RECORD.format(thread=thread))
+    finding = Finding("conflict", str(record), CONFLICT_RECORD.format(thread=thread),
+                      fix=CONFLICT_RECORD_FIX.format(thread=thread))  # fmt: skip
     if fix:
         finding.fixed = resolve_record(record, winner, tmpdir, quarantine)
     report.findings.append(finding)
@@ -253,8 +299,12 @@ def _message_files(tdir: Path, report: Report) -> dict[int, str]:
         if entry == "thread.json":
             continue
         if not m or message_name(int(m.group(1))) != entry:
+            digits = re.fullmatch(r"0*([1-9][0-9]{0,17})\.json", entry)
+            like = message_name(int(digits.group(1))) if digits else None
+            named = f" (message files are named like {like})" if like else ""
             report.findings.append(Finding("foreign file", str(tdir / entry),
-                                           "not a message file; readers ignore it"))  # fmt: skip
+                                           f"not a message file{named}; readers ignore it",
+                                           todo=YOURS, note=True))  # fmt: skip
             continue
         seqs[int(m.group(1))] = entry
     return seqs
@@ -262,7 +312,9 @@ def _message_files(tdir: Path, report: Report) -> dict[int, str]:
 
 def _gap(path: Path, seq: int, head: int, fix: bool, tmpdir: Path) -> Finding:
     """Return the finding for a missing seq, filled with a placeholder if fix is set."""
-    finding = Finding("gap", str(path), GAP.format(seq=seq, head=head))
+    finding = Finding("gap", str(path), GAP.format(seq=seq, head=head),
+                      fix="fills it with a placeholder that says it was missing",
+                      todo=GAP_TODO.format(path=path))  # fmt: skip
     if fix:
         text = (f"Message {seq} was missing from this thread; mailslot doctor put this "
                 "note in its place.")  # fmt: skip
@@ -316,19 +368,24 @@ def _check_thread(tdir: Path, report: Report, fix: bool, dirs: tuple[Path, Path,
         try:
             got = _read(path, seq, limit)
         except (OSError, ValueError) as e:
-            finding = Finding("corrupt message", str(path), str(e))
+            finding = Finding("corrupt message", str(path), str(e),
+                              fix="moves it to .state/quarantine/ and puts a placeholder at its "
+                              "seq")  # fmt: skip
             if fix:
                 finding.fixed = _set_aside(path, seq, e, tmpdir, quarantine)
             report.findings.append(finding)
             continue
         if not isinstance(got, Message):
-            finding = Finding("conflict", str(path), CONFLICT.format(seq=seq, thread=thread))
+            finding = Finding("conflict", str(path), CONFLICT.format(seq=seq),
+                              fix=CONFLICT_FIX.format(thread=thread))  # fmt: skip
             conflicts.append((Conflict(seq, path, got), finding))
             report.findings.append(finding)
             continue
         if got.id in ids:
-            again = f"same id as message {ids[got.id]} (a copy?)"
-            report.findings.append(Finding("duplicate", str(path), again))
+            again = f"same id as message {ids[got.id]} (a copy?); readers show both"
+            report.findings.append(Finding("duplicate", str(path), again, note=True,
+                                           todo="nothing to do: a published message is never "
+                                           "deleted, so --fix leaves it"))  # fmt: skip
         ids[got.id] = seq
     if fix and conflicts:
         report.messages += resolve(tdir, [c for c, _ in conflicts], ids, dirs)
@@ -344,7 +401,10 @@ def _check_gitignore(root: Path, report: Report, fix: bool) -> None:
         ignored = False
     if not ignored:
         finding = Finding(
-            "gitignore", str(ignore), ".state/ is not ignored: per-machine files would be committed"
+            "gitignore",
+            str(ignore),
+            ".state/ is not ignored: per-machine files would be committed",
+            fix="adds .state/ to .gitignore",
         )
         if fix:
             with ignore.open("a", encoding="utf-8") as out:
@@ -365,9 +425,10 @@ def _check_filesystem(root: Path, report: Report, tmpdir: Path, locks: Path) -> 
     report.hard_links = _probe_links(tmpdir)
     report.locks = _probe_locks(locks)
     if not report.hard_links:
-        report.findings.append(Finding("filesystem", str(root), NO_LINKS))
+        report.findings.append(Finding("filesystem", str(root), NO_LINKS, todo=NO_LINKS_TODO))
     if not report.locks:
-        report.findings.append(Finding("filesystem", str(root), NO_LOCKS))
+        report.findings.append(Finding("filesystem", str(root), NO_LOCKS, note=True,
+                                       todo="a local disk has working locks"))  # fmt: skip
 
 
 def _check_sharing(root: Path, report: Report, fix: bool, *, shared: bool) -> None:
@@ -396,10 +457,10 @@ def _check_sharing(root: Path, report: Report, fix: bool, *, shared: bool) -> No
             detail = (
                 f"{_modes.entries(len(left))} of this shared mailbox without group read and "
                 f"write (folders: rwx and setgid) or without the group {group}, such as "
-                f"{left[0]}: other members of {group} cannot write them. `mailslot doctor "
-                f"--fix` or `mailslot init --shared`, {run_by}, gives them access"
+                f"{left[0]}: other members of {group} cannot write them"
             )
-            report.findings.append(Finding("group access", str(root), detail))
+            todo = f"`mailslot doctor --fix` or `mailslot init --shared`, {run_by}, gives access"
+            report.findings.append(Finding("group access", str(root), detail, todo=todo))
         return
     users = ", ".join(sorted(_modes.user_name(u) for u in found.owners))
     if len(found.owners) > 1:
@@ -413,10 +474,10 @@ def _check_sharing(root: Path, report: Report, fix: bool, *, shared: bool) -> No
     if left:
         detail = (
             f"{why}, but it is not shared: {_modes.entries(len(left))} (such as {left[0]}) "
-            f"cannot be written by other members of group {group}, so their posts fail. Make "
-            f"it shared: `mailslot init --shared {root}`, {run_by}"
+            f"cannot be written by other members of group {group}, so their posts fail"
         )
-        report.findings.append(Finding("not shared", str(root), detail))
+        todo = f"make it shared: `mailslot init --shared {root}`, {run_by}"
+        report.findings.append(Finding("not shared", str(root), detail, todo=todo))
 
 
 def _check_threads(root: Path, report: Report, fix: bool, dirs: tuple[Path, Path, Path]) -> None:
@@ -424,17 +485,34 @@ def _check_threads(root: Path, report: Report, fix: bool, dirs: tuple[Path, Path
     for entry in sorted(os.listdir(threads)) if threads.is_dir() else []:
         tdir = threads / entry
         if tdir.is_symlink():
-            report.findings.append(Finding("symlink", str(tdir), SYMLINKED))
+            report.findings.append(Finding("symlink", str(tdir), "a thread folder that is a "
+                                           "symlink: readers refuse it",
+                                           todo="replace it with a folder"))  # fmt: skip
         elif not (_NAME_RE.fullmatch(entry) and tdir.is_dir()):
-            report.findings.append(Finding("foreign file", str(tdir), "not a thread; ignored"))
+            report.findings.append(Finding("foreign file", str(tdir), "not a thread; readers "
+                                           "ignore it", todo=YOURS, note=True))  # fmt: skip
         else:
             report.threads += 1
             _check_thread(tdir, report, fix, dirs)
 
 
 def _check_temp_files(box: Mailbox, tmpdir: Path, report: Report, fix: bool) -> None:
+    now = time.time()
     for entry in sorted(os.listdir(tmpdir)) if tmpdir.is_dir() else []:
-        report.findings.append(Finding("temp file", str(tmpdir / entry), LEFT_TEMP))
+        path = tmpdir / entry
+        try:
+            writer = tmp_writer(entry, path.lstat().st_mtime, now)
+        except OSError:
+            continue  # gone since the listing: its writer finished
+        if writer is None:
+            report.findings.append(Finding("temp file", str(path), LEFT_TEMP,
+                                           fix="removes it (so does any mailslot that opens "
+                                           "this mailbox)"))  # fmt: skip
+        else:
+            report.findings.append(Finding(
+                "temp file", str(path), f"a message being written, perhaps: it may belong to "
+                f"{writer}", todo="nothing to do: it is removed when its writer is gone, or "
+                "after an hour", note=True))  # fmt: skip
     if fix:
         swept = {str(p) for p in box.sweep_tmp()}
         for f in report.findings:
@@ -453,8 +531,10 @@ def _check_presence(
             said = None
         if said in ("online", "waiting") and p.status == "offline":
             finding = Finding(
-                "stale presence", str(path), f"{p.agent} says {said} but its process is gone"
-            )
+                "stale presence", str(path), f"{p.agent} says {said}, but its process is gone "
+                "(killed, or on a machine that stopped): readers already count it offline, "
+                "which is normal", fix="marks the file offline", note=True,
+            )  # fmt: skip
             if fix:
                 doc = loads(path.read_bytes())
                 doc["status"] = "offline"
@@ -465,13 +545,23 @@ def _check_presence(
 
 def _check_cards(box: Mailbox, root: Path, report: Report) -> None:
     agents = root / "agents"
-    for name in sorted(os.listdir(agents)) if agents.is_dir() else []:
-        with contextlib.suppress(MailslotError, ValueError):
-            if name.endswith(".json"):
-                box.agent(name[: -len(".json")])
-                continue
-        report.findings.append(Finding("agent card", str(agents / name),
-                                       "not a readable agent card"))  # fmt: skip
+    for entry in sorted(os.listdir(agents)) if agents.is_dir() else []:
+        name = entry.removesuffix(".json")
+        try:
+            if name == entry:
+                raise InvalidName("agent name", entry, "cards are named NAME.json")
+            box.agent(name)
+        except (InvalidName, NoSuchAgent) as e:  # not a card at all: a file someone put there
+            report.findings.append(Finding("agent card", str(agents / entry),
+                                           f"not an agent card ({e}); readers ignore it",
+                                           todo=YOURS, note=True))  # fmt: skip
+        except (Damaged, MailslotError) as e:
+            report.findings.append(Finding(
+                "agent card", str(agents / entry),
+                f"{e.reason if isinstance(e, Damaged) else e}; agent lists skip it",
+                todo=f"`mailslot register {name}` writes a new card (its fields are lost), or "
+                "repair its JSON by hand; --fix leaves it",
+            ))  # fmt: skip
 
 
 def diagnose(root: Path, *, fix: bool = False, stale_after: float = DEFAULT_STALE_AFTER) -> Report:
@@ -484,7 +574,8 @@ def diagnose(root: Path, *, fix: bool = False, stale_after: float = DEFAULT_STAL
     git = _git_top(root)
     report.git_work_tree = str(git[0]) if git else None
     if not root.is_dir():
-        report.findings.append(Finding("root", str(root), "no such folder: run mailslot init"))
+        made = f"`mailslot init {root}` makes a mailbox there"
+        report.findings.append(Finding("root", str(root), "no such folder", todo=made))
         return report
     config_ok = _check_config(root, report)
     _check_gitignore(root, report, fix)

@@ -107,6 +107,23 @@ def exists(tdir: Path, seq: int) -> bool:
     return os.path.lexists(tdir / message_name(seq))
 
 
+def tmp_writer(name: str, mtime: float, now: float) -> str | None:
+    """Return who may still be writing the temp file name, or None if it is a leftover.
+
+    A leftover is one older than an hour, or one whose writer (``<host>.<pid>.…``) is a dead
+    process of this machine; anything else may be a writer at work, here or elsewhere.
+    """
+    parts = name.split(".")
+    mine = len(parts) >= 3 and parts[0] == HOST and parts[1].isdigit()
+    if now - mtime > STALE_TMP_SECONDS or (mine and not pid_alive(int(parts[1]))):
+        return None
+    if mine:
+        return f"process {parts[1]} of this machine, which is running"
+    if len(parts) >= 3 and parts[1].isdigit():
+        return f"a writer on {parts[0]}, if it is still at work (the file is under an hour old)"
+    return "a writer at work (the file is under an hour old)"
+
+
 class Files:
     """The folder of one mailbox root as writers and readers touch it; safe across threads."""
 
@@ -184,7 +201,8 @@ class Files:
         """Log damage once per path and return it."""
         if damage.path not in self._reported:
             self._reported.add(damage.path)
-            log.warning("skipping damaged file %s", damage)
+            # `damaged` names the file for a front end that also reports it (the command).
+            log.warning("skipping damaged file %s", damage, extra={"damaged": damage.path})
         return damage
 
     def sweep_tmp(self) -> list[Path]:
@@ -200,12 +218,8 @@ class Files:
             return removed
         now = time.time()
         for entry in entries:
-            parts = entry.name.split(".")
             try:
-                stale = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
-                if len(parts) >= 3 and parts[0] == HOST and parts[1].isdigit():
-                    stale = stale or not pid_alive(int(parts[1]))
-                if not stale:
+                if tmp_writer(entry.name, entry.stat(follow_symlinks=False).st_mtime, now):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)

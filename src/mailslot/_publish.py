@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,21 +43,39 @@ ID_NAMESPACE = uuid.UUID("6f1c1a8e-52a4-4e0c-9d0c-6d61696c736c")
 class Writer:
     """Publishes messages into a root's threads."""
 
-    def __init__(self, files: Files, log: ThreadLog, agents: Agents) -> None:
+    def __init__(
+        self,
+        files: Files,
+        log: ThreadLog,
+        agents: Agents,
+        participants: Callable[[str], Sequence[str]] = lambda thread: (),
+    ) -> None:
         self.files = files
         self.log = log
         self.agents = agents
+        self.participants = participants
 
-    def _recipients(self, to: object) -> list[str]:
+    def _recipients(self, thread: str, to: object) -> list[str]:
+        """Return the recipients, each an agent with a card or someone who wrote in thread.
+
+        A card is not required of a participant: people post with the command and never
+        register, and whoever reads their messages must be able to answer them. A name seen
+        nowhere is refused, so a misspelt recipient stores nothing.
+        """
         if isinstance(to, str):
             to = [to]
         if not isinstance(to, list | tuple):
             raise InvalidMessage(f"to must be a list of agent names, not {type(to).__name__}")
         names: list[str] = []
+        seen: Sequence[str] | None = None
         for name in to:
             check_name(name, "agent name")
             if not os.path.lexists(self.files.root / "agents" / f"{name}.json"):
-                raise NoSuchAgent(name, self.agents.names())
+                if seen is None:
+                    seen = self.participants(thread)
+                if name not in seen:
+                    known = sorted({*self.agents.names(), *seen})
+                    raise NoSuchAgent(name, known)
             if name not in names:
                 names.append(name)
         return names
@@ -138,8 +157,11 @@ class Writer:
                     seen = self._keyed(thread, tdir, message, key)
                     if seen is not None:
                         return self.log.get(thread, seen)
-                seq = self.files.claim(tdir, tmp, data, lambda: self.log.probe_head(thread, tdir))
+                seq = self.files.claim(
+                    tdir, tmp, data, lambda: self.log.probe_head(thread, tdir, fresh=True)
+                )
                 self.log.heads[thread] = seq
+                self.log.listings.changed_by_us(thread, tdir)
                 if key is not None:
                     self._keyed_done(thread, message, key, seq)
             if self.files.settings.fsync:
@@ -173,7 +195,7 @@ class Writer:
             raise InvalidMessage(
                 f"priority must be one of {', '.join(PRIORITIES)}; not {priority!r}"
             )
-        recipients = self._recipients(to)
+        recipients = self._recipients(thread, to)
         if reply_to is not None:
             if type(reply_to) is not int or reply_to < 1:
                 raise InvalidMessage(f"reply_to must be a message seq >= 1, not {reply_to!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,10 @@ class Settings:
                 )
             out = replace(out, shared=shared == SHARED)
         return out
+
+
+#: The keys mailslot.json may hold; others are ignored when read (`mailslot doctor` reports them).
+KEYS = tuple(f.name for f in fields(Settings))
 
 
 def load(root: Path, **overrides: Any) -> tuple[Settings, str | None]:

@@ -16,11 +16,6 @@ from mailslot._format import Damage, Message, Pending
 if TYPE_CHECKING:
     from mailslot._doctor import Report  # imported when `doctor` runs, not by every command
 
-FIXABLE = {
-    "thread record", "gap", "corrupt message", "conflict", "temp file", "stale presence",
-    "gitignore", "group access",
-}  # fmt: skip
-
 
 def paint(text: str, code: str, *, color: bool) -> str:
     """Return text in the ANSI colour code, or text unchanged when color is false."""
@@ -104,23 +99,60 @@ def agents_table(agents: list[dict[str, Any]], *, color: bool) -> str:
     return table(rows, ["AGENT", "STATUS", "SINCE", "CLIENT", "MODEL", "DESCRIPTION"])
 
 
+def plural(n: int, word: str) -> str:
+    """Return "1 thread", "2 threads": n and word, made plural when n is not 1."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def doctor_report(report: Report, *, fix: bool, color: bool) -> str:
-    """Return a doctor report as lines: the folder, its contents, each finding, what to do next."""
+    """Return a doctor report as lines: the folder, its contents, each finding, what to do next.
+
+    Every finding not yet fixed says what to do: what --fix would do about it, or, where --fix
+    leaves it, what a person does. The last line never sends anyone to --fix for nothing.
+    """
     yes = {True: "yes", False: "NO", None: "?"}
     lines = [f"root        {report.root}"]
     network = " (network mount)" if report.network else ""
     lines.append(f"filesystem  {report.filesystem or '?'}{network}"
                  f"; hard links {yes[report.hard_links]}; locks {yes[report.locks]}; "
                  f"waits wake by {report.wait_mode or '?'}")  # fmt: skip
-    lines.append(f"contents    {report.threads} threads, {report.messages} messages")
+    lines.append(f"contents    {plural(report.threads, 'thread')}, "
+                 f"{plural(report.messages, 'message')}")  # fmt: skip
     for f in report.findings:
-        mark = paint("fixed", "32", color=color) if f.fixed else paint("problem", "31", color=color)
+        if f.fixed:
+            mark = paint("fixed  ", "32", color=color)
+        elif f.note:
+            mark = paint("note   ", "2", color=color)
+        else:
+            mark = paint("problem", "31", color=color)
         fixed = f" -> {f.fixed}" if f.fixed else ""
         lines.append(f"{mark}  {f.kind}: {f.path}: {f.detail}{fixed}")
-    if report.healthy:
-        lines.append("healthy" if not report.findings else "healthy after repairs")
-    elif not fix and any(f.kind in FIXABLE for f in report.findings):
-        lines.append("run `mailslot doctor --fix` to repair what is safe to repair")
+        if f.fixed:
+            continue
+        if f.fix and not fix and f.note:
+            step = f"{f.todo or 'nothing to do'}; `mailslot doctor --fix` {f.fix}"
+        elif f.fix and not fix:
+            step = f"{f.todo}; else " if f.todo else ""
+            step += f"`mailslot doctor --fix` {f.fix}"
+        else:
+            step = f.todo or ""
+        if step:
+            lines.append(f"{'':9}next: {step}")
+    problems = [f for f in report.findings if f.outstanding]
+    notes = sum(f.note and not f.fixed for f in report.findings)
+    if not problems:
+        done = "healthy after repairs" if any(f.fixed for f in report.findings) else "healthy"
+        lines.append(done + (f" ({plural(notes, 'note')} above, no problem)" if notes else ""))
+    else:
+        repairable = 0 if fix else sum(f.fix is not None for f in problems)
+        said = f"{plural(len(problems), 'problem')} left"
+        if repairable:
+            said += f": `mailslot doctor --fix` repairs {repairable}"
+            if repairable < len(problems):
+                said += ", the others need you (see next:)"
+        else:
+            said += ", which --fix does not repair: see next: under each"
+        lines.append(said)
     if report.git_work_tree and any(f.kind == "conflict" and f.fixed for f in report.findings):
         lines.append(f"merge conflicts resolved: finish the merge with `git add -A {report.root}` "
                      "and `git commit`")  # fmt: skip

@@ -7,10 +7,13 @@ mailslot error (one line on stderr), 2 a usage error, 124 `wait` timed out, 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -19,7 +22,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mailslot import __version__, _clients
-from mailslot._errors import MailslotError
+from mailslot._errors import (
+    InvalidName,
+    MailslotError,
+    NoSuchAgent,
+    NoSuchMessage,
+    NoSuchThread,
+)
 from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
 from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
@@ -49,7 +58,8 @@ class Command(NamedTuple):
     name: str
     help: str
     args: tuple[Arg, ...]
-    common: bool
+    root: bool
+    json: bool
     who: bool
     handler: Handler
 
@@ -63,27 +73,39 @@ def arg(*flags: str, **options: Any) -> Arg:
 
 
 def command(
-    name: str, *, help: str, args: Sequence[Arg] = (), common: bool = True, who: bool = False
+    name: str,
+    *,
+    help: str,
+    args: Sequence[Arg] = (),
+    root: bool = True,
+    json: bool = True,
+    who: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Return a decorator that declares the command `name`, run by the function it decorates.
 
-    common adds --root and --json; who adds --as.
+    root adds --root; json adds --json, a promise that the command then prints JSON and only
+    JSON (tests/test_first_hour_cli.py holds every command to it); who adds --as.
     """
 
     def declare(handler: Handler) -> Handler:
-        COMMANDS.append(Command(name, help, tuple(args), common, who, handler))
+        COMMANDS.append(Command(name, help, tuple(args), root, json, who, handler))
         return handler
 
     return declare
 
 
+class UsageError(Exception):
+    """Arguments that disagree with each other: exit 2, as argparse does for the rest."""
+
+
 def parser() -> argparse.ArgumentParser:
     """Return the argument parser of the mailslot command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    root = argparse.ArgumentParser(add_help=False)
+    root.add_argument(
         "--root", help="mailbox root (default: $MAILSLOT_ROOT, else nearest .mailslot/)"
     )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
     who = argparse.ArgumentParser(add_help=False)
     who.add_argument(
         "--as", dest="sender", help="your name (default: $MAILSLOT_AGENT, else the OS user)"
@@ -97,12 +119,59 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mailslot {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS:
-        parents = ([common] if c.common else []) + ([who] if c.who else [])
+        parents = [pa for pa, on in ((root, c.root), (as_json, c.json), (who, c.who)) if on]
         s = sub.add_parser(c.name, parents=parents, help=c.help)
         for a in c.args:
             s.add_argument(*a.flags, **a.options)
-        s.set_defaults(func=c.handler)
+        s.set_defaults(func=c.handler, json=False)
     return p
+
+
+# ---------------------------------------------------------------------------- errors and warnings
+
+
+def command_text(e: MailslotError) -> str:
+    """Return what a person reads for a library error: what went wrong and the command to run.
+
+    The one place library errors become the command's words, as `stdio_server.model_text` is
+    for the model: the library's own text names no front end's verbs.
+    """
+    if isinstance(e, NoSuchThread):
+        near = f"; did you mean {', '.join(e.suggestions)}?" if e.suggestions else ""
+        return (f"no thread {e.thread!r}{near} (`mailslot threads` lists the threads, "
+                "`mailslot thread TOPIC` starts one)")  # fmt: skip
+    if isinstance(e, NoSuchAgent):
+        known = ", ".join(e.known) if e.known else "none yet"
+        return (f"no agent {e.agent!r} here or in this thread (known: {known}); "
+                f"`mailslot register {e.agent}` creates it")  # fmt: skip
+    if isinstance(e, NoSuchMessage):
+        return f"{e}; `mailslot read {e.thread}` shows them"
+    if isinstance(e, InvalidName) and e.kind == "thread id":
+        return f"{e}; `mailslot threads` lists the thread ids"
+    return str(e)
+
+
+class _Warnings(logging.Handler):
+    """Print the library's warnings on stderr, as Python would, but each damaged file once.
+
+    A read both logs the damaged files it steps over and returns them, and the command lists
+    what it returned (`trouble`): both go through told, so a person reads each file once.
+    """
+
+    def __init__(self, told: set[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.told = told
+
+    def emit(self, record: logging.LogRecord) -> None:
+        damaged = getattr(record, "damaged", None)
+        if damaged is not None:
+            if damaged in self.told:
+                return
+            self.told.add(damaged)
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -191,7 +260,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     "demo",
     help="watch three agents collaborate through a fresh mailbox",
     args=[arg("--root", help="an empty folder for the demo's mailbox (default: a temp folder)")],
-    common=False,
+    root=False,
+    json=False,
 )
 def cmd_demo(args: argparse.Namespace) -> int:
     import anyio
@@ -204,8 +274,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise MailslotError(f"{root} is not empty; give the demo a new or empty folder")
     else:
         root = Path(tempfile.mkdtemp(prefix="mailslot-demo-")) / ".mailslot"
-    anyio.run(lambda: demo.run(root, sys.stdout, color=_color()))
+    by_cd = root.name == ".mailslot" and not os.environ.get("MAILSLOT_ROOT")
+    command = _command_here()
+    anyio.run(lambda: demo.run(root, sys.stdout, color=_color(), command=command, by_cd=by_cd))
     return EXIT_OK
+
+
+def _command_here() -> str:
+    """Return how a person runs this mailslot in their shell, from any folder.
+
+    `mailslot` if that is what PATH finds; else the path of this installation's script (after
+    `pip install .` into a venv that is not active, PATH finds none), else
+    `python -m mailslot` with this interpreter. Home is written ~ to keep lines short.
+    """
+    script = Path(sys.executable).parent / ("mailslot.exe" if os.name == "nt" else "mailslot")
+    found = shutil.which("mailslot")
+    if script.exists():
+        with contextlib.suppress(OSError):
+            if found and os.path.samefile(found, script):
+                return "mailslot"
+        return _shell_path(script)
+    return f"{_shell_path(Path(sys.executable))} -m mailslot"
+
+
+def _shell_path(path: Path) -> str:
+    """Return an absolute path as a shell word, with the home folder as ~."""
+    path = path.absolute()
+    with contextlib.suppress(RuntimeError, ValueError):
+        return "~/" + shlex.quote(str(path.relative_to(Path.home())))
+    return shlex.quote(str(path))
 
 
 @command("thread", help="create or join the thread of a topic", args=[arg("topic")], who=True)
@@ -271,7 +368,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         return EXIT_OK
     for m in page.messages:
         print(_show(m))
-    trouble(page.skipped, [page.pending] if page.pending else [], set())
+    trouble(page.skipped, [page.pending] if page.pending else [], args.told)
     if page.pending is not None and not page.pending.blocked:
         print(f"... run `mailslot read {args.thread} --after {page.cursor}` again shortly",
               file=sys.stderr)  # fmt: skip
@@ -297,7 +394,11 @@ def cmd_read(args: argparse.Namespace) -> int:
 )
 def cmd_post(args: argparse.Namespace) -> int:
     box = _open(args)
-    content = sys.stdin.buffer.read() if args.text == "-" else args.text
+    content: str | bytes = args.text
+    if args.text == "-":
+        content = sys.stdin.buffer.read()
+        # `echo hi | mailslot post t -` means "hi": drop the one final newline, as $(...) does.
+        content = content[:-2] if content.endswith(b"\r\n") else content.removesuffix(b"\n")
     meta = None
     if args.meta is not None:
         try:
@@ -337,13 +438,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
     _emit(backlog[-args.lines :] if args.lines else [], args, thread=True)
     if not args.follow:
         return EXIT_OK
-    told: set[str] = set()
     try:
         while True:  # blocks in wait(): no busy polling; new threads are followed too
             got = box.wait(args.threads or None, cursor, timeout=3600)
             cursor = got.cursor
             _emit(got.messages, args, thread=True)
-            trouble(got.skipped, got.pending, told)
+            trouble(got.skipped, got.pending, args.told)
     except KeyboardInterrupt:
         return EXIT_OK  # Ctrl-C is how one stops following
     finally:
@@ -372,7 +472,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         _print_json(got.to_dict())
     else:
         _emit(got.messages, args, thread=args.thread is None)
-        trouble(got.skipped, got.pending, set())
+        trouble(got.skipped, got.pending, args.told)
     return EXIT_TIMEOUT if got.timed_out else EXIT_OK
 
 
@@ -431,15 +531,19 @@ def cmd_register(args: argparse.Namespace) -> int:
 @command(
     "export",
     help="a thread as Markdown, JSON or HTML",
-    args=[arg("thread"), arg("--format", choices=["md", "json", "html"], default="md")],
-)
+    args=[arg("thread"),
+          arg("--format", choices=["md", "json", "html"], help="default md; --json means json")],
+)  # fmt: skip
 def cmd_export(args: argparse.Namespace) -> int:
     from mailslot.tools import transcript_html, transcript_markdown
 
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json asks for JSON and --format for {args.format}: give one")
+    form = "json" if args.json else args.format or "md"
     box = _open(args)
-    if args.format == "md":
+    if form == "md":
         sys.stdout.write(transcript_markdown(box, args.thread))
-    elif args.format == "html":
+    elif form == "html":
         sys.stdout.write(transcript_html(box, args.thread))
     else:
         doc = {"thread": box.thread(args.thread).to_dict(),
@@ -478,11 +582,17 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
     root = _root(args).resolve()
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
     agent = args.agent or _clients.AGENT_NAMES[args.client]
-    if not args.install:
-        sys.stdout.write(_clients.render(args.client, root, agent))
-        return EXIT_OK
     project = root.parent if root.name == ".mailslot" else Path.cwd()
     path = Path(args.path) if args.path else _clients.target(args.client, project, Path.home())
+    if not args.install:
+        text = _clients.render(args.client, root, agent)
+        if args.json:  # the entry as JSON, and the file's text (TOML for codex) as a string
+            _print_json({"client": args.client, "agent": agent, "root": str(root),
+                         "path": str(path), "server": _clients.entry(args.client, root, agent),
+                         "text": text})  # fmt: skip
+        else:
+            sys.stdout.write(text)
+        return EXIT_OK
     how = _clients.install(args.client, path, root, agent)
     if args.json:
         _print_json({"client": args.client, "path": str(path), "result": how, "agent": agent})
@@ -494,6 +604,7 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
 @command(
     "serve",
     help="serve MCP over stdio for one agent",
+    json=False,  # stdout is the protocol's
     args=[
         arg("--agent", help="this agent's name (default: $MAILSLOT_AGENT, else from the client)"),
         arg("--lang", help="preferred language of messages, e.g. English or Chinese"),
@@ -529,10 +640,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mailslot command with argv and return its exit code."""
     args = parser().parse_args(argv)
+    args.told = set()  # the damaged files this run has told of (_Warnings, trouble)
+    warnings = _Warnings(args.told)
+    logging.getLogger("mailslot").addHandler(warnings)
     try:
         return int(args.func(args))
     except MailslotError as e:
-        print(f"mailslot: {e}", file=sys.stderr)
+        print(f"mailslot: {command_text(e)}", file=sys.stderr)
         return EXIT_ERROR
+    except UsageError as e:
+        print(f"mailslot {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        logging.getLogger("mailslot").removeHandler(warnings)

@@ -9,6 +9,7 @@ A fourth reader prints every message the moment it lands in the folder.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import textwrap
 import time
@@ -146,9 +147,22 @@ def _tree(root: Path) -> list[str]:
     return lines
 
 
-async def run(root: Path, out: TextIO = sys.stdout, *, color: bool = False) -> str:
-    """Run the demo in a new mailbox at root; return the thread's id."""
+async def run(
+    root: Path,
+    out: TextIO = sys.stdout,
+    *,
+    color: bool = False,
+    command: str = "mailslot",
+    by_cd: bool = True,
+) -> str:
+    """Run the demo in a new mailbox at root; return the thread's id.
+
+    command is how a person runs mailslot in their shell; by_cd says the commands printed at
+    the end find the mailbox from its folder (the root is named .mailslot and no
+    MAILSLOT_ROOT says otherwise), so they need no --root.
+    """
     Mailbox.init(root)
+    root = root.resolve()
     show = _Show(out, color)
     show.line(f"mailbox: {root}")
     show.line("starting three `mailslot serve` processes: planner, coder, reviewer", "dim")
@@ -183,7 +197,19 @@ async def run(root: Path, out: TextIO = sys.stdout, *, color: bool = False) -> s
     print(f"\n$ cat {root}/threads/{t}/000002.json", file=out)
     print((root / "threads" / t / "000002.json").read_text(encoding="utf-8"), file=out)
     print(f"Thread {t!r} is {info.state} after {info.head} messages. Look next:", file=out)
-    print(f"  mailslot read {t} --root {root}", file=out)
-    print(f"  mailslot threads --root {root}        mailslot agents --root {root}", file=out)
-    print("  mailslot mcp-config claude-code     (wire your own agents to a mailbox)", file=out)
+    for line in look_next(root, t, command, by_cd=by_cd):
+        print(f"  {line}", file=out)
+    print("To wire your own agents (claude-code, cursor, vscode, codex, gemini), in your project:",
+          file=out)  # fmt: skip
+    print(f"  {command} init\n  {command} mcp-config claude-code --install", file=out)
     return t
+
+
+def look_next(root: Path, thread: str, command: str, *, by_cd: bool) -> list[str]:
+    """Return the commands that show the demo's mailbox, as a person types them in a shell."""
+    if by_cd:
+        return [f"cd {shlex.quote(str(root.parent))}", f"{command} read {thread}",
+                f"{command} threads", f"{command} agents"]  # fmt: skip
+    where = f" --root {shlex.quote(str(root))}"
+    return [f"{command} read {thread}{where}", f"{command} threads{where}",
+            f"{command} agents{where}"]  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 
 from mailslot import _positions
 from mailslot._agents import Agents
-from mailslot._errors import Damaged, InvalidState, RootError
+from mailslot._errors import Damaged, InvalidState, MailslotError, RootError
 from mailslot._files import Files
 from mailslot._format import (
     FORMAT,
@@ -117,7 +117,7 @@ class Mailbox:
         self._log = ThreadLog(self._files)
         self._threads = Threads(self._files, self._log)
         self._agents = Agents(self._files)
-        self._writer = Writer(self._files, self._log, self._agents)
+        self._writer = Writer(self._files, self._log, self._agents, self._participants)
         self._waiting = Waiting(self._files, self._log)
         for sub in ("threads", "agents", ".state"):
             self._files.check_not_symlink(self.root / sub)
@@ -246,6 +246,13 @@ class Mailbox:
         means only messages new since the last look are read.
         """
         return self._threads.info(thread)
+
+    def _participants(self, thread: str) -> tuple[str, ...]:
+        """Return who created or wrote in thread, as far as its index knows; () if unknown."""
+        try:
+            return tuple(self._threads.info(thread).participants)
+        except MailslotError:
+            return ()
 
     def unanswered(self, thread: str, agent: str) -> tuple[list[int], int]:
         """Return (seqs, upto): the messages up to seq upto addressed to agent and not answered.

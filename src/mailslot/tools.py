@@ -375,7 +375,7 @@ class Session:
         _report_trouble(out, page.skipped, [page.pending] if page.pending else [])
         if page.pending is not None and not more:
             out["hint"] = f"call msg_list(thread='{thread}', after_seq={cursor}) again shortly"
-        self._reading.position(thread, self.agent).shown(after_seq, cursor)
+        self._reading.position(thread, self.me()).shown(after_seq, cursor)
         self.save_positions()
         return out
 
