@@ -38,6 +38,7 @@ from mailslot._format import (
     message_name,
     parse_message,
 )
+from mailslot._watch import filesystem_type, is_network_fs
 
 log = logging.getLogger("mailslot")
 
@@ -98,7 +99,8 @@ def _list_seqs(tdir: Path) -> array[int]:
 class Listings:
     """Per-process memory of thread folders' listings, for seeing past gaps cheaply."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._by_thread: dict[str, _Listing] = {}
         self._own: dict[str, tuple[int, int, int, int]] = {}  # the folder as our last claim left it
@@ -144,7 +146,7 @@ class Listings:
                 return None
             ours = fresh and self._own.get(thread) == key  # nobody else changed it since
             if known is None or (fresh and not ours) or now - known.at_mono >= RESCAN_EVERY_S:
-                known = _Listing(key, _list_seqs(tdir), time.time(), now)
+                known = _Listing(key, _list_seqs(tdir), self.clock.now(), now)
                 with self._lock:
                     self._by_thread[thread] = known
         seqs = known.seqs
@@ -155,6 +157,42 @@ class Listings:
                 return seq
             i += 1  # removed since the listing: look at the next one
         return None
+
+
+class Clock:
+    """The time of the filesystem's clock, which stamps the files we judge by their age.
+
+    On a network mount the server sets file times; its clock may be minutes off ours, which
+    would make a file still being written look old (and be stepped over). There the offset is
+    measured by creating a file in ``.state/tmp`` and reading the time the server gave it,
+    again every CLOCK_EVERY_S. On a local disk it is our own clock.
+    """
+
+    CLOCK_EVERY_S = 30.0
+
+    def __init__(self, tmp: Path | None) -> None:
+        self._tmp = tmp  # None: a local disk
+        self._offset = 0.0
+        self._measured = -self.CLOCK_EVERY_S
+
+    def now(self) -> float:
+        """Return the current time as the filesystem's clock tells it (epoch seconds)."""
+        if self._tmp is not None and time.monotonic() - self._measured >= self.CLOCK_EVERY_S:
+            self._measured = time.monotonic()
+            probe = self._tmp / f".clock.{os.getpid()}.{threading.get_ident()}"
+            try:
+                before = time.time()
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                try:
+                    os.write(fd, b"t")
+                    stamped = os.fstat(fd).st_mtime
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+                self._offset = stamped - (before + time.time()) / 2
+            except OSError:
+                pass  # a read-only folder: keep the last offset (our own clock at first)
+        return time.time() + self._offset
 
 
 class Ages:
@@ -169,14 +207,15 @@ class Ages:
 
     MAX_TRACKED = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self._first_seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def since(self, path: str, st: os.stat_result, *, arrival: bool = False) -> float:
         """Return since when the file at path (whose stat is st) has looked this way."""
         changed = max(st.st_mtime, st.st_ctime) if arrival else st.st_mtime
-        now = time.time()
+        now = self.clock.now()
         if changed <= now:
             return changed
         with self._lock:
@@ -194,8 +233,10 @@ class ThreadLog:
     def __init__(self, files: Files) -> None:
         self.files = files
         self.heads: dict[str, int] = {}
-        self.listings = Listings()
-        self._ages = Ages()
+        network = is_network_fs(filesystem_type(files.root))
+        clock = Clock(files.root / ".state" / "tmp" if network else None)
+        self.listings = Listings(clock)
+        self._ages = Ages(clock)
         self._conflicts_told: set[str] = set()
 
     def forget(self, thread: str) -> None:
@@ -291,7 +332,7 @@ class ThreadLog:
                 log.warning("%s holds a git merge conflict; run `mailslot doctor --fix`", path)
             return Pending(thread, seq, str(path), CONFLICT_TEXT.format(seq=seq), since, True)
         grace = self.files.settings.grace_s
-        if time.time() - since < grace:
+        if self._ages.clock.now() - since < grace:
             what = "is empty" if not data.strip() else f"is incomplete ({why})"
             return Pending(
                 thread, seq, str(path),
@@ -309,9 +350,9 @@ class ThreadLog:
             later = tdir / message_name(nxt)
             since = self._ages.since(str(later), os.lstat(later), arrival=True)
         except OSError:
-            since = time.time()  # the later file went away meanwhile: look again
+            since = self._ages.clock.now()  # the later file went away meanwhile: look again
         grace = self.files.settings.grace_s
-        if time.time() - since < grace:
+        if self._ages.clock.now() - since < grace:
             return Pending(
                 thread, first, str(path),
                 f"{span} missing while seq {nxt} exists; it may still be arriving (git, a sync "
