@@ -352,3 +352,49 @@ def test_a_killed_doctors_temp_file_is_swept(root: Path) -> None:
     assert code == 0
     [finding] = [f for f in json.loads(out)["findings"] if f["path"] == str(left)]
     assert finding["fixed"] == "removed" and not left.exists()
+
+
+def test_an_agent_that_read_past_the_merge_gets_the_other_clones_messages(
+    git: dict[str, str], tmp_path: Path
+) -> None:
+    """Clone a posts first, so after b pulls and fixes, a's messages take the seqs b's agent
+    had already read; its position goes back, and nothing of a's reaches it late or never."""
+    import anyio
+
+    from mailslot.tools import Session
+
+    origin = origin_repo(git, tmp_path / "origin")
+    a = clone(git, origin, tmp_path / "a", "alice")
+    b = clone(git, origin, tmp_path / "b", "bob")
+    for repo in (a, b):
+        Mailbox(repo / ".mailslot").register_agent("worker")
+    with Mailbox(a / ".mailslot") as box:
+        a_tasks = [box.post("t", f"a's task {i}", sender="alice", to=["worker"], type="task")
+                   for i in range(2)]  # fmt: skip
+    run_git(git, a, "add", "-A")
+    run_git(git, a, "commit", "-q", "-m", "a posts")
+    run_git(git, a, "push", "-q", "origin", "HEAD:side")
+    time.sleep(0.01)  # b's messages are the younger side: a's keep the seqs
+    box_b = Mailbox(b / ".mailslot")
+    for i in range(2):
+        box_b.post("t", f"b's note {i}", sender="bob", to=["worker"])
+    worker = Session(box_b, agent="worker")
+
+    async def drain(**args: Any) -> list[str]:
+        got = await worker.msg_wait(timeout_s=0.5, **args)
+        return [m["content"] for m in got["messages"]]
+
+    try:
+        seen = anyio.run(lambda: drain(thread="t", after_seq=0))
+        assert seen[-2:] == ["b's note 0", "b's note 1"]
+        run_git(git, b, "add", "-A")
+        run_git(git, b, "commit", "-q", "-m", "b posts")
+        run_git(git, b, "pull", "-q", "--no-rebase", "origin", "side", ok=False)  # conflicts
+        doctor(b / ".mailslot", "--fix")
+        assert [m.content for m in transcript(b / ".mailslot")][2:4] == ["a's task 0", "a's task 1"]
+        later = anyio.run(lambda: drain(thread="t")) + anyio.run(lambda: drain())
+        assert "a's task 0" in later and "a's task 1" in later, later
+        assert a_tasks == [3, 4]  # the seqs b's agent had read past
+    finally:
+        worker.close()
+        box_b.close()

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +357,14 @@ def resolve(
             split.settle(c)
     # The thread's summary cache (.state/index/) was built from what this clone had at these
     # seqs: drop it, and it is rebuilt from the files on the next look.
+    state = tdir.parent.parent / ".state"
     with contextlib.suppress(OSError):
-        (tdir.parent.parent / ".state" / "index" / f"{thread}.json").unlink()
+        (state / "index" / f"{thread}.json").unlink()
+    # Agents of this machine may have read past these seqs when they held this clone's
+    # messages; the other clone's messages now stand there. Tell their positions to go back
+    # (see _reading): they get the kept side, and the moved messages again at the end.
+    with contextlib.suppress(OSError):
+        (state / "rewound").mkdir(parents=True, exist_ok=True)
+        mark = {"from": min(c.seq for c in conflicts), "token": secrets.token_hex(8)}
+        put(state / "rewound" / f"{thread}.json", json.dumps(mark).encode(), tmpdir, replace=True)
     return split.published

@@ -39,6 +39,8 @@ class Position:
     #: Where the shown range begins: messages up to here were never shown by thread reads
     #: (a first read that started past them, such as a wait "from now").
     start: int = 0
+    #: The last rewind by `mailslot doctor --fix` this position went through (its token).
+    rewound: str = ""
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
@@ -54,7 +56,10 @@ class Position:
             return cls.reborn(incarnation)
         dirty = doc.get("incarnation") != incarnation  # stored before thread.json arrived
         start = _seq(doc.get("start")) or 0
-        return cls(incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start)
+        rewound = str(doc["rewound"]) if isinstance(doc.get("rewound"), str) else ""
+        return cls(
+            incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start, rewound
+        )
 
     @classmethod
     def reborn(cls, incarnation: str) -> Position:
@@ -68,6 +73,7 @@ class Position:
             "read": self.read,
             "inbox": None if owed else self.inbox,
             "start": self.start,
+            "rewound": self.rewound,
         }
 
     @property
@@ -91,6 +97,18 @@ class Position:
     def was_shown(self, seq: int) -> bool:
         """Return True if message seq was shown to the agent by a thread read."""
         return self.read is not None and self.start < seq <= self.read
+
+    def rewind(self, before: int, token: str) -> None:
+        """Go back to seq before (once per token): later seqs were rewritten by a repair."""
+        if token == self.rewound:
+            return
+        self.rewound = token
+        for name in ("read", "inbox"):
+            value = getattr(self, name)
+            if value is not None and value > before:
+                setattr(self, name, before)
+        self.start = min(self.start, before)
+        self.dirty = True
 
     def clamp(self, head: int) -> None:
         """Bring positions past the thread's newest message back to it.

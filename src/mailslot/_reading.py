@@ -9,9 +9,10 @@ those messages are returned by the next inbox wait, even though they arrived bef
 from __future__ import annotations
 
 import contextlib
+import os
 
 from mailslot._errors import MailslotError
-from mailslot._format import Message
+from mailslot._format import Message, loads
 from mailslot._positions import Position
 from mailslot.mailbox import Mailbox
 
@@ -23,6 +24,7 @@ class Reading:
         self.box = box
         self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
         self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
+        self._rewound: dict[str, int] = {}  # thread -> the rewind mark last looked at (mtime)
 
     @property
     def owes(self) -> bool:
@@ -53,7 +55,30 @@ class Reading:
             self._backlog = [(t, s) for t, s in self._backlog if t != thread]
             self._positions[thread] = pos
         pos.clamp(self.box.head(thread))
+        self._rewind(thread, pos)
         return pos
+
+    def _rewind(self, thread: str, pos: Position) -> None:
+        """Go back to where `mailslot doctor --fix` rewrote seqs after a git merge conflict.
+
+        Doctor leaves .state/rewound/<thread>.json ({"from": seq, "token": ...}); a position
+        past that seq goes back before it, once per token, so the messages that took those
+        seqs are shown (and the moved ones again, at the end of the thread).
+        """
+        path = self.box.root / ".state" / "rewound" / f"{thread}.json"
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            return
+        if self._rewound.get(thread) == stamp:
+            return
+        self._rewound[thread] = stamp
+        try:
+            mark = loads(path.read_bytes())
+            start, token = int(mark["from"]), str(mark["token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        pos.rewind(start - 1, token)
 
     def save(self, agent: str) -> None:
         """Write the positions changed since the last save to .state/cursors/ (best effort)."""
