@@ -25,6 +25,7 @@ class Reading:
         self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
         self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
         self._rewound: dict[str, int] = {}  # thread -> the rewind mark last looked at (mtime)
+        self._planned: dict[str, str] = {}  # thread -> its incarnation when the inbox wait began
 
     @property
     def owes(self) -> bool:
@@ -103,6 +104,7 @@ class Reading:
             except MailslotError:
                 continue  # removed, or unreadable: the wait reports what it meets
             cursor[thread] = pos.inbox_seen
+            self._planned[thread] = pos.incarnation
         return cursor
 
     def _first_look(self, me: str, thread: str, pos: Position) -> None:
@@ -150,4 +152,7 @@ class Reading:
                 held.setdefault(m.thread, m.seq - 1)
         for thread, seq in cursor.items():
             with contextlib.suppress(MailslotError):
-                self.position(thread, agent).inbox_shown(held.get(thread, seq))
+                pos = self.position(thread, agent)
+                if pos.incarnation != self._planned.get(thread, pos.incarnation):
+                    continue  # created again during the wait: the cursor was the old thread's
+                pos.inbox_shown(held.get(thread, seq))

@@ -25,7 +25,7 @@ from mailslot._format import STATES, Damage, Message, Pending, ThreadInfo, dumps
 from mailslot._log import RACY_S, ThreadLog
 from mailslot._names import check_name, check_topic, slugify
 
-MAX_UNANSWERED = 1000  # per agent and thread, remembered by the thread index
+MAX_UNANSWERED = 10_000  # per agent and thread, remembered by the thread index
 INDEX_PAGE = 256
 # A first look at a long thread (a fresh clone) indexes it for this long, then reads its
 # newest messages backwards for this long; the rest is indexed over the next looks.
