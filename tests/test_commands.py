@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import watching
 
 from mailslot import Mailbox
 from mailslot.cli import EXIT_TIMEOUT, main
@@ -119,7 +120,7 @@ def test_tail_follow_streams_and_stops_on_ctrl_c(env_root: Path) -> None:
 
 def test_wait_command(env_root: Path) -> None:
     p = cli("wait", "t", "--after", "0", "--timeout", "30", "--json", root=env_root)
-    time.sleep(0.5)
+    watching(p.pid, env_root / "threads")  # so the post wakes it, not found at its first look
     Mailbox(env_root).post("t", "done", sender="bob")
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0
@@ -134,7 +135,7 @@ def test_wait_on_an_inbox(env_root: Path) -> None:
     box = Mailbox(env_root)
     box.post("t", "before: not waited for", sender="alice", to=["bob"])
     p = cli("wait", "--to", "bob", "--timeout", "30", "--json", root=env_root)
-    time.sleep(0.5)
+    watching(p.pid, env_root / "threads")  # "from now" is taken: what follows is new
     box.post("t", "not for bob", sender="alice")
     box.create_thread("new", creator="alice")
     box.post("new", "for bob", sender="alice", to=["bob"])

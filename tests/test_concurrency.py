@@ -49,14 +49,21 @@ def test_sigkilled_writers_leave_no_trace(root: Path) -> None:
     box.create_thread("crash", creator="judge")
     rng = random.Random(1234)
     acked: list[int] = []
-    for k in range(40):
-        p = spawn("forever", str(root), "crash", f"victim{k}")
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.05))
-        p.send_signal(signal.SIGKILL)
-        out, _ = p.communicate(timeout=30)
-        acked += [int(line) for line in out.split()]
+    for k in range(41):
+        if k < 40:  # killed wherever it is: in a post, between posts, opening the root
+            p = spawn("forever", str(root), "crash", f"victim{k}")
+            said = "ready"
+        else:  # and one certainly killed mid-post: its temp file written, the lock held
+            p = spawn("stall", str(root), "crash", f"victim{k}")
+            said = "staged"
+        try:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == said
+            time.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            p.send_signal(signal.SIGKILL)
+            out, _ = p.communicate(timeout=30)
+        acked += [int(line) for line in out.split() if line.isdigit()]
         # No gap later posts cannot pass, no stuck lock: a survivor posts right away.
         seq = box.post("crash", "survivor", sender="judge")
         assert seq == box.head("crash")
@@ -70,6 +77,7 @@ def test_sigkilled_writers_leave_no_trace(root: Path) -> None:
         mine = [m.meta["i"] for m in messages if m.sender == f"victim{k}"]
         assert mine == list(range(len(mine))), f"victim{k}: a message doubled or lost its place"
     leftovers = list((root / ".state" / "tmp").iterdir())
+    assert leftovers, "the writer killed mid-post left its temp file"
     Mailbox(root)  # the next process to open the root sweeps what the dead writers left
     assert not list((root / ".state" / "tmp").iterdir()), f"not swept: {leftovers}"
 
@@ -77,16 +85,20 @@ def test_sigkilled_writers_leave_no_trace(root: Path) -> None:
 def test_dead_lock_holder_does_not_block_writers(box: Mailbox) -> None:
     lock_file = box.root / ".state" / "locks" / "t.lock"
     holder = spawn("hold_lock", str(lock_file))
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "ready"
     result: list[int] = []
     poster = threading.Thread(target=lambda: result.append(box.post("t", "hi", sender="bob")))
-    poster.start()
-    poster.join(0.3)
-    assert poster.is_alive(), "post must wait for the lock held by another process"
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.communicate(timeout=10)
-    poster.join(10)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        poster.start()
+        poster.join(0.3)
+        assert poster.is_alive(), "post must wait for the lock held by another process"
+        assert result == [] and not (box.root / "threads" / "t" / "000001.json").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.communicate(timeout=10)
+        if poster.ident is not None:
+            poster.join(10)
     assert result == [1]
 
 
@@ -160,3 +172,26 @@ def test_young_unreadable_files_are_not_yet_there(root: Path) -> None:
     os.utime(half, (old, old))  # a writer that died halfway, long ago: that is damage
     page = box.read("t")
     assert page.cursor == 2 and "not valid" in page.skipped[0].reason
+
+
+def test_a_writer_that_lost_the_race_takes_the_next_seq(
+    box: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A race in slow motion: other writers stored seqs 2 and 3 after this one found the head
+    (1). Its link to 2 fails instead of replacing that message, and it takes seq 4."""
+    for i in range(3):
+        box.post("t", f"m{i}", sender="alice")
+    real = box._log.probe_head
+    looks: list[int] = []
+
+    def stale_once(thread: str, tdir: Path, **kw: bool) -> int:
+        looks.append(1)
+        return 1 if len(looks) == 1 else real(thread, tdir, **kw)
+
+    monkeypatch.setattr(box._log, "probe_head", stale_once)
+    assert box.post("t", "late", sender="bob") == 4
+    assert len(looks) >= 2, "the claim looked for the head again after losing"
+    fresh = Mailbox(box.root)
+    assert [(m.seq, m.content) for m in fresh.messages("t")] == [
+        (1, "m0"), (2, "m1"), (3, "m2"), (4, "late")
+    ]  # fmt: skip

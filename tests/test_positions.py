@@ -6,7 +6,9 @@ exactly-once delivery to the agent: every message it should get arrives once, no
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -183,5 +185,50 @@ def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Pa
             assert await drain(worker) == []  # everything it answered stays handled
             late = box.post("build", "one more", sender="boss", to=["worker"], type="task")
             assert [(t, s) for t, s, _ in await drain(worker)] == [("build", late)]
+
+    anyio.run(main)
+
+
+def test_a_restarted_agent_continues_from_its_saved_position(root: Path) -> None:
+    box = setup(root)
+    read = [box.post("build", f"old {i}", sender="boss") for i in range(3)]
+    task = box.post("review", "please review", sender="boss", to=["worker"], type="task")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            listed = await call(worker, "msg_list", thread="build", after_seq=0)
+            assert [m["seq"] for m in listed["messages"]] == read
+            assert once(await drain(worker)) == {("review", task)}  # shown, not answered
+        # While it is down: one more message in the thread it read.
+        late = box.post("build", "while you were away", sender="boss")
+        async with agent(root, "worker") as worker:  # a restart: positions come from .state/
+            got = await call(worker, "msg_wait", thread="build", timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [late], "from where it was, not now"
+            assert await drain(worker) == [], "the inbox does not hand the task out again"
+
+    anyio.run(main)
+
+
+def test_waits_report_what_they_stepped_over(root: Path) -> None:
+    box = setup(root)
+    box.post("build", "one", sender="boss")
+    old = time.time() - 3600  # written long ago: damage, not a file still arriving
+
+    def damage(seq: int) -> None:
+        path = root / "threads" / "build" / f"{seq:06d}.json"
+        path.write_text("{torn")
+        os.utime(path, (old, old))
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            assert await drain(worker) == []  # the inbox looked: what follows is new to it
+            damage(2)
+            box.post("build", "three", sender="boss", to=["worker"])
+            inbox = await call(worker, "msg_wait", timeout_s=5)
+            assert [(m["thread"], m["seq"]) for m in inbox["messages"]] == [("build", 3)]
+            assert len(inbox["unreadable"]) == 1 and "000002.json" in inbox["unreadable"][0]
+            got = await call(worker, "msg_wait", thread="build", after_seq=1, timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [3]
+            assert len(got["unreadable"]) == 1 and "000002.json" in got["unreadable"][0]
 
     anyio.run(main)

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import require, until_async
 from mcp import types
 from mcp.client import Client
 from mcp.shared.exceptions import MCPDeprecationWarning
@@ -143,9 +144,12 @@ def test_a_write_from_another_process_wakes_the_wait(root: Path, mode: str) -> N
             async def wait() -> None:
                 result.update(text(await c.call_tool("msg_wait", {"thread": "t", "after_seq": 0})))
 
+            async def waiting() -> bool:
+                return Mailbox(root).presence("waiter").status == "waiting"
+
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wait)
-                await anyio.sleep(0.3)
+                await until_async("the server waiting", waiting)  # so the post must wake it
                 await anyio.to_thread.run_sync(
                     lambda: Mailbox(root).post("t", "from elsewhere", sender="other")
                 )
@@ -278,7 +282,7 @@ def test_full_disk_is_an_error_the_model_can_read(tmp_path: Path) -> None:
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+        require(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
     try:
         root = mnt / "box"
         Mailbox.init(root)

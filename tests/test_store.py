@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import require
 
 from mailslot import (
     Damaged,
@@ -470,7 +471,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         check=False,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+        require(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import require
 
 from mailslot import Mailbox, StorageError
 from mailslot.tools import Session
@@ -25,7 +26,7 @@ def few_inodes(tmp_path: Path) -> Iterator[Path]:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        require(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 

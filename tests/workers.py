@@ -57,36 +57,54 @@ def forever(root: str, thread: str, name: str) -> None:
         i += 1
 
 
-def waiter(root: str, threads: str, after: str, to: str, timeout: str, mode: str) -> None:
-    """Wait once and print what arrived, when (CLOCK_MONOTONIC, shared by all processes), and
-    how many threads this process ran while waiting."""
+# How many threads this process ran when its last wait went to sleep (observer, keeper).
+THREADS_WHILE_BLOCKED = [0]
+
+
+def only_woken_by_events() -> None:
+    """Make this process's waits wake only for a file event, the watch's keeper or a poll.
+
+    The safety re-check that covers dropped events is pushed past any test's patience, and
+    tests give waits a timeout beyond it too (a wait that reaches its end looks once more), so
+    a waiter that returns the message in time proves the wake-up itself. Each wait prints
+    "blocked" when it first goes to sleep (its first look found nothing), so a test can post
+    exactly then: a message it finds was not there when it looked.
+    """
     import threading
 
+    from mailslot import _wait
+
+    _wait.SAFETY_RECHECK_S = 3600.0
+    tick = _wait.Waiting.tick
+    last: list[_wait._WaitPlan] = []  # the wait that said so last (one plan per wait)
+
+    def first_sleep(self: _wait.Waiting, plan: _wait._WaitPlan) -> float:
+        if not last or last[0] is not plan:
+            last[:] = [plan]
+            THREADS_WHILE_BLOCKED[0] = threading.active_count()
+            print("blocked", flush=True)
+        return tick(self, plan)
+
+    _wait.Waiting.tick = first_sleep  # type: ignore[method-assign]
+
+
+def waiter(root: str, threads: str, after: str, to: str, timeout: str, mode: str) -> None:
+    """Wait once: print "blocked" when it sleeps, then what arrived, how many threads this
+    process ran while blocked, and how many after closing the mailbox."""
+    import threading
+
+    only_woken_by_events()
     box = Mailbox(root, wait_mode=mode, poll_interval=0.1)
     names = None if threads == "-" else threads.split(",")
     cursor = None if after == "-" else json.loads(after)
     print("ready", flush=True)
-    peak = [threading.active_count()]
-
-    def sample() -> None:
-        while not done.is_set():
-            peak.append(threading.active_count())
-            done.wait(0.02)
-
-    done = threading.Event()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     got = box.wait(names, cursor, to=None if to == "-" else to, timeout=float(timeout))
-    woke = time.monotonic()
-    done.set()
-    sampler.join()
     box.close()
     print(
         json.dumps(
             {
                 **got.to_dict(),
-                "woke": woke,
-                "threads": max(peak) - 1,
+                "threads": THREADS_WHILE_BLOCKED[0] - 1,
                 "after_close": threading.active_count(),
             }
         ),
@@ -112,6 +130,8 @@ def mcp_agent(root: str, name: str, count: str, go: str) -> None:
         params = StdioServerParameters(
             command=sys.executable,
             args=["-m", "mailslot", "serve", "--root", root, "--agent", name],
+            # As helpers.params: the suite may be pointed at another source tree.
+            env={"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else None,
         )
         async with Client(params, mode="legacy", cache=None) as c:
             acked = []
@@ -187,6 +207,19 @@ def foreign(root: str, thread: str, docs: str, how: str, pause: str) -> None:
     print("done", flush=True)
 
 
+def stall(root: str, thread: str, name: str) -> None:
+    """Post once but stop just before publishing (the temp file written and synced, the
+    thread's lock held); say "staged" and wait to be killed there."""
+    box = Mailbox(root)
+
+    def stop(*args: object, **kwargs: object) -> None:
+        print("staged", flush=True)
+        time.sleep(600)
+
+    os.link = stop  # type: ignore[assignment]
+    box.post(thread, f"{name} never publishes this", sender=name)
+
+
 def hold_lock(path: str) -> None:
     """Hold an exclusive flock on path until killed."""
     import fcntl
@@ -204,6 +237,7 @@ if __name__ == "__main__":
         "reader": reader,
         "forever": forever,
         "hold_lock": hold_lock,
+        "stall": stall,
         "waiter": waiter,
         "create": create,
         "mcp_agent": mcp_agent,

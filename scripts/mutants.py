@@ -1,0 +1,315 @@
+"""Mutation check: apply deliberate bugs to a copy of src/, one at a time, and see the tests fail.
+
+Each mutant breaks one promise the README makes (or one the suite is known to guard) by
+replacing an exact piece of text in one file of src/mailslot/. It is applied to a fresh copy of
+src/, and the tests named beside it run against that copy (PYTHONPATH points at it; the tests
+pass it on to every `mailslot serve` and worker process they start). A mutant is *killed* when
+those tests fail, and *survives* when they pass: then nothing would notice that bug.
+
+The text a mutant replaces must occur exactly once in its file; when the code has moved so it
+does not, the mutant is reported as STALE and the run fails, rather than passing quietly.
+Before the mutants, the same tests run once against an unchanged copy, so a kill means the bug
+was caught, not that the tests were failing anyway.
+
+    python scripts/mutants.py            # every mutant, then a table; exit 1 unless all killed
+    python scripts/mutants.py --list     # the mutants and their tests
+    python scripts/mutants.py heartbeat fsync-file   # only these (names or parts of names)
+
+Not part of the default test run: it takes several minutes (each mutant starts pytest, and some
+wait for a timeout that an unbroken build never reaches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    claim: str  # what breaks, in the README's words
+    file: str  # under src/mailslot/
+    old: str  # exact text, which must occur once in file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids, relative to the repository
+
+
+MUTANTS = [
+    # ---------------------------------------------------------------- the claims of the issue
+    Mutant(
+        "watch-handler-silent",
+        "Waiting: wakes the moment another process publishes (the observer's handler signals)",
+        "_watch.py",
+        "            self._watcher.folder_event(event)\n        self._watcher.notify()\n",
+        "            self._watcher.folder_event(event)\n",
+        (
+            "tests/test_wait.py::test_waiter_in_another_process_wakes",
+            "tests/test_watch.py::test_watcher_signals_when_a_created_file_is_filled",
+        ),
+    ),
+    Mutant(
+        "watcher-notify-noop",
+        "Waiting: the watcher signals every subscriber",
+        "_watch.py",
+        "            callbacks = list(self._subscribers.values())\n",
+        "            callbacks = []\n",
+        ("tests/test_wait.py::test_waiter_in_another_process_wakes",),
+    ),
+    Mutant(
+        "fsync-temp-file-skipped",
+        "Stored means stored: the message file is fsynced before it is published",
+        "_files.py",
+        "                os.fsync(fd)\n        finally:\n            os.close(fd)\n\n"
+        "    def write_tmp",
+        "                pass\n        finally:\n            os.close(fd)\n\n    def write_tmp",
+        ("tests/test_durability.py",),
+    ),
+    Mutant(
+        "fsync-folder-skipped",
+        "Stored means stored: the folder is fsynced before post returns",
+        "_publish.py",
+        "                    fsync_dir(tdir)\n",
+        "                    pass\n",
+        ("tests/test_durability.py",),
+    ),
+    Mutant(
+        "fsync-false-ignored",
+        'Durability: "fsync": false syncs neither file nor folder',
+        "_publish.py",
+        "            if self.files.settings.fsync:\n                try:\n"
+        "                    fsync_dir",
+        "            if True:\n                try:\n                    fsync_dir",
+        ("tests/test_durability.py::test_fsync_false_syncs_neither",),
+    ),
+    Mutant(
+        "heartbeat-never-refreshes",
+        "Presence: each server refreshes its presence file every timeout/3 seconds",
+        "stdio_server.py",
+        "            state.session.heartbeat()\n",
+        "            pass\n",
+        ("tests/test_presence.py::test_a_server_stays_present_past_its_heartbeat_timeout",),
+    ),
+    Mutant(
+        "hold-name-ignores-other-hosts",
+        "Presence: a name live on another machine (fresh presence file) cannot be taken",
+        "_agents.py",
+        'if hold is None or (current.status != "offline" and current.host != HOST):',
+        "if hold is None:",
+        ("tests/test_presence.py",),
+    ),
+    Mutant(
+        "saved-position-ignored",
+        "Read positions: a restarted agent continues from its saved position",
+        "_reading.py",
+        "stored = self.box.load_cursor(agent, thread) if agent else None",
+        "stored = None",
+        ("tests/test_positions.py::test_a_restarted_agent_continues_from_its_saved_position",),
+    ),
+    Mutant(
+        "saved-position-not-read",
+        "Read positions: a position saved for this incarnation of the thread is used",
+        "_positions.py",
+        '_seq(doc.get("read")), _seq(doc.get("inbox")),',
+        "None, None,",
+        ("tests/test_positions.py::test_a_restarted_agent_continues_from_its_saved_position",),
+    ),
+    Mutant(
+        "killed-server-reads-online",
+        "Presence: a killed server reads as offline at once on its own machine",
+        "_presence.py",
+        'elif doc.get("host") == host and pid is not None and not pid_alive(pid):',
+        "elif False:",
+        ("tests/test_e2e.py::test_killed_server_reads_offline",),
+    ),
+    Mutant(
+        "msg-wait-drops-damage",
+        "msg_wait returns `unreadable` for what it stepped over",
+        "tools.py",
+        "            skipped += got.skipped\n",
+        "            skipped += []\n",
+        ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
+    ),
+    Mutant(
+        "inbox-wait-drops-damage",
+        "msg_wait (inbox) returns `unreadable` for what it stepped over",
+        "tools.py",
+        '        if cut is not None or self._reading.owes:\n            out["has_more"] = True\n'
+        "        _report_trouble(out, got.skipped, got.pending)\n",
+        '        if cut is not None or self._reading.owes:\n            out["has_more"] = True\n'
+        "        _report_trouble(out, [], got.pending)\n",
+        ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
+    ),
+    Mutant(
+        "library-wait-drops-damage",
+        "Damage on disk is reported to every reader (Arrivals.skipped)",
+        "_wait.py",
+        "                    self.skipped.extend(page.skipped)\n",
+        "                    pass\n",
+        ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
+    ),
+    # ---------------------------------------------------------------- known to be caught
+    Mutant(
+        "link-becomes-replace",
+        "Exactly once: publish with a no-replace link (os.replace overwrites)",
+        "_files.py",
+        "                os.link(tmp, target)\n",
+        "                os.replace(tmp, target)\n",
+        (
+            "tests/test_concurrency.py::test_a_writer_that_lost_the_race_takes_the_next_seq",
+            "tests/test_concurrency.py::test_eight_writers_and_a_reader[nolock]",
+        ),
+    ),
+    Mutant(
+        "lock-dropped",
+        "The per-thread lock is taken while claiming a seq",
+        "_files.py",
+        "            portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE)\n",
+        "            pass\n",
+        ("tests/test_concurrency.py::test_dead_lock_holder_does_not_block_writers",),
+    ),
+    Mutant(
+        "msg-wait-returns-at-once",
+        "msg_wait blocks until new messages arrive",
+        "tools.py",
+        "        timeout = self.wait_default if timeout_s is None else "
+        "min(timeout_s, self.wait_max)\n",
+        "        timeout = 0.0\n",
+        ("tests/test_tools.py::test_wait_returns_new_messages_and_remembers",),
+    ),
+    Mutant(
+        "doctor-always-healthy",
+        "mailslot doctor reports what is wrong",
+        "_doctor.py",
+        "        return not any(f.outstanding for f in self.findings)\n",
+        "        return True\n",
+        ("tests/test_commands.py::test_doctor_finds_and_fixes",),
+    ),
+    Mutant(
+        "idempotency-keys-never-match",
+        "Idempotency: a retried post with the same key returns the first seq",
+        "_publish.py",
+        "        seen = self._find_keyed(thread, tdir, marker, message.id)\n",
+        "        seen = None\n",
+        ("tests/test_store.py::test_idempotency_key_stores_once",),
+    ),
+    Mutant(
+        "error-text-becomes-error",
+        "Every expected failure is tool error text that says what to call next",
+        "stdio_server.py",
+        "    if isinstance(e, NoSuchThread):\n        near = ",
+        '    return "error"\n    if isinstance(e, NoSuchThread):\n        near = ',
+        ("tests/test_server.py::test_damage_and_vanishing_never_kill_the_server",),
+    ),
+]
+
+
+def copy_src(into: Path) -> Path:
+    """Copy src/ into the folder into; return the copy's src folder."""
+    src = into / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def apply(src: Path, m: Mutant) -> str | None:
+    """Apply mutant m to the copy at src; return why it cannot be applied, or None."""
+    path = src / "mailslot" / m.file
+    text = path.read_text(encoding="utf-8")
+    found = text.count(m.old)
+    if found != 1:
+        return f"its text occurs {found} times in src/mailslot/{m.file} (the code moved?)"
+    path.write_text(text.replace(m.old, m.new), encoding="utf-8")
+    return None
+
+
+def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str, float]:
+    """Run pytest on tests against the copy at src; return its exit code, output tail, time."""
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mailslot; print(mailslot.__file__)"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    if not probe.stdout.strip().startswith(str(src)):
+        sys.exit(f"mutants: PYTHONPATH does not win: mailslot comes from {probe.stdout.strip()}")
+    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    began = time.monotonic()
+    try:
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)  # fmt: skip
+        code, out = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as e:
+        partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        code, out = -1, f"timed out after {timeout} s\n{partial or ''}"
+    tail = "\n".join(line for line in str(out).splitlines()[-15:] if line.strip())
+    return code, tail, time.monotonic() - began
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("only", nargs="*", help="run only mutants whose name contains one of these")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or any(o in m.name for o in args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  ({m.file})\n  {m.claim}\n  " + "\n  ".join(m.tests))
+        return 0
+    if not chosen:
+        print(f"no mutant matches {args.only}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="mailslot-mutants-") as scratch:
+        if not args.no_baseline:
+            tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+            print(f"baseline: {len(tests)} test selections against an unchanged copy ...",
+                  flush=True)  # fmt: skip
+            code, tail, took = run_tests(copy_src(Path(scratch) / "base"), tests, args.timeout)
+            if code != 0:
+                print(f"the tests fail without any mutant (exit {code}):\n{tail}")
+                return 1
+            print(f"baseline passed in {took:.0f} s", flush=True)
+
+        rows = []
+        for n, m in enumerate(chosen):
+            src = copy_src(Path(scratch) / f"m{n}")
+            stale = apply(src, m)
+            if stale is not None:
+                rows.append((m, "STALE", stale, 0.0))
+                print(f"{m.name}: STALE, {stale}", flush=True)
+                continue
+            code, tail, took = run_tests(src, m.tests, args.timeout)
+            if code == 0:
+                verdict = "survived"
+            elif code in (1, -1):  # tests failed, or hung past the timeout
+                verdict = "killed"
+            else:  # usage error, nothing collected, interrupted: no verdict
+                verdict = f"ERROR (pytest exit {code})"
+            rows.append((m, verdict, tail, took))
+            print(f"{m.name}: {verdict} in {took:.0f} s", flush=True)
+            if args.verbose or verdict.startswith("ERROR"):
+                print("    " + tail.replace("\n", "\n    "), flush=True)
+
+    width = max(len(m.name) for m, *_ in rows)
+    print(f"\n| {'mutant':<{width}} | file | result | time | claim |")
+    print(f"|{'-' * (width + 2)}|---|---|---|---|")
+    for m, verdict, _, took in rows:
+        print(f"| {m.name:<{width}} | {m.file} | {verdict} | {took:.0f} s | {m.claim} |")
+    killed = sum(v == "killed" for _, v, *_ in rows)
+    print(f"\n{killed} of {len(rows)} mutants killed")
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
