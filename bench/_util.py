@@ -16,8 +16,12 @@ from pathlib import Path
 SCRATCH = Path(os.environ.get("MAILSLOT_BENCH_DIR") or ".bench-scratch").resolve()
 
 
-def timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Return the wall time in seconds of each of repeats calls of fn."""
+def timed(
+    fn: Callable[[], object], repeats: int, warm: Callable[[], object] | None = None
+) -> list[float]:
+    """Return the wall time in seconds of each of repeats calls of fn (after warm(), if given)."""
+    if warm is not None:
+        warm()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()

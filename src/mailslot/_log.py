@@ -279,9 +279,14 @@ class ThreadLog:
         self.heads[thread] = hint
         return hint
 
-    def head(self, thread: str) -> int:
-        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread."""
-        return self.probe_head(thread, self.files.thread_dir(thread))
+    def head(self, thread: str, *, exact: bool = False) -> int:
+        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread.
+
+        Sees past the gaps within the look-ahead, and past wider ones once this process has
+        listed the folder; only with exact does it list the folder itself (readers meet wider
+        gaps as they read, and writers always list before they claim).
+        """
+        return self.probe_head(thread, self.files.thread_dir(thread), listing=exact)
 
     def load(self, thread: str, tdir: Path, seq: int) -> Message | Damage | Pending | None:
         """Return message seq, why it cannot be read, or None if it is absent.

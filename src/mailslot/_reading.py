@@ -55,7 +55,9 @@ class Reading:
                 pos = Position.from_json(stored, incarnation)
             self._backlog = [(t, s) for t, s in self._backlog if t != thread]
             self._positions[thread] = pos
-        pos.clamp(self.box.head(thread))
+        head = self.box.head(thread)
+        if max(pos.read or 0, pos.inbox or 0) > head:
+            pos.clamp(self.box.head(thread, exact=True))  # beyond the cheap head: look closely
         self._rewind(thread, pos)
         return pos
 

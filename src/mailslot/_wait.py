@@ -120,7 +120,7 @@ class Waiting:
             names = self.files.thread_ids()
         else:
             names = [threads] if isinstance(threads, str) else list(threads)
-        return {t: self.log.head(t) for t in names}
+        return {t: self.log.head(t, exact=True) for t in names}  # "now" is past every gap
 
     def plan(
         self,

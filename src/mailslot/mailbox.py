@@ -149,9 +149,13 @@ class Mailbox:
 
     # ------------------------------------------------------------------ reading
 
-    def head(self, thread: str) -> int:
-        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread."""
-        return self._log.head(thread)
+    def head(self, thread: str, *, exact: bool = False) -> int:
+        """Return the seq of the newest message in thread (0 if none); raise NoSuchThread.
+
+        Cheap (no folder listing) unless exact: then it also sees past any gap that git or a
+        sync tool left, however wide.
+        """
+        return self._log.head(thread, exact=exact)
 
     def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
         """Return up to limit messages with seq > after, in seq order.

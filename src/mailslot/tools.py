@@ -360,6 +360,8 @@ class Session:
         thread = self._tid(thread)
         head = self.box.head(thread)
         if after_seq > head:
+            head = self.box.head(thread, exact=True)  # see past any gap before saying so
+        if after_seq > head:
             return {
                 "messages": [], "next_after_seq": head, "has_more": False,
                 "hint": f"after_seq {after_seq} is past the newest message ({head}); "
@@ -420,8 +422,11 @@ class Session:
     async def _wait_thread(
         self, me: str, thread: str, after_seq: int | None, timeout: float
     ) -> dict[str, Any]:
-        head = self.box.head(thread)  # a missing thread fails now, not after the timeout
+        # A missing thread fails now, not after the timeout; "from now" is past every gap.
+        head = self.box.head(thread, exact=after_seq is None)
         pos = self._reading.position(thread, self.agent)
+        if after_seq is not None and after_seq > head:
+            head = self.box.head(thread, exact=True)  # see past any gap before saying so
         past = after_seq is not None and after_seq > head
         if past:  # waiting past seqs that do not exist yet would skip them when they come
             after_seq = head
