@@ -48,6 +48,7 @@ CONFLICT_TEXT = (
     "resolved; run `mailslot doctor --fix` (it keeps both messages), then commit the result"
 )
 LOOKAHEAD = 4  # seqs stat-ed past a missing one before a listing is considered
+FRESH_LOOKAHEAD = 64  # the same for a writer about to claim (~0.1 ms of stats)
 RESCAN_EVERY_S = 1.0  # a changed folder is listed again at most this often per process
 RACY_S = 1.0  # a listing taken this soon after the folder's mtime may miss a same-tick change
 
@@ -103,20 +104,11 @@ class Listings:
         self.clock = clock
         self._lock = threading.Lock()
         self._by_thread: dict[str, _Listing] = {}
-        self._own: dict[str, tuple[int, int, int, int]] = {}  # the folder as our last claim left it
 
     def forget(self, thread: str) -> None:
         """Drop what is remembered of thread (its folder was removed or replaced)."""
         with self._lock:
             self._by_thread.pop(thread, None)
-            self._own.pop(thread, None)
-
-    def changed_by_us(self, thread: str, tdir: Path) -> None:
-        """Note that this process just changed thread's folder (a claim, under the lock)."""
-        key = _folder_key(tdir)
-        with self._lock:
-            if key is not None:
-                self._own[thread] = key
 
     def beyond(
         self, thread: str, tdir: Path, missing: int, *, listing: bool = True, fresh: bool = False
@@ -129,8 +121,8 @@ class Listings:
         look-ahead may be seen a second late; nothing is ever reported missing because of that.
         With listing=False only the look-ahead and a listing already made are used (an answer
         for people that must be cheap; writers and readers always see past gaps). fresh=True
-        (a writer about to claim a seq) lists whenever someone other than this process changed
-        the folder since, without the once-a-second limit: a claim must never land in a gap.
+        (a writer about to claim a seq) looks FRESH_LOOKAHEAD names ahead: a claim must not land
+        in a gap a sync tool opened within the last second (wider ones are seen by the listing).
         """
         key = _folder_key(tdir)
         if key is None:
@@ -138,14 +130,13 @@ class Listings:
         with self._lock:
             known = self._by_thread.get(thread)
         if known is None or known.key != key or not known.trusted:
-            for seq in range(missing + 1, missing + 1 + LOOKAHEAD):
+            for seq in range(missing + 1, missing + 1 + (FRESH_LOOKAHEAD if fresh else LOOKAHEAD)):
                 if os.path.lexists(tdir / message_name(seq)):
                     return seq
             now = time.monotonic()
             if not listing and (known is None or known.key[:2] != key[:2]):
                 return None
-            ours = fresh and self._own.get(thread) == key  # nobody else changed it since
-            if known is None or (fresh and not ours) or now - known.at_mono >= RESCAN_EVERY_S:
+            if known is None or now - known.at_mono >= RESCAN_EVERY_S:
                 known = _Listing(key, _list_seqs(tdir), self.clock.now(), now)
                 with self._lock:
                     self._by_thread[thread] = known

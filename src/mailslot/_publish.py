@@ -161,7 +161,6 @@ class Writer:
                     tdir, tmp, data, lambda: self.log.probe_head(thread, tdir, fresh=True)
                 )
                 self.log.heads[thread] = seq
-                self.log.listings.changed_by_us(thread, tdir)
                 if key is not None:
                     self._keyed_done(thread, message, key, seq)
             if self.files.settings.fsync:
