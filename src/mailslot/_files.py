@@ -104,7 +104,7 @@ def _whose(path: Path, root: Path) -> str:
 
 def exists(tdir: Path, seq: int) -> bool:
     """Return True if thread folder tdir has a file (of any kind) for seq."""
-    return os.path.lexists(tdir / message_name(seq))
+    return os.path.lexists(f"{os.fspath(tdir)}/{message_name(seq)}")  # no Path: a hot path
 
 
 def tmp_writer(name: str, mtime: float, now: float) -> str | None:

@@ -48,7 +48,7 @@ CONFLICT_TEXT = (
     "resolved; run `mailslot doctor --fix` (it keeps both messages), then commit the result"
 )
 LOOKAHEAD = 4  # seqs stat-ed past a missing one before a listing is considered
-FRESH_LOOKAHEAD = 64  # the same for a writer about to claim (~0.1 ms of stats)
+FRESH_LOOKAHEAD = 16  # the same for a writer about to claim (~25 µs of stats)
 RESCAN_EVERY_S = 1.0  # a changed folder is listed again at most this often per process
 RACY_S = 1.0  # a listing taken this soon after the folder's mtime may miss a same-tick change
 
@@ -130,8 +130,9 @@ class Listings:
         with self._lock:
             known = self._by_thread.get(thread)
         if known is None or known.key != key or not known.trusted:
+            base = f"{os.fspath(tdir)}/"  # plain strings: this runs on every post
             for seq in range(missing + 1, missing + 1 + (FRESH_LOOKAHEAD if fresh else LOOKAHEAD)):
-                if os.path.lexists(tdir / message_name(seq)):
+                if os.path.lexists(f"{base}{seq:06d}.json"):
                     return seq
             now = time.monotonic()
             if not listing and (known is None or known.key[:2] != key[:2]):
