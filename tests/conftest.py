@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -56,3 +57,24 @@ def git(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
             "LC_ALL": "C"}  # fmt: skip
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        require(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """Return a 2 MB tmpfs of the test's own (to fill up, or remount read-only)."""
+    mnt = tmp_path / "mnt"
+    mount_tmpfs(mnt, "2m")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -61,6 +61,8 @@ JSON_RUNS: dict[str, list[str]] = {
     "export": ["export", "t"],
     "doctor": ["doctor"],
     "mcp-config": ["mcp-config", "codex"],
+    "tasks": ["tasks"],
+    "claim": ["claim", "t", "1", "--as", "bob"],
 }
 
 

@@ -398,3 +398,34 @@ def test_an_agent_that_read_past_the_merge_gets_the_other_clones_messages(
     finally:
         worker.close()
         box_b.close()
+
+
+def test_a_task_claimed_in_both_clones_has_one_holder_after_the_merge(
+    git: dict[str, str], tmp_path: Path
+) -> None:
+    origin = origin_repo(git, tmp_path / "origin")
+    with Mailbox(origin / ".mailslot") as box:
+        task = box.post("t", "build the release", sender="alice", type="task")
+    run_git(git, origin, "add", "-A")
+    run_git(git, origin, "commit", "-q", "-m", "a task")
+    a = clone(git, origin, tmp_path / "a", "alice")
+    b = clone(git, origin, tmp_path / "b", "bob")
+    for repo, who in ((a, "carol"), (b, "dave")):  # each clone's worker takes it and does it
+        with Mailbox(repo / ".mailslot") as box:
+            assert box.claim_task("t", task, agent=who).won
+            box.post("t", f"built by {who}", sender=who, type="result", reply_to=task)
+        run_git(git, repo, "add", "-A")
+        run_git(git, repo, "commit", "-q", "-m", f"{who} builds")
+        time.sleep(0.01)
+    run_git(git, a, "pull", "-q", "--no-rebase", str(b), "main", ok=False)
+    root = a / ".mailslot"
+    code, out = doctor(root, "--fix")
+    assert code == 0, out
+    with Mailbox(root) as box:
+        done = box.task("t", task)
+        assert (done.status, done.attempts, done.done_by) == ("done", 1, "carol")
+        claims = [(m.sender, m.seq) for m in box.messages("t") if m.reply_to == task]
+        # Both claims and both results are kept; dave's came back after carol's, so his
+        # claim is void and his result is recorded without closing the task again.
+        assert claims == [("carol", 4), ("carol", 5), ("dave", 6), ("dave", 7)]
+        assert done.closed_by == 5

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import require
 
 from mailslot import (
     Damaged,
@@ -460,26 +459,6 @@ def test_fsync_can_be_turned_off(tmp_path: Path) -> None:
     box = Mailbox.init(tmp_path / "scratch", fsync=False)
     assert box.settings.fsync is False
     assert Mailbox(box.root, fsync=True).settings.fsync is True
-
-
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        require(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mnt = tmp_path / "mnt"
-    _mount_tmpfs(mnt, "2m")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_read_only_root(small_fs: Path) -> None:

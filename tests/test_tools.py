@@ -24,7 +24,7 @@ def sessions(root: Path) -> Iterator[tuple[Session, Session]]:
 
 
 def test_tool_set_is_small_and_described() -> None:
-    assert len(TOOL_NAMES) <= 12
+    assert len(TOOL_NAMES) <= 15  # the budget: tasks, reservations and search included
     for name in TOOL_NAMES:
         doc = getattr(Session, name).__doc__
         assert doc and doc.count("\n") == 0 and len(doc) <= 100, f"{name}: one short line"

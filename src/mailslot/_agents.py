@@ -234,6 +234,14 @@ class Agents:
             return Presence(agent=name, status="offline")
         return presence_of(doc, name, HOST, stale_after)
 
+    def presence_doc(self, name: str) -> dict[str, Any] | None:
+        """Return agent name's presence file as written (None if missing or unreadable)."""
+        try:
+            doc = loads((self.files.root / ".state" / "presence" / f"{name}.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
     def presences(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Presence]:
         """Return the presence of every agent that ever had a presence file, by name."""
         try:

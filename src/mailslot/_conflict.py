@@ -355,11 +355,12 @@ def resolve(
                 split.place(c, side)
         for c in conflicts:
             split.settle(c)
-    # The thread's summary cache (.state/index/) was built from what this clone had at these
+    # The thread's caches (.state/index/) were built from what this clone had at these
     # seqs: drop it, and it is rebuilt from the files on the next look.
     state = tdir.parent.parent / ".state"
-    with contextlib.suppress(OSError):
-        (state / "index" / f"{thread}.json").unlink()
+    for cache in (f"{thread}.json", f"{thread}.tasks.json"):  # the summary and the tasks
+        with contextlib.suppress(OSError):
+            (state / "index" / cache).unlink()
     # Agents of this machine may have read past these seqs when they held this clone's
     # messages; the other clone's messages now stand there. Tell their positions to go back
     # (see _reading): they get the kept side, and the moved messages again at the end.

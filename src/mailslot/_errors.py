@@ -106,3 +106,7 @@ class Damaged(MailslotError):
         self.path = Path(damage.path)
         self.reason = damage.reason
         super().__init__(f"{damage.path}: {damage.reason} (inspect it, or restore it from git)")
+
+
+class TaskError(MailslotError):
+    """A task operation that cannot be done: not a task, done, dead, or held by another."""

@@ -41,6 +41,9 @@ class Position:
     start: int = 0
     #: The last rewind by `mailslot doctor --fix` this position went through (its token).
     rewound: str = ""
+    #: The agent takes part in the thread (joined, read or wrote it): its inbox gets the
+    #: thread's tasks for anyone.
+    joined: bool = False
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
@@ -57,9 +60,11 @@ class Position:
         dirty = doc.get("incarnation") != incarnation  # stored before thread.json arrived
         start = _seq(doc.get("start")) or 0
         rewound = str(doc["rewound"]) if isinstance(doc.get("rewound"), str) else ""
+        joined = doc.get("joined") is True
         return cls(
-            incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start, rewound
-        )
+            incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start, rewound,
+            joined,
+        )  # fmt: skip
 
     @classmethod
     def reborn(cls, incarnation: str) -> Position:
@@ -74,6 +79,7 @@ class Position:
             "inbox": None if owed else self.inbox,
             "start": self.start,
             "rewound": self.rewound,
+            "joined": self.joined,
         }
 
     @property

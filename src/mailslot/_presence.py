@@ -92,14 +92,21 @@ def effective(doc: dict[str, Any], agent: str, host: str, stale_after: float) ->
 
 
 def pid_alive(pid: int) -> bool:
-    """Return True if a process with pid exists on this machine."""
+    """Return True if a process with pid runs on this machine (a zombie does not: it died,
+    and only waits for its parent to collect its exit status)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read(512)
+    except OSError:
+        return True  # no /proc here (macOS), or it went meanwhile: kill() said it was there
+    # "pid (comm) S ...": the state follows the last ")" (comm may hold parentheses).
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
 class NameHold:

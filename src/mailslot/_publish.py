@@ -137,8 +137,14 @@ class Writer:
         content: str,
         meta: object,
         key: str | None,
+        guard: Callable[[], None] | None = None,
     ) -> Message:
-        """Publish a message of any type (state included) and return it as stored."""
+        """Publish a message of any type (state included) and return it as stored.
+
+        guard, if given, runs under the thread's lock just before the seq is claimed; if it
+        raises, nothing is stored. It decides "only one may" among the writers of this machine
+        (the lock does not exclude across network mounts: the thread's order decides there).
+        """
         message = self._message(
             thread, tdir, sender=sender, to=to, type_=type_, priority=priority,
             reply_to=reply_to, content=content, meta=meta, key=key,
@@ -153,6 +159,8 @@ class Writer:
         tmp = self.files.write_tmp(data) if self.files.settings.claim == "link" else None
         try:
             with self.files.locked(thread):
+                if guard is not None:
+                    guard()
                 if key is not None:
                     seen = self._keyed(thread, tdir, message, key)
                     if seen is not None:

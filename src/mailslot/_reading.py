@@ -118,13 +118,41 @@ class Reading:
         """
         seqs, upto = self.box.unanswered(thread, me)
         self._backlog += [(thread, s) for s in seqs if not pos.was_shown(s)]
+        if pos.joined:  # joined before its inbox first looked: the open tasks are due too
+            self._owe_open_tasks(thread, me, pos)
         pos.inbox_shown(upto)
+
+    def join(self, thread: str, me: str) -> bool:
+        """Record that me takes part in thread; return True if it had not before.
+
+        Joining makes the thread's tasks for anyone due to me's inbox: those open now and not
+        shown to it yet are owed at once (the inbox sees the ones posted later as they come;
+        tasks addressed to me come to it as any message addressed to it).
+        """
+        pos = self.position(thread, me)
+        if pos.joined:
+            return False
+        pos.joined = pos.dirty = True
+        self._owe_open_tasks(thread, me, pos)
+        return True
+
+    def _owe_open_tasks(self, thread: str, me: str, pos: Position) -> None:
+        board = self.box.board(thread)
+        self._backlog += [
+            (thread, t.seq)
+            for t in board.tasks.values()
+            if t.status == "open" and not t.to and t.sender != me and not pos.was_shown(t.seq)
+        ]
+
+    def joined(self) -> set[str]:
+        """Return the threads (among those looked at) the agent takes part in."""
+        return {t for t, p in self._positions.items() if p.joined or p.read is not None}
 
     def owed(self, me: str) -> list[Message]:
         """Return the owed inbox messages that can still be read (dropping the others)."""
         out: list[Message] = []
         keep: list[tuple[str, int]] = []
-        for thread, seq in sorted(self._backlog):
+        for thread, seq in sorted(set(self._backlog)):
             try:
                 if self.position(thread, me).was_shown(seq):
                     continue  # a thread wait returned it meanwhile

@@ -12,6 +12,8 @@ from mailslot._format import FORMAT, loads
 DEFAULT_MAX_CONTENT = 256 * 1024
 DEFAULT_GRACE_S = 10.0
 DEFAULT_POLL_INTERVAL = 0.1
+DEFAULT_TASK_LEASE_S = 300.0
+DEFAULT_TASK_MAX_ATTEMPTS = 3
 WAIT_MODES = ("auto", "native", "poll")
 # How a writer claims a seq: "link" publishes a finished file with a no-replace hard link (safe
 # everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
@@ -38,6 +40,12 @@ class Settings:
     grace_s: float = DEFAULT_GRACE_S
     #: True if the mailbox is shared by the users of a group ("shared": "group").
     shared: bool = False
+    #: Seconds a claimed task stays with a live holder that shows no sign of work (a task's
+    #: or a claim's own lease_s wins over it).
+    task_lease_s: float = DEFAULT_TASK_LEASE_S
+    #: Failed attempts (an error reply, a holder that died or stalled) after which a task is
+    #: dead; a task's own max_attempts wins over it.
+    task_max_attempts: int = DEFAULT_TASK_MAX_ATTEMPTS
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -56,6 +64,8 @@ class Settings:
                 claim=doc.get("claim"),
                 grace_s=doc.get("grace_s"),
                 shared=doc.get("shared"),
+                task_lease_s=doc.get("task_lease_s"),
+                task_max_attempts=doc.get("task_max_attempts"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -71,6 +81,8 @@ class Settings:
         claim: object = None,
         grace_s: object = None,
         shared: object = None,
+        task_lease_s: object = None,
+        task_max_attempts: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         out = self
@@ -109,6 +121,14 @@ class Settings:
                     "`mailslot init --shared` sets it) or false (files as the umask makes them)"
                 )
             out = replace(out, shared=shared == SHARED)
+        if task_lease_s is not None:
+            if type(task_lease_s) not in (int, float) or not 1 <= task_lease_s <= 86400:  # type: ignore[operator]
+                raise ValueError("'task_lease_s' must be a number of seconds from 1 to 86400")
+            out = replace(out, task_lease_s=float(task_lease_s))  # type: ignore[arg-type]
+        if task_max_attempts is not None:
+            if type(task_max_attempts) is not int or not 1 <= task_max_attempts <= 100:
+                raise ValueError("'task_max_attempts' must be a whole number from 1 to 100")
+            out = replace(out, task_max_attempts=task_max_attempts)
         return out
 
 

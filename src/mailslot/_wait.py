@@ -129,6 +129,7 @@ class Waiting:
         to: str | None,
         timeout: float,
         limit: int,
+        match: Callable[[Message], bool] | None = None,
     ) -> _WaitPlan:
         if to is not None:
             check_name(to, "agent name")
@@ -160,7 +161,9 @@ class Waiting:
             cursor = {names[0]: after}
         for name in names or ():
             cursor.setdefault(name, 0)
-        return _WaitPlan(self, names, cursor, to, limit)
+        if match is None:
+            match = (lambda m: True) if to is None else (lambda m: to in m.to)
+        return _WaitPlan(self, names, cursor, match, limit)
 
     def tick(self, plan: _WaitPlan) -> float:
         if any(not p.blocked for p in plan.pending.values()):
@@ -216,13 +219,15 @@ class Waiting:
         to: str | None = None,
         timeout: float = 50.0,
         limit: int = 100,
+        match: Callable[[Message], bool] | None = None,
     ) -> Arrivals:
         """Await what wait() returns, without blocking the event loop; cancellable at once.
 
         Cancelling the awaiting task ends the wait at its current await and leaves nothing
-        behind (no subscription, no thread, no lock: a wait never holds a lock).
+        behind (no subscription, no thread, no lock: a wait never holds a lock). match, if
+        given, chooses the messages to return instead of to.
         """
-        plan = self.plan(threads, after, to, timeout, limit)
+        plan = self.plan(threads, after, to, timeout, limit, match)
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
 
@@ -264,13 +269,13 @@ class _WaitPlan:
         waiting: Waiting,
         threads: list[str] | None,
         cursor: dict[str, int],
-        to: str | None,
+        match: Callable[[Message], bool],
         limit: int,
     ) -> None:
         self.waiting = waiting
         self.threads = threads
         self.cursor = cursor
-        self.to = to
+        self.match = match
         self.limit = limit
         self.messages: list[Message] = []
         self.skipped: list[Damage] = []
@@ -341,7 +346,7 @@ class _WaitPlan:
                     page = log.read(thread, seq, self.limit - len(self.messages))
                     self.skipped.extend(page.skipped)
                     for m in page.messages:
-                        if self.to is None or self.to in m.to:
+                        if self.match(m):
                             self.messages.append(m)
                     if page.pending is not None:
                         self.pending[thread] = page.pending

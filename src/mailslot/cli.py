@@ -28,10 +28,13 @@ from mailslot._errors import (
     NoSuchAgent,
     NoSuchMessage,
     NoSuchThread,
+    TaskError,
 )
 from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot._tasks import STATUSES, Question, Task, iso
 from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
+from mailslot.tools import task_view
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -148,6 +151,8 @@ def command_text(e: MailslotError) -> str:
         return f"{e}; `mailslot read {e.thread}` shows them"
     if isinstance(e, InvalidName) and e.kind == "thread id":
         return f"{e}; `mailslot threads` lists the thread ids"
+    if isinstance(e, TaskError):
+        return f"{e}; `mailslot tasks` shows the tasks and their status"
     return str(e)
 
 
@@ -494,6 +499,112 @@ def cmd_state(args: argparse.Namespace) -> int:
     else:
         print(seq)
     return EXIT_OK
+
+
+@command(
+    "tasks",
+    help="the task board: open, claimed (by whom, until when), done and dead tasks",
+    args=[
+        arg("thread", nargs="?", help="default: every thread"),
+        arg("--status", choices=[*STATUSES, "all"], help="only these (default: all but done)"),
+    ],
+    who=True,
+)
+def cmd_tasks(args: argparse.Namespace) -> int:
+    box = _open(args)
+    threads = [args.thread] if args.thread else list(box)
+    if args.thread:
+        box.thread(args.thread)  # a missing thread fails here, with its readable error
+    if box.read_only is None:  # holders that died or stalled let go before we show them
+        box.settle_tasks(threads, noticed_by=_sender(args))
+    tasks: list[Task] = []
+    questions: list[Question] = []
+    for name in threads:
+        with contextlib.suppress(NoSuchThread):
+            board = box.board(name)
+            tasks += board.tasks.values()
+            questions += board.questions.values()
+    wanted = (
+        STATUSES
+        if args.status == "all"
+        else [args.status]
+        if args.status
+        else STATUSES[:2] + STATUSES[3:]
+    )
+    shown = sorted(
+        (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
+    )
+    questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+    counts = {st: sum(t.status == st for t in tasks) for st in STATUSES}
+    if args.json:
+        _print_json(
+            {
+                "tasks": [task_view(box, t) for t in shown],
+                "counts": counts,
+                "questions": [
+                    {"thread": q.thread, "seq": q.seq, "from": q.sender, "to": list(q.to),
+                     "title": q.title, "created_at": q.created_at}
+                    for q in questions
+                ],
+            }
+        )  # fmt: skip
+        return EXIT_OK
+    if shown:
+        rows = []
+        for t in shown:
+            until = box.task_until(t)
+            holder = t.holder or (t.done_by if t.status == "done" else "") or ""
+            tries = f"{t.attempts}" + (f" ({t.failures} failed)" if t.failures else "")
+            rows.append([t.thread, str(t.seq), t.status, holder,
+                         when(iso(until)) if until else "", tries, t.sender, t.title])  # fmt: skip
+        print(table(rows, ["THREAD", "SEQ", "STATUS", "HOLDER", "UNTIL", "TRIES", "FROM", "TASK"]))
+    if questions:
+        print("\nunanswered questions:" if shown else "unanswered questions:")
+        rows = [[q.thread, str(q.seq), q.sender, ", ".join(q.to), q.title] for q in questions]
+        print(table(rows, ["THREAD", "SEQ", "FROM", "TO", "QUESTION"]))
+    summary = ", ".join(f"{n} {st}" for st, n in counts.items())
+    print(("\n" if shown or questions else "") + f"tasks: {summary}")
+    return EXIT_OK
+
+
+@command(
+    "claim",
+    help="take a task (you alone work on it until you post its result, or give it back)",
+    args=[
+        arg("thread"),
+        arg("seq", type=int),
+        arg(
+            "--lease", type=float, metavar="S", help="seconds it stays yours without a sign of work"
+        ),
+        arg("--release", action="store_true", help="give back a task you hold instead"),
+    ],
+    who=True,
+)
+def cmd_claim(args: argparse.Namespace) -> int:
+    box = _open(args)
+    me = _sender(args)
+    if args.release:
+        event = box.release_task(args.thread, args.seq, agent=me)
+        if args.json:
+            _print_json(
+                {"released": True, "thread": args.thread, "seq": args.seq, "event_seq": event.seq}
+            )
+        else:
+            print(f"gave task {args.seq} back (event {event.seq}); it is open again")
+        return EXIT_OK
+    # No process of ours stays to hold it: the claim lasts its lease, renewed by claiming again.
+    got = box.claim_task(args.thread, args.seq, agent=me, lease_s=args.lease)
+    until = iso(got.until) if got.until else None
+    if args.json:
+        _print_json({"claimed": got.won, "thread": args.thread, "seq": args.seq,
+                     "holder": got.task.holder, "until": until})  # fmt: skip
+    elif got.won:
+        close = f"mailslot post {args.thread} TEXT --type result --reply-to {args.seq}"
+        print(f"task {args.seq} is yours until {when(until or '')} (claim again to renew); "
+              f"`{close}` closes it")  # fmt: skip
+    else:
+        print(f"{got.task.holder} holds task {args.seq} until {when(until or '')}", file=sys.stderr)
+    return EXIT_OK if got.won else EXIT_ERROR
 
 
 @command("agents", help="who is online, waiting, idle or offline")

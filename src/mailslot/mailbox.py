@@ -21,7 +21,8 @@ machine from colliding. A published file is never modified again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
 from mailslot._publish import Writer
 from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
 from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
+from mailslot._tasks import Board, Claim, Question, Task, Tasks
 from mailslot._threads import Threads
 from mailslot._wait import Arrivals, Waiting
 from mailslot._watch import Watcher
@@ -62,6 +64,8 @@ __all__ = [
     "WAIT_MODES",
     "AgentCard",
     "Arrivals",
+    "Board",
+    "Claim",
     "Damage",
     "Damaged",
     "Mailbox",
@@ -70,7 +74,9 @@ __all__ = [
     "Page",
     "Pending",
     "Presence",
+    "Question",
     "Settings",
+    "Task",
     "ThreadInfo",
     "default_root",
     "find_root",
@@ -119,6 +125,9 @@ class Mailbox:
         self._agents = Agents(self._files)
         self._writer = Writer(self._files, self._log, self._agents, self._participants)
         self._waiting = Waiting(self._files, self._log)
+        self._tasks = Tasks(
+            self._files, self._log, self._agents, self._writer, self._threads.incarnation
+        )
         for sub in ("threads", "agents", ".state"):
             self._files.check_not_symlink(self.root / sub)
         if sweep and read_only is None:
@@ -221,10 +230,15 @@ class Mailbox:
         NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
         error nothing is stored.
         """
-        return self._writer.post(
+        message = self._writer.post(
             thread, content, sender=sender, to=to, type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
         )  # fmt: skip
+        if message.type == "error" and message.reply_to is not None:
+            # A failed attempt may have been a task's last: tell its sender now.
+            with contextlib.suppress(MailslotError):
+                self._tasks.settle(thread, noticed_by=sender)
+        return message
 
     # ------------------------------------------------------------------ threads
 
@@ -292,6 +306,75 @@ class Mailbox:
             meta={"state": state, "previous": current}, key=None,
         )  # fmt: skip
         return message.seq
+
+    # ------------------------------------------------------------------ tasks
+
+    def board(self, thread: str) -> Board:
+        """Return the tasks and unanswered questions of thread, as its messages say now.
+
+        Folded from the messages, cached under .state/index/ and brought up to date on each
+        look, so it costs only the messages new since the last one. Raise NoSuchThread.
+        """
+        return self._tasks.board(thread)
+
+    def task(self, thread: str, seq: int) -> Task:
+        """Return task seq of thread; raise NoSuchMessage, or TaskError if it is not a task."""
+        return self._tasks.task(thread, seq)
+
+    def claim_task(
+        self,
+        thread: str,
+        seq: int,
+        *,
+        agent: str,
+        pid: int | None = None,
+        lease_s: float | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> Claim:
+        """Make agent the one holder of task seq, or say who holds it and until when.
+
+        The claim is a message of the thread (a `status` replying to the task), decided by the
+        thread's order: the first claim while the task is open wins, on any number of
+        machines. pid is the holder's process: when it dies the task is open again (at once on
+        this machine, after stale_after elsewhere); without a pid (a person, a script) the
+        claim lasts its lease. A claim by the holder renews it. Raise TaskError if the task is
+        done, dead, not a task, or for other agents.
+        """
+        return self._tasks.claim(
+            thread, seq, agent, pid=pid, lease_s=lease_s, stale_after=stale_after
+        )
+
+    def release_task(
+        self, thread: str, seq: int, *, agent: str, reason: str | None = None
+    ) -> Message:
+        """Give task seq back without failing it; return the event. Raise TaskError unless
+        agent holds it."""
+        return self._tasks.release(thread, seq, agent, reason=reason)
+
+    def task_until(self, task: Task) -> float | None:
+        """Return when task's lease runs out without a sign of work (epoch seconds), if held."""
+        return self._tasks.until(task, self._tasks.board(task.thread))
+
+    def task_gone(self, task: Task, *, stale_after: float = DEFAULT_STALE_AFTER) -> str | None:
+        """Return why task's holder has lost it (dead, silent, out of lease), or None."""
+        return self._tasks.gone(task, self._tasks.board(task.thread), stale_after=stale_after)
+
+    def settle_tasks(
+        self,
+        threads: Iterable[str] | None = None,
+        *,
+        noticed_by: str | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> list[Message]:
+        """Reopen the tasks whose holders died or stalled (default: in every thread).
+
+        Each becomes a `reopen` event signed "mailslot" (`dead`, addressed to the task's sender,
+        once its failed attempts reach the maximum), which wakes the agents waiting for work.
+        Return the events written; on one machine each is written once, however many
+        processes notice at the same time.
+        """
+        names = self._files.thread_ids() if threads is None else threads
+        return self._tasks.settle_all(names, noticed_by=noticed_by, stale_after=stale_after)
 
     # ------------------------------------------------------------------ agents
 
@@ -409,13 +492,17 @@ class Mailbox:
         to: str | None = None,
         timeout: float = 50.0,
         limit: int = 100,
+        match: Callable[[Message], bool] | None = None,
     ) -> Arrivals:
         """Await what wait() returns, without blocking the event loop; cancellable at once.
 
         Cancelling the awaiting task ends the wait at its current await and leaves nothing
-        behind (no subscription, no thread, no lock: a wait never holds a lock).
+        behind (no subscription, no thread, no lock: a wait never holds a lock). match, if
+        given, chooses the messages to return instead of to (an inbox with more in it).
         """
-        return await self._waiting.wait_async(threads, after, to=to, timeout=timeout, limit=limit)
+        return await self._waiting.wait_async(
+            threads, after, to=to, timeout=timeout, limit=limit, match=match
+        )
 
     # ------------------------------------------------------------------ lifetime
 

@@ -44,6 +44,7 @@ from mailslot._errors import (
     NoSuchAgent,
     NoSuchMessage,
     NoSuchThread,
+    TaskError,
 )
 from mailslot.mailbox import Mailbox
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
@@ -66,6 +67,8 @@ def model_text(e: MailslotError) -> str:
         return f"{e}; call msg_list to see the thread's messages"
     if isinstance(e, NameTaken):
         return f"{e} with agent_register(name=...)"
+    if isinstance(e, TaskError):
+        return f"{e}; task_list shows the tasks and their status"
     if isinstance(e, InvalidName) and e.kind == "thread id":
         return (f"{e}; pass a thread id (see thread_list) or the topic of an existing thread, "
                 "or start one with thread_create(topic)")  # fmt: skip
@@ -207,13 +210,13 @@ def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> 
     for item in error.errors():
         param = str(item["loc"][0]) if item["loc"] else "arguments"
         spec = props.get(param, {})
-        problems.append(f"'{param}' {_what_is_wrong(item, spec)}")
+        problems.append(f"'{param}' {_what_is_wrong(item, spec, param)}")
     required = [p for p in schema.get("required", [])]
     usage = ", ".join([*required, *(f"{p}?" for p in props if p not in required)])
     return f"{'; '.join(problems)}. Call {tool}({usage}) again with that fixed"
 
 
-def _what_is_wrong(item: Any, spec: dict[str, Any]) -> str:
+def _what_is_wrong(item: Any, spec: dict[str, Any], param: str) -> str:
     kind, got = item["type"], item.get("input")
     about = f" ({spec['description']})" if spec.get("description") else ""
     choices = _choices(spec)
@@ -224,7 +227,7 @@ def _what_is_wrong(item: Any, spec: dict[str, Any]) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return f"must be {_bounds(spec)}, not {got!r}"
     if kind == "list_type":
-        example = '["bob"]' if "to" in spec.get("title", "").lower() else "[...]"
+        example = '["bob"]' if param == "to" else "[...]"
         return f"must be a list, e.g. {example}, not {got!r}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number, not {got!r}"
@@ -275,6 +278,8 @@ def instructions(agent: str | None, lang: str | None, was: str | None = None) ->
         "yourself with msg_post, then keep calling msg_wait(thread, after_seq=next_after_seq): "
         "it returns new messages, or status 'timeout' after about 50 s; then call it again. "
         "Delegate with msg_post(type='task', to=[agent]); report with type='result'. "
+        "A task for anyone comes through msg_wait(): take it with task_claim before working on "
+        "it; your result reply closes it. "
         "Move the thread with thread_set_state and close it with a summary."
     )
     if lang:
@@ -384,6 +389,10 @@ def _tool(name: str, current: Callable[[], _State]) -> Tool:
         annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
         structured_output=False,
     )
+    # What the model reads, without what it does not need: pydantic's titles repeat each
+    # property's name, and docstrings carry their source indentation.
+    tool.parameters = _untitled(tool.parameters)
+    tool.description = " ".join((tool.description or "").split())
     strict = tool.fn_metadata.model_copy()
     fields = strict.arg_model.model_fields
     lenient = create_model(
@@ -394,6 +403,17 @@ def _tool(name: str, current: Callable[[], _State]) -> Tool:
     tool.fn_metadata.arg_model = lenient
     _STRICT[name] = (strict, tool.parameters)
     return tool
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a tool's input schema without the titles pydantic generates."""
+    out = {k: v for k, v in schema.items() if k != "title"}
+    props = out.get("properties")
+    if isinstance(props, dict):
+        out["properties"] = {
+            name: {k: v for k, v in spec.items() if k != "title"} for name, spec in props.items()
+        }
+    return out
 
 
 def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> None:

@@ -9,6 +9,7 @@ turns them into text for the model in one place.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from mailslot._format import Damage, Message, Pending, ThreadInfo
 from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
+from mailslot._tasks import CLAIMED, OPEN, STATUSES, Question, Task, event_of, iso
 
 # Re-exported: tools is the public home of the agent-facing operations, and the front doors
 # (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
@@ -38,8 +40,10 @@ from mailslot.mailbox import Arrivals, Mailbox
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",
     "msg_post", "msg_list", "msg_wait",
+    "task_claim", "task_list",
     "agent_register", "agent_list", "bus_get_config",
 )  # fmt: skip
+SETTLE_EVERY_S = 0.5  # an inbox wait looks at the holders of tasks it could take this often
 
 DEFAULT_WAIT_S = 50.0
 DEFAULT_WAIT_MAX_S = 600.0
@@ -75,6 +79,13 @@ WaitAfter = Annotated[
 WaitTimeout = Annotated[float | None, Field(gt=0, description="Seconds; default 50")]
 AgentName = Annotated[str | None, Field(description="Stable lowercase name; omit to keep yours")]
 Description = Annotated[str | None, Field(description="What you do, for the other agents")]
+TaskSeq = Annotated[int, Field(ge=1, description="Seq of the task message")]
+LeaseS = Annotated[
+    float | None,
+    Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
+]
+TaskStatus = Literal["open", "claimed", "done", "dead", "all"]
+ListThread = Annotated[str | None, Field(description="Thread id or topic; omit for all threads")]
 
 PROTOCOL = (
     "Join or start a thread with thread_create(topic) (the same topic is the same thread), "
@@ -83,7 +94,8 @@ PROTOCOL = (
     "after about 50 s, and then you simply call it again. Delegate work with msg_post(type="
     "'task', to=[agent]); answer with type='result' and reply_to=<seq>. Move the thread along "
     "discuss -> implement -> review -> done -> closed with thread_set_state; close it with a "
-    "summary."
+    "summary. A task without `to` is for anyone: take it with task_claim before working on it; "
+    "your result reply closes it."
 )
 
 
@@ -120,6 +132,37 @@ def message_view(m: Message) -> dict[str, Any]:
     out["content"] = m.content
     if m.meta:
         out["meta"] = m.meta
+    return out
+
+
+def _offer_of(m: Message) -> int | None:
+    """Return the seq of the task m hands out (a task, or its reopening or release), or None."""
+    if m.type == "task":
+        return m.seq
+    return m.reply_to if event_of(m) in ("reopen", "release") else None
+
+
+def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
+    """Return a task as the model sees it: status, holder and lease, attempts."""
+    out: dict[str, Any] = {"thread": t.thread, "seq": t.seq, "from": t.sender}
+    if t.to:
+        out["to"] = list(t.to)
+    out["title"] = t.title
+    out["status"] = t.status
+    if t.status == CLAIMED:
+        out["holder"] = t.holder
+        until = box.task_until(t)
+        if until is not None:
+            out["until"] = iso(until)
+    if t.attempts:
+        out["attempts"] = t.attempts
+    if t.failures:
+        out["failed"] = t.failures
+    if t.closed_by is not None:
+        out["result"] = t.closed_by
+    if t.priority != "normal":
+        out["priority"] = t.priority
+    out["created_at"] = t.created_at
     return out
 
 
@@ -272,13 +315,29 @@ class Session:
         topic: Topic,
     ) -> dict[str, Any]:
         """Join the thread for a topic, creating it if needed; returns its id and head seq."""
-        info = self.box.create_thread(topic, creator=self.me())
+        me = self.me()
+        info = self.box.create_thread(topic, creator=me)
+        self._join(info.id)
         out = thread_view(info)
         out["hint"] = (
             f"read history with msg_list(thread='{info.id}', after_seq=0), then "
             f"msg_wait(thread='{info.id}', after_seq={info.head})"
         )
+        open_tasks = sum(
+            t.status == OPEN and t.may_take(me) for t in self.box.board(info.id).tasks.values()
+        )
+        if open_tasks:
+            out["open_tasks"] = open_tasks
+            out["hint"] += f"; {open_tasks} open tasks: msg_wait() hands them to you"
         return out
+
+    def _join(self, thread: str) -> None:
+        """Take part in thread: its tasks for anyone come to this agent's inbox."""
+        try:
+            if self._reading.join(thread, self.me()):
+                self.save_positions()
+        except MailslotError:
+            pass  # gone meanwhile: the caller's own call reports it
 
     def thread_list(
         self,
@@ -326,6 +385,7 @@ class Session:
     ) -> dict[str, Any]:
         """Post a message to a thread; returns its seq and id."""
         thread = self._tid(thread)
+        self._join(thread)
         msg = self.box.publish(
             thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
@@ -339,7 +399,11 @@ class Session:
         if self.agent is not None:
             self._reading.save(self.agent)
 
-    def _page(self, messages: list[Message]) -> tuple[list[dict[str, Any]], int | None]:
+    def _page(
+        self,
+        messages: list[Message],
+        view: Callable[[Message], dict[str, Any]] = message_view,
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """Return the views that fit the size budget, and the seq of the last one if cut."""
         views: list[dict[str, Any]] = []
         size = 0
@@ -347,7 +411,7 @@ class Session:
             size += len(m.content.encode("utf-8"))
             if views and size > PAGE_BUDGET_BYTES:
                 return views, views[-1]["seq"]
-            views.append(message_view(m))
+            views.append(view(m))
         return views, None
 
     def msg_list(
@@ -453,14 +517,30 @@ class Session:
 
     async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
         cursor = self._reading.inbox_cursor(me)
+        joined = self._reading.joined()
+
+        def match(m: Message) -> bool:  # what an inbox wait wakes for
+            if me in m.to:
+                return True
+            if m.to or m.thread not in joined:
+                return False
+            return _offer_of(m) is not None
+
+        def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open
+            return m.sender != me and self._offered(me, m)
+
         owed = self._reading.owed(me)
+        gone = {(m.thread, m.seq) for m in owed if not keep(m)}  # claimed or closed meanwhile
+        owed = [m for m in owed if (m.thread, m.seq) not in gone]
         if owed:  # due from before this agent's first look: return them at once
             got = Arrivals([], cursor, False)
             messages = owed
         else:
-            got, messages = await self._waiting(None, cursor, me, timeout, lambda m: m.sender != me)
-        views, cut = self._page(messages)
-        shown = {(v["thread"], v["seq"]) for v in views}
+            got, messages = await self._waiting(
+                None, cursor, me, timeout, keep, match=match, settle=joined
+            )
+        views, cut = self._page(messages, lambda m: self._inbox_view(m))
+        shown = {(m.thread, m.seq) for m in messages[: len(views)]} | gone
         self._reading.inbox_shown(messages, shown, got.cursor, self.agent)
         self.save_positions()
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
@@ -469,6 +549,54 @@ class Session:
         _report_trouble(out, got.skipped, got.pending)
         return out
 
+    def _offered(self, me: str, m: Message) -> bool:
+        """Return False for a task (or the reopening of one) that me cannot take now."""
+        seq = _offer_of(m)
+        if seq is None:
+            return True
+        try:
+            task = self.box.task(m.thread, seq)
+        except MailslotError:
+            return m.type == "task"  # unreadable now: show the task itself, as any message
+        return task.status == OPEN and task.may_take(me)
+
+    def _inbox_view(self, m: Message) -> dict[str, Any]:
+        """Return a message as the inbox shows it: a task (or its reopening) with its status."""
+        seq = _offer_of(m)
+        if seq is None:
+            return message_view(m)
+        try:
+            task = self.box.task(m.thread, seq)
+            view = message_view(m if m.type == "task" else self.box.get(m.thread, seq))
+        except MailslotError:
+            return message_view(m)
+        info: dict[str, Any] = {"status": task.status}
+        if m.seq != seq:
+            info["reopened"] = m.seq
+        if task.failures:
+            info["failed"] = task.failures
+        info["take_it"] = f"task_claim(thread='{m.thread}', seq={seq})"
+        view["task"] = info
+        return view
+
+    def _settle(self, me: str, threads: set[str]) -> bool:
+        """Hand out again the tasks in threads whose holders died or stalled; return True if
+        tasks me could take are held by others (so that their holders are watched)."""
+        held = []
+        for thread in sorted(threads):
+            try:
+                board = self.box.board(thread)
+            except MailslotError:
+                continue
+            if any(
+                t.status == CLAIMED and t.holder != me and t.may_take(me)
+                for t in board.tasks.values()
+            ):
+                held.append(thread)
+        if held and self.box.read_only is None:
+            self.box.settle_tasks(held, noticed_by=me, stale_after=self.stale_after)
+        return bool(held)
+
     async def _waiting(
         self,
         threads: list[str] | None,
@@ -476,28 +604,127 @@ class Session:
         to: str | None,
         timeout: float,
         keep: Callable[[Message], bool],
+        *,
+        match: Callable[[Message], bool] | None = None,
+        settle: set[str] | None = None,
     ) -> tuple[Arrivals, list[Message]]:
-        """Wait until messages that keep() accepts arrive; return the last arrivals and them."""
+        """Wait until messages that keep() accepts arrive; return the last arrivals and them.
+
+        settle: threads whose tasks this agent could take; while others hold some, their
+        holders are looked at every SETTLE_EVERY_S, and a dead or stalled one's task is
+        reopened (an event that ends this wait with the task).
+        """
         report = PROGRESS.get()
         begun = time.monotonic()
+        reported = begun
         skipped = []
         while True:
+            watch = bool(settle) and self._settle(self.me(), settle or set())
             left = timeout - (time.monotonic() - begun)
+            step = min(left, self.progress_every, SETTLE_EVERY_S if watch else left)
             got = await self.box.wait_async(
-                threads, cursor, to=to,
-                timeout=max(0.0, min(left, self.progress_every)), limit=PAGE_DEFAULT,
-            )  # fmt: skip
+                threads, cursor, to=to, timeout=max(0.0, step), limit=PAGE_DEFAULT, match=match
+            )
             cursor = got.cursor
             skipped += got.skipped
             messages = [m for m in got.messages if keep(m)]
-            if messages or left <= self.progress_every:
+            if messages or left <= step:
                 break
-            if report is not None:
-                waited = time.monotonic() - begun
+            now = time.monotonic()
+            if report is not None and now - reported >= self.progress_every - 0.01:
+                reported = now
+                waited = now - begun
                 await report(
                     waited, f"waiting on {threads[0] if threads else 'inbox'}: {waited:.0f}s"
                 )
         return Arrivals(got.messages, cursor, got.timed_out, skipped, got.pending), messages
+
+    # ------------------------------------------------------------------ tasks
+
+    def task_claim(
+        self,
+        thread: ThreadId,
+        seq: TaskSeq,
+        lease_s: LeaseS = None,
+        release: Annotated[bool, Field(description="True gives back a task you hold")] = False,
+    ) -> dict[str, Any]:
+        """Take a task so you alone do it, or see who holds it; your result reply closes it."""
+        thread = self._tid(thread)
+        me = self.me()
+        if release:
+            event = self.box.release_task(thread, seq, agent=me)
+            return {"released": True, "thread": thread, "seq": seq, "event_seq": event.seq}
+        self._join(thread)
+        got = self.box.claim_task(
+            thread, seq, agent=me, pid=os.getpid(), lease_s=lease_s, stale_after=self.stale_after
+        )
+        task = got.task
+        out: dict[str, Any] = {"claimed": got.won, "thread": thread, "seq": seq}
+        until = iso(got.until) if got.until is not None else None
+        if got.won:
+            out["until"] = until
+            out["attempt"] = task.attempts
+            if task.failures:
+                out["failed_before"] = task.failures
+            out["hint"] = (
+                f"work on it, then msg_post(thread='{thread}', type='result', reply_to={seq}, "
+                "content=...) closes it (type='error' if it failed); task_claim(release=true) "
+                "gives it back; any mailslot call before the lease ends keeps it yours"
+            )
+        else:
+            out["holder"] = task.holder
+            out["until"] = until
+            out["hint"] = (
+                f"{task.holder} holds it; it is handed out again (msg_wait brings it) if "
+                f"{task.holder}'s process ends or shows no sign of work until {until}; "
+                "take another task"
+            )
+        return out
+
+    def task_list(
+        self,
+        thread: ListThread = None,
+        status: TaskStatus | None = None,
+        limit: Limit = PAGE_DEFAULT,
+    ) -> dict[str, Any]:
+        """List tasks (open, claimed by whom until when, done, dead) and unanswered questions."""
+        me = self.me()
+        threads = [self._tid(thread)] if thread is not None else list(self.box)
+        if thread is not None:
+            self.box.thread(threads[0])  # a missing thread fails here, with its readable error
+        if self.box.read_only is None:
+            self.box.settle_tasks(threads, noticed_by=me, stale_after=self.stale_after)
+        tasks: list[Task] = []
+        questions: list[Question] = []
+        for name in threads:
+            try:
+                board = self.box.board(name)
+            except MailslotError:
+                continue  # removed while listing
+            tasks += board.tasks.values()
+            questions += board.questions.values()
+        counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
+        if status == "all":
+            wanted = list(STATUSES)
+        else:
+            wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
+        shown = sorted(
+            (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
+        )
+        questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+        out: dict[str, Any] = {
+            "tasks": [task_view(self.box, t) for t in shown[:limit]],
+            "counts": counts,
+            "questions": [
+                {"thread": q.thread, "seq": q.seq, "from": q.sender}
+                | ({"to": list(q.to)} if q.to else {})
+                | {"title": q.title, "created_at": q.created_at}
+                for q in questions[:limit]
+            ],
+        }
+        if len(shown) > limit or len(questions) > limit:
+            out["hint"] = f"showing {limit} of each; filter by thread or status, or raise limit"
+        return out
 
     # ------------------------------------------------------------------ agents and config
 
