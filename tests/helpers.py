@@ -232,3 +232,18 @@ async def call(c: Client, tool: str, **args: Any) -> Any:
     assert isinstance(result.content[0], types.TextContent)
     assert not result.is_error, result.content[0].text
     return json.loads(result.content[0].text)
+
+
+def spawn_call(function: str, *args: str) -> subprocess.Popen[str]:
+    """Start a separate OS process that runs workers.<function>(*args) (for entry points
+    added after the role table of tests/workers.py's main block)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import workers; "
+        f"workers.{function}(*sys.argv[2:])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(WORKERS.parent), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

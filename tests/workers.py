@@ -245,3 +245,95 @@ if __name__ == "__main__":
         "foreign": foreign,
     }
     roles[role](*rest)
+
+
+# ---------------------------------------------------------------- tasks (test_tasks_mcp.py)
+
+
+def _serve_params(root: str, name: str) -> object:
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mailslot", "serve", "--root", root, "--agent", name],
+        # As helpers.params: the suite may be pointed at another source tree.
+        env={"PYTHONDONTWRITEBYTECODE": "1"}
+        | ({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+    )
+
+
+async def _tool(c: object, tool: str, **args: object) -> tuple[bool, object]:
+    """Call tool; return (is_error, the parsed JSON or the error text)."""
+    result = await c.call_tool(tool, args)  # type: ignore[attr-defined]
+    text = result.content[0].text
+    return bool(result.is_error), (text if result.is_error else json.loads(text))
+
+
+def task_worker(root: str, name: str, topic: str, total: str, stop: str, go: str) -> None:
+    """Drain tasks through an own `mailslot serve`: join topic, then loop on the inbox
+    (msg_wait()), claim each task shown, post a result for each one won. Stop once
+    task_list(thread, status='all') counts int(total) done, or when the stop file exists.
+
+    Prints one JSON line: the tasks won (seq -> result seq), the tasks lost (claimed: false),
+    the claim calls answered with a tool error (text), and any other surprise."""
+    import anyio
+    from mcp.client import Client
+
+    async def main() -> None:
+        async with Client(_serve_params(root, name), mode="auto", cache=None) as c:
+            bad, joined = await _tool(c, "thread_create", topic=topic)
+            assert not bad, joined
+            thread = joined["thread"]  # type: ignore[index]
+            bad, first = await _tool(c, "msg_wait", timeout_s=0.05)  # the inbox's first look
+            assert not bad, first
+            wait_for(Path(go))
+            won: dict[int, int] = {}
+            lost: list[list[object]] = []  # [seq, the answer]
+            refused: list[list[object]] = []  # [seq, error text]
+            shown: list[int] = []
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not Path(stop).exists():
+                bad, got = await _tool(c, "msg_wait", timeout_s=1)
+                assert not bad, got
+                tasks = [m for m in got["messages"] if "task" in m]  # type: ignore[index]
+                for m in tasks:
+                    seq = m["seq"]
+                    shown.append(seq)
+                    bad, claim = await _tool(c, "task_claim", thread=m["thread"], seq=seq)
+                    if bad:
+                        refused.append([seq, claim])
+                    elif claim["claimed"] is True:  # type: ignore[index]
+                        bad, posted = await _tool(c, "msg_post", thread=m["thread"],
+                                                  content=f"{name} did {seq}", type="result",
+                                                  reply_to=seq)  # fmt: skip
+                        assert not bad, posted
+                        won[seq] = posted["seq"]  # type: ignore[index]
+                    else:
+                        lost.append([seq, claim])
+                if not tasks:
+                    bad, listed = await _tool(c, "task_list", thread=thread, status="all",
+                                              limit=1)  # fmt: skip
+                    assert not bad, listed
+                    if listed["counts"]["done"] >= int(total):  # type: ignore[index]
+                        break
+            print(json.dumps({"worker": name, "won": won, "lost": lost, "refused": refused,
+                              "shown": shown}), flush=True)  # fmt: skip
+
+    anyio.run(main)
+
+
+def task_holder(root: str, name: str, topic: str, seq: str) -> None:
+    """Join topic through an own `mailslot serve`, claim task seq, print the claim's answer,
+    then make no call until killed (the test SIGKILLs the serve process, then this one)."""
+    import anyio
+    from mcp.client import Client
+
+    async def main() -> None:
+        async with Client(_serve_params(root, name), mode="auto", cache=None) as c:
+            bad, joined = await _tool(c, "thread_create", topic=topic)
+            assert not bad, joined
+            bad, claim = await _tool(c, "task_claim", thread=joined["thread"], seq=int(seq))  # type: ignore[index]
+            print(json.dumps({"error": claim} if bad else claim), flush=True)
+            await anyio.sleep(600)
+
+    anyio.run(main)

@@ -14,6 +14,7 @@ DEFAULT_GRACE_S = 10.0
 DEFAULT_POLL_INTERVAL = 0.1
 DEFAULT_TASK_LEASE_S = 300.0
 DEFAULT_TASK_MAX_ATTEMPTS = 3
+DEFAULT_RESERVATION_TTL_S = 3600.0
 WAIT_MODES = ("auto", "native", "poll")
 # How a writer claims a seq: "link" publishes a finished file with a no-replace hard link (safe
 # everywhere hard links exist); "exclusive-create" creates the final name with O_EXCL and
@@ -46,6 +47,9 @@ class Settings:
     #: Failed attempts (an error reply, a holder that died or stalled) after which a task is
     #: dead; a task's own max_attempts wins over it.
     task_max_attempts: int = DEFAULT_TASK_MAX_ATTEMPTS
+    #: Seconds a file reservation stays with a live holder that shows no sign of work (a
+    #: request's own ttl_s wins over it).
+    reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -66,6 +70,7 @@ class Settings:
                 shared=doc.get("shared"),
                 task_lease_s=doc.get("task_lease_s"),
                 task_max_attempts=doc.get("task_max_attempts"),
+                reservation_ttl_s=doc.get("reservation_ttl_s"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -83,6 +88,7 @@ class Settings:
         shared: object = None,
         task_lease_s: object = None,
         task_max_attempts: object = None,
+        reservation_ttl_s: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         out = self
@@ -129,6 +135,10 @@ class Settings:
             if type(task_max_attempts) is not int or not 1 <= task_max_attempts <= 100:
                 raise ValueError("'task_max_attempts' must be a whole number from 1 to 100")
             out = replace(out, task_max_attempts=task_max_attempts)
+        if reservation_ttl_s is not None:
+            if type(reservation_ttl_s) not in (int, float) or not 1 <= reservation_ttl_s <= 604800:  # type: ignore[operator]
+                raise ValueError("'reservation_ttl_s' must be a number of seconds from 1 to 604800")
+            out = replace(out, reservation_ttl_s=float(reservation_ttl_s))  # type: ignore[arg-type]
         return out
 
 

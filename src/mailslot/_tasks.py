@@ -29,16 +29,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mailslot import _leases
 from mailslot._agents import Agents
 from mailslot._errors import MailslotError, TaskError
 from mailslot._files import HOST, Files, exists
 from mailslot._format import Message, loads
+from mailslot._leases import Lease
 from mailslot._log import MAX_PAGE, ThreadLog
-from mailslot._presence import DEFAULT_STALE_AFTER, pid_alive
+from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._publish import Writer
 
 log = logging.getLogger("mailslot")
@@ -363,19 +365,16 @@ class Tasks:
         """Return the lease of task's claim in seconds: the claim's, the task's, or the root's."""
         return task.claim_lease_s or task.lease_s or self.files.settings.task_lease_s
 
+    def _lease(self, task: Task) -> Lease:
+        assert task.holder is not None
+        return Lease(task.holder, task.pid, task.host, task.claimed_at, self.lease_of(task))
+
     def until(self, task: Task, board: Board | None = None) -> float | None:
         """Return when task's lease runs out without a new sign of work (epoch), if held."""
         if task.status != CLAIMED or task.holder is None:
             return None
-        active = task.claimed_at
-        if board is not None:
-            active = max(active, board.last_post.get(task.holder, 0.0))
-        doc = self.agents.presence_doc(task.holder) if task.pid is not None else None
-        if doc is not None and doc.get("pid") == task.pid and doc.get("host") == task.host:
-            seen = doc.get("last_active_epoch")
-            if isinstance(seen, int | float):
-                active = max(active, float(seen))
-        return active + self.lease_of(task)
+        sign = board.last_post.get(task.holder, 0.0) if board is not None else 0.0
+        return _leases.until(self.agents, self._lease(task), sign)
 
     def gone(
         self, task: Task, board: Board | None = None, *, stale_after: float = DEFAULT_STALE_AFTER
@@ -384,32 +383,8 @@ class Tasks:
         ran out), or None while the claim holds."""
         if task.status != CLAIMED or task.holder is None:
             return None
-        now = time.time()
-        if task.pid is not None:
-            doc = self.agents.presence_doc(task.holder)
-            same = doc is not None and doc.get("pid") == task.pid and doc.get("host") == task.host
-            where = f"pid {task.pid} on {task.host}"
-            if task.host == HOST:
-                if not pid_alive(task.pid):
-                    return f"its process ({where}) ended"
-                if doc is not None and not same:
-                    seen = doc.get("last_seen_epoch")
-                    fresh = isinstance(seen, int | float) and now - seen <= stale_after
-                    if fresh and doc.get("status") != "offline":
-                        return f"its process ({where}) ended; the name is used by another one"
-            elif doc is None or not same:
-                if now - task.claimed_at > stale_after:
-                    return f"its process ({where}) is gone: no presence for it"
-            else:
-                seen = doc.get("last_seen_epoch")
-                if not isinstance(seen, int | float) or now - seen > stale_after:
-                    return f"no heartbeat from its process ({where}) for {stale_after:.0f} s"
-            if same and doc is not None and doc.get("status") == "offline":
-                return f"its process ({where}) exited"
-        until = self.until(task, board)
-        if until is not None and now > until:
-            return f"it showed no sign of work for {self.lease_of(task):.0f} s (its lease)"
-        return None
+        sign = board.last_post.get(task.holder, 0.0) if board is not None else 0.0
+        return _leases.gone(self.agents, self._lease(task), sign, stale_after=stale_after)
 
     # ------------------------------------------------------------------ events
 
@@ -431,16 +406,36 @@ class Tasks:
         """
         if lease_s is not None and _num(lease_s, 1, 86400) is None:
             raise TaskError(f"lease_s must be a number of seconds from 1 to 86400, not {lease_s!r}")
-        task = self.task(thread, seq)
-        self._claimable(task, agent)
-        if task.status == CLAIMED and task.holder != agent:
-            self.settle(thread, stale_after=stale_after)  # a dead or stalled holder lets go now
-            task = self.task(thread, seq)
+        for _ in range(5):  # a task given back just as we lost it is tried again
+            task, until = self._snapshot(thread, seq)
             self._claimable(task, agent)
             if task.status == CLAIMED and task.holder != agent:
-                return Claim(False, task, self.until(task, self.board(thread)))
-        if task.status == CLAIMED and task.pid == pid and task.host == HOST and lease_s is None:
-            return Claim(True, task, self.until(task, self.board(thread)))  # holds it already
+                self.settle(thread, stale_after=stale_after)  # a dead or stalled holder lets go
+                task, until = self._snapshot(thread, seq)
+                self._claimable(task, agent)
+                if task.status == CLAIMED and task.holder != agent:
+                    return Claim(False, task, until)
+            if task.status == CLAIMED and task.pid == pid and task.host == HOST and not lease_s:
+                return Claim(True, task, until)  # this process holds it already
+            got = self._write_claim(thread, task, agent, pid, lease_s)
+            if got is not None:
+                return got
+        task, until = self._snapshot(thread, seq)
+        return Claim(False, task, until)
+
+    def _snapshot(self, thread: str, seq: int) -> tuple[Task, float | None]:
+        """Return a copy of task seq and its lease's end, from one fold of the thread."""
+        with self._lock:
+            self.task(thread, seq)  # raises if there is no such task
+            board = self.board(thread)
+            task = replace(board.tasks[seq])
+            return task, self.until(task, board)
+
+    def _write_claim(
+        self, thread: str, task: Task, agent: str, pid: int | None, lease_s: float | None
+    ) -> Claim | None:
+        """Write agent's claim of task and return the answer; None if it should try again."""
+        seq = task.seq
 
         def guard() -> None:
             now = self.board(thread).tasks[seq]
@@ -452,20 +447,25 @@ class Tasks:
         if pid is not None:
             ev |= {"pid": pid, "host": HOST}
         verb = "renewed" if task.holder == agent else "claimed"
+        written = None
         try:
             message = self.writer.append(
                 thread, self.files.thread_dir(thread), sender=agent, to=(), type_="status",
                 priority="normal", reply_to=seq, content=f"{verb} task {seq} (lease {lease:.0f} s)",
                 meta={"task": ev}, key=None, guard=guard,
             )  # fmt: skip
+            written = message.seq
+            self._through(thread, message.seq)
         except _Lost:
-            task = self.task(thread, seq)
-            self._claimable(task, agent)
-            return Claim(False, task, self.until(task, self.board(thread)))
-        board = self._through(thread, message.seq)
-        task = board.tasks[seq]
-        won = task.status == CLAIMED and task.holder == agent and task.claim is not None
-        return Claim(won, task, self.until(task, board), message.seq)
+            pass
+        now, until = self._snapshot(thread, seq)
+        if now.status == CLAIMED and now.holder == agent:
+            won = written is None or now.claim == written or task.holder == agent
+            return Claim(won, now, until, written)
+        self._claimable(now, agent)  # closed meanwhile: say so
+        if now.status == CLAIMED:
+            return Claim(False, now, until, written)
+        return None  # open again already: try again
 
     def _claimable(self, task: Task, agent: str) -> None:
         where = f"task {task.seq} of {task.thread!r}"

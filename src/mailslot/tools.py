@@ -135,11 +135,16 @@ def message_view(m: Message) -> dict[str, Any]:
     return out
 
 
-def _offer_of(m: Message) -> int | None:
-    """Return the seq of the task m hands out (a task, or its reopening or release), or None."""
+def _offer_of(m: Message, me: str) -> int | None:
+    """Return the seq of the task m hands out to me, or None: a task, its reopening or release,
+    or a failed attempt (an error reply) that was not addressed to me (that one me reads)."""
     if m.type == "task":
         return m.seq
-    return m.reply_to if event_of(m) in ("reopen", "release") else None
+    if event_of(m) in ("reopen", "release"):
+        return m.reply_to
+    if m.type == "error" and me not in m.to:
+        return m.reply_to
+    return None
 
 
 def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
@@ -524,7 +529,7 @@ class Session:
                 return True
             if m.to or m.thread not in joined:
                 return False
-            return _offer_of(m) is not None
+            return _offer_of(m, me) is not None
 
         def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open
             return m.sender != me and self._offered(me, m)
@@ -539,7 +544,7 @@ class Session:
             got, messages = await self._waiting(
                 None, cursor, me, timeout, keep, match=match, settle=joined
             )
-        views, cut = self._page(messages, lambda m: self._inbox_view(m))
+        views, cut = self._page(messages, lambda m: self._inbox_view(me, m))
         shown = {(m.thread, m.seq) for m in messages[: len(views)]} | gone
         self._reading.inbox_shown(messages, shown, got.cursor, self.agent)
         self.save_positions()
@@ -551,7 +556,7 @@ class Session:
 
     def _offered(self, me: str, m: Message) -> bool:
         """Return False for a task (or the reopening of one) that me cannot take now."""
-        seq = _offer_of(m)
+        seq = _offer_of(m, me)
         if seq is None:
             return True
         try:
@@ -560,9 +565,9 @@ class Session:
             return m.type == "task"  # unreadable now: show the task itself, as any message
         return task.status == OPEN and task.may_take(me)
 
-    def _inbox_view(self, m: Message) -> dict[str, Any]:
+    def _inbox_view(self, me: str, m: Message) -> dict[str, Any]:
         """Return a message as the inbox shows it: a task (or its reopening) with its status."""
-        seq = _offer_of(m)
+        seq = _offer_of(m, me)
         if seq is None:
             return message_view(m)
         try:

@@ -1,0 +1,610 @@
+"""Tasks through MCP: real `mailslot serve` processes, real folders, the official client.
+
+Workers claim tasks (`task_claim`), close them with a result, fail them with an error; holders
+are SIGKILLed or fall silent and their tasks are handed out again. Every check reads the folder
+afterwards: the thread's messages, replayed in seq order, must show one holder at a time and
+one result per task, posted by the claimer that won.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from helpers import agent, call, finish, spawn_call, start_together, until
+from mcp import types
+from mcp.client import Client
+from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
+
+from mailslot import Mailbox
+from mailslot._files import HOST
+from mailslot._format import Message
+
+# ---------------------------------------------------------------- helpers
+
+
+async def refused(c: Client, tool: str, **args: Any) -> str:
+    """Call tool; assert the server answered with a tool error; return its text."""
+    result = await c.call_tool(tool, args)
+    assert isinstance(result.content[0], types.TextContent)
+    assert result.is_error, f"{tool}({args}) should have failed: {result.content[0].text}"
+    return result.content[0].text
+
+
+def event(m: Message) -> str | None:
+    """Return the task event m records (claim, release, reopen, dead), or None."""
+    ev = m.meta.get("task") if m.type == "status" else None
+    return ev.get("event") if isinstance(ev, dict) else None
+
+
+def replies(root: Path, thread: str, seq: int) -> list[Message]:
+    """Return the messages of thread that reply to seq, in seq order."""
+    return [m for m in Mailbox(root).messages(thread) if m.reply_to == seq]
+
+
+def of(ms: list[Message], what: str) -> list[Message]:
+    """Return the task events named what ('claim', ...) or the messages of type what."""
+    return [m for m in ms if event(m) == what or (event(m) is None and m.type == what)]
+
+
+def replay(messages: list[Message]) -> dict[int, list[tuple[str, int, int | None]]]:
+    """Replay a thread's messages in seq order, independently of mailslot's own fold; return
+    each task's holding intervals: (holder, seq of its winning claim, seq that ended it).
+
+    A claim wins only while nobody holds the task (a later one by another is void); a result
+    ends the task; the holder's error, its release, or a reopen/dead event naming its claim
+    ends the holding. The maximum of attempts is not modelled (for threads where no task
+    dies). Tests compare these intervals with what each worker was told it won."""
+    holding: dict[int, tuple[str, int] | None] = {}
+    done: set[int] = set()
+    out: dict[int, list[tuple[str, int, int | None]]] = defaultdict(list)
+    for m in messages:
+        if m.type == "task":
+            holding[m.seq] = None
+            continue
+        task = m.reply_to
+        if task not in holding or task in done:
+            continue
+        held = holding[task]
+        ev = event(m)
+        end = (
+            m.type == "result"
+            or (m.type == "error" and (held is None or held[0] == m.sender))
+            or (ev == "release" and held is not None and held[0] == m.sender)
+            or (
+                ev in ("reopen", "dead") and held is not None and m.meta["task"]["claim"] == held[1]
+            )
+        )
+        if held is not None and end:
+            out[task].append((held[0], held[1], m.seq))
+            holding[task] = None
+        if m.type == "result":
+            done.add(task)
+        elif ev == "claim" and held is None:
+            holding[task] = (m.sender, m.seq)
+    for task, held in holding.items():
+        if held is not None:
+            out[task].append((held[0], held[1], None))
+    return out
+
+
+def waiting(root: Path, name: str) -> bool:
+    """Return True if agent name's serve says it is blocked in an inbox wait."""
+    try:
+        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Worker processes a test starts; each is killed and reaped at the end, whatever happens."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def hold(procs: list[subprocess.Popen[str]], root: Path, name: str, topic: str, seq: int) -> int:
+    """Start a worker process whose own serve claims task seq as name; return the serve's pid
+    (from the claim message's meta, the holder the fold knows)."""
+    p = spawn_call("task_holder", str(root), name, topic, str(seq))
+    procs.append(p)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line, f"the holder died: {p.stderr.read() if p.stderr else ''}"
+    answer = json.loads(line)
+    assert answer["claimed"] is True and answer["attempt"] >= 1, answer
+    (claim,) = [m for m in of(replies(root, topic, seq), "claim") if m.sender == name]
+    pid = claim.meta["task"]["pid"]
+    assert claim.meta["task"]["host"] == HOST
+    assert pid != p.pid, "the claim names the serve process, not the client"
+    os.kill(pid, 0)  # it lives
+    return int(pid)
+
+
+# ---------------------------------------------------------------- 1. a drain
+
+
+def test_eight_workers_drain_500_tasks_each_once(
+    root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    total, n = 500, 8
+    box = Mailbox(root)
+    box.create_thread("drain", creator="boss")
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    names = [f"w{i}" for i in range(n)]
+    procs += [
+        spawn_call("task_worker", str(root), w, "drain", str(total), str(stop), str(go))
+        for w in names
+    ]
+    started = time.monotonic()
+    start_together(procs, go)  # each joined the thread and took its inbox's first look
+    posted = {box.post("drain", f"job {i}", sender="boss", type="task") for i in range(total)}
+    post_s = time.monotonic() - started
+    outs = {doc["worker"]: doc for doc in map(json.loads, finish(procs, timeout=300))}
+    drain_s = time.monotonic() - started
+    print(f"\n{total} tasks, {n} workers: posted in {post_s:.1f} s, drained in {drain_s:.1f} s")
+
+    messages = list(box.messages("drain"))
+    tasks = {m.seq for m in messages if m.type == "task"}
+    assert tasks == posted and len(tasks) == total
+
+    # What the workers were told: each task won by exactly one of them.
+    told: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for w, doc in outs.items():
+        for seq, result in doc["won"].items():
+            told[int(seq)].append((w, result))
+    doubled = {s: ws for s, ws in told.items() if len(ws) != 1}
+    assert not doubled, f"tasks won by more than one worker: {doubled}"
+    assert set(told) == tasks, f"tasks nobody won: {sorted(tasks - set(told))[:10]}"
+
+    # What the folder says: per task one claim (a loser writes nothing on one machine), then
+    # one result, by the claimer; nothing else.
+    by_task: dict[int, list[Message]] = defaultdict(list)
+    for m in messages:
+        if m.reply_to is not None:
+            assert m.reply_to in tasks, f"a reply to a non-task: {m}"
+            by_task[m.reply_to].append(m)
+    pids: dict[str, set[int]] = defaultdict(set)
+    claim_of: dict[int, int] = {}
+    for seq in sorted(tasks):
+        rs = by_task[seq]
+        claims, results = of(rs, "claim"), of(rs, "result")
+        assert len(claims) == 1 and len(results) == 1 and len(rs) == 2, (seq, rs)
+        (claim,), (result,) = claims, results
+        ((worker, result_seq),) = told[seq]
+        assert claim.sender == result.sender == worker, (seq, claim, result)
+        assert claim.seq < result.seq == result_seq
+        assert result.content == f"{worker} did {seq}"
+        pids[worker].add(claim.meta["task"]["pid"])
+        claim_of[seq] = claim.seq
+    assert all(len(p) == 1 for p in pids.values()), f"one serve per worker: {pids}"
+    assert len({p for ps in pids.values() for p in ps}) == len(pids)
+
+    # The independent replay: one holding per task, ended by the holder's own result.
+    intervals = replay(messages)
+    for seq in tasks:
+        assert intervals[seq] == [(told[seq][0][0], claim_of[seq], told[seq][0][1])]
+
+    # mailslot's own fold agrees.
+    board = Mailbox(root).board("drain")
+    assert sorted(board.tasks) == sorted(tasks)
+    for seq, t in board.tasks.items():
+        assert (t.status, t.attempts, t.failures) == ("done", 1, 0), t
+        assert (t.done_by, t.closed_by) == told[seq][0]
+
+    # A late claim was refused as done, naming the result; no task was shown twice.
+    for w, doc in outs.items():
+        for seq, text in doc["refused"]:
+            winner, result_seq = told[seq][0]
+            assert (
+                f"task {seq} of 'drain' is done: {winner} posted its result at seq "
+                f"{result_seq}" in text
+            ), text
+        shown = Counter(doc["shown"])
+        assert not [s for s, k in shown.items() if k > 1], f"{w} was shown a task twice"
+    spread = {w: len(doc["won"]) for w, doc in outs.items()}
+    claims = sum(len(doc["won"]) + len(doc["lost"]) + len(doc["refused"]) for doc in outs.values())
+    print(f"won per worker: {spread}; task_claim calls: {claims}")
+    assert sum(spread.values()) == total
+
+    # A loser was told who holds the task (claimed: false, holder: the winner).
+    wrong = [
+        (w, seq, answer)
+        for w, doc in outs.items()
+        for seq, answer in doc["lost"]
+        if answer["holder"] != told[seq][0][0]
+    ]
+    lost = sum(len(doc["lost"]) for doc in outs.values())
+    assert not wrong, (
+        f"{len(wrong)} of {lost} losing claims were not told the winner; the first: "
+        + json.dumps(wrong[0])
+    )
+
+
+# ---------------------------------------------------------------- 2. SIGKILL on one machine
+
+
+async def wait_for_task(c: Client, thread: str, seq: int, within: float) -> tuple[float, dict]:
+    """Block in the inbox wait until it returns task seq; return when, and its view."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        got = await call(c, "msg_wait", timeout_s=max(0.1, deadline - time.monotonic()))
+        for m in got["messages"]:
+            if (m["thread"], m["seq"]) == (thread, seq):
+                return time.monotonic(), m
+        assert not got["messages"], f"the inbox returned something else: {got['messages']}"
+    raise AssertionError(f"the inbox did not return task {seq} within {within} s")
+
+
+async def handoff(
+    roots: dict[str, Path], thread: str, seq: int, pid: int, within: float
+) -> tuple[dict[str, float], dict[str, dict], dict[str, dict]]:
+    """With agents (name -> root) joined to thread and blocked in their inbox waits, SIGKILL
+    the holder's serve (pid); return how long after the kill each wait returned the task, its
+    view, and what each one's task_claim answered (all claim at once, as real workers do)."""
+    async with agent(roots["bravo"], "bravo") as b, agent(roots["charlie"], "charlie") as c:
+        clients = {"bravo": b, "charlie": c}
+        for x in clients.values():
+            joined = await call(x, "thread_create", topic=thread)
+            assert "open_tasks" not in joined, "the task is held: nothing open"
+            first = await call(x, "msg_wait", timeout_s=0.1)
+            assert first["messages"] == [], "a held task is not handed out"
+        returned: dict[str, float] = {}
+        views: dict[str, dict] = {}
+        claims: dict[str, dict] = {}
+        killed: list[float] = []
+
+        async def work(name: str) -> None:
+            at, views[name] = await wait_for_task(clients[name], thread, seq, within)
+            returned[name] = at - killed[0]
+            result = await clients[name].call_tool("task_claim", {"thread": thread, "seq": seq})
+            text = result.content[0].text  # type: ignore[union-attr]
+            claims[name] = {"error": text} if result.is_error else json.loads(text)
+            if claims[name].get("claimed"):
+                await call(clients[name], "msg_post", thread=thread, type="result",
+                           reply_to=seq, content=f"{name} finished it")  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            for name in clients:
+                tg.start_soon(work, name)
+            for name in clients:
+                await anyio.to_thread.run_sync(
+                    until, f"{name} waiting", lambda n=name: waiting(roots[n], n)
+                )
+            await anyio.sleep(0.7)  # each looked at the (live) holder at least once
+            assert not returned, "a wait returned the task while its holder lived"
+            killed.append(time.monotonic())
+            kill(pid)
+        return returned, views, claims
+
+
+def check_handoff(
+    root: Path, thread: str, seq: int, holder: str, claims: dict[str, dict], views: dict[str, dict]
+) -> None:
+    """One reopen (for the dead holder's claim), one new winner, one result by it."""
+    rs = replies(root, thread, seq)
+    first = [m for m in of(rs, "claim") if m.sender == holder]
+    assert len(first) == 1
+    reopens = of(rs, "reopen")
+    winners = [n for n, c in claims.items() if c.get("claimed")]
+    assert len(winners) == 1, f"one winner, not {claims}"
+    (winner,) = winners
+    assert claims[winner]["attempt"] == 2 and claims[winner]["failed_before"] == 1
+    results = of(rs, "result")
+    for name, c in claims.items():
+        if name != winner:  # told who holds it, or (claiming after the result) that it is done
+            assert c.get("holder") == winner or (
+                f"is done: {winner} posted its result at seq {results[0].seq}" in c.get("error", "")
+            ), f"{name} was told {c}; the thread: " + "; ".join(
+                f"{m.seq} {m.sender} {event(m) or m.type}" for m in rs
+            )
+    effective = [m for m in reopens if m.meta["task"]["claim"] == first[0].seq]
+    assert effective and effective[0].sender == "mailslot"
+    ev = effective[0].meta["task"]
+    assert ev["holder"] == holder and "ended" in ev["reason"], ev
+    assert ev["noticed_by"] in claims
+    for name, v in views.items():
+        assert v["task"]["status"] == "open" and v["task"]["reopened"] == effective[0].seq, (
+            name,
+            v,
+        )
+        assert v["task"]["failed"] == 1 and v["type"] == "task" and v["seq"] == seq
+    assert [r.sender for r in results] == [winner]
+    board = Mailbox(root).board(thread)
+    t = board.tasks[seq]
+    assert (t.status, t.attempts, t.failures, t.done_by, t.closed_by) == (
+        "done", 2, 1, winner, results[0].seq,
+    )  # fmt: skip
+    intervals = replay(list(Mailbox(root).messages(thread)))[seq]
+    assert [(h, e) for h, _, e in intervals] == [
+        (holder, effective[0].seq),
+        (winner, results[0].seq),
+    ], intervals
+
+
+def test_sigkilled_holder_hands_its_task_to_a_waiting_worker_at_once(
+    root: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    times = []
+    for round_ in range(3):  # several rounds: the two waiters race to write the reopen
+        seq = box.post("jobs", f"job {round_}", sender="boss", type="task")
+        holder = f"alpha{round_}"
+        pid = hold(procs, root, holder, "jobs", seq)
+        returned, views, claims = anyio.run(
+            handoff, {"bravo": root, "charlie": root}, "jobs", seq, pid, 20.0
+        )
+        print(f"\nround {round_}: the waits returned the task "
+              + ", ".join(f"{n} {s:.2f} s" for n, s in sorted(returned.items()))
+              + " after the SIGKILL")  # fmt: skip
+        assert set(returned) == {"bravo", "charlie"}
+        assert max(returned.values()) < 2.0, returned
+        times += returned.values()
+        check_handoff(root, "jobs", seq, holder, claims, views)
+        reopens = of(replies(root, "jobs", seq), "reopen")
+        assert len(reopens) == 1, f"one reopen event on one machine, not {reopens}"
+        assert not of(replies(root, "jobs", seq), "dead")
+        assert len(of(replies(root, "jobs", seq), "claim")) == 2, "a losing claim wrote nothing"
+    print(f"kill -> task returned: max {max(times):.2f} s over {len(times)} waits")
+
+
+# ---------------------------------------------------------------- 3. the same over sshfs
+
+
+@pytest.mark.parametrize("charlie_on", ["b", "a"])
+def test_sigkilled_holder_on_another_mount_is_replaced_once(
+    mounts: tuple[Path, Path],  # noqa: F811
+    procs: list[subprocess.Popen[str]],
+    charlie_on: str,
+) -> None:
+    """alpha's serve works through mount a, bravo's through mount b; charlie's through b too
+    (its lock excludes bravo's there), or through a (no lock excludes across mounts: the order
+    of the thread decides between their reopen events and claims)."""
+    a, b = mounts
+    name = f"handoff-{charlie_on}"
+    box = Mailbox.init(a / name)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "job over the network", sender="boss", type="task")
+    pid = hold(procs, a / name, "alpha", "jobs", seq)
+    roots = {"bravo": b / name, "charlie": (a if charlie_on == "a" else b) / name}
+    returned, views, claims = anyio.run(handoff, roots, "jobs", seq, pid, 30.0)
+    print("\nover sshfs the waits returned the task "
+          + ", ".join(f"{n} {s:.2f} s" for n, s in sorted(returned.items()))
+          + " after the SIGKILL")  # fmt: skip
+    assert set(returned) == {"bravo", "charlie"}
+    assert max(returned.values()) < 30.0, "within the heartbeat timeout"
+    rs = replies(a / name, "jobs", seq)
+    print(f"reopen events: {len(of(rs, 'reopen'))}, claims: {len(of(rs, 'claim'))}")
+    check_handoff(a / name, "jobs", seq, "alpha", claims, views)
+
+
+# ---------------------------------------------------------------- 4. a live, silent holder
+
+
+def test_a_silent_holder_loses_its_task_after_its_lease_and_its_late_result_counts_once(
+    root: Path,
+) -> None:
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "slow job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            await call(b, "thread_create", topic="jobs")
+            got = await call(a, "task_claim", thread="jobs", seq=seq, lease_s=2)
+            assert (got["claimed"], got["attempt"]) == (True, 1), got
+            (claim,) = of(replies(root, "jobs", seq), "claim")
+            assert claim.meta["task"]["lease_s"] == 2
+            claimed = time.monotonic()
+            # alpha stays connected (its serve lives, heartbeats) but makes no call.
+            at, view = await wait_for_task(b, "jobs", seq, 15)
+            print(f"\nthe lease of 2 s ran out; bravo got the task {at - claimed:.2f} s after")
+            assert 1.0 <= at - claimed < 5.0
+            assert view["task"]["status"] == "open" and view["task"]["failed"] == 1
+            (reopen,) = of(replies(root, "jobs", seq), "reopen")
+            assert reopen.meta["task"]["holder"] == "alpha"
+            assert "lease" in reopen.meta["task"]["reason"], reopen.meta
+            assert view["task"]["reopened"] == reopen.seq
+            got = await call(b, "task_claim", thread="jobs", seq=seq)
+            assert got["claimed"] is True and got["attempt"] == 2 and got["failed_before"] == 1
+            # alpha wakes up and posts its late result: it is recorded, and closes the task.
+            late = await call(a, "msg_post", thread="jobs", type="result", reply_to=seq,
+                              content="alpha, late")  # fmt: skip
+            listed = await call(a, "task_list", thread="jobs", status="all")
+            (t,) = listed["tasks"]
+            assert (t["status"], t["result"], t["attempts"], t["failed"]) == (
+                "done", late["seq"], 2, 1,
+            )  # fmt: skip
+            # bravo's result afterwards changes nothing.
+            second = await call(b, "msg_post", thread="jobs", type="result", reply_to=seq,
+                                content="bravo, too")  # fmt: skip
+            assert second["seq"] > late["seq"]
+            text = await refused(b, "task_claim", thread="jobs", seq=seq)
+            assert f"is done: alpha posted its result at seq {late['seq']}" in text
+            listed = await call(b, "task_list", thread="jobs", status="all")
+            assert listed["counts"] == {"open": 0, "claimed": 0, "done": 1, "dead": 0}
+            assert listed["tasks"][0]["result"] == late["seq"]
+
+    anyio.run(main)
+    rs = replies(root, "jobs", seq)
+    assert len(of(rs, "reopen")) == 1 and not of(rs, "dead") and not of(rs, "release")
+    assert [m.sender for m in of(rs, "result")] == ["alpha", "bravo"]
+    t = Mailbox(root).board("jobs").tasks[seq]
+    first = of(rs, "result")[0]
+    assert (t.status, t.closed_by, t.done_by, t.attempts, t.failures) == (
+        "done", first.seq, "alpha", 2, 1,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- 5. max attempts -> dead
+
+
+@pytest.mark.parametrize("how", ["settings", "meta"])
+def test_a_task_failed_max_attempts_times_is_dead_and_its_sender_is_told(
+    root: Path, how: str
+) -> None:
+    cfg = root / "mailslot.json"
+    if how == "settings":
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "task_max_attempts": 2}))
+    meta = {"max_attempts": 2} if how == "meta" else None
+    Mailbox(root).create_thread("jobs", creator="boss")
+
+    async def main() -> None:
+        async with agent(root, "boss") as boss, agent(root, "worker") as w:
+            assert (await call(boss, "msg_wait", timeout_s=0.1))["messages"] == []
+            args = {"meta": meta} if meta else {}
+            seq = (await call(boss, "msg_post", thread="jobs", type="task",
+                              content="flaky job", **args))["seq"]  # fmt: skip
+            await call(w, "thread_create", topic="jobs")
+            errors = []
+            for attempt in (1, 2):
+                got = await call(w, "task_claim", thread="jobs", seq=seq)
+                assert got["claimed"] is True and got["attempt"] == attempt, got
+                posted = await call(w, "msg_post", thread="jobs", type="error", reply_to=seq,
+                                    content=f"failed #{attempt}")  # fmt: skip
+                errors.append(posted["seq"])
+            dead = await call(w, "task_list", status="dead")
+            assert [(t["seq"], t["status"], t["attempts"], t["failed"]) for t in dead["tasks"]] == [
+                (seq, "dead", 2, 2)
+            ]
+            assert dead["counts"] == {"open": 0, "claimed": 0, "done": 0, "dead": 1}
+            rs = replies(root, "jobs", seq)
+            (notice,) = of(rs, "dead")
+            assert notice.sender == "mailslot" and notice.to == ["boss"], notice
+            assert notice.seq > errors[-1] and notice.priority == "high"
+            assert f"seq {errors[-1]}" in notice.content and "post it again" in notice.content
+            assert not of(rs, "reopen")
+            got = await call(boss, "msg_wait", timeout_s=5)
+            assert [(m["seq"], m["from"]) for m in got["messages"]] == [(notice.seq, "mailslot")]
+            assert (await call(boss, "msg_wait", timeout_s=0.2))["messages"] == []
+            text = await refused(w, "task_claim", thread="jobs", seq=seq)
+            assert f"task {seq} of 'jobs' is dead after 2 failed attempts" in text, text
+            assert "post it again as a new task" in text
+            assert len(of(replies(root, "jobs", seq), "dead")) == 1, "told once"
+
+    anyio.run(main)
+
+
+def test_an_error_reply_hands_the_task_to_a_waiting_worker(root: Path) -> None:
+    """A failed attempt leaves the task open: a worker blocked in its inbox wait must get it
+    again, as after a reopen or a release (otherwise it stays open with every worker idle)."""
+    Mailbox(root).create_thread("jobs", creator="boss")
+    seq = Mailbox(root).post("jobs", "flaky job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            assert (await call(a, "task_claim", thread="jobs", seq=seq))["claimed"] is True
+            await call(b, "thread_create", topic="jobs")
+            assert (await call(b, "msg_wait", timeout_s=0.1))["messages"] == []
+            await call(a, "msg_post", thread="jobs", type="error", reply_to=seq, content="oops")
+            listed = await call(b, "task_list", thread="jobs")
+            assert [(t["seq"], t["status"], t["failed"]) for t in listed["tasks"]] == [
+                (seq, "open", 1)
+            ]
+            got = await call(b, "msg_wait", timeout_s=3)
+            assert [m["seq"] for m in got["messages"] if "task" in m] == [seq], got
+
+    anyio.run(main)
+
+
+def test_a_released_task_goes_to_a_waiting_worker(root: Path) -> None:
+    Mailbox(root).create_thread("jobs", creator="boss")
+    seq = Mailbox(root).post("jobs", "job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            assert (await call(a, "task_claim", thread="jobs", seq=seq))["claimed"] is True
+            await call(b, "thread_create", topic="jobs")
+            assert (await call(b, "msg_wait", timeout_s=0.1))["messages"] == []
+            gave = await call(a, "task_claim", thread="jobs", seq=seq, release=True)
+            assert gave["released"] is True
+            _, view = await wait_for_task(b, "jobs", seq, 3)
+            assert view["task"] == view["task"] | {"status": "open", "reopened": gave["event_seq"]}
+            got = await call(b, "task_claim", thread="jobs", seq=seq)
+            assert got["claimed"] is True and got["attempt"] == 2 and "failed_before" not in got
+
+    anyio.run(main)
+
+
+# ---------------------------------------------------------------- 6. bad input
+
+
+def test_bad_task_claims_are_tool_errors_that_say_what_to_do(root: Path) -> None:
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    note = box.post("jobs", "just a note", sender="boss")
+    task = box.post("jobs", "a job", sender="boss", type="task")
+    done = box.post("jobs", "a done job", sender="boss", type="task")
+    result = box.post("jobs", "did it", sender="carol", type="result", reply_to=done)
+    mine = box.post("jobs", "for carol", sender="boss", type="task", to=["carol"])
+    box.create_thread("doomed", creator="boss")
+    doomed = box.post("doomed", "a job soon gone", sender="boss", type="task")
+    assert Mailbox(root).board("doomed").tasks[doomed].status == "open"
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            await call(a, "task_list")  # alpha's serve has read both threads
+            text = await refused(a, "task_claim", thread="jobs", seq=note)
+            assert f"message {note} of 'jobs' is a 'message', not a task" in text
+            assert "task_list" in text
+
+            text = await refused(a, "task_claim", thread="jobs", seq=99)
+            assert "no message 99 in thread 'jobs'" in text and "msg_list" in text
+
+            text = await refused(a, "task_claim", thread="jobs", seq=done)
+            assert f"is done: carol posted its result at seq {result}" in text
+            assert "task_list" in text
+
+            text = await refused(a, "task_claim", thread="jobs", seq=mine)
+            assert "is for carol, not for alpha" in text and "task_list" in text
+
+            text = await refused(a, "task_claim", thread="nowhere", seq=1)
+            assert "no thread 'nowhere'" in text
+            assert "thread_list" in text and "thread_create" in text
+
+            shutil.rmtree(root / "threads" / "doomed")
+            text = await refused(a, "task_claim", thread="doomed", seq=doomed)
+            assert "no thread 'doomed'" in text and "thread_list" in text, text
+
+            assert (await call(b, "task_claim", thread="jobs", seq=task))["claimed"] is True
+            text = await refused(a, "task_claim", thread="jobs", seq=task, release=True)
+            assert f"you do not hold task {task} of 'jobs' (bravo holds it)" in text
+            assert "task_list" in text
+            text = await refused(a, "task_claim", thread="jobs", seq=note, release=True)
+            assert "not a task" in text
+
+            for bad in (0, -5, 86401):
+                text = await refused(a, "task_claim", thread="jobs", seq=task, lease_s=bad)
+                assert "lease_s" in text and ">= 1" in text and "<= 86400" in text, text
+                assert "Call task_claim(" in text, text
+            text = await refused(a, "task_claim", thread="jobs", seq=0)
+            assert "'seq'" in text and ">= 1" in text
+
+            # Nothing above wrote anything, and bravo still holds its task.
+            (claim,) = of(replies(root, "jobs", task), "claim")
+            assert claim.sender == "bravo"
+            assert Mailbox(root).board("jobs").tasks[task].holder == "bravo"
+
+    anyio.run(main)
+    assert not (root / "threads" / "doomed").exists(), "a claim does not bring a thread back"
+    assert Mailbox(root).head("jobs") == mine + 1
