@@ -31,6 +31,7 @@ from mailslot._errors import (
     TaskError,
 )
 from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot._reservations import held_view
 from mailslot._tasks import STATUSES, Question, Task, iso
 from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
@@ -605,6 +606,78 @@ def cmd_claim(args: argparse.Namespace) -> int:
     else:
         print(f"{got.task.holder} holds task {args.seq} until {when(until or '')}", file=sys.stderr)
     return EXIT_OK if got.won else EXIT_ERROR
+
+
+@command("reservations", help="who holds which paths of the repository, until when, and why")
+def cmd_reservations(args: argparse.Namespace) -> int:
+    box = _open(args)
+    held = box.reservations()
+    if args.json:
+        _print_json([held_view(h, box.reservation_until(h)) for h in held])
+        return EXIT_OK
+    if not held:
+        print("no reservations")
+        return EXIT_OK
+    rows = [[h.pattern, h.holder, "exclusive" if h.exclusive else "shared", when(iso(h.since)),
+             when(iso(box.reservation_until(h))), h.reason] for h in held]  # fmt: skip
+    print(table(rows, ["PATH", "HOLDER", "KIND", "SINCE", "UNTIL", "WHY"]))
+    return EXIT_OK
+
+
+@command(
+    "reserve",
+    help="reserve paths you will edit (all of them, or none if someone holds any)",
+    args=[
+        arg("paths", nargs="+", metavar="PATH", help="repository-relative files, folders, globs"),
+        arg("--shared", action="store_true", help="only keep others from reserving exclusively"),
+        arg("--ttl", type=float, metavar="S", help="seconds it lasts (reserve again to renew)"),
+        arg("--reason", help="why, for the others"),
+    ],
+    who=True,
+)
+def cmd_reserve(args: argparse.Namespace) -> int:
+    box = _open(args)
+    # No process of ours stays to hold them: they last their TTL, renewed by reserving again.
+    grant = box.reserve(args.paths, agent=_sender(args), exclusive=not args.shared,
+                        ttl_s=args.ttl, reason=args.reason)  # fmt: skip
+    held = grant.held if grant.granted else grant.conflicts
+    if args.json:
+        _print_json({"granted": grant.granted,
+                     "reserved" if grant.granted else "conflicts":
+                         [held_view(h, box.reservation_until(h)) for h in held]})  # fmt: skip
+    elif grant.granted:
+        until = when(iso(box.reservation_until(held[0])))
+        print(f"reserved {', '.join(h.pattern for h in held)} until {until} "
+              "(reserve again to renew; `mailslot release` gives them back)")  # fmt: skip
+        if grant.whole_repo:
+            print("note: this reserves the whole repository", file=sys.stderr)
+    else:
+        for h in held:
+            why = f" ({h.reason})" if h.reason else ""
+            print(f"refused: {h.holder} holds {h.pattern} until "
+                  f"{when(iso(box.reservation_until(h)))}{why}", file=sys.stderr)  # fmt: skip
+    return EXIT_OK if grant.granted else EXIT_ERROR
+
+
+@command(
+    "release",
+    help="give back your reservations of paths (all of yours without PATH)",
+    args=[arg("paths", nargs="*", metavar="PATH")],
+    who=True,
+)
+def cmd_release(args: argparse.Namespace) -> int:
+    box = _open(args)
+    released, not_held = box.release(args.paths or None, agent=_sender(args))
+    if args.json:
+        _print_json({"released": sorted({h.pattern for h in released}), "not_held": not_held})
+    else:
+        if released:
+            print(f"released {', '.join(sorted({h.pattern for h in released}))}")
+        for p in not_held:
+            print(f"not yours: {p} (nothing to give back)", file=sys.stderr)
+        if not released and not not_held:
+            print("you held no reservations", file=sys.stderr)
+    return EXIT_OK if released or not (args.paths or not_held) else EXIT_ERROR
 
 
 @command("agents", help="who is online, waiting, idle or offline")

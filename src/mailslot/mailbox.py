@@ -46,6 +46,7 @@ from mailslot._format import (
 from mailslot._log import MAX_PAGE, ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
 from mailslot._publish import Writer
+from mailslot._reservations import Grant, Held, Reservations
 from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
 from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
 from mailslot._tasks import Board, Claim, Question, Task, Tasks
@@ -68,6 +69,8 @@ __all__ = [
     "Claim",
     "Damage",
     "Damaged",
+    "Grant",
+    "Held",
     "Mailbox",
     "Message",
     "NameHold",
@@ -128,6 +131,10 @@ class Mailbox:
         self._tasks = Tasks(
             self._files, self._log, self._agents, self._writer, self._threads.incarnation
         )
+        self._reservations = Reservations(
+            self._files, self._log, self._agents, self._writer, self._threads.create,
+            self._threads.incarnation,
+        )  # fmt: skip
         for sub in ("threads", "agents", ".state"):
             self._files.check_not_symlink(self.root / sub)
         if sweep and read_only is None:
@@ -375,6 +382,60 @@ class Mailbox:
         """
         names = self._files.thread_ids() if threads is None else threads
         return self._tasks.settle_all(names, noticed_by=noticed_by, stale_after=stale_after)
+
+    # ------------------------------------------------------------------ file reservations
+
+    def reserve(
+        self,
+        paths: list[str] | tuple[str, ...] | str,
+        *,
+        agent: str,
+        exclusive: bool = True,
+        ttl_s: float | None = None,
+        reason: str | None = None,
+        pid: int | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> Grant:
+        """Reserve repository-relative paths or globs for agent: all of them, or none.
+
+        Granted unless another agent holds an overlapping exclusive reservation (or, for an
+        exclusive request, any overlapping one); otherwise refused with those reservations.
+        Decided by the order of the `file-reservations` thread (under its lock on one
+        machine), so two agents can never both hold overlapping paths. pid is the holder's
+        process: it holds while that process lives and works (a sign of work within ttl_s);
+        without one (a person, a script) for ttl_s. Reserving a pattern again renews it.
+        Raise InvalidName for a path that leaves the repository, InvalidMessage for bad input.
+        """
+        return self._reservations.reserve(
+            paths, agent, exclusive=exclusive, ttl_s=ttl_s, reason=reason, pid=pid,
+            stale_after=stale_after,
+        )  # fmt: skip
+
+    def release(
+        self, paths: list[str] | tuple[str, ...] | str | None = None, *, agent: str
+    ) -> tuple[list[Held], list[str]]:
+        """Give back agent's reservations of paths (all of them if None).
+
+        Return (what was released, the paths asked for that agent did not hold).
+        """
+        released, not_held, _ = self._reservations.release(paths, agent)
+        return released, not_held
+
+    def reservations(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Held]:
+        """Return the reservations held now, oldest first (those of holders that are gone are
+        left out; nothing is written)."""
+        return self._reservations.live(stale_after=stale_after)
+
+    def reservation_until(self, held: Held) -> float:
+        """Return when held runs out without a sign of work from its holder (epoch seconds)."""
+        return self._reservations.until(held)
+
+    def settle_reservations(
+        self, *, noticed_by: str | None = None, stale_after: float = DEFAULT_STALE_AFTER
+    ) -> list[Message]:
+        """Record the end of each reservation whose holder died or went silent; return the
+        events written."""
+        return self._reservations.settle(noticed_by=noticed_by, stale_after=stale_after)
 
     # ------------------------------------------------------------------ agents
 

@@ -46,6 +46,7 @@ from mailslot._errors import (
     NoSuchThread,
     TaskError,
 )
+from mailslot._reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
 
@@ -279,7 +280,8 @@ def instructions(agent: str | None, lang: str | None, was: str | None = None) ->
         "it returns new messages, or status 'timeout' after about 50 s; then call it again. "
         "Delegate with msg_post(type='task', to=[agent]); report with type='result'. "
         "A task for anyone comes through msg_wait(): take it with task_claim before working on "
-        "it; your result reply closes it. "
+        "it; your result reply closes it. Before editing files others may edit, "
+        "files_reserve(paths); files_release when done. "
         "Move the thread with thread_set_state and close it with a summary."
     )
     if lang:
@@ -433,6 +435,14 @@ def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> 
                      description="Agents and their presence")  # fmt: skip
     def agents() -> str:
         return read(lambda s: s.agent_list())
+
+    @server.resource("mailslot://reservations", mime_type="application/json",
+                     description="Who holds which paths, until when, and why")  # fmt: skip
+    def reservations() -> str:
+        def held(s: Session) -> list[dict[str, Any]]:
+            return [held_view(h, s.box.reservation_until(h)) for h in s.box.reservations()]
+
+        return read(held)
 
     @server.resource("mailslot://config", mime_type="application/json",
                      description="This bus's settings")  # fmt: skip

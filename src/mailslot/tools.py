@@ -8,6 +8,7 @@ turns them into text for the model in one place.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
@@ -29,6 +30,7 @@ from mailslot._format import Damage, Message, Pending, ThreadInfo
 from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
+from mailslot._reservations import Held, held_view
 from mailslot._tasks import CLAIMED, OPEN, STATUSES, Question, Task, event_of, iso
 
 # Re-exported: tools is the public home of the agent-facing operations, and the front doors
@@ -40,7 +42,7 @@ from mailslot.mailbox import Arrivals, Mailbox
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",
     "msg_post", "msg_list", "msg_wait",
-    "task_claim", "task_list",
+    "task_claim", "task_list", "files_reserve", "files_release",
     "agent_register", "agent_list", "bus_get_config",
 )  # fmt: skip
 SETTLE_EVERY_S = 0.5  # an inbox wait looks at the holders of tasks it could take this often
@@ -85,6 +87,10 @@ LeaseS = Annotated[
     Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
 ]
 TaskStatus = Literal["open", "claimed", "done", "dead", "all"]
+Paths = Annotated[
+    list[str],
+    Field(min_length=1, max_length=100, description="Repository-relative files, folders or globs"),
+]
 ListThread = Annotated[str | None, Field(description="Thread id or topic; omit for all threads")]
 
 PROTOCOL = (
@@ -307,9 +313,15 @@ class Session:
             self.save_positions()
 
     def close(self) -> None:
-        """Save read positions, mark this agent offline and let its name go."""
+        """Save read positions, give back this session's file reservations, mark this agent
+        offline and let its name go."""
         if self._hold is not None:
             self.save_positions()
+            with contextlib.suppress(MailslotError):
+                mine = [h for h in self.box.reservations() if h.holder == self._hold.name]
+                if any(h.pid == os.getpid() for h in mine):
+                    self.box.release([h.pattern for h in mine if h.pid == os.getpid()],
+                                     agent=self._hold.name)  # fmt: skip
             self.box.release_name(self._hold)
             self._hold = None
 
@@ -729,6 +741,55 @@ class Session:
         }
         if len(shown) > limit or len(questions) > limit:
             out["hint"] = f"showing {limit} of each; filter by thread or status, or raise limit"
+        return out
+
+    # ------------------------------------------------------------------ file reservations
+
+    def _held(self, held: list[Held]) -> list[dict[str, Any]]:
+        return [held_view(h, self.box.reservation_until(h)) for h in held]
+
+    def files_reserve(
+        self,
+        paths: Paths,
+        exclusive: bool = True,
+        ttl_s: Annotated[float | None, Field(ge=1, le=604800)] = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Reserve paths you will edit (e.g. src/x/**); on overlap, refused with who holds them."""
+        me = self.me()
+        grant = self.box.reserve(
+            paths, agent=me, exclusive=exclusive, ttl_s=ttl_s, reason=reason,
+            pid=os.getpid(), stale_after=self.stale_after,
+        )  # fmt: skip
+        if not grant.granted:
+            holders = sorted({h.holder for h in grant.conflicts})
+            return {
+                "granted": False,
+                "conflicts": self._held(grant.conflicts),
+                "hint": f"leave these paths to {', '.join(holders)}, or ask them with "
+                f"msg_post(to={holders!r}); reserve the paths you can have on their own",
+            }
+        out: dict[str, Any] = {"granted": True, "reserved": self._held(grant.held)}
+        if grant.whole_repo:
+            out["note"] = "this reserves the whole repository: no other agent may edit anything"
+        out["hint"] = (
+            "edit them, then files_release(paths); they stay yours while you keep working "
+            "(any mailslot call renews them) and end when your session ends"
+        )
+        return out
+
+    def files_release(
+        self,
+        paths: Annotated[list[str] | None, Field(description="Omit to release all yours")] = None,
+    ) -> dict[str, Any]:
+        """Give back your reservations of paths (all of yours when omitted)."""
+        released, not_held = self.box.release(paths, agent=self.me())
+        out: dict[str, Any] = {"released": sorted({h.pattern for h in released})}
+        if not_held:
+            out["not_held"] = not_held
+            out["hint"] = "you held no reservation of these patterns: nothing to give back"
+        elif not released:
+            out["hint"] = "you held no reservations: nothing to give back"
         return out
 
     # ------------------------------------------------------------------ agents and config

@@ -1,0 +1,220 @@
+"""File reservations: raced by real processes, freed when holders die, through MCP and the command.
+
+Each racing process reports when it believed it held what; the test checks those beliefs
+against each other on the machine's monotonic clock, not only what the folder says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from helpers import agent, call, until
+from mcp import types
+
+from mailslot import Mailbox
+from mailslot._errors import InvalidMessage, InvalidName
+from mailslot._globs import overlaps
+from mailslot._reservations import THREAD
+
+RACER = """
+import json, os, random, sys, time
+from pathlib import Path
+from mailslot import Mailbox
+root, name, rounds, lock, go = sys.argv[1:]
+box = Mailbox(root, lock=lock == "lock")
+rng = random.Random(name)
+overlapping = ["src/**", "src/a.py", "src/*.py", "src/**/*.py", "docs/", "docs/x.md", "*.md"]
+print("ready", flush=True)
+while not Path(go).exists():
+    time.sleep(0.001)
+held, granted = [], []
+for r in range(int(rounds)):
+    if r % 2:  # a disjoint round: every process its own folder
+        paths = [f"{name}/r{r}/**"]
+    else:
+        paths = rng.sample(overlapping, 2)
+    grant = box.reserve(paths, agent=name, pid=os.getpid())
+    if grant.granted:
+        start = time.monotonic()
+        time.sleep(rng.random() * 0.01)
+        end = time.monotonic()  # still held: the release below comes after
+        box.release(paths, agent=name)
+        held.append([paths, start, end])
+    granted.append([r, grant.granted])
+print(json.dumps({"held": held, "granted": granted}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("lock", ["lock", "nolock"])
+def test_racing_processes_never_both_hold_overlapping_paths(tmp_path: Path, lock: str) -> None:
+    root = tmp_path / "box"
+    Mailbox.init(root)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(root), f"w{i}", "30", lock, str(go)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    reports = {f"w{i}": json.loads(p.communicate(timeout=240)[0]) for i, p in enumerate(procs)}
+    spans = [(name, paths, s, e) for name, rep in reports.items() for paths, s, e in rep["held"]]
+    for i, (a, pa, sa, ea) in enumerate(spans):
+        for b, pb, sb, eb in spans[i + 1 :]:
+            if a != b and sa < eb and sb < ea:  # held at the same moment...
+                assert not any(overlaps(x, y) for x in pa for y in pb), (a, pa, b, pb)
+    for name, rep in reports.items():  # ...and nobody competes for a folder of its own
+        assert all(ok for r, ok in rep["granted"] if r % 2), name
+    assert sum(ok for rep in reports.values() for r, ok in rep["granted"] if r % 2 == 0) >= 8
+    with Mailbox(root) as box:
+        assert box.reservations() == []  # everyone released what it held
+
+
+def test_a_killed_holder_frees_its_paths_at_once(tmp_path: Path) -> None:
+    box = Mailbox.init(tmp_path / "box")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert box.reserve(["src/store/**"], agent="alice", pid=holder.pid).granted
+        refused = box.reserve(["src/store/db.py"], agent="bob", pid=os.getpid())
+        assert not refused.granted and [h.holder for h in refused.conflicts] == ["alice"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert box.reservations() == []  # gone from the live view at once
+    assert box.reserve(["src/store/db.py"], agent="bob", pid=os.getpid()).granted
+    ended = [m for m in box.messages(THREAD) if "expire" in m.meta]
+    assert len(ended) == 1 and ended[0].sender == "mailslot"
+    assert f"pid {holder.pid}" in ended[0].content and "src/store/**" in ended[0].content
+
+
+def test_a_silent_holder_loses_its_paths_after_the_ttl(tmp_path: Path) -> None:
+    box = Mailbox.init(tmp_path / "box")
+    assert box.reserve(["a.txt"], agent="alice", ttl_s=1).granted  # a person: no process
+    assert not box.reserve(["a.txt"], agent="bob").granted
+    until("the TTL ran out", lambda: box.reservations() == [], within=10)
+    assert box.reserve(["a.txt"], agent="bob").granted
+    assert box.reserve(["a.txt"], agent="bob", ttl_s=600).granted  # renewed by reserving again
+    [held] = box.reservations()
+    assert held.ttl_s == 600 and held.holder == "bob"
+
+
+def test_shared_reservations_keep_out_only_exclusive_ones(tmp_path: Path) -> None:
+    box = Mailbox.init(tmp_path / "box")
+    assert box.reserve(["docs/"], agent="alice", exclusive=False).granted
+    assert box.reserve(["docs/intro.md"], agent="bob", exclusive=False).granted
+    refused = box.reserve(["docs/intro.md"], agent="carol")
+    assert not refused.granted
+    assert sorted(h.holder for h in refused.conflicts) == ["alice", "bob"]
+    assert box.reserve(["src/"], agent="carol").granted
+    assert not box.reserve(["src/x.py"], agent="alice", exclusive=False).granted
+
+
+def test_all_or_nothing_and_clear_answers(tmp_path: Path) -> None:
+    box = Mailbox.init(tmp_path / "box")
+    assert box.reserve(["README.md"], agent="alice").granted
+    refused = box.reserve(["docs/**", "README.md"], agent="bob")
+    assert not refused.granted and [h.pattern for h in refused.conflicts] == ["README.md"]
+    assert box.reserve(["docs/guide.md"], agent="carol").granted  # bob got no part of it
+    released, not_held = box.release(["README.md", "src/"], agent="alice")
+    assert [h.pattern for h in released] == ["README.md"] and not_held == ["src/**"]
+    assert box.release(agent="alice") == ([], [])
+    whole = box.reserve(["**"], agent="dave")
+    assert not whole.granted  # carol holds docs/guide.md
+    box.release(agent="carol")
+    whole = box.reserve(["."], agent="dave")
+    assert whole.granted and whole.whole_repo and [h.pattern for h in whole.held] == ["**"]
+
+
+@pytest.mark.parametrize(
+    ("paths", "error"),
+    [
+        (["../secrets"], InvalidName),
+        (["/etc/passwd"], InvalidName),
+        (["src\\x.py"], InvalidName),
+        (["a/**b"], InvalidName),
+        ([""], InvalidName),
+        ([], InvalidMessage),
+        (["x"] * 0 + [f"f{i}" for i in range(101)], InvalidMessage),
+        ([42], InvalidName),
+    ],
+)
+def test_paths_that_leave_the_repository_are_refused(
+    tmp_path: Path, paths: list[object], error: type[Exception]
+) -> None:
+    box = Mailbox.init(tmp_path / "box")
+    with pytest.raises(error):
+        box.reserve(paths, agent="alice")  # type: ignore[arg-type]
+    assert box.reservations() == []
+
+
+def test_reserve_and_release_through_mcp(tmp_path: Path) -> None:
+    root = tmp_path / "box"
+    Mailbox.init(root)
+
+    async def main() -> None:
+        async with agent(root, "alice") as alice, agent(root, "bob") as bob:
+            got = await call(alice, "files_reserve", paths=["src/store/**"], reason="refactor")
+            assert got["granted"] is True
+            [held] = got["reserved"]
+            assert (held["path"], held["holder"], held["reason"]) == (
+                "src/store/**",
+                "alice",
+                "refactor",
+            )
+            assert "until" in held and "since" in held
+            no = await call(bob, "files_reserve", paths=["src/store/db.py", "docs/"])
+            assert no["granted"] is False and "reserved" not in no
+            [c] = no["conflicts"]
+            assert (c["path"], c["holder"], c["reason"]) == ("src/store/**", "alice", "refactor")
+            assert "alice" in no["hint"]
+            bad = await bob.call_tool("files_reserve", {"paths": ["../x"]})
+            assert bad.is_error and isinstance(bad.content[0], types.TextContent)
+            assert "leave the repository" in bad.content[0].text
+            nothing = await call(bob, "files_release", paths=["src/store/**"])
+            assert nothing["released"] == [] and nothing["not_held"] == ["src/store/**"]
+            assert (await call(alice, "files_release"))["released"] == ["src/store/**"]
+            assert (await call(bob, "files_reserve", paths=["src/store/db.py"]))["granted"]
+        # bob's server has exited: its reservation ends with it
+        with Mailbox(root) as box:
+            assert box.reservations() == []
+
+    anyio.run(main)
+
+
+def run(root: Path, *args: str, who: str = "bob") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailslot", *args, "--root", str(root)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "MAILSLOT_AGENT": who},
+    )  # fmt: skip
+
+
+def test_the_commands(tmp_path: Path) -> None:
+    root = tmp_path / "box"
+    Mailbox.init(root)
+    got = run(root, "reserve", "src/", "README.md", "--reason", "release prep", "--ttl", "900")
+    assert got.returncode == 0 and "reserved src/**, README.md until" in got.stdout
+    lost = run(root, "reserve", "src/cli.py", who="carol")
+    assert lost.returncode == 1 and "refused: bob holds src/**" in lost.stderr
+    assert "(release prep)" in lost.stderr
+    table = run(root, "reservations").stdout
+    assert "src/**" in table and "bob" in table and "release prep" in table
+    doc = json.loads(run(root, "reservations", "--json").stdout)
+    assert [(h["path"], h["holder"], h["exclusive"]) for h in doc] == [
+        ("src/**", "bob", True), ("README.md", "bob", True)
+    ]  # fmt: skip
+    wrong = run(root, "release", "docs/", who="bob")
+    assert wrong.returncode == 1 and "not yours: docs/**" in wrong.stderr
+    assert run(root, "release", "--json").stdout.count("src/**") == 1
+    assert run(root, "reservations").stdout.strip() == "no reservations"
+    bad = run(root, "reserve", "../up")
+    assert bad.returncode == 1 and "leave the repository" in bad.stderr
