@@ -165,7 +165,10 @@ class Files:
                 except FileExistsError:
                     mode = os.lstat(current).st_mode  # made by someone else meanwhile
                 except OSError as e:
-                    raise storage_error(e, self.root, f"creating {current}") from None
+                    try:  # made by someone else meanwhile, said otherwise (EPERM over sshfs)
+                        mode = os.lstat(current).st_mode
+                    except OSError:
+                        raise storage_error(e, self.root, f"creating {current}") from None
                 else:
                     continue
             except OSError as e:

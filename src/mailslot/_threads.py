@@ -113,7 +113,8 @@ class Threads:
             try:
                 os.rename(stage, tdir)
             except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                # Another creator won. Over sshfs that reads EPERM, not EEXIST: look.
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not tdir.is_dir():
                     raise
             else:
                 if self.files.settings.fsync:
