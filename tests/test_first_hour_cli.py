@@ -63,6 +63,9 @@ JSON_RUNS: dict[str, list[str]] = {
     "mcp-config": ["mcp-config", "codex"],
     "tasks": ["tasks"],
     "claim": ["claim", "t", "1", "--as", "bob"],
+    "reservations": ["reservations"],
+    "reserve": ["reserve", "docs/"],
+    "release": ["release"],
 }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mailslot import __version__, _clients
+from mailslot import __version__, _clients, _guard
 from mailslot._errors import (
     InvalidName,
     MailslotError,
@@ -678,6 +678,34 @@ def cmd_release(args: argparse.Namespace) -> int:
         if not released and not not_held:
             print("you held no reservations", file=sys.stderr)
     return EXIT_OK if released or not (args.paths or not_held) else EXIT_ERROR
+
+
+@command(
+    "guard",
+    help="a git pre-commit hook that refuses commits touching paths others reserved",
+    args=[
+        arg(
+            "action",
+            choices=["install", "uninstall", "check"],
+            help="add the hook, remove it, or run the check the hook runs",
+        ),
+    ],
+    json=False,
+    who=True,
+)
+def cmd_guard(args: argparse.Namespace) -> int:
+    repo = Path.cwd()
+    if args.action == "install":
+        print(_guard.install(repo))
+        return EXIT_OK
+    if args.action == "uninstall":
+        print(_guard.uninstall(repo))
+        return EXIT_OK
+    root = Path(args.root) if args.root else None
+    verdict = _guard.check(repo, args.sender, root=root)
+    if verdict.refused:
+        print(_guard.report(verdict.conflicts), end="", file=sys.stderr)
+    return EXIT_ERROR if verdict.refused else EXIT_OK
 
 
 @command("agents", help="who is online, waiting, idle or offline")
