@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ AGENT_NAMES = {
 # it for mcp.json, and Gemini CLI was seen to load a commented settings.json. Claude Code
 # refuses a commented .mcp.json, so for the others a comment is an error, as it is for them.
 JSONC_CLIENTS = ("vscode", "gemini")
+CHANNEL_CLIENTS = ("claude-code",)
 
 
 def serve_command() -> list[str]:
@@ -35,9 +40,19 @@ def serve_command() -> list[str]:
     return [sys.executable, "-m", "mailslot", "serve"]
 
 
-def entry(client: str, root: Path, agent: str) -> dict[str, Any]:
-    """Return the server entry for client: command, args and environment, absolute paths."""
+def entry(client: str, root: Path, agent: str, *, channel: bool = False) -> dict[str, Any]:
+    """Return the server entry for client: command, args and environment, absolute paths.
+
+    channel adds `serve --channel` (Claude Code only; MailslotError for the others).
+    """
+    if channel and client not in CHANNEL_CLIENTS:
+        raise MailslotError(
+            f"--channel is for claude-code only: {client} has no channels (Claude Code's "
+            "channels let a server push messages into the session)"
+        )
     command, *args = serve_command()
+    if channel:
+        args.append("--channel")
     out: dict[str, Any] = {}
     if client in ("claude-code", "vscode"):
         out["type"] = "stdio"
@@ -92,9 +107,9 @@ def _replace_toml_table(text: str, table: str) -> str:
     return "\n".join(kept).rstrip("\n") + "\n"
 
 
-def render(client: str, root: Path, agent: str) -> str:
+def render(client: str, root: Path, agent: str, *, channel: bool = False) -> str:
     """Return the configuration text for client, as its file holds it."""
-    server = entry(client, root, agent)
+    server = entry(client, root, agent, channel=channel)
     if client == "codex":
         return _toml_table(server)
     key = "servers" if client == "vscode" else "mcpServers"
@@ -120,13 +135,13 @@ def target(client: str, project: Path, home: Path) -> Path:
     return home / ".config" / "Claude" / "claude_desktop_config.json"
 
 
-def install(client: str, path: Path, root: Path, agent: str) -> str:
+def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = False) -> str:
     """Merge mailslot's entry into the config file at path; return 'added' or 'updated'.
 
     Other servers and settings in the file are kept as they are. Raise MailslotError if the
     file cannot be read as the format it should have (nothing is written then).
     """
-    server = entry(client, root, agent)
+    server = entry(client, root, agent, channel=channel)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if client == "codex":
         try:
@@ -139,7 +154,7 @@ def install(client: str, path: Path, root: Path, agent: str) -> str:
         new = _replace_toml_table(text, _toml_table(server))
         tomllib.loads(new)  # still valid TOML, or we write nothing
     elif not text.strip():
-        had, new = False, render(client, root, agent)
+        had, new = False, render(client, root, agent, channel=channel)
     else:
         jsonc = client in JSONC_CLIENTS
         kind = "JSON (comments allowed)" if jsonc else "JSON"
@@ -317,6 +332,12 @@ def _add_member(
     if not members:
         return f"{text[: start + 1]}\n{pad}{member}\n{outer}{text[close:]}"
     last = max(end for _, _, end in members.values())
+    return _append_after(text, plain, last, pad, member)
+
+
+def _append_after(text: str, plain: str, last: int, pad: str, item: str) -> str:
+    """Return text with item added on a line of its own (indented by pad) after the value
+    that ends at last, the last one of its object or array."""
     # After the last member's line, so a comment on that line stays with it; a comma follows
     # the last value unless one (a trailing comma) already does.
     comma = _skip_space(plain, last)
@@ -327,4 +348,377 @@ def _add_member(
     if has_comma and at == last:
         at = comma + 1
     head = text[:last] + ("" if has_comma else ",") + text[last:at]
-    return f"{head}\n{pad}{member}{text[at:]}"
+    return f"{head}\n{pad}{item}{text[at:]}"
+
+
+# ---------------------------------------------------------------------------- hooks and channels
+
+HOOK_CLIENTS = ("claude-code", "codex", "gemini")
+# The client's event -> the `mailslot hook` event that handles it. Gemini CLI names Claude's
+# UserPromptSubmit BeforeAgent and its Stop AfterAgent (its own `hooks migrate` maps them so).
+HOOK_EVENTS = {
+    "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
+    "codex": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
+    "gemini": {"SessionStart": "session-start", "BeforeAgent": "prompt", "AfterAgent": "stop"},
+}
+GEMINI_HOOK_TIMEOUT_MS = 10_000
+CHANNEL_LAUNCH = "claude --dangerously-load-development-channels server:mailslot"
+
+HookArgv = Callable[[str, str, str, Path | None], list[str]]
+"""(client, event, agent, root) -> the argv that runs `mailslot hook EVENT` for client."""
+
+
+def hook_argv(client: str, event: str, agent: str, root: Path | None = None) -> list[str]:
+    """Return the absolute argv of `mailslot hook EVENT --client CLIENT --as AGENT [--root]`."""
+    from mailslot._hooks import hook_argv as build  # _hooks imports this module
+
+    return build(client, event, agent, root)
+
+
+def channel_hint() -> str:
+    """Return how to start Claude Code so that mailslot's channel pushes messages to it."""
+    return (
+        f"start Claude Code with: {CHANNEL_LAUNCH}\n"
+        "(during the research preview --channels takes only allowlisted plugins; the "
+        "development flag loads a server of .mcp.json, and asks you to confirm at startup)\n"
+    )
+
+
+def _shell(argv: list[str]) -> str:
+    return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
+
+
+def _check_hooks(client: str, agent: str | None) -> str:
+    if client not in HOOK_CLIENTS:
+        raise MailslotError(
+            f"{client} has no hooks mailslot can use: --hooks is for claude-code, codex and gemini"
+        )
+    if not agent:
+        raise MailslotError(
+            "--hooks needs the agent's name: pass --agent NAME (the name the server entry "
+            "gets too), so the hooks read that agent's inbox"
+        )
+    return agent
+
+
+def _argv(client: str, event: str, agent: str, root: Path | None, argv: HookArgv) -> list[str]:
+    return argv(client, event, agent, root)
+
+
+def hook_groups(
+    client: str, agent: str | None, *, root: Path | None = None, argv: HookArgv = hook_argv
+) -> dict[str, dict[str, Any]]:
+    """Return {client event: mailslot's matcher group} for client's hooks file."""
+    agent = _check_hooks(client, agent)
+    groups: dict[str, dict[str, Any]] = {}
+    for event, ours in HOOK_EVENTS[client].items():
+        handler: dict[str, Any] = {
+            "type": "command",
+            "command": _shell(_argv(client, ours, agent, root, argv)),
+        }
+        if client == "gemini":  # matcher "*" is every source, prompt and turn; timeout in ms
+            handler = {"name": "mailslot", **handler, "timeout": GEMINI_HOOK_TIMEOUT_MS}
+            groups[event] = {"matcher": "*", "hooks": [handler]}
+        else:  # no matcher: SessionStart then fires for every source, the others have none
+            groups[event] = {"hooks": [handler]}
+    return groups
+
+
+def notify_argv(agent: str, *, root: Path | None = None, argv: HookArgv = hook_argv) -> list[str]:
+    """Return Codex's `notify` program: `mailslot hook notify --client codex --as AGENT`."""
+    return _argv("codex", "notify", agent, root, argv)
+
+
+def hooks_targets(client: str, project: Path, home: Path) -> dict[str, Path]:
+    """Return where client's hooks go: {"hooks": file} and, for codex, {"notify": file}."""
+    _check_hooks(client, "-")
+    if client == "claude-code":
+        return {"hooks": project / ".claude" / "settings.json"}
+    if client == "gemini":
+        return {"hooks": project / ".gemini" / "settings.json"}
+    # Codex reads hooks.json of a trusted project (and ~/.codex/); notify is one top-level key
+    # of ~/.codex/config.toml, the file its server entry is in.
+    return {"hooks": project / ".codex" / "hooks.json", "notify": home / ".codex" / "config.toml"}
+
+
+def hooks_doc(
+    client: str, agent: str | None, *, root: Path | None = None, argv: HookArgv = hook_argv
+) -> dict[str, Any]:
+    """Return mailslot's hook entries for client as data: {"hooks": ...} (+ "notify" for codex)."""
+    doc: dict[str, Any] = {
+        "hooks": {k: [g] for k, g in hook_groups(client, agent, root=root, argv=argv).items()}
+    }
+    if client == "codex":
+        doc["notify"] = notify_argv(str(agent), root=root, argv=argv)
+    return doc
+
+
+def hooks_snippet(
+    client: str,
+    agent: str | None,
+    project: Path,
+    home: Path,
+    *,
+    root: Path | None = None,
+    argv: HookArgv = hook_argv,
+) -> str:
+    """Return what to add by hand: each file's path, then its hook entries."""
+    doc = hooks_doc(client, agent, root=root, argv=argv)
+    paths = hooks_targets(client, project, home)
+    text = f"# {paths['hooks']} (merge into its hooks)\n"
+    text += json.dumps({"hooks": doc["hooks"]}, indent=2, ensure_ascii=False) + "\n"
+    if client == "codex":
+        text += f"# {paths['notify']} (a top-level key, above every [table])\n"
+        text += f"notify = {_toml_value(doc['notify'])}\n"
+    return text
+
+
+def install_hooks(
+    client: str,
+    agent: str | None,
+    project: Path,
+    home: Path,
+    *,
+    root: Path | None = None,
+    argv: HookArgv = hook_argv,
+) -> list[str]:
+    """Merge mailslot's hooks into client's files; return lines saying what was done.
+
+    Other hooks (of the same events too) and settings stay; mailslot's own entries are found
+    by what they run and replaced, so installing twice changes nothing. MailslotError if a file
+    cannot be read or merged safely (nothing is written to it then).
+    """
+    groups = hook_groups(client, agent, root=root, argv=argv)
+    paths = hooks_targets(client, project, home)
+    events = ", ".join(groups)
+    how = _merge_hooks(paths["hooks"], client in JSONC_CLIENTS, groups)
+    done = [f"{how} mailslot's {events} hooks (agent {agent!r}) in {paths['hooks']}"]
+    if how == "unchanged":
+        done = [f"mailslot's {events} hooks (agent {agent!r}) already in {paths['hooks']}"]
+    if client == "codex":
+        done.append("Codex runs them once you trust the project and review them in /hooks")
+        notify = notify_argv(str(agent), root=root, argv=argv)
+        done.append(_merge_notify(paths["notify"], notify))
+    return done
+
+
+def runs_mailslot_hook(words: list[str]) -> bool:
+    """Tell whether argv words run `mailslot hook ...` (the script, or python -m mailslot)."""
+    words = [w.strip('"') for w in words]
+    if "hook" not in words:
+        return False
+    program = words[: words.index("hook")]
+    if len(program) == 1:
+        return program[0].replace("\\", "/").rsplit("/", 1)[-1].lower() in (
+            "mailslot",
+            "mailslot.exe",
+        )
+    return program[-2:] == ["-m", "mailslot"]
+
+
+def _is_ours(handler: Any) -> bool:
+    if not isinstance(handler, dict):
+        return False
+    if handler.get("name") == "mailslot":  # Gemini's handlers carry a name
+        return True
+    command = handler.get("command")
+    if not isinstance(command, str):
+        return False
+    try:
+        return runs_mailslot_hook(shlex.split(command, posix=os.name != "nt"))
+    except ValueError:
+        return False
+
+
+def _has_ours(group: Any) -> bool:
+    hooks = group.get("hooks") if isinstance(group, dict) else None
+    return isinstance(hooks, list) and any(_is_ours(h) for h in hooks)
+
+
+def _without_ours(groups: list[Any]) -> list[Any]:
+    """Return groups with mailslot's handlers taken out, and groups left empty by that dropped."""
+    kept: list[Any] = []
+    for group in groups:
+        if not _has_ours(group):
+            kept.append(group)
+            continue
+        rest = [h for h in group["hooks"] if not _is_ours(h)]
+        if rest:
+            kept.append({**group, "hooks": rest})
+    return kept
+
+
+def _read_json(path: Path, text: str, jsonc: bool) -> tuple[dict[str, Any], str]:
+    """Return the object text holds and text with comments blanked; MailslotError if none."""
+    kind = "JSON (comments allowed)" if jsonc else "JSON"
+    try:
+        plain = _blank_comments(text) if jsonc else text
+        doc = json.loads(_blank_trailing_commas(plain) if jsonc else plain)
+    except ValueError as e:
+        raise MailslotError(
+            f"{path} is not valid {kind} ({e}); fix it first, nothing was written"
+        ) from None
+    if not isinstance(doc, dict):
+        raise MailslotError(f"{path} does not hold a JSON object; nothing was written")
+    return doc, plain
+
+
+def _value_at(plain: str, keys: list[str]) -> int:
+    """Return the offset of the value at the path keys (all present) of the JSON in plain."""
+    at = _skip_space(plain, 0)
+    for key in keys:
+        at = _members(plain, at)[0][key][1]
+    return at
+
+
+def _elements(plain: str, start: int) -> tuple[list[tuple[int, int]], int]:
+    """Return the (start, end) of each element of the array opening at start, and the offset
+    of its closing bracket. plain is JSON, or JSONC with comments blanked."""
+    strict = _blank_trailing_commas(plain)
+    found: list[tuple[int, int]] = []
+    i = _skip_space(plain, start + 1)
+    while plain[i] != "]":
+        _, end = _DECODER.raw_decode(strict, i)
+        found.append((i, end))
+        i = _skip_space(plain, end)
+        if plain[i] == ",":
+            i = _skip_space(plain, i + 1)
+    return found, i
+
+
+def _append_element(text: str, plain: str, start: int, value: Any) -> str:
+    """Return text with value added as the last element of the array opening at start."""
+    found, close = _elements(plain, start)
+    if found and "\n" not in plain[start:close]:  # a one-line array: stay on one line
+        last = found[-1][1]
+        return f"{text[:last]}, {json.dumps(value, ensure_ascii=False)}{text[last:]}"
+    outer = _indent_of(text, start)
+    pad = _indent_of(text, found[0][0]) if found else outer + ("\t" if "\t" in outer else "  ")
+    item = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n" + pad)
+    if not found:
+        return f"{text[: start + 1]}\n{pad}{item}\n{outer}{text[close:]}"
+    return _append_after(text, plain, found[-1][1], pad, item)
+
+
+def _replace_element(text: str, plain: str, start: int, index: int, value: Any) -> str:
+    """Return text with element index of the array opening at start replaced by value."""
+    found, close = _elements(plain, start)
+    at, end = found[index]
+    if "\n" in plain[start:close]:
+        body = json.dumps(value, indent=2, ensure_ascii=False).replace(
+            "\n", "\n" + _indent_of(text, at)
+        )
+    else:
+        body = json.dumps(value, ensure_ascii=False)
+    return text[:at] + body + text[end:]
+
+
+def _merge_hooks(path: Path, jsonc: bool, groups: dict[str, dict[str, Any]]) -> str:
+    """Merge groups into the "hooks" of the JSON file at path; return 'added', 'updated' or
+    'unchanged'. Only mailslot's entries change; other bytes stay where they can."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if not text.strip():
+        new = json.dumps({"hooks": {k: [g] for k, g in groups.items()}}, indent=2) + "\n"
+        _write(path, new)
+        return "added"
+    doc, plain = _read_json(path, text, jsonc)
+    hooks = doc.get("hooks", {})
+    if not isinstance(hooks, dict):
+        raise MailslotError(f"{path}: 'hooks' is not an object; nothing was written")
+    want = json.loads(json.dumps(doc))  # what the file must parse to afterwards
+    want_hooks = want.setdefault("hooks", {})
+    new, had, changed = text, False, False
+    for event, group in groups.items():
+        current = hooks.get(event)
+        if current is None:
+            want_hooks[event] = [group]
+            new = _put_member(new, plain, ["hooks", event], [group])
+        elif not isinstance(current, list):
+            raise MailslotError(f"{path}: hooks.{event} is not a list; nothing was written")
+        else:
+            ours = [i for i, g in enumerate(current) if _has_ours(g)]
+            had = had or bool(ours)
+            if [current[i] for i in ours] == [group]:
+                continue  # there already, as it should be
+            at = _value_at(plain, ["hooks", event])
+            if not ours:
+                want_hooks[event] = [*current, group]
+                new = _append_element(new, plain, at, group)
+            elif len(ours) == 1 and all(_is_ours(h) for h in current[ours[0]]["hooks"]):
+                want_hooks[event] = [group if i == ours[0] else g for i, g in enumerate(current)]
+                new = _replace_element(new, plain, at, ours[0], group)
+            else:  # ours mixed into other groups: rewrite this event's list
+                want_hooks[event] = [*_without_ours(current), group]
+                new = _put_member(new, plain, ["hooks", event], want_hooks[event])
+        changed = True
+        plain = _blank_comments(new) if jsonc else new
+    if not changed:
+        return "unchanged"
+    try:
+        merged = json.loads(_strip_comments(new) if jsonc else new)
+    except ValueError:
+        merged = None
+    if merged != want:
+        raise MailslotError(
+            f"could not merge into {path} safely, so nothing was written: add the hooks "
+            "`mailslot mcp-config --hooks` prints to it by hand"
+        )
+    _write(path, new)
+    return "updated" if had else "added"
+
+
+_TOML_HEADER = re.compile(r"\s*\[")
+_TOML_NOTIFY = re.compile(r"\s*notify\s*=")
+
+
+def _merge_notify(path: Path, notify: list[str]) -> str:
+    """Set the top-level `notify` of Codex's config.toml at path to notify, unless it runs
+    another program; return a line saying what was done."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MailslotError(
+            f"{path} is not valid TOML ({e}); fix it first, nothing was written"
+        ) from None
+    line = f"notify = {_toml_value(notify)}"
+    current = doc.get("notify")
+    if current == notify:
+        return f"Codex's notify already runs mailslot in {path}"
+    ours = isinstance(current, list) and all(isinstance(w, str) for w in current)
+    if current is not None and not (ours and runs_mailslot_hook(current)):
+        return (
+            f"not changed: {path} already sets notify to another program, and Codex runs "
+            f"only one; to have it run mailslot's instead, put this line there:\n  {line}"
+        )
+    lines = text.splitlines()
+    head = next((i for i, s in enumerate(lines) if _TOML_HEADER.match(s)), len(lines))
+    if current is not None:  # ours, for another agent or installation: replace its line
+        at = next((i for i in range(head) if _TOML_NOTIFY.match(lines[i])), None)
+        new_lines = [*lines[:at], line, *lines[at + 1 :]] if at is not None else []
+    else:  # above the first table (and the comments just above it)
+        while head and lines[head - 1].lstrip().startswith("#"):
+            head -= 1
+        before, after = lines[:head], lines[head:]
+        while before and not before[-1].strip():
+            after.insert(0, before.pop())
+        new_lines = [*before, line, *([""] if after and after[0].strip() else []), *after]
+    new = "\n".join(new_lines) + "\n"
+    try:
+        merged = tomllib.loads(new)
+    except tomllib.TOMLDecodeError:
+        merged = None
+    if merged != {**doc, "notify": notify}:
+        raise MailslotError(
+            f"could not set notify in {path} safely, so nothing was written: add this line "
+            f"at its top, above every [table]:\n  {line}"
+        )
+    _write(path, new)
+    return f"{'updated' if current is not None else 'added'} Codex's notify in {path}"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.mailslot-tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

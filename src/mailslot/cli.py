@@ -15,13 +15,15 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mailslot import __version__, _clients, _guard
+from mailslot import __version__, _clients, _guard, _hooks
 from mailslot._errors import (
     InvalidName,
     MailslotError,
@@ -708,6 +710,74 @@ def cmd_guard(args: argparse.Namespace) -> int:
     return EXIT_ERROR if verdict.refused else EXIT_OK
 
 
+@command(
+    "notify",
+    help="a desktop notification (or a terminal bell) for each message addressed to you",
+    args=[
+        arg("--once", action="store_true", help="exit after the first messages"),
+        arg("--timeout", type=float, metavar="S", help="give up after S seconds (exit 124)"),
+    ],
+    json=False,
+    who=True,
+)
+def cmd_notify(args: argparse.Namespace) -> int:
+    box = _open(args)
+    me = _sender(args)
+    tool = shutil.which("notify-send")
+    cursor: dict[str, int] | None = box.cursor()  # from now: before saying it has begun
+    how = "notify-send" if tool else "a terminal bell"
+    print(f"notifying {me} of messages addressed to it ({how}); Ctrl-C ends", file=sys.stderr)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    try:
+        while True:
+            left = 3600.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return EXIT_TIMEOUT
+            got = box.wait(None, cursor, to=me, timeout=min(left, 3600.0))
+            cursor = got.cursor
+            for m in got.messages:
+                if m.sender == me:
+                    continue
+                title = f"mailslot: {m.sender} in {m.thread}" + (
+                    f" ({m.priority})" if m.priority != "normal" else ""
+                )
+                body = " ".join(m.content.split())[:200]
+                if tool:
+                    subprocess.run([tool, title, body], check=False, timeout=10)
+                else:
+                    print("\a", end="", file=sys.stderr, flush=True)
+                print(f"{title}: {body}  (mailslot read {m.thread} --after {m.seq - 1})",
+                      flush=True)  # fmt: skip
+            if args.once and got.messages:
+                return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        box.close()
+
+
+@command(
+    "hook",
+    help="run as a client's hook: tell the agent what is new for it (nothing if nothing)",
+    json=False,  # stdout is the client's hook protocol
+    who=True,
+    args=[
+        arg("event", metavar="EVENT", help="session-start, prompt, stop or notify"),
+        arg("payload", nargs="?", help="notify: the JSON Codex appends (else read from stdin)"),
+        arg("--client", default="claude-code", metavar="CLIENT",
+            help="claude-code (default), codex or gemini"),
+    ],
+)  # fmt: skip
+def cmd_hook(args: argparse.Namespace) -> int:
+    # Never exit non-zero, even for an unknown event or client: exit 2 would block the user's
+    # prompt in Claude Code. _hooks.run says what is wrong on stderr and exits 0.
+    stdin = "" if args.event == "notify" else _hooks.read_stdin()
+    root = Path(args.root) if args.root else None
+    out, code = _hooks.run(args.event, args.client, args.sender, stdin, args.payload, root)
+    sys.stdout.write(out)
+    return code
+
+
 @command("agents", help="who is online, waiting, idle or offline")
 def cmd_agents(args: argparse.Namespace) -> int:
     from mailslot.tools import Session
@@ -788,28 +858,56 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         arg("--agent", help="the agent's name (default: one per client, e.g. claude)"),
         arg("--install", action="store_true", help="merge it into the file the client reads"),
         arg("--path", help="install into this file instead"),
+        arg("--hooks", action="store_true",
+            help="also the hooks that bring mail into the agent's turns "
+                 "(claude-code, codex, gemini; needs --agent)"),
+        arg("--channel", action="store_true",
+            help="claude-code: serve --channel, which pushes new messages to an idle session"),
     ],
-)
+)  # fmt: skip
 def cmd_mcp_config(args: argparse.Namespace) -> int:
     root = _root(args).resolve()
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
+    if args.hooks:
+        _clients.hook_groups(args.client, args.agent)  # refuse before anything is written
     agent = args.agent or _clients.AGENT_NAMES[args.client]
     project = root.parent if root.name == ".mailslot" else Path.cwd()
-    path = Path(args.path) if args.path else _clients.target(args.client, project, Path.home())
+    home = Path.home()
+    path = Path(args.path) if args.path else _clients.target(args.client, project, home)
     if not args.install:
-        text = _clients.render(args.client, root, agent)
+        text = _clients.render(args.client, root, agent, channel=args.channel)
         if args.json:  # the entry as JSON, and the file's text (TOML for codex) as a string
-            _print_json({"client": args.client, "agent": agent, "root": str(root),
-                         "path": str(path), "server": _clients.entry(args.client, root, agent),
-                         "text": text})  # fmt: skip
+            doc = {"client": args.client, "agent": agent, "root": str(root), "path": str(path),
+                   "server": _clients.entry(args.client, root, agent, channel=args.channel),
+                   "text": text}  # fmt: skip
+            if args.hooks:
+                doc["hooks"] = _clients.hooks_doc(args.client, agent, root=root)
+                targets = _clients.hooks_targets(args.client, project, home)
+                doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
+            if args.channel:
+                doc["launch"] = _clients.CHANNEL_LAUNCH
+            _print_json(doc)
         else:
             sys.stdout.write(text)
+            if args.hooks:
+                snippet = _clients.hooks_snippet(args.client, agent, project, home, root=root)
+                sys.stdout.write(snippet)
+            if args.channel:
+                sys.stderr.write(_clients.channel_hint())
         return EXIT_OK
-    how = _clients.install(args.client, path, root, agent)
+    how = _clients.install(args.client, path, root, agent, channel=args.channel)
+    done = (_clients.install_hooks(args.client, agent, project, home, root=root)
+            if args.hooks else [])  # fmt: skip
     if args.json:
-        _print_json({"client": args.client, "path": str(path), "result": how, "agent": agent})
+        _print_json({"client": args.client, "path": str(path), "result": how, "agent": agent,
+                     "hooks": done,
+                     "launch": _clients.CHANNEL_LAUNCH if args.channel else None})  # fmt: skip
     else:
         print(f"{how} mailslot (agent {agent!r}, root {root}) in {path}")
+        for line in done:
+            print(line)
+        if args.channel:
+            sys.stdout.write(_clients.channel_hint())
     return EXIT_OK
 
 
@@ -829,6 +927,9 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
         arg("--poll", action="store_true", help="wake waiters by polling only"),
         arg("--strict-name", action="store_true",
             help="exit if the agent name is in use, instead of taking NAME-2, NAME-3, ..."),
+        arg("--channel", action="store_true",
+            help="push new messages to an idle Claude Code session (its channels; "
+                 "also $MAILSLOT_CHANNEL=1)"),
     ],
 )  # fmt: skip
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -845,6 +946,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stale_after=args.heartbeat_timeout,
         wait_mode="poll" if args.poll else None,
         strict_name=args.strict_name,
+        channel=args.channel or os.environ.get("MAILSLOT_CHANNEL", "") in ("1", "true", "yes"),
     )
     return EXIT_OK
 

@@ -26,10 +26,12 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 from mcp.types import (
     INVALID_PARAMS,
     EmptyResult,
+    JSONRPCNotification,
     SubscribeRequestParams,
     ToolAnnotations,
     UnsubscribeRequestParams,
@@ -46,6 +48,8 @@ from mailslot._errors import (
     NoSuchThread,
     TaskError,
 )
+from mailslot._format import Message
+from mailslot._notices import Notices
 from mailslot._reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
@@ -266,7 +270,9 @@ def _bounds(spec: dict[str, Any]) -> str:
     return "within its bounds"
 
 
-def instructions(agent: str | None, lang: str | None, was: str | None = None) -> str:
+def instructions(
+    agent: str | None, lang: str | None, was: str | None = None, *, channel: bool = False
+) -> str:
     """Return the server's instructions: a few lines on how to collaborate through mailslot."""
     who = (f"You are agent '{agent}'." if agent else
            "You get a name from your client's name on first use; agent_register(name=...) "
@@ -284,6 +290,12 @@ def instructions(agent: str | None, lang: str | None, was: str | None = None) ->
         "files_reserve(paths); files_release when done. "
         "Move the thread with thread_set_state and close it with a summary."
     )
+    if channel:
+        text += (
+            ' New messages for you may arrive as <channel source="mailslot"> notes while you '
+            "are idle: each line names a message and the call that reads it; act on them with "
+            "msg_wait() and reply with msg_post."
+        )
     if lang:
         text += f" Write your messages in {lang}."
     return text
@@ -353,6 +365,7 @@ def create_server(
     agent: str | None = None,
     lang: str | None = None,
     was: str | None = None,
+    channel: bool = False,
 ) -> MCPServer[_State]:
     """Return the MCP server whose connection lifespan runs the session make_session returns."""
     holder: list[_State] = []  # the state of the one connection this process serves
@@ -366,7 +379,7 @@ def create_server(
     server: MCPServer[_State] = MCPServer(
         "mailslot",
         version=__version__,
-        instructions=instructions(agent, lang, was),
+        instructions=instructions(agent, lang, was, channel=channel),
         lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
         tools=[_tool(name, current) for name in TOOL_NAMES],
@@ -517,6 +530,70 @@ def _add_subscriptions(server: MCPServer[_State], current: Callable[[], _State])
     low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
 
 
+CHANNEL = "claude/channel"
+PUSH_GATHER_S = 0.2  # a burst that lands within this is pushed together
+PUSH_MAX_LINES = 50  # messages one push names at most (the next push names the rest)
+
+
+def _for(me: str) -> Callable[[Message], bool]:
+    """Return what wakes a push loop: a message from someone else, to me or to anyone."""
+    return lambda m: m.sender != me and (me in m.to or not m.to)
+
+
+async def _push_news(
+    session: Session, write: Any, ready: anyio.Event, *, check_every: float = 5.0
+) -> None:
+    """Push what is new for the agent to its client as Claude Code channel notifications.
+
+    Each message addressed to the agent (and each open task it may take) is pushed once,
+    urgent first, a burst together; not while the agent is blocked in a wait that returns it;
+    only from senders with an agent card (a push goes into the model's prompt: a person or a
+    script that never registered cannot put words there). A push is a hint: it moves no read
+    position, and the shared record in .state/notified/ keeps hooks from repeating it.
+    """
+    await ready.wait()
+    box = session.box
+    while session.agent is None:  # named on first use when no --agent was given
+        await anyio.sleep(0.5)
+    cursor: dict[str, int] | None = None
+    while True:
+        me = session.agent
+        if me is None:
+            await anyio.sleep(0.5)
+            continue
+        got = await box.wait_async(None, cursor, timeout=check_every, limit=1000, match=_for(me))
+        cursor = got.cursor
+        if got.messages:
+            await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
+        notices = Notices(box, me)
+        try:
+            cards = {c.name for c in box.agents()}
+            news = [n for n in notices.new(senders=cards) if not session.waiting_for(n.message)]
+        except MailslotError as e:
+            log.warning("could not look for news to push: %s", e)
+            continue
+        while news:
+            batch, news = news[:PUSH_MAX_LINES], news[PUSH_MAX_LINES:]
+            first = batch[0].message
+            lines = [n.line() for n in batch]
+            more = f" and {len(news)} more" if news else ""
+            text = (
+                f"mailslot: {len(batch)} new for you (agent {me}){more}:\n"
+                + "\n".join(lines)
+                + "\nmsg_wait() returns them; reply with msg_post(reply_to=seq)."
+            )
+            meta = {
+                "thread": first.thread, "seq": str(first.seq), "sender": first.sender,
+                "type": first.type, "priority": first.priority, "count": str(len(batch)),
+            }  # fmt: skip
+            note = JSONRPCNotification(
+                jsonrpc="2.0", method=f"notifications/{CHANNEL}",
+                params={"content": text, "meta": meta},
+            )  # fmt: skip
+            await write.send(SessionMessage(note))
+            notices.mark(batch)
+
+
 def serve(
     root: str,
     *,
@@ -527,8 +604,13 @@ def serve(
     stale_after: float = 30.0,
     wait_mode: str | None = None,
     strict_name: bool = False,
+    channel: bool = False,
 ) -> None:
-    """Serve MCP over stdio for one agent until the client closes stdin."""
+    """Serve MCP over stdio for one agent until the client closes stdin.
+
+    channel: declare Claude Code's channel capability and push what is new for the agent
+    while it is not waiting (see _push_news).
+    """
     box = Mailbox(root, wait_mode=wait_mode)
     session = Session(
         box, agent=agent, lang=lang, wait_default=wait_default, wait_max=wait_max,
@@ -542,14 +624,40 @@ def serve(
             session.agent,
         )
     server = create_server(
-        lambda: session, agent=session.agent, lang=lang, was=session.fallback_from
-    )
+        lambda: session, agent=session.agent, lang=lang, was=session.fallback_from,
+        channel=channel,
+    )  # fmt: skip
     low = server._lowlevel_server
 
     async def run() -> None:
         async with stdio_server() as (read, write):
-            options = low.create_initialization_options(NotificationOptions(resources_changed=True))
-            await low.run(read, write, options)
+            options = low.create_initialization_options(
+                NotificationOptions(resources_changed=True),
+                experimental_capabilities={CHANNEL: {}} if channel else None,
+            )
+            if not channel:
+                await low.run(read, write, options)
+                return
+            # The client may be sent pushes once it says the handshake is done; a 2026-era
+            # client (no handshake) never does, and that era has no way to carry them.
+            inner, relayed = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+            ready = anyio.Event()
+
+            async def relay() -> None:
+                async with inner:
+                    async for item in read:
+                        if (
+                            isinstance(item, SessionMessage)
+                            and getattr(item.message, "method", None) == "notifications/initialized"
+                        ):
+                            ready.set()
+                        await inner.send(item)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relay)
+                tg.start_soon(_push_news, session, write, ready)
+                await low.run(relayed, write, options)
+                tg.cancel_scope.cancel()
 
     try:
         anyio.run(run)

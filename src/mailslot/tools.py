@@ -312,6 +312,11 @@ class Session:
             )
             self.save_positions()
 
+    def waiting_for(self, m: Message) -> bool:
+        """Return True if this agent is blocked in a wait that will return m."""
+        on = self._waiting_on
+        return bool(self._waits) and (on == "inbox" or on == m.thread)
+
     def close(self) -> None:
         """Save read positions, give back this session's file reservations, mark this agent
         offline and let its name go."""

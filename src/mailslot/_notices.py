@@ -1,0 +1,167 @@
+"""What is new for an agent that is not waiting: the news hooks and channel pushes bring it.
+
+An agent blocked in ``msg_wait`` learns of new messages at once; one whose turn has ended
+learns of nothing until something tells it. Hooks (run by its client between turns) and
+channel pushes (sent by its server) both tell it what is new: messages addressed to it, and
+open tasks for anyone in the threads it takes part in, past its inbox position (what it has
+been shown, the one truth) and past what was already reported to it. What was reported is kept
+per agent in ``.state/notified/<agent>.json`` (thread -> seq), shared by hooks and pushes, so
+neither repeats the other. A report is a hint: it moves no read position, and the messages are
+still returned by the agent's next ``msg_wait``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from mailslot._errors import MailslotError
+from mailslot._format import Message, loads
+from mailslot._names import check_name
+from mailslot._reading import Reading
+from mailslot.mailbox import Mailbox
+
+MAX_NEWS = 200  # messages one look reports at most (the rest comes on the next look)
+EXCERPT_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class News:
+    """A message the agent has not been shown, and what it means to it."""
+
+    message: Message
+    task: bool  # an open task it may take
+
+    def line(self) -> str:
+        """Return one line for the agent: where, who, what, and the call that reads it."""
+        m = self.message
+        text = " ".join(m.content.split())
+        if len(text) > EXCERPT_CHARS:
+            text = text[: EXCERPT_CHARS - 1] + "…"
+        badge = m.type if m.priority == "normal" else f"{m.type}, {m.priority}"
+        call = (
+            f"task_claim(thread='{m.thread}', seq={m.seq})"
+            if self.task
+            else f"msg_list(thread='{m.thread}', after_seq={m.seq - 1})"
+        )
+        return f"[{m.thread} #{m.seq}] {m.sender} ({badge}): {text} -> {call}"
+
+
+class Notices:
+    """What is new for one agent of a mailbox, and what was already reported to it."""
+
+    def __init__(self, box: Mailbox, agent: str) -> None:
+        check_name(agent, "agent name")
+        self.box = box
+        self.agent = agent
+        self.reading = Reading(box)
+
+    def _marks(self) -> dict[str, Any]:
+        try:
+            doc = loads((self.box.root / ".state" / "notified" / f"{self.agent}.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _save(self, marks: dict[str, Any]) -> None:
+        files = self.box._files
+        with contextlib.suppress(MailslotError):  # lost, it costs a repeated hint, never a message
+            files.write_state_file(files.dir(".state/notified") / f"{self.agent}.json", marks)
+
+    def reported(self) -> dict[str, int]:
+        """Return thread -> the seq up to which news was reported (by hooks or pushes)."""
+        marks = self._marks().get("reported")
+        if not isinstance(marks, dict):
+            return {}
+        return {t: s for t, s in marks.items() if type(s) is int}
+
+    def new(self, *, senders: set[str] | None = None) -> list[News]:
+        """Return what is new for the agent, urgent first, then by thread and seq.
+
+        senders, if given, keeps only messages from those names (a channel pushes only what
+        agents with a card sent: a push is a way into the model's prompt).
+        """
+        out: list[News] = []
+        reported = self.reported()
+        for thread in list(self.box):
+            try:
+                pos = self.reading.position(thread, self.agent)
+            except MailslotError:
+                continue  # removed, or unreadable: the agent's own reads report it
+            floor = max(pos.inbox_seen, reported.get(thread, 0))
+            seen: set[int] = set()
+            try:
+                tasks = self.box.board(thread).tasks
+            except MailslotError:
+                continue
+            if pos.inbox is None and pos.read is None:
+                # Never looked at: what is addressed to it and unanswered is news (from the
+                # thread index, not a read of the whole thread), then what came after that.
+                with contextlib.suppress(MailslotError):
+                    seqs, upto = self.box.unanswered(thread, self.agent)
+                    for s in seqs:
+                        if s > floor:
+                            with contextlib.suppress(MailslotError):
+                                m = self.box.get(thread, s)
+                                task = tasks.get(s)
+                                out.append(News(m, task is not None and task.status == "open"))
+                                seen.add(s)
+                    floor = max(floor, upto)
+            joined = pos.joined or pos.read is not None
+            with contextlib.suppress(MailslotError):
+                for m in self.box.messages(thread, floor):
+                    if m.seq in seen or m.sender == self.agent:
+                        continue
+                    task = tasks.get(m.seq)
+                    if self.agent in m.to:
+                        open_task = task is not None and task.status == "open"
+                        out.append(News(m, open_task))
+                    elif joined and not m.to and task is not None and task.status == "open":
+                        out.append(News(m, True))
+                    if len(out) >= MAX_NEWS:
+                        break
+        if senders is not None:
+            out = [n for n in out if n.message.sender in senders]
+        rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+        out.sort(key=lambda n: (rank.get(n.message.priority, 2), n.message.thread, n.message.seq))
+        return out[:MAX_NEWS]
+
+    def mark(self, news: list[News]) -> None:
+        """Record news as reported, so that neither hooks nor pushes report it again."""
+        marks = self._marks()
+        reported = self.reported()
+        for n in news:
+            m = n.message
+            reported[m.thread] = max(reported.get(m.thread, 0), m.seq)
+        marks["reported"] = reported
+        self._save(marks)
+
+    def stop_due(self) -> list[Message]:
+        """Return the tasks and questions addressed to the agent that it has not answered and
+        that no Stop hook has held it for yet (each holds it once, so a stop can never loop)."""
+        held = self._marks().get("stop")
+        held = held if isinstance(held, dict) else {}
+        out = []
+        for thread in list(self.box):
+            with contextlib.suppress(MailslotError):
+                seqs, _ = self.box.unanswered(thread, self.agent)
+                for s in seqs:
+                    if s <= held.get(thread, 0):
+                        continue
+                    m = self.box.get(thread, s)
+                    if m.type in ("task", "question"):
+                        task = self.box.board(thread).tasks.get(s)
+                        if task is None or task.status in ("open", "claimed"):
+                            out.append(m)
+        return out
+
+    def held_at_stop(self, messages: list[Message]) -> None:
+        """Record that a Stop hook held the agent for messages."""
+        marks = self._marks()
+        held = marks.get("stop")
+        held = held if isinstance(held, dict) else {}
+        for m in messages:
+            held[m.thread] = max(int(held.get(m.thread, 0)), m.seq)
+        marks["stop"] = held
+        self._save(marks)
