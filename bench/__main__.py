@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, mcp, peer, publish, scale, tasks, wake
+from bench import cold, mcp, peer, publish, scale, search, tasks, wake
 from bench._util import SCRATCH
 from mailslot._watch import filesystem_type
 
@@ -73,6 +73,9 @@ section("Through MCP: real `mailslot serve` processes and the official client", 
 
 t = time.monotonic()
 section("Tasks: claim and hand off through MCP, beside Redis Streams", tasks.run(quick), t)
+
+t = time.monotonic()
+section("Search: the full-text index, beside grep -r and rg", search.run(quick), t)
 
 t = time.monotonic()
 if "--no-peer" in sys.argv or quick:

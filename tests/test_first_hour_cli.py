@@ -66,6 +66,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "reservations": ["reservations"],
     "reserve": ["reserve", "docs/"],
     "release": ["release"],
+    "search": ["search", "PR"],
 }
 
 

@@ -267,7 +267,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 @command(
     "demo",
     help="watch three agents collaborate through a fresh mailbox",
-    args=[arg("--root", help="an empty folder for the demo's mailbox (default: a temp folder)")],
+    args=[
+        arg("--root", help="an empty folder for the demo's mailbox (default: a temp folder)"),
+        arg("--ui", action="store_true", help="then show the conversation in `mailslot ui`"),
+    ],
     root=False,
     json=False,
 )
@@ -285,6 +288,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     by_cd = root.name == ".mailslot" and not os.environ.get("MAILSLOT_ROOT")
     command = _command_here()
     anyio.run(lambda: demo.run(root, sys.stdout, color=_color(), command=command, by_cd=by_cd))
+    if args.ui:  # leave the conversation open in the console
+        args.sender = None
+        return _serve_ui(Mailbox(root), _sender(args), 0, False)
     return EXIT_OK
 
 
@@ -776,6 +782,92 @@ def cmd_hook(args: argparse.Namespace) -> int:
     out, code = _hooks.run(args.event, args.client, args.sender, stdin, args.payload, root)
     sys.stdout.write(out)
     return code
+
+
+@command(
+    "search",
+    help='search every thread: words, "phrases", prefix*, OR, NOT; best matches first',
+    args=[
+        arg("query"),
+        arg("--thread", metavar="T"),
+        arg("--from", dest="sender", metavar="NAME", help="only messages from NAME"),
+        arg("--type", choices=[t for t in TYPES if t != "state"]),
+        arg("--to", metavar="AGENT", help="only messages addressed to AGENT"),
+        arg("--since", metavar="ISO", help="only messages since then, e.g. 2026-12-01"),
+        arg("--limit", type=int, default=20),
+    ],
+)
+def cmd_search(args: argparse.Namespace) -> int:
+    box = _open(args)
+    found = box.search(args.query, thread=args.thread, sender=args.sender, type=args.type,
+                       to=args.to, since=args.since, limit=args.limit)  # fmt: skip
+    if args.json:
+        _print_json({"hits": [m.message.to_dict() | {"snippet": m.snippet} for m in found.hits],
+                     "total": found.total, "engine": found.engine})  # fmt: skip
+        return EXIT_OK
+    if not found.hits:
+        print("no match (try fewer words, a prefix such as auth*, or OR between words)")
+        return EXIT_OK
+    on, off = ("\033[1;33m", "\033[0m") if _color() else ("", "")
+    for hit in found.hits:
+        m = hit.message
+        text = hit.snippet.replace("«", on).replace("»", off) if on else hit.snippet
+        print(f"{m.thread} #{m.seq}  {m.sender} ({m.type})  {when(m.created_at)}")
+        print(f"    {text}")
+    if found.total > len(found.hits):
+        print(f"... {found.total - len(found.hits)} more: raise --limit or add filters")
+    trouble(found.skipped, [], args.told)
+    return EXIT_OK
+
+
+@command(
+    "ui",
+    help="a live page of the mailbox in your browser, on 127.0.0.1 only",
+    args=[
+        arg("--port", type=int, default=0, help="the port (default: a free one)"),
+        arg("--open", action="store_true", help="open it in the browser"),
+    ],
+    json=False,
+    who=True,
+)
+def cmd_ui(args: argparse.Namespace) -> int:
+    return _serve_ui(_open(args), _sender(args), args.port, args.open)
+
+
+def _serve_ui(box: Mailbox, person: str, port: int, open_it: bool) -> int:
+    import socket
+    import webbrowser
+
+    import uvicorn
+
+    from mailslot._console import Console, app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as e:
+        sock.close()
+        why = f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0"
+        raise MailslotError(why) from None
+    sock.listen(128)  # connections made as soon as the address is printed wait for the server
+    port = sock.getsockname()[1]
+    console = Console(box, person, port)
+    url = f"http://127.0.0.1:{port}/?token={console.token}"
+    print(f"mailslot ui for {person}: {url}", flush=True)
+    print("(only this machine can reach it, with the token in the address; Ctrl-C stops it)",
+          flush=True)  # fmt: skip
+    if open_it:
+        webbrowser.open(url)
+    config = uvicorn.Config(app(console), log_level="warning", lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        box.close()
+    return EXIT_OK
 
 
 @command("agents", help="who is online, waiting, idle or offline")

@@ -48,6 +48,7 @@ from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
 from mailslot._publish import Writer
 from mailslot._reservations import Grant, Held, Reservations
 from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
+from mailslot._search import Hit, Results, Search
 from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
 from mailslot._tasks import Board, Claim, Question, Task, Tasks
 from mailslot._threads import Threads
@@ -71,6 +72,7 @@ __all__ = [
     "Damaged",
     "Grant",
     "Held",
+    "Hit",
     "Mailbox",
     "Message",
     "NameHold",
@@ -78,6 +80,7 @@ __all__ = [
     "Pending",
     "Presence",
     "Question",
+    "Results",
     "Settings",
     "Task",
     "ThreadInfo",
@@ -131,6 +134,7 @@ class Mailbox:
         self._tasks = Tasks(
             self._files, self._log, self._agents, self._writer, self._threads.incarnation
         )
+        self._search: Search | None = None
         self._reservations = Reservations(
             self._files, self._log, self._agents, self._writer, self._threads.create,
             self._threads.incarnation,
@@ -382,6 +386,32 @@ class Mailbox:
         """
         names = self._files.thread_ids() if threads is None else threads
         return self._tasks.settle_all(names, noticed_by=noticed_by, stale_after=stale_after)
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        query: str,
+        *,
+        thread: str | None = None,
+        sender: str | None = None,
+        type: str | None = None,
+        to: str | None = None,
+        since: str | None = None,
+        limit: int = 20,
+    ) -> Results:
+        """Return the messages that match query (FTS5 syntax: words, "phrases", prefix*, AND,
+        OR, NOT), best first, read back from their files; filters narrow it.
+
+        The index is a cache (see _search) brought up to date with the folder first, so a
+        message stored before the call is found. Raise InvalidMessage for a query that cannot
+        be read, with examples of what can.
+        """
+        if self._search is None:
+            self._search = Search(self.root, self._log, self._threads)
+        return self._search.search(
+            query, thread=thread, sender=sender, type_=type, to=to, since=since, limit=limit
+        )
 
     # ------------------------------------------------------------------ file reservations
 

@@ -421,12 +421,13 @@ def _tool(name: str, current: Callable[[], _State]) -> Tool:
 
 
 def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
-    """Return a tool's input schema without the titles pydantic generates."""
+    """Return a tool's input schema without the titles pydantic generates, nor null defaults."""
     out = {k: v for k, v in schema.items() if k != "title"}
     props = out.get("properties")
     if isinstance(props, dict):
-        out["properties"] = {
-            name: {k: v for k, v in spec.items() if k != "title"} for name, spec in props.items()
+        out["properties"] = {  # a null default says nothing a non-required property does not
+            name: {k: v for k, v in spec.items() if k != "title" and (k, v) != ("default", None)}
+            for name, spec in props.items()
         }
     return out
 

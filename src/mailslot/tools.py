@@ -41,7 +41,7 @@ from mailslot.mailbox import Arrivals, Mailbox
 
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",
-    "msg_post", "msg_list", "msg_wait",
+    "msg_post", "msg_list", "msg_wait", "msg_search",
     "task_claim", "task_list", "files_reserve", "files_release",
     "agent_register", "agent_list", "bus_get_config",
 )  # fmt: skip
@@ -795,6 +795,40 @@ class Session:
             out["hint"] = "you held no reservation of these patterns: nothing to give back"
         elif not released:
             out["hint"] = "you held no reservations: nothing to give back"
+        return out
+
+    # ------------------------------------------------------------------ search
+
+    def msg_search(
+        self,
+        query: Annotated[str, Field(description='Words, "a phrase", prefix*, OR, NOT')],
+        thread: ListThread = None,
+        sender: str | None = None,
+        type: MsgType | None = None,
+        to: str | None = None,
+        since: Annotated[str | None, Field(description="ISO time, e.g. 2026-12-01")] = None,
+        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+    ) -> dict[str, Any]:
+        """Search all threads' messages, best matches first, with their content."""
+        found = self.box.search(
+            query, thread=self._tid(thread) if thread is not None else None, sender=sender,
+            type=type, to=to, since=since, limit=limit,
+        )  # fmt: skip
+        views, cut = self._page([h.message for h in found.hits])
+        for view, hit in zip(views, found.hits, strict=False):
+            view["snippet"] = hit.snippet
+        out: dict[str, Any] = {"hits": views, "total": found.total}
+        if cut is not None:
+            rest = found.hits[len(views) :]
+            out["hint"] = (
+                f"{len(rest)} more hits did not fit; read them with msg_list(thread, after_seq="
+                "seq-1, limit=1): " + ", ".join(f"{h.message.thread}#{h.message.seq}" for h in rest)
+            )
+        elif found.total > len(views):
+            out["hint"] = f"showing {len(views)} of {found.total}; raise limit or add filters"
+        if not views:
+            out["hint"] = "no match; try fewer words, a prefix (auth*), or OR between words"
+        _report_trouble(out, found.skipped, [])
         return out
 
     # ------------------------------------------------------------------ agents and config
