@@ -186,3 +186,65 @@ def test_events_tell_of_messages_from_other_processes(ui: UI) -> None:
             break
     con.close()
     assert event == {"thread": "release", "seq": 2}
+
+
+def start_ui(args: list[str]) -> tuple[subprocess.Popen[str], UI]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=(\S+)", line)
+        if found:
+            return proc, UI(proc, int(found.group(1)), found.group(2))
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"no address printed: {proc.communicate()}")
+
+
+def test_the_demo_leaves_its_conversation_open_in_the_console(tmp_path: Path) -> None:
+    proc, ui = start_ui(["demo", "--root", str(tmp_path / "demo" / ".mailslot"), "--ui"])
+    try:
+        [t] = ui.json("GET", "/api/threads")["threads"]
+        assert t["state"] == "closed" and set(t["participants"]) >= {"planner", "coder"}
+        page = ui.json("GET", f"/api/threads/{t['thread']}")
+        assert len(page["messages"]) == t["head"] >= 5
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_a_large_mailbox_opens_at_once(tmp_path: Path) -> None:
+    """1,000 threads and a thread of 20,000 messages: the list comes whole, the long thread
+    opens on its latest page and pages back."""
+    root = tmp_path / "box"
+    box = Mailbox.init(root, fsync=False)
+    for i in range(1000):
+        box.create_thread(f"topic {i}", creator="alice")
+    box.create_thread("long", creator="alice")
+    for i in range(20_000):
+        box.post("long", f"message {i + 1}", sender="alice")
+    proc, ui = start_ui(["ui", "--root", str(root), "--as", "dave"])
+    try:
+        begun = time.monotonic()
+        threads = ui.json("GET", "/api/threads")["threads"]
+        listed = time.monotonic() - begun
+        assert len(threads) == 1001 and threads[0]["thread"] == "long"
+        begun = time.monotonic()
+        page = ui.json("GET", "/api/threads/long")
+        opened = time.monotonic() - begun
+        assert [m["seq"] for m in page["messages"]] == list(range(19_951, 20_001))
+        assert page["has_before"] is True
+        older = ui.json("GET", "/api/threads/long?before=19951")
+        assert [m["seq"] for m in older["messages"]] == list(range(19_901, 19_951))
+        first = ui.json("GET", "/api/threads/long?before=51")
+        assert [m["seq"] for m in first["messages"]] == list(range(1, 51))
+        assert first["has_before"] is False
+        print(f"\nlist of 1,001 threads: {listed:.2f} s; latest page of 20,000: {opened:.3f} s")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

@@ -157,16 +157,7 @@ def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = 
         had, new = False, render(client, root, agent, channel=channel)
     else:
         jsonc = client in JSONC_CLIENTS
-        kind = "JSON (comments allowed)" if jsonc else "JSON"
-        try:
-            plain = _blank_comments(text) if jsonc else text
-            doc = json.loads(_blank_trailing_commas(plain) if jsonc else plain)
-        except ValueError as e:
-            raise MailslotError(
-                f"{path} is not valid {kind} ({e}); fix it first, nothing was written"
-            ) from None
-        if not isinstance(doc, dict):
-            raise MailslotError(f"{path} does not hold a JSON object; nothing was written")
+        doc, plain = _read_json(path, text, jsonc)
         key = "servers" if client == "vscode" else "mcpServers"
         if not isinstance(doc.get(key, {}), dict):
             raise MailslotError(f"{path}: {key!r} is not an object; nothing was written")

@@ -38,10 +38,9 @@ from mailslot._errors import MailslotError, NotFound
 from mailslot._format import STATES, Message
 from mailslot._reading import Reading
 from mailslot._reservations import held_view
-from mailslot._tasks import STATUSES, Question, Task
 from mailslot._transcript import markdown_html
 from mailslot.mailbox import Mailbox
-from mailslot.tools import Session, task_view, thread_view
+from mailslot.tools import Session, question_view, task_board, task_view, thread_view
 
 COOKIE = "mailslot_token"
 PAGE = 50
@@ -219,29 +218,11 @@ class Console:
 
     async def tasks(self, request: Request) -> Response:
         def board() -> dict[str, Any]:
-            tasks: list[Task] = []
-            questions: list[Question] = []
-            for name in list(self.box):
-                try:
-                    b = self.box.board(name)
-                except MailslotError:
-                    continue
-                tasks += b.tasks.values()
-                questions += b.questions.values()
-            tasks.sort(key=lambda t: (t.created_at, t.thread, t.seq))
+            found = task_board(self.box, list(self.box), "all")
             return {
-                "tasks": [task_view(self.box, t) for t in tasks],
-                "counts": {s: sum(t.status == s for t in tasks) for s in STATUSES},
-                "questions": [
-                    {
-                        "thread": q.thread,
-                        "seq": q.seq,
-                        "from": q.sender,
-                        "title": q.title,
-                        "created_at": q.created_at,
-                    }
-                    for q in questions
-                ],
+                "tasks": [task_view(self.box, t) for t in found.tasks],
+                "counts": found.counts,
+                "questions": [question_view(q) for q in found.questions],
             }
 
         return JSONResponse(await asyncio.to_thread(board))

@@ -34,10 +34,10 @@ from mailslot._errors import (
 )
 from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
 from mailslot._reservations import held_view
-from mailslot._tasks import STATUSES, Question, Task, iso
+from mailslot._tasks import STATUSES, iso
 from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
-from mailslot.tools import task_view
+from mailslot.tools import question_view, task_board, task_view
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -526,35 +526,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         box.thread(args.thread)  # a missing thread fails here, with its readable error
     if box.read_only is None:  # holders that died or stalled let go before we show them
         box.settle_tasks(threads, noticed_by=_sender(args))
-    tasks: list[Task] = []
-    questions: list[Question] = []
-    for name in threads:
-        with contextlib.suppress(NoSuchThread):
-            board = box.board(name)
-            tasks += board.tasks.values()
-            questions += board.questions.values()
-    wanted = (
-        STATUSES
-        if args.status == "all"
-        else [args.status]
-        if args.status
-        else STATUSES[:2] + STATUSES[3:]
-    )
-    shown = sorted(
-        (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
-    )
-    questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
-    counts = {st: sum(t.status == st for t in tasks) for st in STATUSES}
+    board = task_board(box, threads, args.status)
+    shown, questions, counts = board.tasks, board.questions, board.counts
     if args.json:
         _print_json(
             {
                 "tasks": [task_view(box, t) for t in shown],
                 "counts": counts,
-                "questions": [
-                    {"thread": q.thread, "seq": q.seq, "from": q.sender, "to": list(q.to),
-                     "title": q.title, "created_at": q.created_at}
-                    for q in questions
-                ],
+                "questions": [question_view(q) for q in questions],
             }
         )  # fmt: skip
         return EXIT_OK

@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -175,6 +176,48 @@ def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
         out["priority"] = t.priority
     out["created_at"] = t.created_at
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBoard:
+    """The tasks of some threads with a status, oldest first, their counts, open questions."""
+
+    tasks: list[Task]
+    counts: dict[str, int]
+    questions: list[Question]
+
+
+def task_board(box: Mailbox, threads: list[str], status: str | None = None) -> TaskBoard:
+    """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
+    the count of each status, and the questions nobody has answered; skip vanished threads."""
+    tasks: list[Task] = []
+    questions: list[Question] = []
+    for name in threads:
+        try:
+            board = box.board(name)
+        except MailslotError:
+            continue  # removed while listing
+        tasks += board.tasks.values()
+        questions += board.questions.values()
+    counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
+    if status == "all":
+        wanted = list(STATUSES)
+    else:
+        wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
+    shown = sorted(
+        (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
+    )
+    questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+    return TaskBoard(shown, counts, questions)
+
+
+def question_view(q: Question) -> dict[str, Any]:
+    """Return an unanswered question as the model and scripts see it."""
+    return (
+        {"thread": q.thread, "seq": q.seq, "from": q.sender}
+        | ({"to": list(q.to)} if q.to else {})
+        | {"title": q.title, "created_at": q.created_at}
+    )
 
 
 def thread_view(t: ThreadInfo) -> dict[str, Any]:
@@ -716,33 +759,12 @@ class Session:
             self.box.thread(threads[0])  # a missing thread fails here, with its readable error
         if self.box.read_only is None:
             self.box.settle_tasks(threads, noticed_by=me, stale_after=self.stale_after)
-        tasks: list[Task] = []
-        questions: list[Question] = []
-        for name in threads:
-            try:
-                board = self.box.board(name)
-            except MailslotError:
-                continue  # removed while listing
-            tasks += board.tasks.values()
-            questions += board.questions.values()
-        counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
-        if status == "all":
-            wanted = list(STATUSES)
-        else:
-            wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
-        shown = sorted(
-            (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
-        )
-        questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+        board = task_board(self.box, threads, status)
+        shown, questions = board.tasks, board.questions
         out: dict[str, Any] = {
             "tasks": [task_view(self.box, t) for t in shown[:limit]],
-            "counts": counts,
-            "questions": [
-                {"thread": q.thread, "seq": q.seq, "from": q.sender}
-                | ({"to": list(q.to)} if q.to else {})
-                | {"title": q.title, "created_at": q.created_at}
-                for q in questions[:limit]
-            ],
+            "counts": board.counts,
+            "questions": [question_view(q) for q in questions[:limit]],
         }
         if len(shown) > limit or len(questions) > limit:
             out["hint"] = f"showing {limit} of each; filter by thread or status, or raise limit"
