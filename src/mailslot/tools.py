@@ -272,6 +272,7 @@ class Session:
         self.progress_every = progress_every
         self.last_active = time.time()  # when a tool was last called (the server sets it)
         self._reading = Reading(box)
+        self._joined: set[str] = set()  # threads this session has joined (see _join)
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
@@ -295,6 +296,7 @@ class Session:
         if self._hold is not None:  # a rename: what was read so far belongs to the old name
             self.save_positions()
             self._reading.forget()
+            self._joined.clear()  # the new name has joined nothing yet
             self.box.release_name(self._hold)
         self._hold = hold
         try:
@@ -398,9 +400,12 @@ class Session:
 
     def _join(self, thread: str) -> None:
         """Take part in thread: its tasks for anyone come to this agent's inbox."""
+        if thread in self._joined:
+            return  # once per session and thread: posting pays no position look-up
         try:
             if self._reading.join(thread, self.me()):
                 self.save_positions()
+            self._joined.add(thread)
         except MailslotError:
             pass  # gone meanwhile: the caller's own call reports it
 
