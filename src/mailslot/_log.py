@@ -404,6 +404,19 @@ class ThreadLog:
         )
         return Page(messages, seq, has_more, skipped, pending)
 
+    def pages(self, thread: str, tdir: Path, after: int, limit: int = MAX_PAGE) -> Iterator[Page]:
+        """Yield pages past after, up to the newest message or one still arriving.
+
+        Every fold of a thread (its index, tasks, reservations, search) reads with this, so
+        none records past a pending file: it would miss what that file says for good.
+        """
+        while True:
+            page = self.walk(thread, tdir, after, limit)
+            yield page
+            if page.cursor == after or page.pending is not None or not page.has_more:
+                return
+            after = page.cursor
+
     def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
         """Return up to limit messages with seq > after, in seq order.
 

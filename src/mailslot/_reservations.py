@@ -36,7 +36,7 @@ from mailslot._files import HOST, Files
 from mailslot._format import Message
 from mailslot._globs import covers_whole_repo, normalize, overlaps
 from mailslot._leases import Lease
-from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._log import ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._publish import Writer
 from mailslot._tasks import SYSTEM, _epoch, iso
@@ -194,13 +194,10 @@ class Reservations:
             ledger = self._ledger
             if ledger.incarnation != incarnation:
                 ledger = Ledger(incarnation=incarnation)
-            while True:
-                page = self.log.walk(THREAD, tdir, ledger.seq, MAX_PAGE)
+            for page in self.log.pages(THREAD, tdir, ledger.seq):
                 for m in page.messages:
                     ledger.add(m)
-                moved, ledger.seq = page.cursor != ledger.seq, page.cursor
-                if not moved or page.pending is not None or not page.has_more:
-                    break
+                ledger.seq = page.cursor
             self._ledger = ledger
             return ledger
 

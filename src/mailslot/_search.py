@@ -29,7 +29,7 @@ from pathlib import Path
 from mailslot._errors import InvalidMessage, MailslotError, NotFound, RootError
 from mailslot._files import exists
 from mailslot._format import Damage, Message
-from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._log import ThreadLog
 from mailslot._threads import Threads
 from mailslot._watch import filesystem_type, is_network_fs
 
@@ -237,8 +237,7 @@ class Search:
         try:
             row = con.execute("SELECT seq FROM threads WHERE thread = ?", (thread,)).fetchone()
             seq = row[0] if row else 0
-            while True:
-                page = self.log.walk(thread, tdir, seq, MAX_PAGE)
+            for page in self.log.pages(thread, tdir, seq):
                 skipped += page.skipped
                 for m in page.messages:
                     cur = con.execute(
@@ -251,10 +250,7 @@ class Search:
                             "INSERT INTO fts(rowid, body) VALUES (?, ?)",
                             (cur.lastrowid, spaced(m.content)),
                         )
-                moved = page.cursor != seq
                 seq = page.cursor
-                if not moved or page.pending is not None or not page.has_more:
-                    break
             con.execute(
                 "INSERT OR REPLACE INTO threads VALUES (?, ?, ?)", (thread, incarnation, seq)
             )

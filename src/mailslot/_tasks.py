@@ -39,7 +39,7 @@ from mailslot._errors import MailslotError, TaskError
 from mailslot._files import HOST, Files, exists
 from mailslot._format import Message, loads
 from mailslot._leases import Lease
-from mailslot._log import MAX_PAGE, ThreadLog
+from mailslot._log import ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._publish import Writer
 
@@ -324,14 +324,11 @@ class Tasks:
             board.rewound = mark
             start = board.seq
             limit = self.files.settings.task_max_attempts
-            while True:  # never past a message still arriving: the fold would miss it for good
-                page = self.log.walk(thread, tdir, board.seq, MAX_PAGE)
+            for page in self.log.pages(thread, tdir, board.seq):
                 for m in page.messages:
                     board.add(m, limit)
-                moved, board.seq = page.cursor != board.seq, page.cursor
+                board.seq = page.cursor
                 board.complete = page.pending is None
-                if not moved or page.pending is not None or not page.has_more:
-                    break
             self._boards[thread] = board
             if board.seq != start and time.monotonic() - board.saved > SAVE_EVERY_S:
                 board.saved = time.monotonic()

@@ -294,13 +294,10 @@ class Threads:
         if record["created_by"] and record["created_by"] not in index.participants:
             index.participants = (record["created_by"], *index.participants)
         page = None
-        while True:  # never past a pending file: the index would miss what it says for good
-            page = self.log.walk(thread, tdir, index.seq, INDEX_PAGE)
+        for page in self.log.pages(thread, tdir, index.seq, INDEX_PAGE):
             for item in page.messages:
                 index.add(item)
-            moved, index.seq = page.cursor != index.seq, page.cursor
-            if not moved or page.pending is not None or len(page.messages) < INDEX_PAGE:
-                break
+            index.seq = page.cursor
             if deadline is not None and time.monotonic() > deadline:
                 break
         if page is not None and page.pending is not None:
