@@ -557,6 +557,7 @@ async def _push_news(
     while session.agent is None:  # named on first use when no --agent was given
         await anyio.sleep(0.5)
     cursor: dict[str, int] | None = None
+    look = True  # news from before the start, or held back while the agent was waiting
     while True:
         me = session.agent
         if me is None:
@@ -564,15 +565,19 @@ async def _push_news(
             continue
         got = await box.wait_async(None, cursor, timeout=check_every, limit=1000, match=_for(me))
         cursor = got.cursor
+        if not got.messages and not look:
+            continue  # nothing arrived: nothing new to look for (a look reads every thread)
         if got.messages:
             await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
         notices = Notices(box, me)
         try:
             cards = {c.name for c in box.agents()}
-            news = [n for n in notices.new(senders=cards) if not session.waiting_for(n.message)]
+            found = notices.new(senders=cards)
         except MailslotError as e:
             log.warning("could not look for news to push: %s", e)
             continue
+        news = [n for n in found if not session.waiting_for(n.message)]
+        look = len(news) < len(found)
         while news:
             batch, news = news[:PUSH_MAX_LINES], news[PUSH_MAX_LINES:]
             first = batch[0].message
