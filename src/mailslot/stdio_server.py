@@ -11,7 +11,6 @@ import inspect
 import json
 import logging
 import time
-import typing
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,24 +18,28 @@ from typing import Any
 
 import anyio
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.server.mcpserver.tools.base import Tool
-from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp.server.stdio import stdio_server
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata, func_metadata
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 from mcp.types import (
     INVALID_PARAMS,
+    CallToolRequestParams,
+    CallToolResult,
     EmptyResult,
     JSONRPCNotification,
+    ListToolsResult,
+    PaginatedRequestParams,
     SubscribeRequestParams,
+    TextContent,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
-from pydantic import ValidationError, create_model
+from mcp.types import Tool as MCPTool
+from pydantic import ValidationError
 
 from mailslot import __version__
 from mailslot._errors import (
@@ -51,6 +54,7 @@ from mailslot._errors import (
 from mailslot._format import Message
 from mailslot._notices import Notices
 from mailslot._reservations import held_view
+from mailslot._stdio import stdio
 from mailslot.mailbox import Mailbox
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
 
@@ -134,7 +138,7 @@ class _State:
             self.watch_started = anyio.Event()
 
 
-def _client_name(ctx: Context) -> str | None:
+def _client_name(ctx: Any) -> str | None:
     try:
         params = ctx.session.client_params
     except (AttributeError, RuntimeError):
@@ -143,35 +147,82 @@ def _client_name(ctx: Context) -> str | None:
     return getattr(info, "name", None)
 
 
-def _as_tool(name: str, current: Callable[[], _State]) -> Callable[..., Any]:
-    """Return an MCP tool function for Session.<name>: same parameters, docstring and types.
+@dataclass(frozen=True)
+class _Spec:
+    """One tool: Session.<name> as the model sees it (tool) and as its arguments are checked."""
 
-    The wrapper runs it on this connection's session, adds the MCP context (for the client's
-    name and to send progress) and turns library errors into ToolError text for the model.
-    """
+    name: str
+    tool: MCPTool
+    args: FuncMetadata  # the SDK's argument model of the method, with its JSON pre-parsing
+    is_async: bool
+
+
+def _spec(name: str) -> _Spec:
+    """Return the tool for Session.<name>: its parameters, docstring and types."""
     method = getattr(Session, name)
-    hints = typing.get_type_hints(method, include_extras=True)
-    sig = inspect.signature(method)
-    params = [
-        p.replace(annotation=hints[p.name]) for p in sig.parameters.values() if p.name != "self"
-    ]
-    params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
-    is_async = inspect.iscoroutinefunction(method)
+    args = func_metadata(method, skip_names=["self"], structured_output=False)
+    tool = MCPTool(
+        name=name,
+        # What the model reads, without what it does not need: pydantic's titles repeat each
+        # property's name, and docstrings carry their source indentation.
+        description=" ".join((method.__doc__ or "").split()),
+        input_schema=_untitled(args.arg_model.model_json_schema(by_alias=True)),
+        annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
+    )
+    return _Spec(name, tool, args, inspect.iscoroutinefunction(method))
 
-    async def tool(ctx: Context, **raw: Any) -> Any:
-        kwargs = _validated(name, raw)
-        session = current().session
+
+class _Tools:
+    """tools/list and tools/call, served straight from the low-level server.
+
+    The high-level server's tool machinery (a context object, resolvers, result conversion)
+    cost a third of the server's CPU per call; this keeps what clients see: the same tool
+    list, argument errors as readable text (argument_text), library errors as the model's
+    next step (model_text), progress during waits, and cancellation (the SDK's, per request).
+    """
+
+    def __init__(self, current: Callable[[], _State]) -> None:
+        self.current = current
+        self.specs = {name: _spec(name) for name in TOOL_NAMES}
+        self.listed = ListToolsResult(tools=[s.tool for s in self.specs.values()])
+
+    async def list(self, ctx: Any, params: PaginatedRequestParams | None) -> ListToolsResult:
+        return self.listed
+
+    async def call(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        spec = self.specs.get(params.name)
+        if spec is None:
+            return _failed(f"Unknown tool: {params.name}")
+        try:
+            text = await self.run(spec, ctx, params.arguments or {})
+        except ToolError as e:
+            # What the SDK's tools say: the model knows where the words come from.
+            return _failed(f"Error executing tool {spec.name}: {e}")
+        except MCPError:
+            raise
+        except Exception:  # a crash: its text stays in the log, not in the model's context
+            log.exception("tool %s failed", spec.name)
+            return _failed(f"Error executing tool {spec.name}")
+        return CallToolResult(content=[TextContent(type="text", text=text)])
+
+    async def run(self, spec: _Spec, ctx: Any, arguments: dict[str, Any]) -> str:
+        """Return what the tool answers, as compact JSON; raise ToolError for the model."""
+        try:
+            kwargs = spec.args.validate_arguments(arguments)
+        except ValidationError as e:
+            raise ToolError(argument_text(spec.name, e, spec.tool.input_schema)) from None
+        session = self.current().session
         session.last_active = time.time()
         if session.client is None:
             session.client = _client_name(ctx)
 
         async def progress(done: float, message: str) -> None:
-            await ctx.report_progress(done, None, message)
+            await ctx.session.report_progress(done, None, message)
 
         token = PROGRESS.set(progress)
         try:
-            result = getattr(session, name)(**kwargs)
-            if is_async:
+            result = getattr(session, spec.name)(**kwargs)
+            if spec.is_async:
                 result = await result
             # Compact JSON: the model reads it as well as indented JSON, for fewer tokens.
             return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
@@ -180,32 +231,9 @@ def _as_tool(name: str, current: Callable[[], _State]) -> Callable[..., Any]:
         finally:
             PROGRESS.reset(token)
 
-    tool.__name__ = name
-    tool.__qualname__ = name
-    tool.__doc__ = method.__doc__
-    tool.__signature__ = sig.replace(parameters=params, return_annotation=hints["return"])  # type: ignore[attr-defined]
-    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": hints["return"]}
-    return tool
 
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
-#: tool name -> (the SDK's metadata with the real argument model, the tool's input schema)
-_STRICT: dict[str, tuple[FuncMetadata, dict[str, Any]]] = {}
-
-
-def _validated(name: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """Return the arguments of tool name validated by its real model; raise ToolError."""
-    strict, schema = _STRICT[name]
-    given = {k: v for k, v in raw.items() if v is not _MISSING}
-    try:
-        return strict.validate_arguments(given)
-    except ValidationError as e:
-        raise ToolError(argument_text(name, e, schema)) from None
+def _failed(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
 def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> str:
@@ -382,42 +410,15 @@ def create_server(
         instructions=instructions(agent, lang, was, channel=channel),
         lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
-        tools=[_tool(name, current) for name in TOOL_NAMES],
     )
+    tools = _Tools(current)
+    low = server._lowlevel_server
+    low.add_request_handler("tools/list", PaginatedRequestParams, tools.list)
+    low.add_request_handler("tools/call", CallToolRequestParams, tools.call)
     _add_resources(server, current)
     _add_prompts(server, current)
     _add_subscriptions(server, current)
     return server
-
-
-def _tool(name: str, current: Callable[[], _State]) -> Tool:
-    """Return the MCP tool for Session.<name>, whose argument errors read like our own.
-
-    The SDK validates arguments against the schema before the tool runs and answers with
-    pydantic's report. The tool keeps its schema, but the SDK is handed a model that accepts
-    anything; the wrapper validates with the real model and turns what is wrong into a
-    sentence with what is allowed (argument_text).
-    """
-    tool = Tool.from_function(
-        _as_tool(name, current),
-        name=name,
-        annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
-        structured_output=False,
-    )
-    # What the model reads, without what it does not need: pydantic's titles repeat each
-    # property's name, and docstrings carry their source indentation.
-    tool.parameters = _untitled(tool.parameters)
-    tool.description = " ".join((tool.description or "").split())
-    strict = tool.fn_metadata.model_copy()
-    fields = strict.arg_model.model_fields
-    lenient = create_model(
-        f"{name}_anything",
-        __base__=ArgModelBase,
-        **{key: (Any, _MISSING) for key in fields},  # type: ignore[call-overload]
-    )
-    tool.fn_metadata.arg_model = lenient
-    _STRICT[name] = (strict, tool.parameters)
-    return tool
 
 
 def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
@@ -636,7 +637,7 @@ def serve(
     low = server._lowlevel_server
 
     async def run() -> None:
-        async with stdio_server() as (read, write):
+        async with stdio() as (read, write):
             options = low.create_initialization_options(
                 NotificationOptions(resources_changed=True),
                 experimental_capabilities={CHANNEL: {}} if channel else None,

@@ -1,0 +1,211 @@
+"""The stdio transport of `mailslot serve` (mailslot._stdio), driven through real pipes.
+
+Requests split across writes, many in one write, lines far past one read, blank lines, CRLF,
+bytes that are not UTF-8 and lines that are not JSON; a stdin that is a file rather than a pipe
+(served by the SDK's transport); stray output of a child kept off the wire; and the official
+client over both protocol eras.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from helpers import agent, answer, call, raw_serve
+
+from mailslot import Mailbox
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+
+
+def _line(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc) + "\n").encode()
+
+
+def _call(id_: int, tool: str, **args: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "method": "tools/call",
+            "params": {"name": tool, "arguments": args}}  # fmt: skip
+
+
+def _text(reply: dict[str, Any]) -> str:
+    assert "result" in reply, reply
+    return str(reply["result"]["content"][0]["text"])
+
+
+def _send(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(data)
+    proc.stdin.flush()
+
+
+def _close(proc: subprocess.Popen[bytes]) -> bytes:
+    _, err = proc.communicate(timeout=30)  # closes stdin: the server's cue to exit
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return err
+
+
+def test_a_request_split_across_writes_and_many_in_one_write(tmp_path: Path) -> None:
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        data = _line(_call(2, "msg_post", thread="t", content="split"))
+        for i in range(0, len(data), 7):  # seven bytes at a time, each its own write
+            _send(proc, data[i : i + 7])
+            time.sleep(0.002)
+        assert json.loads(_text(answer(proc, 2)))["seq"] == 1
+        burst = b"".join(_line(_call(10 + i, "msg_post", thread="t", content=f"b{i}"))
+                         for i in range(20))  # fmt: skip
+        _send(proc, burst)
+        seqs = {json.loads(_text(answer(proc, 10 + i)))["seq"] for i in range(20)}
+        assert seqs == set(range(2, 22))
+    finally:
+        _close(proc)
+    assert [m.content for m in Mailbox(tmp_path / "box").read("t").messages] == [
+        "split",
+        *(f"b{i}" for i in range(20)),
+    ]
+
+
+def test_lines_far_longer_than_one_read_pass_whole_both_ways(tmp_path: Path) -> None:
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    big = "".join(chr(0x4E00 + i % 500) for i in range(80_000))  # 240 KB of UTF-8, 4 reads
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        _send(proc, _line(_call(2, "msg_post", thread="t", content=big)))
+        assert json.loads(_text(answer(proc, 2)))["seq"] == 1
+        _send(proc, _line(_call(3, "msg_list", thread="t")))
+        listed = json.loads(_text(answer(proc, 3)))
+        assert listed["messages"][0]["content"] == big
+    finally:
+        _close(proc)
+
+
+def test_blank_lines_crlf_bad_bytes_and_bad_json_do_not_stop_the_server(tmp_path: Path) -> None:
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        _send(proc, b"\n\n   \n")
+        _send(proc, b"this is not json\n")
+        _send(proc, b'{"jsonrpc": "2.0", "id": 5, "method": \xff\xfe}\n')
+        crlf = json.dumps(_call(2, "msg_post", thread="t", content="crlf")).encode() + b"\r\n"
+        _send(proc, crlf)
+        assert json.loads(_text(answer(proc, 2)))["seq"] == 1
+        _send(proc, _line(_call(3, "msg_post", thread="t", content="caf\u00e9 \U0001f600")))
+        assert json.loads(_text(answer(proc, 3)))["seq"] == 2
+    finally:
+        _close(proc)
+    assert Mailbox(tmp_path / "box").read("t").messages[1].content == "caf\u00e9 \U0001f600"
+
+
+def test_a_last_request_without_a_newline_is_answered_before_exit(tmp_path: Path) -> None:
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    answer(proc, 1)
+    _send(proc, json.dumps(_call(2, "thread_list")).encode())  # no newline, then EOF
+    out, err = proc.communicate(timeout=30)
+    replies = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [r.get("id") for r in replies] == [2], err.decode(errors="replace")
+
+
+def test_a_file_on_stdin_is_served_by_the_sdk_transport(tmp_path: Path) -> None:
+    """A person trying the server by hand: requests in a file, replies into a file."""
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(
+        _line(INIT)
+        + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        + _line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    )
+    replies = tmp_path / "replies.jsonl"
+    with requests.open("rb") as stdin, replies.open("wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "mailslot", "serve", "--root", str(tmp_path / "box"),
+             "--agent", "alice"],
+            stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    got = {d.get("id"): d for d in map(json.loads, replies.read_text().splitlines())}
+    assert len(got[2]["result"]["tools"]) == 15
+
+
+def test_a_terminal_is_served_by_the_sdk_transport_and_left_blocking(tmp_path: Path) -> None:
+    """Someone typing requests: the terminal is never made non-blocking under their shell."""
+    Mailbox.init(tmp_path / "box")
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no echo: what master reads is what the server wrote
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailslot", "serve", "--root", str(tmp_path / "box"),
+             "--agent", "alice"],
+            stdin=slave, stdout=slave, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.write(master, _line(INIT) + _line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b'"id":2' not in seen.replace(b" ", b"") and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 1 << 16)
+        assert b'"tools"' in seen
+        assert os.get_blocking(slave)  # while it serves, too
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert os.get_blocking(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_output_of_a_child_process_never_reaches_the_wire(tmp_path: Path) -> None:
+    """fd 1 points at stderr while serving: a hook or tool that prints cannot corrupt MCP."""
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        fds = Path(f"/proc/{proc.pid}/fd")
+        # What a child would inherit: fd 0 reads nothing, fd 1 is stderr, not the wire.
+        assert (fds / "0").resolve() == Path("/dev/null")
+        assert (fds / "1").readlink() == (fds / "2").readlink()
+        _send(proc, _line(_call(2, "thread_list")))
+        assert "result" in answer(proc, 2)
+    finally:
+        _close(proc)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_the_official_client_in_both_eras(tmp_path: Path, mode: str) -> None:
+    Mailbox.init(tmp_path / "box")
+
+    async def main() -> None:
+        async with agent(tmp_path / "box", "alice", mode) as alice:
+            tools = await alice.list_tools()
+            assert len(tools.tools) == 15
+            await call(alice, "thread_create", topic="eras")
+            for i in range(50):
+                posted = await call(alice, "msg_post", thread="eras", content=f"m{i}")
+                assert posted["seq"] == i + 1
+            got = await call(alice, "msg_list", thread="eras", limit=100)
+            assert [m["content"] for m in got["messages"]] == [f"m{i}" for i in range(50)]
+
+    anyio.run(main)
