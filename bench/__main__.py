@@ -45,7 +45,7 @@ say(f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 say(f"- machine: {os.cpu_count()} cores, {mem_gib:.0f} GiB, {platform.platform()}")
 say(f"- folders: {SCRATCH} ({filesystem_type(SCRATCH)})")
 say(f"- Python {platform.python_version()}; mailslot {version('mailslot')}, mcp {version('mcp')}, "
-    f"watchdog {version('watchdog')}, portalocker {version('portalocker')}")  # fmt: skip
+    f"watchdog {version('watchdog')}")  # fmt: skip
 load = os.getloadavg()[0]
 say(f"- load average at start: {load:.2f} (a shared machine: compare ratios, not absolutes)\n")
 

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import portalocker
-
-from mailslot import _modes
+from mailslot import _flock, _modes
 from mailslot._conflict import (
     Conflict,
     conflict_sides,
@@ -196,17 +194,11 @@ def _probe_locks(locks: Path) -> bool:
     except OSError:
         return False
     try:
-        portalocker.lock(
-            first, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-        )
-        try:
-            portalocker.lock(
-                second, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-            )
-        except portalocker.AlreadyLocked:
-            return True
-        return False  # two locks on one file at once: locks do not exclude here
-    except portalocker.LockException:
+        if not _flock.try_lock(first):
+            return False
+        # Two locks on one file at once: locks do not exclude here.
+        return not _flock.try_lock(second)
+    except OSError:
         return False
     finally:
         os.close(second)

@@ -24,9 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import portalocker
-
-from mailslot import _modes
+from mailslot import _flock, _modes
 from mailslot._errors import InvalidName, NoSuchThread, RootError, StorageError
 from mailslot._format import Damage, dumps, message_name
 from mailslot._names import check_name
@@ -287,11 +285,14 @@ class Files:
         if self.settings.shared:
             _modes.share_fd(fd, path)  # every writer of the group opens it for writing
         try:
-            portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE)
+            try:
+                _flock.lock(fd)
+            except OSError as e:
+                raise storage_error(e, self.root, "locking the thread's lock file") from None
             try:
                 yield
             finally:
-                portalocker.unlock(fd)
+                _flock.unlock(fd)
         finally:
             os.close(fd)
 

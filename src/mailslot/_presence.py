@@ -22,9 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import portalocker
-
-from mailslot import _modes
+from mailslot import _flock, _modes
 
 PRESENCE_STATUSES = ("online", "waiting", "offline")
 DEFAULT_STALE_AFTER = 30.0
@@ -147,19 +145,17 @@ class NameHold:
                 os.close(sock)
             raise
         try:
-            portalocker.lock(
-                fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-            )
-        except portalocker.AlreadyLocked:
-            os.close(fd)
-            if sock is not None:
-                os.close(sock)
-            return None
+            free = _flock.try_lock(fd)
         except BaseException:
             os.close(fd)
             if sock is not None:
                 os.close(sock)
             raise
+        if not free:
+            os.close(fd)
+            if sock is not None:
+                os.close(sock)
+            return None
         return cls(name, fd, sock)
 
     @property
@@ -175,7 +171,7 @@ class NameHold:
             os.close(sock)
         if fd is not None:
             with contextlib.suppress(OSError):
-                portalocker.unlock(fd)
+                _flock.unlock(fd)
             os.close(fd)
 
 

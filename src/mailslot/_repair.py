@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import portalocker
-
-from mailslot import _modes
+from mailslot import _flock, _modes
 from mailslot._files import HOST
 from mailslot._format import MESSAGE_KEYS, dumps, now_iso
 
@@ -103,11 +101,11 @@ def thread_lock(locks: Path, thread: str) -> Iterator[None]:
     if _modes.shared_folder(locks):
         _modes.share_fd(fd, locks / f"{thread}.lock")
     try:
-        portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE)
+        _flock.lock(fd)
         try:
             yield
         finally:
-            portalocker.unlock(fd)
+            _flock.unlock(fd)
     finally:
         os.close(fd)
 
