@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailslot import InvalidMessage, Mailbox, NameTaken, NoSuchAgent, NoSuchThread
-from mailslot.tools import PROGRESS, TOOL_NAMES, Session, client_slug, transcript_markdown
+from mailslot.tools import (
+    MARK_WAITING_S,
+    PROGRESS,
+    TOOL_NAMES,
+    Session,
+    client_slug,
+    transcript_markdown,
+)
 
 
 @pytest.fixture
@@ -114,13 +122,37 @@ def test_pages_tell_how_to_continue(sessions: tuple[Session, Session]) -> None:
     assert page["has_more"] and page["next_after_seq"] == 8
 
 
+def test_a_wait_answered_at_once_writes_no_presence(sessions: tuple[Session, Session]) -> None:
+    """In a busy conversation each wait returns within milliseconds: its presence file stays
+    as it was (two file writes per message saved), and says "waiting" only while blocked."""
+    a, b = sessions
+    a.thread_create("t")
+    presence = b.box.root / ".state" / "presence" / f"{b.agent}.json"
+
+    async def scenario() -> None:
+        before = presence.stat().st_mtime_ns, presence.read_bytes()
+        for i in range(5):
+            a.msg_post("t", f"m{i}")
+            got = await b.msg_wait("t", after_seq=i, timeout_s=5)
+            assert [m["content"] for m in got["messages"]] == [f"m{i}"]
+        assert (presence.stat().st_mtime_ns, presence.read_bytes()) == before
+        waiting = asyncio.create_task(b.msg_wait("t", after_seq=5, timeout_s=10))
+        await asyncio.sleep(MARK_WAITING_S + 0.3)
+        assert json.loads(presence.read_bytes())["status"] == "waiting"
+        a.msg_post("t", "late")
+        await waiting
+        assert json.loads(presence.read_bytes())["status"] == "online"
+
+    asyncio.run(scenario())
+
+
 def test_wait_returns_new_messages_and_remembers(sessions: tuple[Session, Session]) -> None:
     a, b = sessions
     a.thread_create("t")
 
     async def scenario() -> tuple[dict, dict, dict]:
         waiting = asyncio.create_task(b.msg_wait("t", after_seq=0, timeout_s=10))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(MARK_WAITING_S + 0.3)  # a wait says so once it has blocked a while
         assert b.agent_list()["agents"][1]["status"] == "waiting"
         assert b.agent_list()["agents"][1]["waiting_on"] == "t"
         a.msg_post("t", "ping")

@@ -47,6 +47,9 @@ TOOL_NAMES = (
     "agent_register", "agent_list", "bus_get_config",
 )  # fmt: skip
 SETTLE_EVERY_S = 0.5  # an inbox wait looks at the holders of tasks it could take this often
+# A wait still blocked after this long says so in the agent's presence file; one that returns
+# sooner writes nothing there (two file writes saved per message in a busy conversation).
+MARK_WAITING_S = 0.5
 
 DEFAULT_WAIT_S = 50.0
 DEFAULT_WAIT_MAX_S = 600.0
@@ -276,6 +279,7 @@ class Session:
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
+        self._status_written = "online"  # the status the presence file has from this session
         #: The pinned name this session could not take because another live session held it.
         self.fallback_from: str | None = None
         if agent is not None:
@@ -355,7 +359,13 @@ class Session:
             self.box.set_presence(
                 self._hold.name, status, waiting_on=self._waiting_on, last_active=self.last_active
             )
+            self._status_written = status
             self.save_positions()
+
+    def _show_status(self) -> None:
+        """Bring the presence file's status up to date if it says otherwise."""
+        if self._status_written != ("waiting" if self._waits else "online"):
+            self.heartbeat()
 
     def waiting_for(self, m: Message) -> bool:
         """Return True if this agent is blocked in a wait that will return m."""
@@ -530,7 +540,6 @@ class Session:
         begun = time.monotonic()
         self._waits += 1
         self._waiting_on = thread or "inbox"
-        self.heartbeat()
         try:
             if thread is not None:
                 out = await self._wait_thread(me, thread, after_seq, timeout)
@@ -540,7 +549,7 @@ class Session:
             self._waits -= 1
             if not self._waits:
                 self._waiting_on = None
-            self.heartbeat()
+            self._show_status()
         again = (
             f"msg_wait(thread='{thread}', after_seq={out['next_after_seq']})"
             if thread is not None
@@ -692,6 +701,10 @@ class Session:
             watch = bool(settle) and self._settle(self.me(), settle or set())
             left = timeout - (time.monotonic() - begun)
             step = min(left, self.progress_every, SETTLE_EVERY_S if watch else left)
+            if time.monotonic() - begun >= MARK_WAITING_S:
+                self._show_status()  # still blocked: say "waiting"
+            else:
+                step = min(step, MARK_WAITING_S - (time.monotonic() - begun))
             got = await self.box.wait_async(
                 threads, cursor, to=to, timeout=max(0.0, step), limit=PAGE_DEFAULT, match=match
             )
