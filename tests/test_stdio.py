@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -209,3 +210,86 @@ def test_the_official_client_in_both_eras(tmp_path: Path, mode: str) -> None:
             assert [m["content"] for m in got["messages"]] == [f"m{i}" for i in range(50)]
 
     anyio.run(main)
+
+
+def _serve(root: Path, stdin: Any, stdout: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", "alice"],
+        stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _replies(fd: int, ids: set[int], within: float = 30) -> dict[int, dict[str, Any]]:
+    """Read lines from fd until a reply to each of ids has come; return them by id."""
+    got: dict[int, dict[str, Any]] = {}
+    buf = b""
+    deadline = time.monotonic() + within
+    while not ids <= set(got):
+        assert time.monotonic() < deadline, f"no reply to {ids - set(got)} in time"
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            assert chunk, "the server closed its output"
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                doc = json.loads(line)
+                got[doc.get("id")] = doc
+    return got
+
+
+def test_one_socket_as_stdin_and_stdout_is_served(tmp_path: Path) -> None:
+    """inetd, systemd socket units and Popen(stdin=s, stdout=s) hand a server one socket."""
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    ours, theirs = socket.socketpair()
+    proc = _serve(tmp_path / "box", theirs, theirs)
+    theirs.close()
+    try:
+        ours.sendall(_line(INIT))
+        _replies(ours.fileno(), {1})
+        ours.sendall(b"".join(_line(_call(i, "msg_post", thread="t", content=f"m{i}"))
+                              for i in range(2, 7)))  # fmt: skip
+        got = _replies(ours.fileno(), set(range(2, 7)))
+        assert sorted(json.loads(_text(got[i]))["seq"] for i in range(2, 7)) == [1, 2, 3, 4, 5]
+        ours.shutdown(socket.SHUT_WR)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode(errors="replace")
+    finally:
+        ours.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_client_that_dies_leaves_a_server_that_exits_cleanly(tmp_path: Path) -> None:
+    """The client's end of both pipes closes at once (it was killed): exit 0, no traceback."""
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    answer(proc, 1)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nothing reads the server's replies any more
+    time.sleep(0.2)
+    proc.stdin.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, err.decode(errors="replace")
+    assert b"Traceback" not in err, err.decode(errors="replace")
+    proc.stderr.close()
+
+
+def test_the_pipes_are_left_blocking_or_not_as_they_were(tmp_path: Path) -> None:
+    Mailbox.init(tmp_path / "box")
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    os.set_blocking(stdin_r, False)  # a parent that uses non-blocking pipes for its children
+    try:
+        proc = _serve(tmp_path / "box", stdin_r, stdout_w)
+        os.write(stdin_w, _line(INIT))
+        _replies(stdout_r, {1})
+        os.close(stdin_w)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert not os.get_blocking(stdin_r), "stdin was non-blocking: it must stay so"
+        assert os.get_blocking(stdout_w), "stdout was blocking: it must stay so"
+    finally:
+        for fd in (stdin_r, stdout_r, stdout_w):
+            os.close(fd)

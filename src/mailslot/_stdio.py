@@ -30,15 +30,26 @@ from mcp.shared.message import SessionMessage
 CHUNK = 1 << 16
 
 
-def _kind(fd: int) -> str:
-    """Return "stream" (a pipe or socket), "file" (a regular file) or "other" (a terminal)."""
+def _kinds() -> tuple[str, str]:
+    """Return what stdin and stdout are: "stream" (a pipe or socket), "file" (a regular file)
+    or "other" (a terminal, or one socket serving as both, which the pipe transports of
+    asyncio cannot share: the writer would take an incoming request for the peer closing)."""
     try:
-        mode = os.fstat(fd).st_mode
+        st = (os.fstat(0), os.fstat(1))
     except OSError:
-        return "other"
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return "stream"
-    return "file" if stat.S_ISREG(mode) else "other"
+        return ("other", "other")
+    if stat.S_ISSOCK(st[0].st_mode) and (st[0].st_dev, st[0].st_ino) == (
+        st[1].st_dev,
+        st[1].st_ino,
+    ):
+        return ("other", "other")
+    kinds = []
+    for one in st:
+        if stat.S_ISFIFO(one.st_mode) or stat.S_ISSOCK(one.st_mode):
+            kinds.append("stream")
+        else:
+            kinds.append("file" if stat.S_ISREG(one.st_mode) else "other")
+    return (kinds[0], kinds[1])
 
 
 class _Reader:
@@ -47,7 +58,7 @@ class _Reader:
     def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
         self._read = read
         self._lines: list[bytes] = []
-        self._partial = b""
+        self._partial: list[bytes] = []  # the pieces of a line still arriving
         self._eof = False
 
     async def receive(self) -> SessionMessage | Exception:
@@ -67,11 +78,15 @@ class _Reader:
             chunk = await self._read()
             if not chunk:
                 self._eof = True
-                lines = [self._partial] if self._partial else []
-                self._partial = b""
+                self._lines = [b"".join(self._partial)]
+                self._partial = []
+            elif b"\n" not in chunk:
+                self._partial.append(chunk)  # a long line: joined once, when it ends
             else:
-                *lines, self._partial = (self._partial + chunk).split(b"\n")
-            self._lines = lines[::-1]
+                first, *lines, rest = chunk.split(b"\n")
+                lines.insert(0, b"".join([*self._partial, first]))
+                self._partial = [rest] if rest else []
+                self._lines = lines[::-1]
 
     async def aclose(self) -> None:
         self._eof = True
@@ -102,6 +117,7 @@ class _Flow(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.lost = False
+        self.turn = asyncio.Lock()  # one sender writes at a time, once the pipe has room
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -117,12 +133,14 @@ class _Flow(asyncio.Protocol):
 class _Writer:
     """The write side: each send() writes one message as a line of stdout."""
 
-    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[Callable[[], bytes]], Awaitable[None]]) -> None:
         self._write = write
 
     async def send(self, item: SessionMessage, /) -> None:
-        data = item.message.model_dump_json(by_alias=True, exclude_unset=True)
-        await self._write(data.encode() + b"\n")
+        def line() -> bytes:  # made only once there is room for it
+            return item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+
+        await self._write(line)
 
     async def aclose(self) -> None:
         pass  # the wire is handed back when serving ends
@@ -146,12 +164,13 @@ def _divert(fd: int, to: int) -> int:
 @asynccontextmanager
 async def stdio() -> AsyncIterator[tuple[Any, Any]]:
     """Yield (read, write) streams of MCP messages over this process's stdin and stdout."""
-    kinds = (_kind(0), _kind(1))
+    kinds = _kinds()
     if "other" in kinds:  # a terminal: the SDK's threads, which never make it non-blocking
         async with stdio_server() as streams:
             yield streams
         return
     loop = asyncio.get_running_loop()
+    blocking = (os.get_blocking(0), os.get_blocking(1))
     null = os.open(os.devnull, os.O_RDONLY)
     wire_in = _divert(0, null)
     os.close(null)
@@ -175,16 +194,19 @@ async def stdio() -> AsyncIterator[tuple[Any, Any]]:
             transport, _ = await loop.connect_write_pipe(lambda: flow, out)
             transports.append(transport)
 
-            async def write(data: bytes) -> None:
-                if flow.lost or transport.is_closing():
-                    raise anyio.BrokenResourceError
-                transport.write(data)
-                await flow.writable.wait()  # while the client does not read, senders wait
+            async def write(line: Callable[[], bytes]) -> None:
+                # While the client does not read, senders wait their turn: what is buffered
+                # stays near the pipe's high-water mark, however many replies are ready.
+                async with flow.turn:
+                    await flow.writable.wait()
+                    if flow.lost or transport.is_closing():
+                        raise anyio.BrokenResourceError
+                    transport.write(line())
 
         else:
 
-            async def write(data: bytes) -> None:
-                view = memoryview(data)
+            async def write(line: Callable[[], bytes]) -> None:
+                view = memoryview(line())
                 while view:
                     view = view[os.write(wire_out, view) :]
 
@@ -198,14 +220,18 @@ async def stdio() -> AsyncIterator[tuple[Any, Any]]:
                 break
             await asyncio.sleep(0.01)
     finally:
-        for t in transports:
-            if isinstance(t, asyncio.WriteTransport):
-                t.abort()  # flushed above, or the client stopped reading
-            else:
-                t.close()
-        for fd, wire in ((0, wire_in), (1, wire_out)):
-            with suppress(OSError):
-                os.dup2(wire, fd)
-                os.set_blocking(fd, True)
-            with suppress(OSError):
-                os.close(wire)
+        try:
+            for t in transports:
+                if t.is_closing():
+                    continue  # the client went away: asyncio closed it already
+                if isinstance(t, asyncio.WriteTransport):
+                    t.abort()  # flushed above, or the client stopped reading (after 5 s)
+                else:
+                    t.close()
+        finally:
+            for fd, wire, was in ((0, wire_in, blocking[0]), (1, wire_out, blocking[1])):
+                with suppress(OSError):
+                    os.dup2(wire, fd)
+                    os.set_blocking(fd, was)
+                with suppress(OSError):
+                    os.close(wire)
