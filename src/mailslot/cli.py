@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mailslot import __version__, _clients, _guard, _hooks
+from mailslot import __version__, _clients
 from mailslot._errors import (
     InvalidName,
     MailslotError,
@@ -104,8 +104,9 @@ class UsageError(Exception):
     """Arguments that disagree with each other: exit 2, as argparse does for the rest."""
 
 
-def parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the mailslot command."""
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the mailslot command (with only that subcommand, if
+    given: what `mailslot serve` parses at every agent's start needs no other)."""
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument(
         "--root", help="mailbox root (default: $MAILSLOT_ROOT, else nearest .mailslot/)"
@@ -125,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mailslot {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS:
+        if only is not None and c.name != only:
+            continue
         parents = [pa for pa, on in ((root, c.root), (as_json, c.json), (who, c.who)) if on]
         s = sub.add_parser(c.name, parents=parents, help=c.help)
         for a in c.args:
@@ -681,6 +684,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     who=True,
 )
 def cmd_guard(args: argparse.Namespace) -> int:
+    from mailslot import _guard  # only this command loads it
+
     repo = Path.cwd()
     if args.action == "install":
         print(_guard.install(repo))
@@ -754,6 +759,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
     ],
 )  # fmt: skip
 def cmd_hook(args: argparse.Namespace) -> int:
+    from mailslot import _hooks  # only this command loads it
+
     # Never exit non-zero, even for an unknown event or client: exit 2 would block the user's
     # prompt in Claude Code. _hooks.run says what is wrong on stderr and exits 0.
     stdin = "" if args.event == "notify" else _hooks.read_stdin()
@@ -1024,10 +1031,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mailslot command with argv and return its exit code."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = argv[0] if argv and any(c.name == argv[0] for c in COMMANDS) else None
+    args = parser(named).parse_args(argv)
     args.told = set()  # the damaged files this run has told of (_Warnings, trouble)
     warnings = _Warnings(args.told)
-    logging.getLogger("mailslot").addHandler(warnings)
+    if args.command != "serve":  # serve logs through the SDK's handler: each line once
+        logging.getLogger("mailslot").addHandler(warnings)
     try:
         return int(args.func(args))
     except MailslotError as e:
