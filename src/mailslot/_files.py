@@ -193,6 +193,9 @@ class Files:
             raise RootError(path, f"cannot look at {path}: {e.strerror}") from None
         if stat.S_ISDIR(mode):
             return path
+        if not os.path.isdir(self.root):  # not a missing thread: the whole mailbox is gone
+            gone = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.root))
+            raise storage_error(gone, self.root, f"looking for thread {thread!r}")
         self.check_not_symlink(self.root / "threads")
         self.check_not_symlink(path)
         known = self.thread_ids()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailslot import _positions
 from mailslot._agents import Agents
@@ -48,12 +48,14 @@ from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
 from mailslot._publish import Writer
 from mailslot._reservations import Grant, Held, Reservations
 from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
-from mailslot._search import Hit, Results, Search
 from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
 from mailslot._tasks import Board, Claim, Question, Task, Tasks
 from mailslot._threads import Threads
 from mailslot._wait import Arrivals, Waiting
 from mailslot._watch import Watcher
+
+if TYPE_CHECKING:
+    from mailslot._search import Hit, Results, Search
 
 __all__ = [
     "DEFAULT_MAX_CONTENT",
@@ -87,6 +89,15 @@ __all__ = [
     "default_root",
     "find_root",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Hand out the search module's types on first use (it loads sqlite3)."""
+    if name in ("Hit", "Results"):
+        from mailslot import _search
+
+        return getattr(_search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Mailbox:
@@ -408,6 +419,8 @@ class Mailbox:
         be read, with examples of what can.
         """
         if self._search is None:
+            from mailslot._search import Search  # sqlite3: loaded by the first search only
+
             self._search = Search(self.root, self._log, self._threads)
         return self._search.search(
             query, thread=thread, sender=sender, type_=type, to=to, since=since, limit=limit

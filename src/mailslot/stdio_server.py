@@ -147,21 +147,10 @@ def _client_name(ctx: Any) -> str | None:
     return getattr(info, "name", None)
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """One tool: Session.<name> as the model sees it (tool) and as its arguments are checked."""
-
-    name: str
-    tool: MCPTool
-    args: FuncMetadata  # the SDK's argument model of the method, with its JSON pre-parsing
-    is_async: bool
-
-
-def _spec(name: str) -> _Spec:
-    """Return the tool for Session.<name>: its parameters, docstring and types."""
+def _describe(name: str, args: FuncMetadata) -> MCPTool:
+    """Return the tool for Session.<name> as tools/list shows it."""
     method = getattr(Session, name)
-    args = func_metadata(method, skip_names=["self"], structured_output=False)
-    tool = MCPTool(
+    return MCPTool(
         name=name,
         # What the model reads, without what it does not need: pydantic's titles repeat each
         # property's name, and docstrings carry their source indentation.
@@ -169,7 +158,53 @@ def _spec(name: str) -> _Spec:
         input_schema=_untitled(args.arg_model.model_json_schema(by_alias=True)),
         annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
     )
-    return _Spec(name, tool, args, inspect.iscoroutinefunction(method))
+
+
+def _arguments(name: str) -> FuncMetadata:
+    """Return the SDK's argument model of Session.<name>, with its JSON pre-parsing."""
+    return func_metadata(getattr(Session, name), skip_names=["self"], structured_output=False)
+
+
+def _tool_list() -> list[MCPTool]:
+    """Return the tools as tools/list shows them, from a cache this very code wrote if any.
+
+    Making them builds an argument model and a schema per tool, a third of what mailslot adds
+    to the server's start; the cache (in $XDG_CACHE_HOME/mailslot/) is keyed by the source of
+    the tools and of this module and by pydantic's version, so a change to any is never
+    served stale. A cache that cannot be read or written is made anew, silently.
+    """
+    import hashlib
+    import os
+
+    import pydantic
+
+    from mailslot import tools
+
+    digest = hashlib.sha256(pydantic.VERSION.encode())
+    for source in (tools.__file__, __file__):
+        with open(source, "rb") as f:
+            digest.update(f.read())
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    path = os.path.join(home, "mailslot", f"tools-{digest.hexdigest()[:20]}.json")
+    try:
+        with open(path, "rb") as f:
+            listed = [MCPTool.model_validate(doc) for doc in json.loads(f.read())]
+        if [t.name for t in listed] == list(TOOL_NAMES):
+            return listed
+    except (OSError, ValueError):
+        pass
+    listed = [_describe(name, _arguments(name)) for name in TOOL_NAMES]
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(
+                [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed], f
+            )
+        os.replace(tmp, path)
+    except OSError as e:
+        log.debug("tool list not cached: %s", e)
+    return listed
 
 
 class _Tools:
@@ -183,34 +218,39 @@ class _Tools:
 
     def __init__(self, current: Callable[[], _State]) -> None:
         self.current = current
-        self.specs = {name: _spec(name) for name in TOOL_NAMES}
-        self.listed = ListToolsResult(tools=[s.tool for s in self.specs.values()])
+        self.listed = ListToolsResult(tools=_tool_list())
+        self.schemas = {t.name: t.input_schema for t in self.listed.tools}
+        self.is_async = {n: inspect.iscoroutinefunction(getattr(Session, n)) for n in TOOL_NAMES}
+        self.arguments: dict[str, FuncMetadata] = {}  # made at each tool's first call
 
     async def list(self, ctx: Any, params: PaginatedRequestParams | None) -> ListToolsResult:
         return self.listed
 
     async def call(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
-        spec = self.specs.get(params.name)
-        if spec is None:
-            return _failed(f"Unknown tool: {params.name}")
+        name = params.name
+        if name not in self.schemas:
+            return _failed(f"Unknown tool: {name}")
         try:
-            text = await self.run(spec, ctx, params.arguments or {})
+            text = await self.run(name, ctx, params.arguments or {})
         except ToolError as e:
             # What the SDK's tools say: the model knows where the words come from.
-            return _failed(f"Error executing tool {spec.name}: {e}")
+            return _failed(f"Error executing tool {name}: {e}")
         except MCPError:
             raise
         except Exception:  # a crash: its text stays in the log, not in the model's context
-            log.exception("tool %s failed", spec.name)
-            return _failed(f"Error executing tool {spec.name}")
+            log.exception("tool %s failed", name)
+            return _failed(f"Error executing tool {name}")
         return CallToolResult(content=[TextContent(type="text", text=text)])
 
-    async def run(self, spec: _Spec, ctx: Any, arguments: dict[str, Any]) -> str:
+    async def run(self, name: str, ctx: Any, arguments: dict[str, Any]) -> str:
         """Return what the tool answers, as compact JSON; raise ToolError for the model."""
+        args = self.arguments.get(name)
+        if args is None:
+            args = self.arguments[name] = _arguments(name)
         try:
-            kwargs = spec.args.validate_arguments(arguments)
+            kwargs = args.validate_arguments(arguments)
         except ValidationError as e:
-            raise ToolError(argument_text(spec.name, e, spec.tool.input_schema)) from None
+            raise ToolError(argument_text(name, e, self.schemas[name])) from None
         session = self.current().session
         session.last_active = time.time()
         if session.client is None:
@@ -221,8 +261,8 @@ class _Tools:
 
         token = PROGRESS.set(progress)
         try:
-            result = getattr(session, spec.name)(**kwargs)
-            if spec.is_async:
+            result = getattr(session, name)(**kwargs)
+            if self.is_async[name]:
                 result = await result
             # Compact JSON: the model reads it as well as indented JSON, for fewer tokens.
             return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
