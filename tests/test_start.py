@@ -73,12 +73,14 @@ def test_a_command_parsed_alone_reads_as_among_all() -> None:
         assert alone.format_help() == full.format_help(), name
 
 
-def test_serving_loads_neither_search_nor_guard_nor_hooks() -> None:
-    """What `mailslot serve` imports before its first tools/list: none of the rest."""
+def test_serving_loads_neither_search_nor_guard_nor_hooks_nor_the_watcher() -> None:
+    """What `mailslot serve` imports before its first tools/list: none of the rest (watchdog
+    loads with the first wait)."""
     code = (
         "import sys, mailslot.cli, mailslot.stdio_server; "
         "print(' '.join(m for m in ('sqlite3', 'mailslot._search', 'mailslot._guard', "
-        "'mailslot._hooks', 'mailslot._console', 'portalocker') if m in sys.modules))"
+        "'mailslot._hooks', 'mailslot._console', 'portalocker', 'watchdog', 'tomllib') "
+        "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)  # fmt: skip

@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,6 +140,8 @@ def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = 
     Other servers and settings in the file are kept as they are. Raise MailslotError if the
     file cannot be read as the format it should have (nothing is written then).
     """
+    import tomllib  # only configuring a client needs it
+
     server = entry(client, root, agent, channel=channel)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if client == "codex":
@@ -665,6 +666,8 @@ _TOML_NOTIFY = re.compile(r"\s*notify\s*=")
 def _merge_notify(path: Path, notify: list[str]) -> str:
     """Set the top-level `notify` of Codex's config.toml at path to notify, unless it runs
     another program; return a line saying what was done."""
+    import tomllib
+
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     try:
         doc = tomllib.loads(text)

@@ -9,7 +9,6 @@ _wait). A lost, late or coalesced event costs latency, never a message.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -17,20 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
+if TYPE_CHECKING:  # watchdog is loaded by the first wait, not by every start of a process
+    from watchdog.events import FileSystemEvent
+    from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger("mailslot")
 
@@ -78,18 +68,25 @@ KEEP_INTERVAL_S = 0.5
 # watch of our own: watchdog adds a new folder's watch a moment (a busy process: longer) after
 # the folder appears, and only the kernel's answer to a real attempt tells a limit from a lag.
 _CONFIRM_S = 0.2
+
+
 # What wakes waiters: a name appearing (create, link, rename), and a file that a foreign writer
 # (git, rsync, an editor) created first and fills later being written and closed. Deleting a
 # folder is watched only to learn that threads/ itself is gone.
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
+def _events() -> list[type[FileSystemEvent]]:
+    from watchdog import events as e
+
+    return [
+        e.FileCreatedEvent,
+        e.FileMovedEvent,
+        e.FileModifiedEvent,
+        e.FileClosedEvent,
+        e.DirCreatedEvent,
+        e.DirMovedEvent,
+        e.DirDeletedEvent,
+    ]
+
+
 _FIX = (
     "raise the limits, e.g. `sudo sysctl -w fs.inotify.max_user_watches=524288 "
     "fs.inotify.max_user_instances=1024` (add them to /etc/sysctl.d/ to keep them), then "
@@ -135,6 +132,8 @@ def _kernel_watches() -> set[int] | None:
 def _try_watch(path: str) -> int:
     """Return 0 if a fresh inotify instance may watch path now, else the kernel's errno."""
     # Imported here: the module exists only where inotify does (Linux), and so do we here.
+    import ctypes
+
     from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
 
     fd = inotify_init()
@@ -147,14 +146,17 @@ def _try_watch(path: str) -> int:
         os.close(fd)  # and with it the watch
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher) -> None:
-        self._watcher = watcher
+def _handler(watcher: Watcher) -> Any:
+    """Return the watchdog event handler that tells watcher of each event."""
+    from watchdog.events import FileSystemEventHandler
 
-    def on_any_event(self, event: FileSystemEvent) -> None:  # runs on the observer thread
-        if event.is_directory:
-            self._watcher.folder_event(event)
-        self._watcher.notify()
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:  # on the observer thread
+            if event.is_directory:
+                watcher.folder_event(event)
+            watcher.notify()
+
+    return Handler()
 
 
 class Watcher:
@@ -182,7 +184,7 @@ class Watcher:
         self._subscribers: dict[int, Callable[[], None]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
-        self._handler = _Handler(self)
+        self._handler = _handler(self)
         self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the watched folder
         self._lost = False  # threads/ itself was deleted: watch it anew even if the inode is reused
@@ -192,6 +194,8 @@ class Watcher:
         self._stopping = False
         self._look = threading.Event()  # wakes the keeper early
         self._keeper: threading.Thread | None = None
+        from watchdog.observers import Observer
+
         try:
             self._observer: BaseObserver | None = Observer()
         except OSError as e:  # inotify_init: EMFILE at max_user_instances
@@ -273,9 +277,7 @@ class Watcher:
         thousands costs one check per interval, not one each); threads/ itself gone wakes it now.
         """
         self._folders_changed = True
-        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == str(
-            self.threads_dir
-        ):
+        if event.event_type == "deleted" and os.fsdecode(event.src_path) == str(self.threads_dir):
             self._lost = True
             self._look.set()
 
@@ -316,7 +318,7 @@ class Watcher:
         if identity is not None:
             try:
                 self._watch = self._observer.schedule(
-                    self._handler, str(self.threads_dir), recursive=True, event_filter=_EVENTS
+                    self._handler, str(self.threads_dir), recursive=True, event_filter=_events()
                 )
             except FileNotFoundError:
                 self._identity = None  # gone again already: try on the next look
