@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from helpers import agent, call
+from helpers import agent, call, until_async
 from mcp.client import Client
 
 from mailslot import Mailbox
+from mailslot.tools import Session
 
 
 async def drain(c: Client, **args: Any) -> list[tuple[str, int, str]]:
@@ -232,3 +233,54 @@ def test_waits_report_what_they_stepped_over(root: Path) -> None:
             assert len(got["unreadable"]) == 1 and "000002.json" in got["unreadable"][0]
 
     anyio.run(main)
+
+
+def test_a_busy_server_writes_positions_once_a_second_and_on_exit(root: Path) -> None:
+    """Positions moved by waits are written within save_every, not once per message; what is
+    due is written when the session closes, so a clean restart continues where it was."""
+    box = setup(root)
+    saved = root / ".state" / "cursors" / "worker" / "build.json"
+    session = Session(box, agent="worker", save_every=60.0)
+    calls: list[int] = []
+    session.on_positions_due = lambda: calls.append(1)
+
+    async def main() -> None:
+        seq = 0
+        for i in range(5):
+            seq = box.post("build", f"m{i}", sender="boss")
+            got = await session.msg_wait("build", after_seq=seq - 1, timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [seq]
+        first = saved.read_bytes()  # the first move is written at once
+        assert b'"read": 1' in first, first
+        assert len(calls) == 1, "one call when writes start to wait, not one per message"
+        session.flush_positions()
+        assert f'"read": {seq}'.encode() in saved.read_bytes()
+        late = box.post("build", "late", sender="boss")
+        await session.msg_wait("build", after_seq=late - 1, timeout_s=5)
+        assert f'"read": {seq}'.encode() in saved.read_bytes(), "left for the flush"
+
+    anyio.run(main)
+    session.close()
+    box.close()
+    assert b'"read": 6' in saved.read_bytes(), "closing writes what was due"
+
+
+def test_a_running_server_writes_a_moved_position_within_a_second_or_so(root: Path) -> None:
+    box = setup(root)
+    saved = root / ".state" / "cursors" / "worker" / "build.json"
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            for i in range(3):  # the first write is at once, the next ones wait their second
+                seq = box.post("build", f"m{i}", sender="boss")
+                got = await call(worker, "msg_wait", thread="build", after_seq=seq - 1)
+                assert [m["seq"] for m in got["messages"]] == [seq]
+            want = f'"read": {seq}'.encode()
+            # within 5 s: before the 10 s heartbeat, which would write it too
+            await until_async("the position written", lambda: _has(saved, want), within=5)
+
+    anyio.run(main)
+
+
+async def _has(path: Path, text: bytes) -> bool:
+    return path.exists() and text in path.read_bytes()

@@ -60,6 +60,11 @@ from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcrip
 
 log = logging.getLogger("mailslot.serve")
 
+# A busy conversation writes each agent's read positions once a second, not after each wait
+# (a file replaced per message is a fifth of what a wake costs); a server killed in that
+# second shows those messages again after its restart: at least once, never skipped.
+POSITIONS_EVERY_S = 1.0
+
 READ_ONLY = {"thread_list", "thread_get", "msg_list", "agent_list", "bus_get_config", "msg_wait"}
 
 
@@ -379,6 +384,18 @@ async def _heartbeat(state: _State) -> None:
             log.warning("presence heartbeat failed: %s", e)
 
 
+async def _flush_positions(session: Session) -> None:
+    """Write read positions within save_every of a wait or read that moved them."""
+    due = anyio.Event()
+    session.on_positions_due = due.set
+    while True:
+        await due.wait()
+        await anyio.sleep(session.save_every)
+        due = anyio.Event()
+        session.on_positions_due = due.set
+        session.flush_positions()
+
+
 async def _watch_threads(state: _State) -> None:
     """Tell a subscribed client about new messages in any thread, whoever wrote them."""
     box = state.session.box
@@ -416,6 +433,7 @@ def _lifespan(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_heartbeat, state)
+                tg.start_soon(_flush_positions, state.session)
                 tg.start_soon(_watch_threads, state)
                 try:
                     yield state
@@ -661,7 +679,7 @@ def serve(
     box = Mailbox(root, wait_mode=wait_mode)
     session = Session(
         box, agent=agent, lang=lang, wait_default=wait_default, wait_max=wait_max,
-        stale_after=stale_after, strict_name=strict_name,
+        stale_after=stale_after, strict_name=strict_name, save_every=POSITIONS_EVERY_S,
     )  # fmt: skip
     if session.fallback_from:
         log.warning(

@@ -257,12 +257,17 @@ class Session:
         stale_after: float = DEFAULT_STALE_AFTER,
         progress_every: float = PROGRESS_EVERY_S,
         strict_name: bool = False,
+        save_every: float = 0.0,
     ) -> None:
         """Open a session; with agent, take that name now.
 
         If a live process holds agent, take the first free variant (agent-2, agent-3, ...)
         and remember it in fallback_from, unless strict_name, which raises NameTaken instead:
         two sessions of one client in one project share one pinned name.
+
+        save_every: read positions moved by reads and waits are written at most this often
+        (0: at once); on_positions_due is then called, and the owner calls flush_positions()
+        within save_every.
         """
         if not 0 < wait_default <= wait_max:
             raise InvalidMessage("the default wait must be > 0 and at most the maximum wait")
@@ -280,6 +285,10 @@ class Session:
         self._waits = 0
         self._waiting_on: str | None = None
         self._status_written = "online"  # the status the presence file has from this session
+        self.save_every = save_every
+        self._saved_at = -save_every  # monotonic time of the last write of positions
+        self._due = False  # moved positions wait for their write (see save_every)
+        self.on_positions_due: Callable[[], None] = lambda: None
         #: The pinned name this session could not take because another live session held it.
         self.fallback_from: str | None = None
         if agent is not None:
@@ -414,7 +423,7 @@ class Session:
             return  # once per session and thread: posting pays no position look-up
         try:
             if self._reading.join(thread, self.me()):
-                self.save_positions()
+                self.save_positions(now=False)
             self._joined.add(thread)
         except MailslotError:
             pass  # gone meanwhile: the caller's own call reports it
@@ -474,10 +483,28 @@ class Session:
         # one has not been shown yet. Waits never return an agent's own messages instead.
         return {"thread": thread, "seq": msg.seq, "id": msg.id}
 
-    def save_positions(self) -> None:
-        """Write read positions changed since the last save to .state/cursors/ (best effort)."""
-        if self.agent is not None:
-            self._reading.save(self.agent)
+    def save_positions(self, *, now: bool = True) -> None:
+        """Write read positions changed since the last save to .state/cursors/ (best effort).
+
+        now=False (after a read or a wait) may leave the write to flush_positions(), within
+        save_every: a busy conversation writes them once a second, not once per message.
+        """
+        if self.agent is None:
+            return
+        at = time.monotonic()
+        if not now and at - self._saved_at < self.save_every:
+            if not self._due:
+                self._due = True
+                self.on_positions_due()
+            return
+        self._saved_at = at
+        self._due = False
+        self._reading.save(self.agent)
+
+    def flush_positions(self) -> None:
+        """Write the positions whose write save_positions(now=False) left for later."""
+        if self._due:
+            self.save_positions()
 
     def _page(
         self,
@@ -522,7 +549,7 @@ class Session:
         if page.pending is not None and not more:
             out["hint"] = f"call msg_list(thread='{thread}', after_seq={cursor}) again shortly"
         self._reading.position(thread, self.me()).shown(after_seq, cursor)
-        self.save_positions()
+        self.save_positions(now=False)
         return out
 
     async def msg_wait(
@@ -586,7 +613,7 @@ class Session:
         views, cut = self._page(messages)
         nxt = cut if cut is not None else got.cursor[thread]
         pos.shown(start, nxt)
-        self.save_positions()
+        self.save_positions(now=False)
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
         if past:
             out["note"] = f"after_seq was past the newest message ({head}): waited from {head}"
@@ -621,7 +648,7 @@ class Session:
         views, cut = self._page(messages, lambda m: self._inbox_view(me, m))
         shown = {(m.thread, m.seq) for m in messages[: len(views)]} | gone
         self._reading.inbox_shown(messages, shown, got.cursor, self.agent)
-        self.save_positions()
+        self.save_positions(now=False)
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
         if cut is not None or self._reading.owes:
             out["has_more"] = True
