@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, mcp, peer, publish, scale, search, tasks, wake
+from bench import cold, mcp, peer, publish, scale, search, server, tasks, wake
 from bench._util import SCRATCH
 from mailslot._watch import filesystem_type
 
@@ -70,6 +70,10 @@ section("Wake: a waiting process woken by another's publish, beside a raw inotif
 t = time.monotonic()
 ours = mcp.measure(quick)
 section("Through MCP: real `mailslot serve` processes and the official client", mcp.render(ours), t)
+
+t = time.monotonic()
+section("The server's own cost: beside a minimal server on the same SDK, and before",
+        server.run(quick), t)  # fmt: skip
 
 t = time.monotonic()
 section("Tasks: claim and hand off through MCP, beside Redis Streams", tasks.run(quick), t)
