@@ -50,8 +50,8 @@ MUTANTS = [
         "watch-handler-silent",
         "Waiting: wakes the moment another process publishes (the observer's handler signals)",
         "_watch.py",
-        "            self._watcher.folder_event(event)\n        self._watcher.notify()\n",
-        "            self._watcher.folder_event(event)\n",
+        "                watcher.folder_event(event)\n            watcher.notify()\n",
+        "                watcher.folder_event(event)\n",
         (
             "tests/test_wait.py::test_waiter_in_another_process_wakes",
             "tests/test_watch.py::test_watcher_signals_when_a_created_file_is_filled",
