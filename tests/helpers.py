@@ -145,6 +145,19 @@ def check_thread(
         assert [s for _, s in pairs] == acked[writer], f"{writer}: acked seqs differ from stored"
 
 
+#: The handshake-era initialize request, as id 1.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+
+
 def raw_serve(root: Path, agent: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailslot", "serve", "--root", str(root), "--agent", agent],
@@ -154,19 +167,7 @@ def raw_serve(root: Path, agent: str) -> subprocess.Popen[bytes]:
         bufsize=0,  # read_line() selects on the pipe: nothing may wait in a buffer of ours
     )
     assert proc.stdin is not None
-    for line in (
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "1"},
-            },
-        },
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-    ):
+    for line in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}):
         proc.stdin.write((json.dumps(line) + "\n").encode())
     proc.stdin.flush()
     return proc

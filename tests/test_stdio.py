@@ -21,20 +21,9 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, answer, call, raw_serve
+from helpers import INITIALIZE, agent, answer, call, raw_serve
 
 from mailslot import Mailbox
-
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
 
 
 def _line(doc: dict[str, Any]) -> bytes:
@@ -134,7 +123,7 @@ def test_a_file_on_stdin_is_served_by_the_sdk_transport(tmp_path: Path) -> None:
     Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(
-        _line(INIT)
+        _line(INITIALIZE)
         + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
         + _line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     )
@@ -161,7 +150,9 @@ def test_a_terminal_is_served_by_the_sdk_transport_and_left_blocking(tmp_path: P
              "--agent", "alice"],
             stdin=slave, stdout=slave, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        os.write(master, _line(INIT) + _line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        os.write(
+            master, _line(INITIALIZE) + _line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        )
         seen = b""
         deadline = time.monotonic() + 30
         while b'"id":2' not in seen.replace(b" ", b"") and time.monotonic() < deadline:
@@ -245,7 +236,7 @@ def test_one_socket_as_stdin_and_stdout_is_served(tmp_path: Path) -> None:
     proc = _serve(tmp_path / "box", theirs, theirs)
     theirs.close()
     try:
-        ours.sendall(_line(INIT))
+        ours.sendall(_line(INITIALIZE))
         _replies(ours.fileno(), {1})
         ours.sendall(b"".join(_line(_call(i, "msg_post", thread="t", content=f"m{i}"))
                               for i in range(2, 7)))  # fmt: skip
@@ -283,7 +274,7 @@ def test_the_pipes_are_left_blocking_or_not_as_they_were(tmp_path: Path) -> None
     os.set_blocking(stdin_r, False)  # a parent that uses non-blocking pipes for its children
     try:
         proc = _serve(tmp_path / "box", stdin_r, stdout_w)
-        os.write(stdin_w, _line(INIT))
+        os.write(stdin_w, _line(INITIALIZE))
         _replies(stdout_r, {1})
         os.close(stdin_w)
         proc.communicate(timeout=30)

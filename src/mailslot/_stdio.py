@@ -17,6 +17,7 @@ import asyncio
 import fcntl
 import os
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -52,7 +53,22 @@ def _kinds() -> tuple[str, str]:
     return (kinds[0], kinds[1])
 
 
-class _Reader:
+class _Stream(ABC):
+    """What the SDK's streams are used as: async context managers that close on exit."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _Reader(_Stream):
     """The read side: each receive() parses the next line of stdin into a message."""
 
     def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
@@ -101,14 +117,6 @@ class _Reader:
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
 
 class _Flow(asyncio.Protocol):
     """Write-side protocol: lets senders wait while the pipe's buffer is full."""
@@ -130,7 +138,7 @@ class _Flow(asyncio.Protocol):
         self.writable.set()
 
 
-class _Writer:
+class _Writer(_Stream):
     """The write side: each send() writes one message as a line of stdout."""
 
     def __init__(self, write: Callable[[Callable[[], bytes]], Awaitable[None]]) -> None:
@@ -144,14 +152,6 @@ class _Writer:
 
     async def aclose(self) -> None:
         pass  # the wire is handed back when serving ends
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _divert(fd: int, to: int) -> int:
