@@ -92,6 +92,16 @@ MUTANTS = [
         ("tests/test_durability.py::test_fsync_false_syncs_neither",),
     ),
     Mutant(
+        "positions-never-flushed",
+        "Read positions: a running server writes a moved position within a second or so",
+        "stdio_server.py",
+        "        session.flush_positions()\n",
+        "        pass\n",
+        (
+            "tests/test_positions.py::test_a_running_server_writes_a_moved_position_within_a_second_or_so",
+        ),
+    ),
+    Mutant(
         "heartbeat-never-refreshes",
         "Presence: each server refreshes its presence file every timeout/3 seconds",
         "stdio_server.py",
