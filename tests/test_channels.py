@@ -263,3 +263,24 @@ def test_hooks_and_pushes_never_report_one_message_twice(box: Mailbox) -> None:
             assert [s for _, s in named(ext.got)] == [3]  # not 2: the hook told it
 
     anyio.run(main)
+
+
+def test_a_released_task_is_pushed_again_to_an_idle_agent(box: Mailbox) -> None:
+    """A task for anyone is pushed when it comes, and again when its holder gives it back:
+    the idle agent need not wait to learn that it can take it now."""
+
+    async def main() -> None:
+        async with channel_agent(box.root, "bob") as (bob, ext):
+            await call(bob, "msg_list", thread="t")  # bob takes part in t
+            seq = box.post("t", "fix the flaky test", sender="alice", type="task")
+            await settle(ext, 1)
+            assert named(ext.got) == [("t", seq)]
+            box.claim_task("t", seq, agent="carol")
+            await anyio.sleep(0.6)
+            assert len(ext.got) == 1, "held by carol: nothing to take"
+            box.release_task("t", seq, agent="carol", reason="out of time")
+            await settle(ext, 2)
+            assert named(ext.got) == [("t", seq), ("t", seq)]
+            assert f"task_claim(thread='t', seq={seq})" in ext.got[1].content
+
+    anyio.run(main)

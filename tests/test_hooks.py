@@ -155,6 +155,33 @@ def test_context_events_report_news_once_then_only_what_is_new(
     assert len(again) == 3
 
 
+def test_a_task_given_back_or_failed_is_news_again(mailbox: Path) -> None:
+    """Released by its holder, or failed by it: the task is open again, and an agent taking
+    part in its thread hears of it once more (once each time), as its inbox wait would say."""
+    with Mailbox(mailbox) as b:
+        session = Session(b, agent="bob")
+        session.msg_list("t")  # bob takes part in t
+        session.close()
+    seq = post(mailbox, "triage the crash report", to=None, type="task")
+    first = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert f"[t #{seq}] alice (task): triage" in first
+    assert hook(mailbox, "prompt") == ""
+    with Mailbox(mailbox) as b:
+        b.claim_task("t", seq, agent="carol")
+        assert hook(mailbox, "prompt") == "", "held by carol: nothing to take"
+        b.release_task("t", seq, agent="carol")
+    again = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
+    assert again[1].startswith(f"[t #{seq}] alice (task): triage")
+    assert again[1].endswith(f"task_claim(thread='t', seq={seq})")
+    assert hook(mailbox, "prompt") == "", "reported once"
+    with Mailbox(mailbox) as b:
+        b.claim_task("t", seq, agent="carol")
+        b.publish("t", "it does not reproduce", sender="carol", type="error", reply_to=seq)
+    failed = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert f"[t #{seq}] alice (task): triage" in failed
+    assert hook(mailbox, "prompt") == ""
+
+
 def test_session_start_and_prompt_share_what_was_reported(mailbox: Path) -> None:
     post(mailbox, "hello")
     assert hook(mailbox, "session-start")

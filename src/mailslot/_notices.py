@@ -3,8 +3,9 @@
 An agent blocked in ``msg_wait`` learns of new messages at once; one whose turn has ended
 learns of nothing until something tells it. Hooks (run by its client between turns) and
 channel pushes (sent by its server) both tell it what is new: messages addressed to it, and
-open tasks for anyone in the threads it takes part in, past its inbox position (what it has
-been shown, the one truth) and past what was already reported to it. What was reported is kept
+open tasks for anyone in the threads it takes part in (again when one is reopened, released or
+failed), past its inbox position (what it has been shown, the one truth) and past what was
+already reported to it. What was reported is kept
 per agent in ``.state/notified/<agent>.json`` (thread -> seq), shared by hooks and pushes, so
 neither repeats the other. A report is a hint: it moves no read position, and the messages are
 still returned by the agent's next ``msg_wait``.
@@ -20,6 +21,7 @@ from mailslot._errors import MailslotError
 from mailslot._format import Message, loads
 from mailslot._names import check_name
 from mailslot._reading import Reading
+from mailslot._tasks import OPEN, offer_of
 from mailslot.mailbox import Mailbox
 
 MAX_NEWS = 200  # messages one look reports at most (the rest comes on the next look)
@@ -32,6 +34,7 @@ class News:
 
     message: Message
     task: bool  # an open task it may take
+    at: int = 0  # the seq of the event that made the task open again (0: the message itself)
 
     def line(self) -> str:
         """Return one line for the agent: where, who, what, and the call that reads it."""
@@ -115,10 +118,14 @@ class Notices:
                         continue
                     task = tasks.get(m.seq)
                     if self.agent in m.to:
-                        open_task = task is not None and task.status == "open"
+                        open_task = task is not None and task.status == OPEN
                         out.append(News(m, open_task))
-                    elif joined and not m.to and task is not None and task.status == "open":
-                        out.append(News(m, True))
+                        seen.add(m.seq)
+                    elif joined and not m.to:
+                        offered = self._offered(thread, m, tasks)
+                        if offered is not None and offered.message.seq not in seen:
+                            out.append(offered)
+                            seen.add(offered.message.seq)
                     if len(out) >= MAX_NEWS:
                         break
         if senders is not None:
@@ -127,13 +134,28 @@ class Notices:
         out.sort(key=lambda n: (rank.get(n.message.priority, 2), n.message.thread, n.message.seq))
         return out[:MAX_NEWS]
 
+    def _offered(self, thread: str, m: Message, tasks: dict[int, Any]) -> News | None:
+        """Return the task m offers the agent, open now, as news found at m; or None."""
+        seq = offer_of(m, self.agent)
+        if seq is None:
+            return None
+        task = tasks.get(seq)
+        if task is None or task.status != OPEN or not task.may_take(self.agent):
+            return None
+        if seq == m.seq:
+            return News(m, True)
+        try:  # reopened, released or failed: the task itself is the news, found at m
+            return News(self.box.get(thread, seq), True, at=m.seq)
+        except MailslotError:
+            return None
+
     def mark(self, news: list[News]) -> None:
         """Record news as reported, so that neither hooks nor pushes report it again."""
         marks = self._marks()
         reported = self.reported()
         for n in news:
             m = n.message
-            reported[m.thread] = max(reported.get(m.thread, 0), m.seq)
+            reported[m.thread] = max(reported.get(m.thread, 0), m.seq, n.at)
         marks["reported"] = reported
         self._save(marks)
 

@@ -62,6 +62,18 @@ def event_of(m: Message) -> str | None:
     return event if event in EVENTS else None
 
 
+def offer_of(m: Message, me: str) -> int | None:
+    """Return the seq of the task m hands out to me, or None: a task, its reopening or release,
+    or a failed attempt (an error reply) that was not addressed to me (that one me reads)."""
+    if m.type == "task":
+        return m.seq
+    if event_of(m) in ("reopen", "release"):
+        return m.reply_to
+    if m.type == "error" and me not in m.to:
+        return m.reply_to
+    return None
+
+
 def _epoch(iso: str) -> float:
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -32,7 +32,7 @@ from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
 from mailslot._reservations import Held, held_view
-from mailslot._tasks import CLAIMED, OPEN, STATUSES, Question, Task, event_of, iso
+from mailslot._tasks import CLAIMED, OPEN, STATUSES, Question, Task, iso, offer_of
 
 # Re-exported: tools is the public home of the agent-facing operations, and the front doors
 # (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
@@ -143,18 +143,6 @@ def message_view(m: Message) -> dict[str, Any]:
     if m.meta:
         out["meta"] = m.meta
     return out
-
-
-def _offer_of(m: Message, me: str) -> int | None:
-    """Return the seq of the task m hands out to me, or None: a task, its reopening or release,
-    or a failed attempt (an error reply) that was not addressed to me (that one me reads)."""
-    if m.type == "task":
-        return m.seq
-    if event_of(m) in ("reopen", "release"):
-        return m.reply_to
-    if m.type == "error" and me not in m.to:
-        return m.reply_to
-    return None
 
 
 def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
@@ -630,7 +618,7 @@ class Session:
                 return True
             if m.to or m.thread not in joined:
                 return False
-            return _offer_of(m, me) is not None
+            return offer_of(m, me) is not None
 
         def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open
             return m.sender != me and self._offered(me, m)
@@ -657,7 +645,7 @@ class Session:
 
     def _offered(self, me: str, m: Message) -> bool:
         """Return False for a task (or the reopening of one) that me cannot take now."""
-        seq = _offer_of(m, me)
+        seq = offer_of(m, me)
         if seq is None:
             return True
         try:
@@ -668,7 +656,7 @@ class Session:
 
     def _inbox_view(self, me: str, m: Message) -> dict[str, Any]:
         """Return a message as the inbox shows it: a task (or its reopening) with its status."""
-        seq = _offer_of(m, me)
+        seq = offer_of(m, me)
         if seq is None:
             return message_view(m)
         try:
