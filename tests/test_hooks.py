@@ -158,10 +158,7 @@ def test_context_events_report_news_once_then_only_what_is_new(
 def test_a_task_given_back_or_failed_is_news_again(mailbox: Path) -> None:
     """Released by its holder, or failed by it: the task is open again, and an agent taking
     part in its thread hears of it once more (once each time), as its inbox wait would say."""
-    with Mailbox(mailbox) as b:
-        session = Session(b, agent="bob")
-        session.msg_list("t")  # bob takes part in t
-        session.close()
+    _join(mailbox)
     seq = post(mailbox, "triage the crash report", to=None, type="task")
     first = context(hook(mailbox, "prompt"), "UserPromptSubmit")
     assert f"[t #{seq}] alice (task): triage" in first
@@ -180,6 +177,46 @@ def test_a_task_given_back_or_failed_is_news_again(mailbox: Path) -> None:
     failed = context(hook(mailbox, "prompt"), "UserPromptSubmit")
     assert f"[t #{seq}] alice (task): triage" in failed
     assert hook(mailbox, "prompt") == ""
+
+
+def _join(root: Path, agent: str = "bob") -> None:
+    with Mailbox(root) as b:
+        session = Session(b, agent=agent)
+        session.msg_list("t")  # the agent takes part in t
+        session.close()
+
+
+def test_a_task_released_before_the_look_is_reported_once(mailbox: Path) -> None:
+    _join(mailbox)
+    seq = post(mailbox, "please do X", to=None, type="task")
+    with Mailbox(mailbox) as b:
+        b.claim_task("t", seq, agent="carol")
+        b.release_task("t", seq, agent="carol")
+    first = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert first.count(f"[t #{seq}]") == 1
+    assert hook(mailbox, "prompt") == "", "its release was part of what was reported"
+
+
+def test_a_reoffered_task_shown_first_never_hides_what_is_left_for_later(mailbox: Path) -> None:
+    """A hook shows what fits and marks it reported; a task offered again late in the thread,
+    shown first, must not mark the messages left out before that offer as reported."""
+    _join(mailbox)
+    seq = post(mailbox, "task for anyone", to=None, type="task")
+    assert hook(mailbox, "prompt")
+    with Mailbox(mailbox) as b:
+        b.claim_task("t", seq, agent="carol")
+    sent = [post(mailbox, f"msg {i} " + "words " * 60) for i in range(80)]
+    with Mailbox(mailbox) as b:
+        b.release_task("t", seq, agent="carol")
+    told: list[str] = []
+    for _ in range(20):
+        out = hook(mailbox, "prompt")
+        if not out:
+            break
+        told += context(out, "UserPromptSubmit").splitlines()
+    missing = [s for s in sent if not any(line.startswith(f"[t #{s}] ") for line in told)]
+    assert missing == [], f"never reported: {missing}"
+    assert any(line.startswith(f"[t #{seq}] ") for line in told)
 
 
 def test_session_start_and_prompt_share_what_was_reported(mailbox: Path) -> None:

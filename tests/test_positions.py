@@ -6,15 +6,17 @@ exactly-once delivery to the agent: every message it should get arrives once, no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
-from helpers import agent, call, until_async
+from helpers import agent, answer, call, raw_serve, until_async
 from mcp.client import Client
 
 from mailslot import Mailbox
@@ -284,3 +286,30 @@ def test_a_running_server_writes_a_moved_position_within_a_second_or_so(root: Pa
 
 async def _has(path: Path, text: bytes) -> bool:
     return path.exists() and text in path.read_bytes()
+
+
+def test_a_server_stopped_with_sigterm_keeps_what_it_showed(root: Path) -> None:
+    """Clients stop servers with SIGTERM (or SIGHUP): the position of a wait that has just
+    returned is written before the process ends, so a restart does not show it again."""
+    box = setup(root)
+    seq = box.post("build", "ping", sender="boss")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        proc = raw_serve(root, "worker")
+        try:
+            answer(proc, 1)
+            ask = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                   "params": {"name": "msg_wait",
+                              "arguments": {"thread": "build", "after_seq": seq - 1}}}  # fmt: skip
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps(ask) + "\n").encode())
+            proc.stdin.flush()
+            assert '"ping"' in answer(proc, 2)["result"]["content"][0]["text"]
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        saved = root / ".state" / "cursors" / "worker" / "build.json"
+        assert f'"read": {seq}' in saved.read_text(), sig
+        seq = box.post("build", "ping", sender="boss")  # the next round waits for this one

@@ -52,6 +52,14 @@ def test_the_tool_list_is_the_same_made_cached_damaged_or_uncachable(tmp_path: P
     assert json.loads(files[0].read_text())[0]["name"] == made[0]["name"]
     files[0].write_text(json.dumps(made[:3]))
     assert _tool_list(tmp_path / "box", cache) == made, "a cache listing other tools is ignored"
+    files[0].write_text("5")
+    assert _tool_list(tmp_path / "box", cache) == made, "a cache of another shape is ignored"
+    files[0].write_text("[" * 100_000 + "]" * 100_000)
+    assert _tool_list(tmp_path / "box", cache) == made, "a cache nested too deep is ignored"
+    files[0].unlink()
+    files[0].mkdir()  # no cache can be written there: made each time, nothing left behind
+    assert _tool_list(tmp_path / "box", cache) == made
+    assert sorted(p.name for p in (cache / "mailslot").iterdir()) == [files[0].name]
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     assert _tool_list(tmp_path / "box", blocked) == made, "no cache to write: made each time"

@@ -248,8 +248,8 @@ def _markable(news: list[News], shown: list[News]) -> list[News]:
     for n in news:
         if id(n) not in ids:
             t = n.message.thread
-            first_left[t] = min(first_left.get(t, n.message.seq), n.message.seq)
-    return [n for n in shown if n.message.seq < first_left.get(n.message.thread, n.message.seq + 1)]
+            first_left[t] = min(first_left.get(t, n.found), n.found)
+    return [n for n in shown if n.found < first_left.get(n.message.thread, n.found + 1)]
 
 
 def _stop_line(m: Message) -> str:

@@ -14,7 +14,7 @@ still returned by the agent's next ``msg_wait``.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mailslot._errors import MailslotError
@@ -35,6 +35,11 @@ class News:
     message: Message
     task: bool  # an open task it may take
     at: int = 0  # the seq of the event that made the task open again (0: the message itself)
+
+    @property
+    def found(self) -> int:
+        """Return the seq in its thread at which this was found: what reporting it passes."""
+        return max(self.message.seq, self.at)
 
     def line(self) -> str:
         """Return one line for the agent: where, who, what, and the call that reads it."""
@@ -93,7 +98,7 @@ class Notices:
             except MailslotError:
                 continue  # removed, or unreadable: the agent's own reads report it
             floor = max(pos.inbox_seen, reported.get(thread, 0))
-            seen: set[int] = set()
+            seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
             try:
                 tasks = self.box.board(thread).tasks
             except MailslotError:
@@ -109,7 +114,7 @@ class Notices:
                                 m = self.box.get(thread, s)
                                 task = tasks.get(s)
                                 out.append(News(m, task is not None and task.status == "open"))
-                                seen.add(s)
+                                seen[s] = len(out) - 1
                     floor = max(floor, upto)
             joined = pos.joined or pos.read is not None
             with contextlib.suppress(MailslotError):
@@ -120,19 +125,29 @@ class Notices:
                     if self.agent in m.to:
                         open_task = task is not None and task.status == OPEN
                         out.append(News(m, open_task))
-                        seen.add(m.seq)
+                        seen[m.seq] = len(out) - 1
                     elif joined and not m.to:
                         offered = self._offered(thread, m, tasks)
-                        if offered is not None and offered.message.seq not in seen:
+                        if offered is None:
+                            continue
+                        i = seen.get(offered.message.seq)
+                        if i is None:
                             out.append(offered)
-                            seen.add(offered.message.seq)
+                            seen[offered.message.seq] = len(out) - 1
+                        else:  # already news in this look: once, found where it was last offered
+                            out[i] = replace(out[i], task=True, at=max(out[i].at, m.seq))
                     if len(out) >= MAX_NEWS:
                         break
         if senders is not None:
             out = [n for n in out if n.message.sender in senders]
         rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
         out.sort(key=lambda n: (rank.get(n.message.priority, 2), n.message.thread, n.message.seq))
-        return out[:MAX_NEWS]
+        # What is cut here comes next time: nothing kept may be found past it in its thread,
+        # or marking what is kept would mark it reported too.
+        cut: dict[str, int] = {}
+        for n in out[MAX_NEWS:]:
+            cut[n.message.thread] = min(cut.get(n.message.thread, n.found), n.found)
+        return [n for n in out[:MAX_NEWS] if n.found < cut.get(n.message.thread, n.found + 1)]
 
     def _offered(self, thread: str, m: Message, tasks: dict[int, Any]) -> News | None:
         """Return the task m offers the agent, open now, as news found at m; or None."""
@@ -155,7 +170,7 @@ class Notices:
         reported = self.reported()
         for n in news:
             m = n.message
-            reported[m.thread] = max(reported.get(m.thread, 0), m.seq, n.at)
+            reported[m.thread] = max(reported.get(m.thread, 0), n.found)
         marks["reported"] = reported
         self._save(marks)
 

@@ -7,9 +7,11 @@ notifications for both protocol eras, prompts, and the presence heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -193,22 +195,24 @@ def _tool_list() -> list[MCPTool]:
     path = os.path.join(home, "mailslot", f"tools-{digest.hexdigest()[:20]}.json")
     try:
         with open(path, "rb") as f:
-            listed = [MCPTool.model_validate(doc) for doc in json.loads(f.read())]
+            docs = json.loads(f.read())
+        listed = [MCPTool.model_validate(doc) for doc in docs] if isinstance(docs, list) else []
         if [t.name for t in listed] == list(TOOL_NAMES):
             return listed
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError, RecursionError):
+        pass  # made anew below
     listed = [_describe(name, _arguments(name)) for name in TOOL_NAMES]
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        docs = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed]
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(
-                [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed], f
-            )
+            json.dump(docs, f)
         os.replace(tmp, path)
     except OSError as e:
         log.debug("tool list not cached: %s", e)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     return listed
 
 
@@ -724,8 +728,22 @@ def serve(
                 await low.run(relayed, write, options)
                 tg.cancel_scope.cancel()
 
+    async def until_stopped() -> None:
+        # SIGTERM and SIGHUP (how many clients stop a server) end serving as stdin closing
+        # does: the lifespan closes the session, which writes what positions are due.
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_signal)
+            await run()
+            tg.cancel_scope.cancel()
+
     try:
-        anyio.run(run)
+        anyio.run(until_stopped)
     finally:
         session.close()
         box.close()
