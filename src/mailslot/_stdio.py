@@ -161,6 +161,12 @@ def _divert(fd: int, to: int) -> int:
     return private
 
 
+def on_event_loop() -> bool:
+    """Return True if stdio() serves stdin and stdout on the event loop (False: the SDK's
+    threads, whose blocking reads a cancelled server cannot interrupt)."""
+    return "other" not in _kinds()
+
+
 @asynccontextmanager
 async def stdio() -> AsyncIterator[tuple[Any, Any]]:
     """Yield (read, write) streams of MCP messages over this process's stdin and stdout."""

@@ -56,7 +56,7 @@ from mailslot._errors import (
 from mailslot._format import Message
 from mailslot._notices import Notices
 from mailslot._reservations import held_view
-from mailslot._stdio import stdio
+from mailslot._stdio import on_event_loop, stdio
 from mailslot.mailbox import Mailbox
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
 
@@ -730,7 +730,11 @@ def serve(
 
     async def until_stopped() -> None:
         # SIGTERM and SIGHUP (how many clients stop a server) end serving as stdin closing
-        # does: the lifespan closes the session, which writes what positions are due.
+        # does: the lifespan closes the session, which writes what positions are due. (On a
+        # terminal the SDK's reader thread could not be interrupted: the signals stay fatal.)
+        if not on_event_loop():
+            await run()
+            return
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
