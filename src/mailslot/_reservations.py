@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from mailslot._leases import Lease
 from mailslot._log import ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._publish import Writer
-from mailslot._tasks import SYSTEM, _epoch, iso
+from mailslot._tasks import SYSTEM, _epoch, folded_through, iso
 
 log = logging.getLogger("mailslot")
 
@@ -275,7 +274,7 @@ class Reservations:
             )  # fmt: skip
         except _Refused:
             return Grant(False, [], self.ledger().conflicts(agent, patterns, exclusive))
-        ledger = self._through(message.seq)
+        ledger = folded_through(self.ledger, message.seq, self.files.settings.grace_s)
         if message.seq in ledger.refused:  # another machine's request landed first
             return Grant(False, [], ledger.refused[message.seq], message.seq)
         mine = [h for h in ledger.held if h.seq == message.seq]
@@ -290,14 +289,6 @@ class Reservations:
         if len(paths) > MAX_PATHS:
             raise InvalidMessage(f"at most {MAX_PATHS} paths at once; reserve a folder instead")
         return list(dict.fromkeys(normalize(p) for p in paths))
-
-    def _through(self, seq: int) -> Ledger:
-        deadline = time.monotonic() + self.files.settings.grace_s + 2.0
-        while True:
-            ledger = self.ledger()
-            if ledger.seq >= seq or time.monotonic() > deadline:
-                return ledger
-            time.sleep(0.05)
 
     def release(self, paths: object, agent: str) -> tuple[list[Held], list[str], int | None]:
         """Give back agent's reservations of paths (all of them if None).

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailslot import _leases
 from mailslot._agents import Agents
@@ -60,6 +60,24 @@ def event_of(m: Message) -> str | None:
     ev = m.meta.get("task")
     event = ev.get("event") if isinstance(ev, dict) else None
     return event if event in EVENTS else None
+
+
+class _Folded(Protocol):
+    seq: int
+
+
+F = TypeVar("F", bound=_Folded)
+
+
+def folded_through(fold: Callable[[], F], seq: int, grace_s: float) -> F:
+    """Return fold() once it has folded at least through seq (a message just published),
+    waiting out a file still arriving before it for up to grace_s + 2 seconds."""
+    deadline = time.monotonic() + grace_s + 2.0
+    while True:
+        folded = fold()
+        if folded.seq >= seq or time.monotonic() > deadline:
+            return folded
+        time.sleep(0.05)
 
 
 def offer_of(m: Message, me: str) -> int | None:
@@ -435,8 +453,10 @@ class Tasks:
     def _snapshot(self, thread: str, seq: int) -> tuple[Task, float | None]:
         """Return a copy of task seq and its lease's end, from one fold of the thread."""
         with self._lock:
-            self.task(thread, seq)  # raises if there is no such task
             board = self.board(thread)
+            if seq not in board.tasks:
+                self.task(thread, seq)  # raises if there is no such task, else folds it in
+                board = self.board(thread)
             task = replace(board.tasks[seq])
             return task, self.until(task, board)
 
@@ -464,7 +484,7 @@ class Tasks:
                 meta={"task": ev}, key=None, guard=guard,
             )  # fmt: skip
             written = message.seq
-            self._through(thread, message.seq)
+            folded_through(lambda: self.board(thread), message.seq, self.files.settings.grace_s)
         except _Lost:
             pass
         now, until = self._snapshot(thread, seq)
@@ -492,15 +512,6 @@ class Tasks:
                 f"{where} is dead after {task.failures} failed attempts; post it again as a new "
                 "task to retry it"
             )
-
-    def _through(self, thread: str, seq: int) -> Board:
-        """Return the board folded at least through seq (waiting out a file still arriving)."""
-        deadline = time.monotonic() + self.files.settings.grace_s + 2.0
-        while True:
-            board = self.board(thread)
-            if board.seq >= seq or time.monotonic() > deadline:
-                return board
-            time.sleep(0.05)
 
     def release(self, thread: str, seq: int, agent: str, *, reason: str | None = None) -> Message:
         """Give task seq back (it is open again, and no attempt failed); return the event.
