@@ -5,10 +5,10 @@ learns of nothing until something tells it. Hooks (run by its client between tur
 channel pushes (sent by its server) both tell it what is new: messages addressed to it, and
 open tasks for anyone in the threads it takes part in (again when one is reopened, released or
 failed), past its inbox position (what it has been shown, the one truth) and past what was
-already reported to it. What was reported is kept
-per agent in ``.state/notified/<agent>.json`` (thread -> seq), shared by hooks and pushes, so
-neither repeats the other. A report is a hint: it moves no read position, and the messages are
-still returned by the agent's next ``msg_wait``.
+already reported to it. What was reported is kept per agent in ``.state/notified/<agent>.json``
+(thread -> seq), shared by hooks and pushes, so neither repeats the other. A report is a hint:
+it moves no read position, and the messages are still returned by the agent's next
+``msg_wait``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Notices:
                             with contextlib.suppress(MailslotError):
                                 m = self.box.get(thread, s)
                                 task = tasks.get(s)
-                                out.append(News(m, task is not None and task.status == "open"))
+                                out.append(News(m, task is not None and task.status == OPEN))
                                 seen[s] = len(out) - 1
                     floor = max(floor, upto)
             joined = pos.joined or pos.read is not None
@@ -155,7 +155,7 @@ class Notices:
         if seq is None:
             return None
         task = tasks.get(seq)
-        if task is None or task.status != OPEN or not task.may_take(self.agent):
+        if task is None or not task.open_to(self.agent):
             return None
         if seq == m.seq:
             return News(m, True)

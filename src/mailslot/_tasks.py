@@ -147,6 +147,10 @@ class Task:
         """Return True if agent may claim this task (it is for anyone, or for agent)."""
         return not self.to or agent in self.to
 
+    def open_to(self, agent: str) -> bool:
+        """Return True if agent can take this task now: it is open, and agent may claim it."""
+        return self.status == OPEN and self.may_take(agent)
+
     def to_json(self) -> dict[str, Any]:
         """Return the task as cached on disk."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -234,7 +238,7 @@ class Board:
         event = event_of(m)
         ev: dict[str, Any] = m.meta.get("task") if event else {}  # type: ignore[assignment]
         if event == "claim":
-            if task.status == OPEN and task.may_take(m.sender):
+            if task.open_to(m.sender):
                 task.status, task.holder, task.claim = CLAIMED, m.sender, m.seq
                 task.attempts += 1
             elif not (task.status == CLAIMED and task.holder == m.sender):

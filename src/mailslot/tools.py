@@ -32,7 +32,7 @@ from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
 from mailslot._reservations import Held, held_view
-from mailslot._tasks import CLAIMED, OPEN, STATUSES, Question, Task, iso, offer_of
+from mailslot._tasks import CLAIMED, STATUSES, Question, Task, iso, offer_of
 
 # Re-exported: tools is the public home of the agent-facing operations, and the front doors
 # (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
@@ -397,9 +397,7 @@ class Session:
             f"read history with msg_list(thread='{info.id}', after_seq=0), then "
             f"msg_wait(thread='{info.id}', after_seq={info.head})"
         )
-        open_tasks = sum(
-            t.status == OPEN and t.may_take(me) for t in self.box.board(info.id).tasks.values()
-        )
+        open_tasks = sum(t.open_to(me) for t in self.box.board(info.id).tasks.values())
         if open_tasks:
             out["open_tasks"] = open_tasks
             out["hint"] += f"; {open_tasks} open tasks: msg_wait() hands them to you"
@@ -652,7 +650,7 @@ class Session:
             task = self.box.task(m.thread, seq)
         except MailslotError:
             return m.type == "task"  # unreadable now: show the task itself, as any message
-        return task.status == OPEN and task.may_take(me)
+        return task.open_to(me)
 
     def _inbox_view(self, me: str, m: Message) -> dict[str, Any]:
         """Return a message as the inbox shows it: a task (or its reopening) with its status."""
