@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -182,17 +183,11 @@ def _waker(c: Client, box: Mailbox) -> Callable[[], Awaitable[None]]:
             while True:
                 got = await _call(c, "msg_wait", thread="wake", after_seq=head["seq"],
                                   timeout_s=30)  # fmt: skip
-                head["seq"] = int(_field(got, "next_after_seq"))
+                head["seq"] = int(json.loads(got)["next_after_seq"])
                 if me in got:
                     break
 
     return wake
-
-
-def _field(text: str, key: str) -> Any:
-    import json
-
-    return json.loads(text)[key]
 
 
 async def _cold(params: StdioServerParameters) -> tuple[float, float]:
