@@ -186,3 +186,35 @@ def test_python_dash_m_and_version() -> None:
         [sys.executable, "-m", "mailslot", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("mailslot ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [b"search", b"\xff"],
+        [b"search", b"hi", b"--from", b"ab\xffc"],
+        [b"search", b"hi", b"--to", b"\xfe"],
+        [b"post", b"t", b"caf\xe9"],
+        [b"read", b"t", b"--as", b"\xff"],
+    ],
+)
+def test_arguments_that_are_not_utf8_are_a_usage_error(env_root: Path, argv: list[bytes]) -> None:
+    box = Mailbox(env_root)
+    box.create_thread("t", creator="alice")
+    box.post("t", "hi there", sender="alice")
+    before = sorted(p.name for p in (env_root / "threads" / "t").iterdir())
+    env = {**os.environ, "MAILSLOT_ROOT": str(env_root), "MAILSLOT_AGENT": "alice"}
+    p = subprocess.run([sys.executable.encode(), b"-m", b"mailslot", *argv],
+                       capture_output=True, env=env, check=False)  # fmt: skip
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert "Traceback" not in err and "is not valid UTF-8 (byte 0x" in err and "UTF-8 text" in err
+    assert sorted(q.name for q in (env_root / "threads" / "t").iterdir()) == before
+
+
+def test_a_root_path_that_is_not_utf8_works(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path) + b"/box\xff"
+    p = subprocess.run([sys.executable.encode(), b"-m", b"mailslot", b"init", b"--root", root],
+                       capture_output=True, check=False)  # fmt: skip
+    assert p.returncode == 0, p.stderr.decode()
+    assert os.path.isdir(root + b"/threads")

@@ -1029,10 +1029,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    """Return what is wrong with the first argument that is not UTF-8 text, or None.
+
+    Python hands such bytes over as lone surrogates, which no message, name or query can hold;
+    a --root path may hold them (file names are bytes on POSIX).
+    """
+    for i, a in enumerate(argv):
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError as e:
+            if a.startswith("--root=") or (i and argv[i - 1] == "--root"):
+                continue
+            raw = a.encode("utf-8", "surrogateescape")
+            byte = raw[len(a[: e.start].encode("utf-8", "surrogateescape"))]
+            return (
+                f"argument \"{raw.decode('utf-8', 'backslashreplace')}\" is not valid UTF-8 "
+                f"(byte 0x{byte:02x}); mailslot reads its arguments as UTF-8 text: check the "
+                "terminal's locale or the script's encoding"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mailslot command with argv and return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     named = argv[0] if argv and any(c.name == argv[0] for c in COMMANDS) else None
+    if (bad := _not_utf8(argv)) is not None:
+        print(f"mailslot{' ' + named if named else ''}: error: {bad}", file=sys.stderr)
+        return EXIT_USAGE
     args = parser(named).parse_args(argv)
     args.told = set()  # the damaged files this run has told of (_Warnings, trouble)
     warnings = _Warnings(args.told)
