@@ -104,18 +104,26 @@ def test_tail_without_follow(env_root: Path, capsys: pytest.CaptureFixture[str])
 def test_tail_follow_streams_and_stops_on_ctrl_c(env_root: Path) -> None:
     box = Mailbox(env_root)
     box.post("t", "old", sender="alice")
-    p = cli("tail", "-f", "-n", "1", "--json", root=env_root)
-    assert p.stdout is not None
-    assert json.loads(p.stdout.readline())["content"] == "old"
-    box.post("t", "new", sender="bob")
-    assert json.loads(p.stdout.readline())["content"] == "new"
-    box.create_thread("fresh", creator="bob")
-    box.post("fresh", "in a new thread", sender="bob")
-    got = json.loads(p.stdout.readline())
-    assert (got["thread"], got["content"]) == ("fresh", "in a new thread")
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=10)
-    assert p.returncode == 0 and "Traceback" not in err
+    # Ctrl-C reaches the command as a person's terminal sends it, even where this test runs
+    # with SIGINT ignored (a background job inherits that, and Python keeps it ignored).
+    p = cli("tail", "-f", "-n", "1", "--json", root=env_root,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        assert p.stdout is not None
+        assert json.loads(p.stdout.readline())["content"] == "old"
+        box.post("t", "new", sender="bob")
+        assert json.loads(p.stdout.readline())["content"] == "new"
+        box.create_thread("fresh", creator="bob")
+        box.post("fresh", "in a new thread", sender="bob")
+        got = json.loads(p.stdout.readline())
+        assert (got["thread"], got["content"]) == ("fresh", "in a new thread")
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 0 and "Traceback" not in err
+    finally:
+        if p.poll() is None:  # it ignored Ctrl-C: fail, and leave no process behind
+            p.kill()
+            p.communicate()
 
 
 def test_wait_command(env_root: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,7 +111,7 @@ def test_export_and_mcp_config_json(env_root: Path, capsys: pytest.CaptureFixtur
 def test_the_demo_names_the_command_as_the_shell_finds_it(monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = Path(sys.executable).parent
     if not (bindir / "mailslot").exists():
-        pytest.skip("mailslot is not installed as a script beside this interpreter")
+        require("mailslot is not installed as a script beside this interpreter")
     others = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != bindir]
     monkeypatch.setenv("PATH", os.pathsep.join(others))
     away = _command_here()
