@@ -1044,7 +1044,7 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
             raw = a.encode("utf-8", "surrogateescape")
             byte = raw[len(a[: e.start].encode("utf-8", "surrogateescape"))]
             return (
-                f"argument \"{raw.decode('utf-8', 'backslashreplace')}\" is not valid UTF-8 "
+                f'argument "{raw.decode("utf-8", "backslashreplace")}" is not valid UTF-8 '
                 f"(byte 0x{byte:02x}); mailslot reads its arguments as UTF-8 text: check the "
                 "terminal's locale or the script's encoding"
             )
