@@ -244,3 +244,62 @@ def test_network_filesystems_are_recognised(tmp_path: Path) -> None:
         assert not is_network_fs(fstype), fstype
     assert filesystem_type(tmp_path) not in (None, "")
     assert filesystem_type(Path("/proc")) == "proc"
+
+
+def _looked_per_poll_tick(
+    root: Path, agent: str, from_empty_cursor: bool, mp: pytest.MonkeyPatch
+) -> int:
+    """Wait on every thread's inbox in poll mode and return the most threads one poll tick
+    looked at (stat-ed the next seq of), leaving out the wait's first look, which reads all.
+
+    The wait ends when, after a few ticks, a message for agent lands in a new thread.
+    """
+    waiter = Mailbox(root, wait_mode="poll", poll_interval=0.01)
+    looked: list[set[str]] = []  # per tick: the thread folders looked at
+    real_exists, real_tick = _wait.exists, _wait.Waiting.tick
+
+    def counting_exists(tdir: Path, seq: int) -> bool:
+        if looked:
+            looked[-1].add(tdir.name)
+        return real_exists(tdir, seq)
+
+    def counting_tick(self: _wait.Waiting, plan: _wait._WaitPlan) -> float:
+        looked.append(set())
+        if len(looked) == 5:  # past the first ticks: end the wait the way news comes
+            with Mailbox(root, fsync=False) as other:
+                other.register_agent(agent)
+                end = other.create_thread(f"end for {agent}", creator="alice").id
+                other.post(end, "the end", sender="alice", to=[agent])
+        return real_tick(self, plan)
+
+    with mp.context() as m:
+        m.setattr(_wait, "exists", counting_exists)
+        m.setattr(_wait.Waiting, "tick", counting_tick)
+        got = waiter.wait(None, {} if from_empty_cursor else waiter.cursor(), to=agent)
+    assert [m.content for m in got.messages] == ["the end"] and not got.timed_out
+    assert len(looked) >= 5
+    return max(len(threads) for threads in looked)
+
+
+def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Poll mode sees other machines' writes only by looking; past a few hundred threads a tick
+    # looks at the busy ones and a slice of the rest, whether the wait started from an empty
+    # cursor ({}: every thread from its start) or from cursor() ("from now").
+    box = Mailbox(root, fsync=False)
+    for agent in ("alice", "bob"):
+        box.register_agent(agent)
+
+    def grow_to(n: int) -> None:
+        for i in range(len(box.cursor()), n):
+            thread = box.create_thread(f"quiet {i}", creator="alice").id
+            box.post(thread, "old news for someone else", sender="alice", to=["bob"])
+
+    grow_to(300)
+    few = _looked_per_poll_tick(root, "carol", True, monkeypatch)
+    grow_to(2000)
+    many = _looked_per_poll_tick(root, "dave", True, monkeypatch)
+    from_now = _looked_per_poll_tick(root, "erin", False, monkeypatch)
+    assert many <= few, f"a tick looked at {few} of 300 threads but {many} of 2,000"
+    assert many <= from_now, f"{many} threads per tick from {{}}, {from_now} from cursor()"

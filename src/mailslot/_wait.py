@@ -285,7 +285,11 @@ class _WaitPlan:
         self.listed_at = 0.0
         self.listing_key: tuple[int, int] | None = None
         self.fresh_until = 0.0
-        self.hot: dict[str, float] = {}  # thread -> until when it is polled on every tick
+        # Threads that came or got news during the wait: polled on every tick until then. What
+        # the first look finds (the threads there are, the backlog past the cursor) is not news,
+        # or a wait from an empty cursor would poll every thread on every tick for HOT_S.
+        self.hot: dict[str, float] = {}
+        self.looked = False  # the first look (which covers every thread) is done
         self.turn = 0  # where the round over the other threads goes on
 
     def _names(self) -> list[str]:
@@ -307,9 +311,10 @@ class _WaitPlan:
             if new:
                 self.known.update(new)
                 self.order = sorted(self.known)
-                self.fresh_until = now + 1.0
-                for thread in new:
-                    self.hot[thread] = now + HOT_S
+                if self.looked:  # created during the wait: its first messages may come fast
+                    self.fresh_until = now + 1.0
+                    for thread in new:
+                        self.hot[thread] = now + HOT_S
         return self.order
 
     def _due(self, names: list[str], full: bool) -> list[str]:
@@ -361,7 +366,9 @@ class _WaitPlan:
                 self.cursor[thread] = seq
                 continue
             self.cursor[thread] = seq
-            self.hot[thread] = time.monotonic() + HOT_S
+            if self.looked:
+                self.hot[thread] = time.monotonic() + HOT_S
+        self.looked = True
         return bool(self.messages)
 
     def result(self, *, timed_out: bool) -> Arrivals:
