@@ -41,7 +41,7 @@ class UI:
         content_type: str = "application/json",
     ) -> tuple[int, dict[str, str], bytes]:
         con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {"Host": host or f"127.0.0.1:{self.port}"}
+        headers = {"Host": f"127.0.0.1:{self.port}" if host is None else host}
         if cookie:
             headers["Cookie"] = f"mailslot_token={self.token}"
         if method == "POST":
@@ -53,7 +53,10 @@ class UI:
         data = json.dumps(body).encode() if body is not None else None
         con.request(method, path, body=data, headers=headers)
         r = con.getresponse()
-        out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        head = {k.lower(): v for k, v in r.getheaders()}
+        # An event stream never ends: its first line is enough to tell it was served.
+        streaming = head.get("content-type", "").startswith("text/event-stream")
+        out = r.status, head, r.readline() if streaming else r.read()
         con.close()
         return out
 
@@ -63,15 +66,15 @@ class UI:
         return json.loads(data)
 
 
-@pytest.fixture
-def ui(tmp_path: Path) -> Iterator[UI]:
-    box = Mailbox.init(tmp_path / "box")
+def launch(root: Path) -> Iterator[UI]:
+    """Yield `mailslot ui --as dave` running over a mailbox with one question in 'release'."""
+    box = Mailbox.init(root)
     for name in ("alice", "bob"):
         box.register_agent(name)
     box.create_thread("release", creator="alice")
     box.post("release", "Ship **1.2** today?", sender="alice", to=["bob"], type="question")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailslot", "ui", "--root", str(tmp_path / "box"), "--as", "dave"],
+        [sys.executable, "-m", "mailslot", "ui", "--root", str(root), "--as", "dave"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -83,6 +86,17 @@ def ui(tmp_path: Path) -> Iterator[UI]:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[UI]:
+    yield from launch(tmp_path / "box")
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    """One console for the guard's matrix (its refusals change nothing, so it is shared)."""
+    yield from launch(tmp_path_factory.mktemp("guard") / "box")
 
 
 def test_the_printed_address_exchanges_the_token_for_a_cookie(ui: UI) -> None:
@@ -97,40 +111,162 @@ def test_the_printed_address_exchanges_the_token_for_a_cookie(ui: UI) -> None:
     assert ui.request("GET", "/?token=wrong", cookie=False)[0] == 403
 
 
-@pytest.mark.parametrize("path", ["/", "/app.js", "/api/threads", "/api/events", "/api/me"])
-def test_without_the_token_nothing_is_served(ui: UI, path: str) -> None:
-    status, _, body = ui.request("GET", path, cookie=False)
-    assert status == 403 and b"mailslot ui" in body
+# What a page of another origin may send without asking first (a CORS "simple" request),
+# including text/plain with a parameter that merely mentions JSON.
+SIMPLE_TYPES = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "text/plain",
+    "text/plain; charset=application/json",
+    "text/plain;application/json",
+]
 
 
-@pytest.mark.parametrize("host", ["evil.example:80", "attacker.test", "127.0.0.1:1"])
-def test_a_foreign_host_is_refused(ui: UI, host: str) -> None:
-    """DNS rebinding: a page on another name that resolves to 127.0.0.1 gets nothing."""
-    status, _, body = ui.request("GET", "/api/threads", host=host)
-    assert status == 403 and b"127.0.0.1 or localhost" in body
-
-
-@pytest.mark.parametrize("origin", [None, "http://evil.example", "null"])
-def test_a_cross_origin_post_is_refused_and_stores_nothing(ui: UI, origin: str | None) -> None:
-    status, _, _ = ui.request(
-        "POST", "/api/threads/release/messages", {"content": "forged"}, origin=origin
+@pytest.mark.parametrize("kind", SIMPLE_TYPES)
+def test_a_post_that_is_not_json_is_refused(guarded: UI, kind: str) -> None:
+    before = files(guarded)
+    status, _, body = guarded.request(
+        "POST", "/api/threads/release/messages", {"content": "x"}, content_type=kind
     )
-    assert status == 403
-    assert [m.content for m in Mailbox(ui_root(ui)).messages("release")] == ["Ship **1.2** today?"]
+    assert status == 415 and b"send JSON" in body
+    assert files(guarded) == before
 
 
-def test_a_form_post_is_refused(ui: UI) -> None:
-    status, _, _ = ui.request(
-        "POST", "/api/threads/release/messages", {"content": "x"},
-        content_type="application/x-www-form-urlencoded",
-    )  # fmt: skip
-    assert status == 415
+@pytest.mark.parametrize("kind", ["application/json", "application/json; charset=utf-8",
+                                  "Application/JSON"])  # fmt: skip
+def test_a_json_post_is_taken(guarded: UI, kind: str) -> None:
+    status, _, body = guarded.request(
+        "POST", "/api/threads/release/messages", {"content": kind}, content_type=kind
+    )
+    assert status == 200, body
 
 
 def ui_root(ui: UI) -> Path:
     args = ui.proc.args
     assert isinstance(args, list)
     return Path(args[args.index("--root") + 1])
+
+
+def files(ui: UI) -> dict[str, bytes]:
+    """Return every file of the console's mailbox and its bytes (to see that nothing changed)."""
+    root = ui_root(ui)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------- the guard, as a matrix
+
+NOT_LOGGED_IN = b"open the address `mailslot ui` printed"
+READS = ["/app.js", "/app.css", "/api/me", "/api/threads", "/api/threads/release", "/api/agents",
+         "/api/tasks", "/api/reservations", "/api/search?q=ship", "/api/events"]  # fmt: skip
+CHANGES = [
+    ("/api/threads", {"topic": "forged"}),
+    ("/api/threads/release/messages", {"content": "forged"}),
+    ("/api/threads/release/state", {"state": "review"}),
+    ("/api/threads/release/read", {"seq": 1}),
+]
+
+
+@pytest.mark.parametrize("path", ["/", *READS])
+def test_without_the_token_nothing_is_served(guarded: UI, path: str) -> None:
+    status, _, body = guarded.request("GET", path, cookie=False)
+    assert status == 403 and NOT_LOGGED_IN in body
+
+
+@pytest.mark.parametrize("path", READS)
+def test_the_token_in_the_address_logs_in_only_on_the_page(guarded: UI, path: str) -> None:
+    """`?token=` is exchanged for the cookie at / only: anywhere else it is not a login (an
+    address with the token in it ends up in histories, logs and Referer headers)."""
+    joiner = "&" if "?" in path else "?"
+    status, headers, body = guarded.request("GET", f"{path}{joiner}token={guarded.token}",
+                                            cookie=False)  # fmt: skip
+    assert (status, "set-cookie" in headers) == (403, False), (status, body)
+    assert NOT_LOGGED_IN in body
+
+
+@pytest.mark.parametrize(("path", "doc"), CHANGES)
+def test_the_token_in_the_address_changes_nothing(guarded: UI, path: str, doc: Any) -> None:
+    before = files(guarded)
+    status, _, body = guarded.request("POST", f"{path}?token={guarded.token}", doc, cookie=False)
+    assert status == 403 and NOT_LOGGED_IN in body
+    assert files(guarded) == before
+
+
+# None (no Origin at all), and origins that only begin (or end) like the page's own; a browser
+# sends the origin exactly.
+FOREIGN_ORIGINS = [
+    None,
+    "http://127.0.0.1:{port}.evil.example", "http://127.0.0.1:{port}0",
+    "http://localhost:{port}.evil.example", "http://127.0.0.1:{port}@evil.example",
+    "http://evil.example/http://127.0.0.1:{port}", "https://127.0.0.1:{port}", "http://127.0.0.1",
+    "http://evil.example", "null", "",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("origin", FOREIGN_ORIGINS)
+@pytest.mark.parametrize(("path", "doc"), CHANGES)
+def test_a_foreign_origin_changes_nothing(
+    guarded: UI, origin: str | None, path: str, doc: Any
+) -> None:
+    before = files(guarded)
+    sent = origin if origin is None else origin.format(port=guarded.port)
+    status, _, body = guarded.request("POST", path, doc, origin=sent)
+    assert status == 403 and b"cross-origin" in body, (status, body)
+    assert files(guarded) == before
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}"])
+def test_the_pages_own_origin_may_post(guarded: UI, origin: str) -> None:
+    status, _, body = guarded.request("POST", "/api/threads/release/messages", {"content": "ok"},
+                                      origin=origin.format(port=guarded.port))  # fmt: skip
+    assert status == 200, body
+    seq = json.loads(body)["seq"]
+    assert Mailbox(ui_root(guarded)).get("release", seq).content == "ok"
+
+
+FOREIGN_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1:{port}.evil.example",
+                 "127.0.0.1:{port}0", "localhost.evil.example:{port}", "127.0.0.1", "127.0.0.1:1",
+                 ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+@pytest.mark.parametrize("path", ["/", "/?token={token}", "/app.js", "/api/threads",
+                                  "/api/events", "/api/threads/release/messages"])  # fmt: skip
+def test_a_foreign_host_gets_nothing_anywhere(guarded: UI, host: str, path: str) -> None:
+    """DNS rebinding: a name that resolves to 127.0.0.1 gets neither the page, nor the cookie
+    for the token, nor the API."""
+    before = files(guarded)
+    post = path.endswith("/messages")
+    status, headers, body = guarded.request(
+        "POST" if post else "GET",
+        path.format(token=guarded.token),
+        {"content": "forged"} if post else None,
+        host=host.format(port=guarded.port),
+        cookie="token" not in path,
+    )
+    assert (status, "set-cookie" in headers) == (403, False), (status, body)
+    assert b"127.0.0.1 or localhost" in body
+    assert files(guarded) == before
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}"])
+def test_the_page_answers_on_both_loopback_names(guarded: UI, host: str) -> None:
+    name = host.format(port=guarded.port)
+    status, headers, _ = guarded.request("GET", f"/?token={guarded.token}", host=name, cookie=False)
+    assert status == 303 and f"mailslot_token={guarded.token}" in headers["set-cookie"]
+    status, _, body = guarded.request("GET", "/", host=name)
+    assert status == 200 and b"<html" in body.lower()
+
+
+def test_a_sender_in_the_body_is_ignored(guarded: UI) -> None:
+    """The console speaks as its person only: a `from`, `sender` or `creator` posted with a
+    message, a state or a new thread is not who it is stored as."""
+    forged = {"from": "alice", "sender": "alice", "creator": "alice", "created_by": "alice"}
+    seq = guarded.json("POST", "/api/threads/release/messages", forged | {"content": "who?"})["seq"]
+    state = guarded.json("POST", "/api/threads/release/state", forged | {"state": "review"})["seq"]
+    made = guarded.json("POST", "/api/threads", forged | {"topic": "A new one"})["thread"]
+    box = Mailbox(ui_root(guarded))
+    assert [box.get("release", s).sender for s in (seq, state)] == ["dave", "dave"]
+    assert box.thread(made).created_by == "dave"
 
 
 def test_the_api_reads_and_posts_as_the_person(ui: UI) -> None:
@@ -218,9 +354,9 @@ def test_the_demo_leaves_its_conversation_open_in_the_console(tmp_path: Path) ->
         proc.communicate(timeout=10)
 
 
-def test_a_large_mailbox_opens_at_once(tmp_path: Path) -> None:
+def test_a_large_mailbox_lists_whole_and_pages(tmp_path: Path) -> None:
     """1,000 threads and a thread of 20,000 messages: the list comes whole, the long thread
-    opens on its latest page and pages back."""
+    opens on its latest page and pages back (how long that takes is bench's business)."""
     root = tmp_path / "box"
     box = Mailbox.init(root, fsync=False)
     for i in range(1000):
@@ -230,13 +366,9 @@ def test_a_large_mailbox_opens_at_once(tmp_path: Path) -> None:
         box.post("long", f"message {i + 1}", sender="alice")
     proc, ui = start_ui(["ui", "--root", str(root), "--as", "dave"])
     try:
-        begun = time.monotonic()
         threads = ui.json("GET", "/api/threads")["threads"]
-        listed = time.monotonic() - begun
         assert len(threads) == 1001 and threads[0]["thread"] == "long"
-        begun = time.monotonic()
         page = ui.json("GET", "/api/threads/long")
-        opened = time.monotonic() - begun
         assert [m["seq"] for m in page["messages"]] == list(range(19_951, 20_001))
         assert page["has_before"] is True
         older = ui.json("GET", "/api/threads/long?before=19951")
@@ -244,7 +376,6 @@ def test_a_large_mailbox_opens_at_once(tmp_path: Path) -> None:
         first = ui.json("GET", "/api/threads/long?before=51")
         assert [m["seq"] for m in first["messages"]] == list(range(1, 51))
         assert first["has_before"] is False
-        print(f"\nlist of 1,001 threads: {listed:.2f} s; latest page of 20,000: {opened:.3f} s")
     finally:
         proc.terminate()
         proc.communicate(timeout=10)

@@ -80,7 +80,10 @@ class Console:
             origin = request.headers.get("origin")
             if origin not in self.origins:
                 return PlainTextResponse("cross-origin requests may not change anything", 403)
-            if "application/json" not in request.headers.get("content-type", ""):
+            # The media type itself, not a mention of it: `text/plain; x=application/json`
+            # is a request any page may send without asking first.
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
                 return PlainTextResponse("send JSON", 415)
         if request.url.path == "/" and "token" in request.query_params:
             return None  # exchanged for the cookie below
