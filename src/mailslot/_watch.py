@@ -87,19 +87,29 @@ def _events() -> list[type[FileSystemEvent]]:
     ]
 
 
-_FIX = (
-    "raise the limits, e.g. `sudo sysctl -w fs.inotify.max_user_watches=524288 "
-    "fs.inotify.max_user_instances=1024` (add them to /etc/sysctl.d/ to keep them), then "
-    "restart mailslot"
-)
+# The limit behind each errno inotify gives when one is reached, and a value that is enough.
+_LIMITS = {
+    errno.ENOSPC: ("watch", "fs.inotify.max_user_watches", 524288),
+    errno.EMFILE: ("instance", "fs.inotify.max_user_instances", 1024),
+}
 
 
 def _why(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        return "the inotify watch limit is reached (fs.inotify.max_user_watches)"
-    if error.errno == errno.EMFILE:
-        return "the inotify instance limit is reached (fs.inotify.max_user_instances)"
+    """Return what the kernel refused, naming the limit that was reached."""
+    if error.errno in _LIMITS:
+        kind, name, _ = _LIMITS[error.errno]
+        return f"the inotify {kind} limit is reached ({name})"
     return f"inotify failed: {error}"
+
+
+def _fix(error: OSError) -> str:
+    """Return what a person does about error: raise the limit it names (or both)."""
+    limits = [_LIMITS[error.errno]] if error.errno in _LIMITS else list(_LIMITS.values())
+    settings = " ".join(f"{name}={value}" for _, name, value in limits)
+    return (
+        f"raise the limit, e.g. `sudo sysctl -w {settings}` (add it to /etc/sysctl.d/ to keep "
+        "it), then restart mailslot"
+    )
 
 
 def _kernel_watches() -> set[int] | None:
@@ -169,7 +179,7 @@ class Watcher:
     every ``KEEP_INTERVAL_S`` and, when git or ``mailslot init`` removed or replaced it, moves
     the watch to the new folder (waiting while there is none) and signals every subscriber so
     waiters re-check. It also asks the kernel whether every thread folder really has a watch:
-    where inotify limits refused one (watchdog says nothing then), ``failure`` says why, one
+    where inotify limits refused one (watchdog carries on without it), ``failure`` says why, one
     warning is logged, and waiters poll as well (hybrid mode).
     """
 
@@ -200,7 +210,7 @@ class Watcher:
             self._observer: BaseObserver | None = Observer()
         except OSError as e:  # inotify_init: EMFILE at max_user_instances
             self._observer = None
-            self._fail(_why(e))
+            self._fail("no inotify instance could be made", e)
             return
         self._observer.start()  # with no watch yet, so that schedule() raises here, not there
         try:
@@ -323,15 +333,16 @@ class Watcher:
             except FileNotFoundError:
                 self._identity = None  # gone again already: try on the next look
             except OSError as e:
-                self._fail(_why(e))
+                self._fail(f"watching {self.threads_dir} and its thread folders failed", e)
         return True
 
     def _verify(self) -> None:
         """Fail over to hybrid if the kernel refuses a watch that a thread folder lacks.
 
-        watchdog ignores a sub-folder it could not watch, so ask the kernel which folders
-        have a watch (/proc/self/fdinfo); one still missing after _CONFIRM_S is tried with a
-        watch of our own, and ENOSPC or EMFILE there means the limits are reached.
+        watchdog goes on without a sub-folder it could not watch (at most it logs), so ask the
+        kernel which folders have a watch (/proc/self/fdinfo); one still missing after
+        _CONFIRM_S is tried with a watch of our own, and ENOSPC or EMFILE there means the
+        limits are reached.
         """
         if self._watch is None or self.failure is not None:
             return
@@ -351,10 +362,10 @@ class Watcher:
             if now - since < _CONFIRM_S:
                 continue
             err = _try_watch(missing[ino])
-            if err in (errno.ENOSPC, errno.EMFILE):
+            if err in _LIMITS:
                 self._fail(
-                    f"thread folder {missing[ino]} got no watch (watchdog does not say so): "
-                    + _why(OSError(err, os.strerror(err)))
+                    f"thread folder {missing[ino]} got no watch",
+                    OSError(err, os.strerror(err)),
                 )
                 return
             # Watchable: watchdog was only late, or failed for a reason that is no limit (the
@@ -362,14 +373,15 @@ class Watcher:
             del self._suspects[ino]
             self._cleared.add(ino)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, what: str, error: OSError) -> None:
+        """Note why file events cannot be trusted and warn once, saying what to do."""
         if self.failure is None:
-            self.failure = why
+            self.failure = f"{what}: {_why(error)}"
             log.warning(
-                "file events under %s cannot be trusted: %s. Waits there now also "
-                "poll every poll_interval (hybrid mode): still correct, but wakes come later "
-                "and cost CPU. To fix, %s.",
+                "file events under %s cannot be trusted: %s. Waits there now also poll every "
+                "poll_interval (hybrid mode): still correct, but wakes come later and cost CPU. "
+                "To fix, %s.",
                 self.threads_dir,
-                why,
-                _FIX,
+                self.failure,
+                _fix(error),
             )
