@@ -545,3 +545,38 @@ def test_soak_hundreds_of_killed_writers(tmp_path: Path) -> None:
         assert mine == list(range(len(mine))), f"victim{k}: a message doubled or lost its place"
     Mailbox(root)
     assert not list((root / ".state" / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("digits", [41, 401, 4001])
+def test_a_seq_hundreds_of_digits_long_is_no_message(
+    world: tuple[Mailbox, Path], digits: int
+) -> None:
+    """No file can be named after such a seq (names stop at 255 bytes): it is simply not there,
+    as 10**40 is not, never a file that 'cannot be opened', and never a walk past it."""
+    box, _ = world
+    big = 10 ** (digits - 1)
+    proc = raw_serve(box.root, "alice")
+    assert proc.stdin is not None
+    assert "result" in answer(proc, 1)
+    calls = [
+        ("task_claim", {"thread": "t", "seq": big}),
+        ("msg_list", {"thread": "t", "after_seq": big}),
+        ("msg_wait", {"thread": "t", "after_seq": big, "timeout_s": 0.2}),
+        ("msg_post", {"thread": "t", "content": "re", "reply_to": big}),
+    ]
+    for n, (name, arguments) in enumerate(calls, start=2):
+        request = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                   "params": {"name": name, "arguments": arguments}}  # fmt: skip
+        proc.stdin.write((json.dumps(request) + "\n").encode())
+        proc.stdin.flush()
+        reply = answer(proc, n)["result"]
+        text = reply["content"][0]["text"]
+        assert "cannot be opened" not in text and "too long" not in text, text
+        assert str(box.root) not in text, text
+        if name in ("task_claim", "msg_post"):
+            assert reply["isError"] and f"no message {big} in thread 't'" in text, text
+        else:
+            assert not reply["isError"] and json.loads(text)["messages"] == [], text
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"cannot be opened" not in err, err.decode()
+    assert box.head("t") == 1, "nothing was stored"

@@ -293,6 +293,8 @@ class ThreadLog:
         except FileNotFoundError:
             return None
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                return None  # a seq hundreds of digits long: no file can have that name
             if e.errno == errno.ELOOP:
                 return self.files.report(Damage(str(path), "is a symlink; messages are real files"))
             return self.files.report(Damage(str(path), f"cannot be opened: {e.strerror}"))
