@@ -1,4 +1,5 @@
-"""Property tests: names validate consistently, any storable body round-trips exactly.
+"""Property tests: names validate consistently, any storable body round-trips exactly, and
+Markdown renders to inert HTML (real links with hostile text and addresses included).
 
 Each strategy builds inputs that reach the property (valid names, topics with a letter, bodies
 with visible text) rather than filtering random text, so every example checks something.
@@ -6,6 +7,7 @@ with visible text) rather than filtering random text, so every example checks so
 
 from __future__ import annotations
 
+import html.parser
 import re
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from mailslot import InvalidMessage, InvalidName, Mailbox
 from mailslot._names import NAME_PATTERN, check_name, slugify
+from mailslot._transcript import markdown_html
 
 NAME = re.compile(NAME_PATTERN)
 # Windows device names, refused with any extension (README: "The folder").
@@ -154,3 +157,104 @@ def test_blank_bodies_are_refused_and_nothing_is_stored(blank: str) -> None:
             assert box.head("t") == 0
         else:
             raise AssertionError(f"blank content {blank!r} was stored")
+
+
+# ---------------------------------------------------------------- Markdown renders inert
+
+# The tags and attributes markdown_html may make; anything else came from a message.
+ALLOWED = {"p": set(), "br": set(), "strong": set(), "em": set(), "code": {"class"},
+           "pre": set(), "ul": set(), "ol": {"start"}, "li": set(), "a": {"href"}}  # fmt: skip
+# What attackers and accidents put in messages: markup, quotes that would end an attribute,
+# entities, other schemes, and Markdown's own punctuation.
+HOSTILE = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "<a href=", '"', "'",
+           '" onmouseover="alert(1)', "' onfocus='alert(1)", "<", ">", "&", "&lt;", "&#x27;",
+           "&quot;", "javascript:alert(1)", "data:text/html,<b>", "*", "**", "_", "`", "```",
+           "- ", "1. ", "[", "]", "(", ")", "](", " ", "\0"]  # fmt: skip
+
+
+def _pieces(exclude: str) -> st.SearchStrategy[str]:
+    """Return text made of hostile pieces and random characters, none of them in exclude."""
+    piece = st.sampled_from([p for p in HOSTILE if not set(p) & set(exclude)]) | st.text(
+        st.characters(exclude_characters=exclude), max_size=3
+    )
+    return st.lists(piece, max_size=8).map("".join)
+
+
+# A link's text may hold anything but what ends it (`]`, a line break) or restyles it
+# (code spans, emphasis), so what is shown can be compared with what was written.
+LINK_TEXT = _pieces("]\n`*_\0").filter(bool)
+# An address: http or https in any case, then anything but whitespace and parentheses (and
+# backticks: a code span is read before links, as in CommonMark).
+URL = st.builds(
+    lambda scheme, rest: scheme + rest,
+    st.sampled_from(["https://", "http://", "HTTPS://", "Http://"]),
+    _pieces("`\0").map(lambda s: re.sub(r"[\s()]", "", s)).filter(bool),
+)
+# Text around a link on its line that neither opens another link, nor a code span or fence.
+AROUND = _pieces("[\n`~\0")
+
+
+class _Rendered(html.parser.HTMLParser):
+    """The tags of rendered HTML, and the text (entities decoded) inside each <a>."""
+
+    def __init__(self, rendered: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.links: list[tuple[str | None, str]] = []
+        self._inside = False
+        self.feed(rendered)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        if tag == "a":
+            self.links.append((dict(attrs).get("href"), ""))
+            self._inside = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            href, text = self.links[-1]
+            self.links[-1] = (href, text + data)
+
+    def check_inert(self) -> None:
+        """Fail on a tag or attribute markdown_html does not make, or a link not to http(s)."""
+        for tag, attrs in self.tags:
+            assert tag in ALLOWED and {a for a, _ in attrs} <= ALLOWED[tag], (tag, attrs)
+            for name, value in attrs:
+                if name == "href":
+                    assert value and value.lower().startswith(("http://", "https://")), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=AROUND, text=LINK_TEXT, url=URL, after=AROUND)
+def test_a_link_keeps_hostile_text_and_address_as_written(
+    before: str, text: str, url: str, after: str
+) -> None:
+    """`[text](url)` is one <a> whose href is url and whose text is text, whatever they hold:
+    no quote ends the attribute, no markup in the text becomes a tag."""
+    rendered = _Rendered(markdown_html(f"{before}[{text}]({url}){after}"))
+    rendered.check_inert()
+    assert rendered.links == [(url, text)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        _pieces("")
+        | st.builds("[{}]({})".format, LINK_TEXT, URL)
+        | st.builds("[{}]({}{})".format, LINK_TEXT,
+                    st.sampled_from(["javascript:", "JavaScript:", "data:", "vbscript:",
+                                     "file://", "//", " https://", "https:"]), AROUND),
+        max_size=12,
+    ).map("".join)
+)  # fmt: skip
+def test_markdown_never_lets_markup_through(text: str) -> None:
+    """Hostile pieces, links to http(s) and links to other schemes, mixed on and across lines:
+    only markdown_html's own tags come out, and a link only ever goes to http or https."""
+    rendered = _Rendered(markdown_html(text))
+    rendered.check_inert()
+    assert len(rendered.links) <= text.count("](")
