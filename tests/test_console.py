@@ -6,6 +6,7 @@ real browser (test_console_browser.py).
 
 from __future__ import annotations
 
+import html.parser
 import http.client
 import json
 import re
@@ -300,6 +301,61 @@ def test_untrusted_text_is_rendered_escaped(ui: UI) -> None:
     html = ui.json("GET", "/api/threads/release")["messages"][-1]["html"]
     assert "<script" not in html and "<img" not in html and "href" not in html
     assert "&lt;script&gt;" in html and "[x](javascript:alert(3))" in html  # text, no link
+
+
+class _Tags(html.parser.HTMLParser):
+    """Every start tag with its attributes, and the text inside each <a>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.links: list[list[str | None]] = []
+        self.inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "a":
+            self.links.append([dict(attrs).get("href"), ""])
+        self.inside = self.inside or tag == "a"
+
+    def handle_endtag(self, tag: str) -> None:
+        self.inside = self.inside and tag != "a"
+
+    def handle_data(self, data: str) -> None:
+        if self.inside:
+            self.links[-1][1] = (self.links[-1][1] or "") + data
+
+
+@pytest.mark.parametrize(
+    ("markdown", "links"),
+    [
+        ("[<img src=x onerror=alert(1)>](https://a.example)",
+         [["https://a.example", "<img src=x onerror=alert(1)>"]]),
+        ("[<script>alert(1)</script>](https://a.example/s)",
+         [["https://a.example/s", "<script>alert(1)</script>"]]),
+        ('[x](https://a.example/"onmouseover="alert&#40;1&#41;)',
+         [['https://a.example/"onmouseover="alert&#40;1&#41;', "x"]]),
+        ("[x](https://a.example/'><img/src=x/onerror=alert&#40;1&#41;>)",
+         [["https://a.example/'><img/src=x/onerror=alert&#40;1&#41;>", "x"]]),
+        ('[a "b" &amp; <i>](https://a.example/?q="&amp;)',
+         [['https://a.example/?q="&amp;', 'a "b" &amp; <i>']]),
+        ("[x](javascript:alert(1))", []),
+        ("[x](JaVaScRiPt:alert&#40;1&#41;)", []),
+        ("[x](data:text/html,<script>alert&#40;1&#41;</script>)", []),
+    ],
+)  # fmt: skip
+def test_hostile_text_in_a_real_link_is_inert(
+    guarded: UI, markdown: str, links: list[list[str]]
+) -> None:
+    """A link's text and address reach the page as text and as one href: nothing in them
+    becomes a tag or an attribute, and only http(s) addresses become links at all."""
+    seq = Mailbox(ui_root(guarded)).post("release", markdown, sender="alice")
+    [m] = guarded.json("GET", f"/api/threads/release?before={seq + 1}&limit=1")["messages"]
+    parsed = _Tags()
+    parsed.feed(m["html"])
+    assert parsed.links == links, m["html"]
+    assert {t for t, _ in parsed.tags} <= {"p", "a"}, m["html"]
+    assert all(set(attrs) <= {"href"} for _, attrs in parsed.tags), m["html"]
 
 
 def test_events_tell_of_messages_from_other_processes(ui: UI) -> None:
