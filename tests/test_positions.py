@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from helpers import agent, answer, call, raw_serve, until_async
 from mcp.client import Client
 
-from mailslot import Mailbox
+from mailslot import Mailbox, NameTaken
 from mailslot.tools import Session
 
 
@@ -167,13 +168,9 @@ def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Pa
                 await call(worker, "msg_post", thread="build", content="done", reply_to=seq)
             shutil.rmtree(root / ".state")  # as `git clean -fdX` does
             # A live name still cannot be taken twice.
-            box2 = Mailbox(root)
-            try:
-                box2.hold_name("worker")
-            except Exception as e:
-                assert "worker" in str(e)
-            else:
-                raise AssertionError("a second process took the live name 'worker'")
+            with pytest.raises(NameTaken, match="in use by a live process") as taken:
+                Mailbox(root).hold_name("worker")
+            assert taken.value.agent == "worker"
             second = [
                 (await call(boss, "msg_post", thread="review", content=f"task {i}",
                             to=["worker"], type="task"))["seq"]
