@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call
+from helpers import agent, call, run_git
 from mcp import types
 from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
@@ -117,10 +117,12 @@ def set_config(root: Path, **settings: Any) -> None:
     config.write_text(json.dumps({**json.loads(config.read_text()), **settings}))
 
 
-def write_message(path: Path, content: str, sender: str = "alice") -> None:
+def write_message(
+    path: Path, content: str, sender: str = "alice", created_at: str = "2026-01-01T00:00:00.000Z"
+) -> None:
     """Write a message file as another tool (a sync, a git checkout) would."""
     doc = {"id": os.urandom(16).hex(), "from": sender, "to": [], "type": "message",
-           "priority": "normal", "reply_to": None, "created_at": "2026-01-01T00:00:00.000Z",
+           "priority": "normal", "reply_to": None, "created_at": created_at,
            "content": content, "meta": {}}  # fmt: skip
     path.write_text(json.dumps(doc))
 
@@ -188,7 +190,13 @@ def test_found_through_mcp_after_another_serve_posts(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 2. filters
 
 
-def test_filters_narrow_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["fts5", "scan"])
+def test_filters_narrow_exactly(
+    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same filters, from the index and from the scan used where SQLite lacks FTS5."""
+    if engine == "scan":
+        monkeypatch.setenv("MAILSLOT_SEARCH_ENGINE", "scan")  # the command inherits it too
     box = mailbox(tmp_path / "box")
     for t in ("red", "blue"):
         box.create_thread(t, creator="alice")
@@ -208,6 +216,7 @@ def test_filters_narrow_exactly(tmp_path: Path) -> None:
     box.post("red", "nothing to see", sender="alice")
     everything = [m for t in ("red", "blue") for m in box.messages(t) if "walrus" in m.content]
     assert box.search("walrus", limit=100).total == len(plan)
+    assert box.search("walrus").engine == engine
 
     def expect(pred: Any, **kw: Any) -> None:
         found = box.search("walrus", limit=100, **kw)
@@ -400,14 +409,99 @@ def test_filter_values_are_values_not_syntax(searched: Mailbox, filters: dict[st
     assert searched.search("schema OR auth", **filters).hits == []
 
 
-def test_since_that_is_no_time_returns_nothing_wrong(searched: Mailbox) -> None:
-    every = set(keys(searched.search("schema OR auth")))
-    for since in ("' OR 1=1 --", "yesterday", ")", '"'):
-        try:
-            found = searched.search("schema OR auth", since=since)
-        except InvalidMessage:
-            continue  # a clear refusal is fine too
-        assert set(keys(found)) <= every  # never a message the query does not match
+NO_TIMES = ["' OR 1=1 --", "yesterday", ")", '"', "", "2026-13-01", "2026-03-10T25:00Z",
+            "15:00", "2026-03-10T15:00:00+25:00"]  # fmt: skip
+
+
+def test_since_that_is_no_time_is_refused_saying_what_is(searched: Mailbox) -> None:
+    """A since that is no time is refused with examples of what is, never read as a string
+    to compare with (which would answer 'no match' or everything)."""
+    for since in NO_TIMES:
+        with pytest.raises(InvalidMessage, match="since") as raised:
+            searched.search("schema OR auth", since=since)
+        assert "2026-12-01T09:30:00Z" in str(raised.value) and "UTC" in str(raised.value)
+        done = cli(searched.root, "schema", "--since", since)
+        assert done.returncode == 1 and done.stdout == "", (since, done.stdout, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and "since" in done.stderr, since
+    assert searched.search("schema OR auth", since="2000-01-01").total == 2  # nothing stuck
+
+    async def main() -> None:
+        async with agent(searched.root, "alice") as a:
+            for since in NO_TIMES:
+                text = await refused(a, "msg_search", query="schema", since=since)
+                assert "2026-12-01T09:30:00Z" in text, (since, text)
+            assert (await call(a, "msg_search", query="schema", since="2000-01-01"))["total"] == 1
+
+    anyio.run(main)
+
+
+CREATED = {  # seq: created_at as its file says it
+    1: "2026-03-10T14:59:59.999Z",
+    2: "2026-03-10T15:00:00.000Z",
+    3: "2026-03-10T15:00:00.001Z",
+    4: "2026-03-10T16:30:00.000+02:00",  # 14:30 UTC: before 15:00, though its text sorts after
+    5: "2026-03-11T00:00:00.000Z",
+    6: "not a time",  # cannot be placed in time: kept by every since, never hidden
+    7: "",
+}
+UNPLACED = {6, 7}
+FIFTEEN_UTC = [  # 2026-03-10 15:00:00 UTC, written every way people write it
+    "2026-03-10T15:00:00Z", "2026-03-10T15:00:00.000Z", "2026-03-10T15:00:00+00:00",
+    "2026-03-10T17:00:00+02:00", "2026-03-10T10:00:00-05:00", "2026-03-11T00:00:00+09:00",
+    "2026-03-10 15:00:00", "2026-03-10 15:00", "20260310T150000Z", "2026-03-10T15:00",
+    "2026-03-10t15:00:00z", " 2026-03-10T15:00:00Z ",
+]  # fmt: skip
+SINCE_CASES = [
+    *((since, {2, 3, 5}) for since in FIFTEEN_UTC),
+    ("2026-03-10", {1, 2, 3, 4, 5}),  # a date alone: midnight UTC
+    ("20260310", {1, 2, 3, 4, 5}),
+    ("2026-03-11", {5}),
+    ("2026-03-10T15:00:00.001Z", {3, 5}),
+    ("2026-03-10T14:30:00Z", {1, 2, 3, 4, 5}),
+    ("2026-03-10T14:30:00.001Z", {1, 2, 3, 5}),
+    ("2026-03-12", set()),
+    ("0001-01-01T00:00:00+05:00", {1, 2, 3, 4, 5}),
+    ("9999-12-31T23:59:59-05:00", set()),
+]
+
+
+@pytest.mark.parametrize("engine", ["fts5", "scan"])
+def test_since_compares_instants_not_text(
+    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine == "scan":
+        monkeypatch.setenv("MAILSLOT_SEARCH_ENGINE", "scan")
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    for seq, created_at in CREATED.items():
+        write_message(box.root / "threads" / "t" / f"{seq:06d}.json", f"quokka {seq}",
+                      created_at=created_at)  # fmt: skip
+    assert box.search("quokka").engine == engine
+    wrong = []
+    for since, want in SINCE_CASES:
+        got = {h.message.seq for h in box.search("quokka", since=since).hits}
+        if got != want | UNPLACED:
+            wrong.append((since, sorted(got)))
+    assert wrong == []
+    for since, want in SINCE_CASES[:: len(SINCE_CASES) // 4]:  # the command reads it the same
+        done = cli(box.root, "quokka", "--since", since, "--json")
+        assert done.returncode == 0, done.stderr
+        assert {h["seq"] for h in json.loads(done.stdout)["hits"]} == want | UNPLACED, since
+
+
+def test_since_through_mcp_reads_an_offset(tmp_path: Path) -> None:
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    for seq, created_at in CREATED.items():
+        write_message(box.root / "threads" / "t" / f"{seq:06d}.json", f"quokka {seq}",
+                      created_at=created_at)  # fmt: skip
+
+    async def main() -> None:
+        async with agent(box.root, "alice") as a:
+            found = await call(a, "msg_search", query="quokka", since="2026-03-10T17:00:00+02:00")
+            assert sorted(h["seq"] for h in found["hits"]) == [2, 3, 5, 6, 7]
+
+    anyio.run(main)
 
 
 BAD_THREADS = ["x) OR (y", "../t", "T", "t' OR '1'='1", "no-such-thread"]
@@ -759,3 +853,199 @@ def test_query_errors_are_mailslot_errors(searched: Mailbox) -> None:
     for query in [*HOSTILE, "NEAR(a b", "a OR", ")", "^", "AND", '"', "+"]:
         with pytest.raises(MailslotError):
             searched.search(query)
+
+
+# ---------------------------------------------------------------- 11. the folder rewritten
+
+
+def hit_texts(box: Mailbox, query: str) -> list[tuple[int, str]]:
+    """Return (seq, content) of every hit of query in thread t, each checked against its file."""
+    found = box.search(query, limit=100)
+    assert found.total == len(found.hits), query
+    for h in found.hits:
+        assert query in h.message.content, f"{query!r} hit a message without it: {h.message}"
+    return sorted((h.message.seq, h.message.content) for h in found.hits)
+
+
+def test_a_seq_taken_again_after_the_newest_file_was_removed(tmp_path: Path) -> None:
+    """The newest file is removed (a checkout of an older branch does that) and a post takes
+    its seq again: the index holds the old message there and must notice the new one."""
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    box.post("t", "aardvark first", sender="alice")
+    box.post("t", "badger second", sender="alice")
+    assert hit_texts(box, "badger") == [(2, "badger second")]
+    (box.root / "threads" / "t" / "000002.json").unlink()
+    assert box.post("t", "capybara takes seq two", sender="bob") == 2
+    assert hit_texts(box, "capybara") == [(2, "capybara takes seq two")]
+    assert hit_texts(box, "badger") == []
+    assert hit_texts(box, "aardvark") == [(1, "aardvark first")]
+    # a process that never searched before sees the same, from the same index file
+    assert keys(Mailbox(box.root).search("capybara")) == [("t", 2)]
+
+
+def test_a_message_rewritten_in_the_middle_is_never_a_wrong_hit(tmp_path: Path) -> None:
+    """A file below the newest one is rewritten in place (an editor, a bad merge): the hit for
+    its old words is read back, is not what was indexed, and the thread is indexed again."""
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    for word in ("dingo", "emu", "ferret"):
+        box.post("t", f"{word} sighted", sender="alice")
+    assert hit_texts(box, "emu") == [(2, "emu sighted")]
+    write_message(box.root / "threads" / "t" / "000002.json", "gecko sighted instead")
+    assert hit_texts(box, "emu") == []  # not the message now at seq 2, which lacks the word
+    assert hit_texts(box, "gecko") == [(2, "gecko sighted instead")]
+    assert hit_texts(box, "sighted") == [(1, "dingo sighted"), (2, "gecko sighted instead"),
+                                         (3, "ferret sighted")]  # fmt: skip
+
+
+def test_a_thread_deleted_and_created_again_is_searched_afresh(tmp_path: Path) -> None:
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    for i in range(3):
+        box.post("t", f"ocelot {i}", sender="alice")
+    assert box.search("ocelot").total == 3
+    shutil.rmtree(box.root / "threads" / "t")
+    other = Mailbox(box.root)  # another process creates it again under the same id
+    other.create_thread("t", creator="bob")
+    other.post("t", "panther in the new thread", sender="bob")
+    # the new message first: a hit for the old words would also show the index is stale
+    assert hit_texts(box, "panther") == [(1, "panther in the new thread")]
+    assert hit_texts(box, "ocelot") == []
+
+
+def test_a_gap_after_the_indexed_place_is_waited_for_then_indexed(tmp_path: Path) -> None:
+    """Seq 3 is missing while seq 4 exists (a sync still arriving): the index never passes it,
+    and both are found once 3 arrives."""
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    box.post("t", "heron one", sender="alice")
+    box.post("t", "heron two", sender="alice")
+    slow = Mailbox(box.root, grace_s=60)
+    assert slow.search("heron").total == 2
+    tdir = box.root / "threads" / "t"
+    write_message(tdir / "000004.json", "heron four arrived early")
+    found = slow.search("heron")
+    assert sorted(h.message.seq for h in found.hits) == [1, 2] and found.skipped == []
+    write_message(tdir / "000003.json", "heron three arrived late")
+    assert hit_texts(slow, "heron") == [(1, "heron one"), (2, "heron two"),
+                                        (3, "heron three arrived late"),
+                                        (4, "heron four arrived early")]  # fmt: skip
+    assert hit_texts(slow, "late") == [(3, "heron three arrived late")]
+
+
+def test_a_damaged_file_repaired_later_is_found(tmp_path: Path) -> None:
+    """A file stepped over as damage (and a seq stepped over as missing) is reported by every
+    search, and found once git restores it, without indexing the thread again."""
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    set_config(box.root, grace_s=0.2)
+    box = Mailbox(box.root)
+    box.post("t", "ibex one", sender="alice")
+    tdir = box.root / "threads" / "t"
+    (tdir / "000002.json").write_bytes(b"\x00garbage")
+    write_message(tdir / "000004.json", "ibex four after a lost seq")
+    time.sleep(0.5)  # past grace: seq 2 is damage, seq 3 a gap
+    for _ in range(2):  # every search says what it could not read, not only the first
+        found = box.search("ibex")
+        assert sorted(h.message.seq for h in found.hits) == [1, 4]
+        assert sorted(Path(d.path).name for d in found.skipped) == ["000002.json", "000003.json"]
+    write_message(tdir / "000002.json", "ibex two restored")
+    write_message(tdir / "000003.json", "ibex three restored")
+    found = box.search("restored")
+    assert sorted(h.message.seq for h in found.hits) == [2, 3] and found.skipped == []
+    assert box.search("ibex").total == 4
+
+
+def test_git_checkout_between_branches_changes_what_is_found(
+    git: dict[str, str], tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_git(git, repo, "init", "-q", "-b", "main")
+    run_git(git, repo, "config", "user.name", "x")
+    run_git(git, repo, "config", "user.email", "x@example.org")
+    box = mailbox(repo / ".mailslot")
+    box.create_thread("t", creator="alice")
+    box.post("t", "shared jackal", sender="alice")
+
+    def commit(branch: str, *texts: str) -> None:
+        run_git(git, repo, "checkout", "-q", "-b", branch, "main")
+        for text in texts:
+            Mailbox(box.root).post("t", text, sender="alice")
+        run_git(git, repo, "add", "-A")
+        run_git(git, repo, "commit", "-q", "-m", branch)
+
+    run_git(git, repo, "add", "-A")
+    run_git(git, repo, "commit", "-q", "-m", "main")
+    commit("long", "kestrel two", "kestrel three")
+    commit("short", "lemur two")
+    commit("same", "marmot two", "marmot three")
+    expect = {
+        "long": {"kestrel": [2, 3], "lemur": [], "marmot": []},
+        "short": {"kestrel": [], "lemur": [2], "marmot": []},
+        "same": {"kestrel": [], "lemur": [], "marmot": [2, 3]},
+    }
+    for branch in ("long", "short", "long", "same", "long", "same", "short"):
+        run_git(git, repo, "checkout", "-q", branch)
+        for word, seqs in expect[branch].items():
+            assert [s for s, _ in hit_texts(box, word)] == seqs, (branch, word)
+        assert [s for s, _ in hit_texts(box, "jackal")] == [1]
+
+
+def test_doctor_fix_after_a_merge_conflict_is_searched_as_it_now_is(
+    git: dict[str, str], tmp_path: Path
+) -> None:
+    """Two clones post at seqs 3 and 4; one has also posted a 5th and searched. It pulls the
+    other and runs doctor --fix: the other clone's messages keep 3 and 4, its own move to 6
+    and 7, and its 5th stays (so the file at the index's place is unchanged: only doctor's
+    rewind mark says what changed)."""
+    origin = repo_with_thread(git, tmp_path / "origin")
+    a = git_clone(git, origin, tmp_path / "a", "alice")
+    b = git_clone(git, origin, tmp_path / "b", "bob")
+    with Mailbox(b / ".mailslot") as theirs:  # bob posts first: his side keeps the seqs
+        theirs.post("t", "bison from bob", sender="bob")
+        theirs.post("t", "buffalo from bob", sender="bob")
+    run_git(git, b, "add", "-A")
+    run_git(git, b, "commit", "-q", "-m", "bob")
+    time.sleep(0.01)  # the two sides' first messages never share a millisecond
+    box = Mailbox(a / ".mailslot")
+    for word in ("aardvark", "anteater", "alpaca"):
+        box.post("t", f"{word} from alice", sender="alice")
+    run_git(git, a, "add", "-A")
+    run_git(git, a, "commit", "-q", "-m", "alice")
+    assert hit_texts(box, "alice") == [(3, "aardvark from alice"), (4, "anteater from alice"),
+                                       (5, "alpaca from alice")]  # fmt: skip
+    run_git(git, a, "pull", "-q", "--no-rebase", str(b), "main", ok=False)
+    done = subprocess.run([sys.executable, "-m", "mailslot", "doctor", "--fix", "--root",
+                           str(a / ".mailslot")], capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert hit_texts(box, "bison") == [(3, "bison from bob")]
+    assert hit_texts(box, "buffalo") == [(4, "buffalo from bob")]
+    assert hit_texts(box, "aardvark") == [(6, "aardvark from alice")]
+    assert hit_texts(box, "anteater") == [(7, "anteater from alice")]
+    assert hit_texts(box, "alpaca") == [(5, "alpaca from alice")]
+    assert [s for s, _ in hit_texts(box, "from")] == [1, 3, 4, 5, 6, 7]
+
+
+def repo_with_thread(env: dict[str, str], path: Path) -> Path:
+    """Return a git repository holding a mailbox with thread t of two messages."""
+    path.mkdir()
+    run_git(env, path, "init", "-q", "-b", "main")
+    run_git(env, path, "config", "user.name", "origin")
+    run_git(env, path, "config", "user.email", "origin@example.org")
+    box = mailbox(path / ".mailslot")
+    box.create_thread("t", creator="alice")
+    box.post("t", "hello from the shared history", sender="alice")
+    box.post("t", "and a reply", sender="bob")
+    run_git(env, path, "add", "-A")
+    run_git(env, path, "commit", "-q", "-m", "a mailbox")
+    return path
+
+
+def git_clone(env: dict[str, str], origin: Path, dest: Path, user: str) -> Path:
+    run_git(env, origin.parent, "clone", "-q", str(origin), str(dest))
+    run_git(env, dest, "config", "user.name", user)
+    run_git(env, dest, "config", "user.email", f"{user}@example.org")
+    return dest

@@ -8,6 +8,22 @@ never records past a message still arriving, and it is rebuilt from scratch when
 or damaged. Posting never touches it. Hits are read back from the message files, so what a
 search returns is what the folder says.
 
+Other writers rewrite the folder under the index: git checks out a branch with other messages
+at the same seqs, a seq is taken again after its file was removed, ``mailslot doctor --fix``
+moves one clone's messages to the end after a merge conflict, a thread is deleted and created
+again. Per thread the index remembers its incarnation (``Threads.incarnation``), the identity
+(inode, size, times) of the file at its place, doctor's rewind mark, and the files it stepped
+over as damaged or missing; when one of them changed, it goes back to the last seq whose file
+still holds the message indexed there (by id) and indexes from there again. Every hit is read
+back and must be the message that was indexed (same id): a hit that is not makes its thread be
+indexed again from below it and the query run again, so a stale index never returns a message
+that does not hold what was matched.
+
+``since`` compares instants: both the filter and each message's ``created_at`` are read as ISO
+8601 (a date alone is midnight UTC, a time without an offset is UTC). A message whose
+``created_at`` cannot be read as a time is kept by every ``since``: it cannot be placed, and it
+is not hidden.
+
 Text is indexed with the ``unicode61`` tokenizer; characters of scripts written without spaces
 (Chinese, Japanese, Korean) are indexed one by one and a query's runs of them become phrases,
 so a word of any length is found where it occurs.
@@ -17,30 +33,39 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from mailslot._errors import InvalidMessage, MailslotError, NotFound, RootError
 from mailslot._files import exists
-from mailslot._format import Damage, Message
+from mailslot._format import Damage, Message, Page, loads, message_name
 from mailslot._log import ThreadLog
 from mailslot._threads import Threads
 from mailslot._watch import filesystem_type, is_network_fs
 
 log = logging.getLogger("mailslot")
 
-SCHEMA = 1
+SCHEMA = 2
 TOKENIZER = "unicode61 remove_diacritics 2"
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 100
 SNIPPET_CHARS = 160
 BUSY_MS = 10_000
+HOLES_PER_GAP = 100  # missing seqs of one gap watched for a late file (git restoring them)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+SINCE_FORMS = (
+    "e.g. 2026-12-01 (midnight UTC), 2026-12-01T09:30:00Z, 2026-12-01T11:30:00+02:00 or "
+    "2026-12-01 09:30 (a time without an offset is UTC)"
+)
 # Scripts written without spaces between words: indexed a character at a time.
 _CJK = re.compile(
     "[\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
@@ -50,6 +75,27 @@ EXAMPLES = (
     'try: retries backoff (both words), "merge conflict" (a phrase), auth* (a prefix), '
     "schema OR migration, deploy NOT staging"
 )
+
+
+def instant(text: str) -> int | None:
+    """Return the ISO 8601 date or time text as microseconds since 1970 UTC, or None if it is
+    none; a date alone is midnight UTC, a time without an offset is UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip().upper())
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def identity(path: Path | str) -> str:
+    """Return what tells a file at path from another one there later ("" if there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def spaced(text: str) -> str:
@@ -138,6 +184,7 @@ class Search:
         self.path = index_path(root)
         self.engine = "fts5" if fts5_available() else "scan"
         self._warned = False
+        self._rewound = os.fspath(root / ".state" / "rewound")  # doctor's rewind marks
 
     # ------------------------------------------------------------------ the index
 
@@ -176,15 +223,25 @@ class Search:
             con.execute("COMMIT")
             return
         try:
-            con.execute("DROP TABLE IF EXISTS threads")
-            con.execute("DROP TABLE IF EXISTS msgs")
-            con.execute("DROP TABLE IF EXISTS fts")
+            for table in ("threads", "msgs", "holes", "fts"):
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+            # How far each thread is indexed, and what shows the folder changed under that:
+            # the thread's incarnation, the identity of the file at seq, doctor's rewind mark.
             con.execute(
-                "CREATE TABLE threads(thread TEXT PRIMARY KEY, incarnation TEXT, seq INTEGER)"
+                "CREATE TABLE threads(thread TEXT PRIMARY KEY, incarnation TEXT, seq INTEGER,"
+                " head TEXT, rewound TEXT)"
             )
+            # mid: the message's id, to tell it from another one at its seq later; created:
+            # created_at in microseconds since 1970 UTC, NULL where it is not a time.
             con.execute(
-                "CREATE TABLE msgs(id INTEGER PRIMARY KEY, thread TEXT, seq INTEGER, sender TEXT,"
-                " type TEXT, recipients TEXT, created_at TEXT, UNIQUE(thread, seq))"
+                "CREATE TABLE msgs(id INTEGER PRIMARY KEY, thread TEXT, seq INTEGER, mid TEXT,"
+                " sender TEXT, type TEXT, recipients TEXT, created INTEGER, UNIQUE(thread, seq))"
+            )
+            # Seqs stepped over (damaged, or missing while later ones exist), with their file's
+            # identity then: one that changes (repaired, restored from git) is read again.
+            con.execute(
+                "CREATE TABLE holes(thread TEXT, seq INTEGER, key TEXT, path TEXT, reason TEXT,"
+                " PRIMARY KEY(thread, seq))"
             )
             con.execute(f"CREATE VIRTUAL TABLE fts USING fts5(body, tokenize='{TOKENIZER}')")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
@@ -193,11 +250,16 @@ class Search:
             con.execute("ROLLBACK")
             raise
 
-    def refresh(self, con: sqlite3.Connection) -> list[Damage]:
+    def refresh(self, con: sqlite3.Connection) -> None:
         """Bring the index up to date with the folder: new messages of each thread, threads
-        created again or removed. Return the damage stepped over."""
-        skipped: list[Damage] = []
-        known = {t: (inc, seq) for t, inc, seq in con.execute("SELECT * FROM threads")}
+        created again or removed, seqs whose files changed since they were indexed."""
+        known = {
+            row[0]: row[1:]
+            for row in con.execute("SELECT thread, incarnation, seq, head, rewound FROM threads")
+        }
+        holes: dict[str, dict[int, str]] = {}
+        for thread, seq, key in con.execute("SELECT thread, seq, key FROM holes"):
+            holes.setdefault(thread, {})[seq] = key
         present = list(self.threads.files.thread_ids())
         for gone in set(known) - set(present):
             self._drop(con, gone)
@@ -207,58 +269,203 @@ class Search:
                 incarnation = self.threads.incarnation(thread)
             except (NotFound, RootError):
                 continue
-            inc, seq = known.get(thread, ("", 0))
-            if inc != incarnation and thread in known:
-                self._drop(con, thread)
-                seq = 0
-            if not self._behind(thread, tdir, seq):
-                continue
-            skipped += self._index(con, thread, tdir, incarnation)
-        return skipped
+            state = known.get(thread)
+            if state is None or self._changed(thread, tdir, incarnation, state, holes):
+                self._index(con, thread, tdir, incarnation)
 
-    def _behind(self, thread: str, tdir: Path, seq: int) -> bool:
-        return exists(tdir, seq + 1) or self.log.listings.beyond(thread, tdir, seq + 1) is not None
+    def _changed(
+        self,
+        thread: str,
+        tdir: Path,
+        incarnation: str,
+        state: tuple[str, int, str, str],
+        holes: dict[str, dict[int, str]],
+    ) -> bool:
+        """Return True if thread has news for the index: a few stats when it has none."""
+        inc, seq, head, rewound = state
+        base = f"{os.fspath(tdir)}/"  # plain strings: this runs for every thread at every search
+        return (
+            inc != incarnation
+            or rewound != identity(f"{self._rewound}/{thread}.json")
+            or (seq > 0 and identity(f"{base}{seq:06d}.json") != head)
+            or any(identity(f"{base}{s:06d}.json") != k for s, k in holes.get(thread, {}).items())
+            or exists(tdir, seq + 1)
+            or self.log.listings.beyond(thread, tdir, seq + 1) is not None
+        )
+
+    def _mark(self, thread: str) -> Path:
+        """Return where `mailslot doctor --fix` marks the seq it rewrote thread from."""
+        return Path(self._rewound, f"{thread}.json")
+
+    def _rewound_from(self, thread: str) -> int:
+        """Return the first seq doctor's rewind mark says it rewrote (1 if it cannot be read)."""
+        try:
+            return max(1, int(loads(self._mark(thread).read_bytes())["from"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1
 
     def _drop(self, con: sqlite3.Connection, thread: str) -> None:
         con.execute("BEGIN IMMEDIATE")
-        con.execute(
-            "DELETE FROM fts WHERE rowid IN (SELECT id FROM msgs WHERE thread = ?)", (thread,)
-        )
-        con.execute("DELETE FROM msgs WHERE thread = ?", (thread,))
-        con.execute("DELETE FROM threads WHERE thread = ?", (thread,))
-        con.execute("COMMIT")
+        try:
+            self._cut(con, thread, 0)
+            con.execute("DELETE FROM threads WHERE thread = ?", (thread,))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
-    def _index(
-        self, con: sqlite3.Connection, thread: str, tdir: Path, incarnation: str
-    ) -> list[Damage]:
-        """Index thread's messages past where the index is (one writer at a time)."""
-        skipped: list[Damage] = []
+    @staticmethod
+    def _cut(con: sqlite3.Connection, thread: str, seq: int) -> None:
+        """Forget what the index holds of thread past seq."""
+        con.execute(
+            "DELETE FROM fts WHERE rowid IN (SELECT id FROM msgs WHERE thread = ? AND seq > ?)",
+            (thread, seq),
+        )
+        con.execute("DELETE FROM msgs WHERE thread = ? AND seq > ?", (thread, seq))
+        con.execute("DELETE FROM holes WHERE thread = ? AND seq > ?", (thread, seq))
+
+    def _index(self, con: sqlite3.Connection, thread: str, tdir: Path, incarnation: str) -> None:
+        """Index thread from the last seq where the folder still holds what the index does, up
+        to its newest message or one still arriving (one writer at a time)."""
         con.execute("BEGIN IMMEDIATE")  # writers of the index take turns; readers go on
         try:
-            row = con.execute("SELECT seq FROM threads WHERE thread = ?", (thread,)).fetchone()
-            seq = row[0] if row else 0
+            row = con.execute(
+                "SELECT incarnation, seq, head, rewound FROM threads WHERE thread = ?", (thread,)
+            ).fetchone()
+            mark = identity(self._mark(thread))
+            seq = 0  # a thread new to the index, or created again under its id
+            if row is not None and row[0] == incarnation:
+                seq = row[1]
+                if mark and mark != row[3]:  # doctor rewrote seqs after a merge conflict
+                    seq = min(seq, self._rewound_from(thread) - 1)
+                if seq and identity(tdir / message_name(seq)) != row[2]:
+                    seq = self._agreed(con, thread, tdir, seq)  # removed, replaced, checked out
+            self._cut(con, thread, seq)
+            self._fill(con, thread, tdir)
             for page in self.log.pages(thread, tdir, seq):
-                skipped += page.skipped
-                for m in page.messages:
-                    cur = con.execute(
-                        "INSERT OR IGNORE INTO msgs(thread, seq, sender, type, recipients,"
-                        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (thread, m.seq, m.sender, m.type, " ".join(m.to), m.created_at),
-                    )
-                    if cur.rowcount:
-                        con.execute(
-                            "INSERT INTO fts(rowid, body) VALUES (?, ?)",
-                            (cur.lastrowid, spaced(m.content)),
-                        )
+                self._add(con, thread, tdir, seq, page)
                 seq = page.cursor
             con.execute(
-                "INSERT OR REPLACE INTO threads VALUES (?, ?, ?)", (thread, incarnation, seq)
+                "INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?, ?)",
+                (thread, incarnation, seq, self._head(con, thread, tdir, seq), mark),
             )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        return skipped
+
+    def _agreed(self, con: sqlite3.Connection, thread: str, tdir: Path, top: int) -> int:
+        """Return the highest seq up to top whose file holds the message indexed there (0 if
+        none): what git or doctor rewrote lies above it. Reads files from top down."""
+        rows = con.execute(
+            "SELECT seq, mid FROM msgs WHERE thread = ? AND seq <= ? ORDER BY seq DESC",
+            (thread, top),
+        ).fetchall()
+        for seq, mid in rows:
+            item = self.log.load(thread, tdir, seq)
+            if isinstance(item, Message) and item.id == mid:
+                return int(seq)
+        return 0
+
+    def _head(self, con: sqlite3.Connection, thread: str, tdir: Path, seq: int) -> str:
+        """Return the identity of the file at seq, the index's place in thread: "" (look again
+        next time) if it no longer holds the message just indexed there."""
+        if seq == 0:
+            return ""
+        key = identity(tdir / message_name(seq))  # before reading: a later change shows
+        row = con.execute(
+            "SELECT mid FROM msgs WHERE thread = ? AND seq = ?", (thread, seq)
+        ).fetchone()
+        if row is None:
+            return key  # a hole, watched as one
+        item = self.log.load(thread, tdir, seq)
+        return key if isinstance(item, Message) and item.id == row[0] else ""
+
+    @staticmethod
+    def _put(con: sqlite3.Connection, m: Message) -> None:
+        cur = con.execute(
+            "INSERT OR IGNORE INTO msgs(thread, seq, mid, sender, type, recipients, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (m.thread, m.seq, m.id, m.sender, m.type, " ".join(m.to), instant(m.created_at)),
+        )
+        if cur.rowcount:
+            con.execute(
+                "INSERT INTO fts(rowid, body) VALUES (?, ?)", (cur.lastrowid, spaced(m.content))
+            )
+
+    def _add(
+        self, con: sqlite3.Connection, thread: str, tdir: Path, after: int, page: Page
+    ) -> None:
+        """Index a page read past after, and watch the seqs it stepped over."""
+        for m in page.messages:
+            self._put(con, m)
+        why = {int(Path(d.path).name[:-5]): d for d in page.skipped if d.path.endswith(".json")}
+        done = [after, *(m.seq for m in page.messages), page.cursor + 1]
+        for low, high in itertools.pairwise(done):
+            for seq in range(low + 1, min(high, low + 1 + HOLES_PER_GAP)):
+                d = why.get(seq)
+                con.execute(
+                    "INSERT OR REPLACE INTO holes VALUES (?, ?, ?, ?, ?)",
+                    (thread, seq, identity(tdir / message_name(seq)),
+                     d.path if d else None, d.reason if d else None),
+                )  # fmt: skip
+
+    def _fill(self, con: sqlite3.Connection, thread: str, tdir: Path) -> None:
+        """Read again the stepped-over seqs of thread whose files changed (repaired, restored)."""
+        for seq, key in con.execute(
+            "SELECT seq, key FROM holes WHERE thread = ?", (thread,)
+        ).fetchall():
+            now = identity(tdir / message_name(seq))
+            if now == key:
+                continue
+            item = self.log.load(thread, tdir, seq)
+            if isinstance(item, Message):
+                self._put(con, item)
+                con.execute("DELETE FROM holes WHERE thread = ? AND seq = ?", (thread, seq))
+            elif isinstance(item, Damage):
+                con.execute(
+                    "UPDATE holes SET key = ?, path = ?, reason = ? WHERE thread = ? AND seq = ?",
+                    (now, item.path, item.reason, thread, seq),
+                )
+            elif item is None:  # missing (again): reported with the gap it belongs to
+                con.execute("UPDATE holes SET key = '' WHERE thread = ? AND seq = ?", (thread, seq))
+            # Pending: still being written; its key stays, so the next search looks again.
+
+    def _damage(self, con: sqlite3.Connection, thread: str | None) -> list[Damage]:
+        """Return the damage the index stepped over (in thread, if given): every search says
+        what it could not read, not only the one that first met it."""
+        sql = "SELECT path, reason FROM holes WHERE reason IS NOT NULL"
+        rows = (
+            con.execute(f"{sql} AND thread = ? ORDER BY thread, seq", (thread,))
+            if thread is not None
+            else con.execute(f"{sql} ORDER BY thread, seq")
+        )
+        return [Damage(path, reason) for path, reason in rows]
+
+    def _repair(self, con: sqlite3.Connection, stale: list[tuple[str, int]]) -> None:
+        """Index again, from below the lowest stale hit, each thread whose hits were not what
+        was indexed (a rewrite no cheap check saw)."""
+        lowest: dict[str, int] = {}
+        for thread, seq in stale:
+            lowest[thread] = min(seq, lowest.get(thread, seq))
+        for thread, seq in sorted(lowest.items()):
+            try:
+                tdir = self.threads.files.thread_dir(thread)
+            except (NotFound, RootError):
+                self._drop(con, thread)
+                continue
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                below = self._agreed(con, thread, tdir, seq)
+                self._cut(con, thread, below)
+                con.execute(
+                    "UPDATE threads SET seq = min(seq, ?), head = '' WHERE thread = ?",
+                    (below, thread),
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------ queries
 
@@ -286,17 +493,17 @@ class Search:
             raise InvalidMessage(f"limit must be between 1 and {MAX_LIMIT}, not {limit!r}")
         if thread is not None:
             self.threads.files.thread_dir(thread)  # InvalidName or NoSuchThread, not "no match"
+        after = None
         if since is not None:
-            try:
-                datetime.fromisoformat(since.replace("Z", "+00:00"))
-            except (ValueError, AttributeError):
+            after = instant(since)
+            if after is None:
                 raise InvalidMessage(
-                    f"since must be an ISO date or time, e.g. 2026-12-01 or "
-                    f"2026-12-01T09:30:00Z; not {since!r}"
-                ) from None
+                    f"since must be an ISO 8601 date or time, {SINCE_FORMS}; not {since!r}"
+                )
         if self.engine == "scan":
-            return self._scan(query, thread, sender, type_, to, since, limit)
-        where, args = ["fts MATCH ?"], [fts_query(query)]
+            return self._scan(query, thread, sender, type_, to, after, limit)
+        where: list[str] = ["fts MATCH ?"]
+        args: list[Any] = [fts_query(query)]
         for column, value in (("m.thread", thread), ("m.sender", sender), ("m.type", type_)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -306,11 +513,11 @@ class Search:
             args.append(
                 "% " + to.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " %"
             )
-        if since is not None:
-            where.append("m.created_at >= ?")
-            args.append(since)
+        if after is not None:  # a created_at that is no time cannot be placed: kept
+            where.append("(m.created IS NULL OR m.created >= ?)")
+            args.append(after)
         # Only fixed column names are joined in; every value, the query too, is a parameter.
-        select = "SELECT m.thread, m.seq, fts.rank FROM fts JOIN msgs m ON m.id = fts.rowid"
+        select = "SELECT m.thread, m.seq, m.mid, fts.rank FROM fts JOIN msgs m ON m.id = fts.rowid"
         order = "ORDER BY fts.rank, m.thread, m.seq LIMIT ?"  # rank: bm25, best first
         sql = " ".join([select, "WHERE", " AND ".join(where), order])
         count = " ".join(
@@ -318,7 +525,7 @@ class Search:
         )
         for attempt in (1, 2):
             try:
-                return self._query(query, sql, count, args, limit)
+                return self._query(query, thread, sql, count, args, limit)
             except sqlite3.OperationalError as e:
                 raise MailslotError(
                     f"the search index {self.path} is busy ({e}); search again in a moment"
@@ -333,56 +540,73 @@ class Search:
                 self._remove()
         raise AssertionError("unreachable")
 
-    def _query(self, query: str, sql: str, count: str, args: list[str], limit: int) -> Results:
+    def _query(
+        self, query: str, thread: str | None, sql: str, count: str, args: list[Any], limit: int
+    ) -> Results:
         with self._connect() as con:
-            skipped = self.refresh(con)
-            try:
-                rows, total = self._run(con, sql, count, args, limit)
-            except sqlite3.OperationalError as e:
-                if "locked" in str(e):
-                    raise
-                # Plain words such as auth.py or foo-bar are not FTS syntax: read them as
-                # phrases. A query that uses quotes or parentheses meant its syntax: say why.
-                if not re.search(r'["()]', query) and re.search(r"\w", query):
-                    args[0] = fts_query(lenient(query))
-                    with contextlib.suppress(sqlite3.OperationalError):
-                        rows, total = self._run(con, sql, count, args, limit)
-                        return self._hits(rows, query, limit, skipped, "fts5", total)
-                raise InvalidMessage(
-                    f"cannot read the query {query[:80]!r} ({e}); {EXAMPLES}; put words "
-                    'with - : ( ) * ^ in double quotes, e.g. "auth.py"'
-                ) from None
-        return self._hits(rows, query, limit, skipped, "fts5", total)
+            for attempt in (1, 2):
+                self.refresh(con)
+                rows, total = self._match(con, query, sql, count, args, limit)
+                hits, stale = self._read_back(rows, query, limit)
+                if stale and attempt == 1:
+                    # Rewritten under the index where no cheap check looks (a file below the
+                    # newest edited in place): index those threads again, then ask again.
+                    self._repair(con, stale)
+                    continue
+                # A stale hit left after that is a folder changing as we read: not a hit.
+                total = max(len(hits), total - len(stale))
+                return Results(hits, total, self._damage(con, thread), "fts5")
+        raise AssertionError("unreachable")
+
+    def _match(
+        self, con: sqlite3.Connection, query: str, sql: str, count: str, args: list[Any], limit: int
+    ) -> tuple[list[tuple[str, int, str, float]], int]:
+        try:
+            return self._run(con, sql, count, args, limit)
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                raise
+            # Plain words such as auth.py or foo-bar are not FTS syntax: read them as
+            # phrases. A query that uses quotes or parentheses meant its syntax: say why.
+            if not re.search(r'["()]', query) and re.search(r"\w", query):
+                args[0] = fts_query(lenient(query))
+                with contextlib.suppress(sqlite3.OperationalError):
+                    return self._run(con, sql, count, args, limit)
+            raise InvalidMessage(
+                f"cannot read the query {query[:80]!r} ({e}); {EXAMPLES}; put words "
+                'with - : ( ) * ^ in double quotes, e.g. "auth.py"'
+            ) from None
 
     @staticmethod
     def _run(
-        con: sqlite3.Connection, sql: str, count: str, args: list[str], limit: int
-    ) -> tuple[list[tuple[str, int, float]], int]:
+        con: sqlite3.Connection, sql: str, count: str, args: list[Any], limit: int
+    ) -> tuple[list[tuple[str, int, str, float]], int]:
         # A few more rows than asked: a hit whose file is gone since it was indexed is dropped.
         rows = con.execute(sql, [*args, limit + 10]).fetchall()
         if len(rows) < limit + 10:
             return rows, len(rows)  # all of them: no need to count
         return rows, int(con.execute(count, args).fetchone()[0])
 
-    def _hits(
-        self,
-        rows: list[tuple[str, int, float]],
-        query: str,
-        limit: int,
-        skipped: list[Damage],
-        engine: str,
-        total: int | None = None,
-    ) -> Results:
+    def _read_back(
+        self, rows: list[tuple[str, int, str, float]], query: str, limit: int
+    ) -> tuple[list[Hit], list[tuple[str, int]]]:
+        """Return the hits read back from their files (the folder is the truth), and the rows
+        whose file no longer holds the message that matched (gone, unreadable, another id)."""
         hits: list[Hit] = []
-        for thread, seq, rank in rows:
+        stale: list[tuple[str, int]] = []
+        for thread, seq, mid, rank in rows:
             if len(hits) >= limit:
                 break
             try:
-                m = self.log.get(thread, seq)  # the folder is the truth: read it back
+                m = self.log.get(thread, seq)
             except MailslotError:
-                continue  # gone or changed since it was indexed
+                stale.append((thread, seq))
+                continue
+            if m.id != mid:
+                stale.append((thread, seq))
+                continue
             hits.append(Hit(m, snippet(m.content, query), float(rank)))
-        return Results(hits, len(rows) if total is None else total, skipped, engine)
+        return hits, stale
 
     def _scan(
         self,
@@ -391,7 +615,7 @@ class Search:
         sender: str | None,
         type_: str | None,
         to: str | None,
-        since: str | None,
+        after: int | None,
         limit: int,
     ) -> Results:
         """Search without an index (no FTS5 here): every word of the query must occur."""
@@ -399,24 +623,34 @@ class Search:
             self._warned = True
             log.warning("this Python's SQLite has no FTS5: searching by reading every message")
         words = [w.lower() for w in terms(query)]
-        rows: list[tuple[str, int, float]] = []
+        rows: list[tuple[str, int, str, float]] = []
+        skipped: list[Damage] = []
         names = [thread] if thread is not None else self.threads.files.thread_ids()
         for name in names:
-            with contextlib.suppress(MailslotError):
-                for m in self.log.messages(name):
+            try:
+                tdir = self.threads.files.thread_dir(name)
+            except (NotFound, RootError):
+                continue  # removed since it was listed
+            for page in self.log.pages(name, tdir, 0):
+                skipped += page.skipped
+                for m in page.messages:
                     if sender is not None and m.sender != sender:
                         continue
                     if type_ is not None and m.type != type_:
                         continue
                     if to is not None and to not in m.to:
                         continue
-                    if since is not None and m.created_at < since:
-                        continue
+                    if after is not None:
+                        created = instant(m.created_at)
+                        if created is not None and created < after:
+                            continue  # one that is no time cannot be placed: kept
                     text = m.content.lower()
                     if words and all(w in text for w in words):
-                        rows.append((m.thread, m.seq, -float(sum(text.count(w) for w in words))))
-        rows.sort(key=lambda r: (r[2], r[0], r[1]))
-        return self._hits(rows, query, limit, [], "scan")
+                        rank = -float(sum(text.count(w) for w in words))
+                        rows.append((m.thread, m.seq, m.id, rank))
+        rows.sort(key=lambda r: (r[3], r[0], r[1]))
+        hits, stale = self._read_back(rows, query, limit)
+        return Results(hits, len(rows) - len(stale), skipped, "scan")
 
 
 def lenient(query: str) -> str:
