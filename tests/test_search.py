@@ -500,8 +500,14 @@ def test_since_through_mcp_reads_an_offset(tmp_path: Path) -> None:
         async with agent(box.root, "alice") as a:
             found = await call(a, "msg_search", query="quokka", since="2026-03-10T17:00:00+02:00")
             assert sorted(h["seq"] for h in found["hits"]) == [2, 3, 5, 6, 7]
+            [tool] = [t for t in (await a.list_tools()).tools if t.name == "msg_search"]
+            said = json.dumps(tool.input_schema["properties"]["since"])
+            assert "UTC if no offset" in said and "+02:00" in said  # the model is told how
 
     anyio.run(main)
+    helped = subprocess.run([sys.executable, "-m", "mailslot", "search", "--help"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert "UTC where no offset" in " ".join(helped.stdout.split())
 
 
 BAD_THREADS = ["x) OR (y", "../t", "T", "t' OR '1'='1", "no-such-thread"]

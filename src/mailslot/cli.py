@@ -779,7 +779,12 @@ def cmd_hook(args: argparse.Namespace) -> int:
         arg("--from", dest="sender", metavar="NAME", help="only messages from NAME"),
         arg("--type", choices=[t for t in TYPES if t != "state"]),
         arg("--to", metavar="AGENT", help="only messages addressed to AGENT"),
-        arg("--since", metavar="ISO", help="only messages since then, e.g. 2026-12-01"),
+        arg(
+            "--since",
+            metavar="ISO",
+            help="only messages created since then: an ISO 8601 date or time, e.g. 2026-12-01 "
+            "or 2026-12-01T09:30+02:00 (UTC where no offset is given)",
+        ),
         arg("--limit", type=int, default=20),
     ],
 )

@@ -859,7 +859,13 @@ class Session:
         sender: str | None = None,
         type: MsgType | None = None,
         to: str | None = None,
-        since: Annotated[str | None, Field(description="ISO time, e.g. 2026-12-01")] = None,
+        since: Annotated[
+            str | None,
+            Field(
+                description="ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30+02:00 "
+                "(UTC if no offset)"
+            ),
+        ] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         """Search all threads' messages, best matches first, with their content."""
