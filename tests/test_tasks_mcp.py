@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, finish, spawn_call, start_together, until
+from helpers import agent, call, finish, params, spawn_call, start_together, until
 from mcp import types
 from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
@@ -608,3 +608,168 @@ def test_bad_task_claims_are_tool_errors_that_say_what_to_do(root: Path) -> None
     anyio.run(main)
     assert not (root / "threads" / "doomed").exists(), "a claim does not bring a thread back"
     assert Mailbox(root).head("jobs") == mine + 1
+
+
+# ---------------------------------------------------------------- 7. activity keeps short holds
+
+
+def presence_doc(root: Path, name: str) -> dict[str, Any]:
+    """Return agent name's presence file as its serve last wrote it."""
+    doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+async def rival_wins(b: Client, seq: int, within: float = 30) -> tuple[dict, dict]:
+    """As bravo, claim task seq of 'jobs' and reserve src/x.py until both are granted; return
+    the two answers."""
+    deadline = time.monotonic() + within
+    claim: dict[str, Any] = {}
+    grant: dict[str, Any] = {}
+    while not (claim.get("claimed") and grant.get("granted")):
+        assert time.monotonic() < deadline, f"bravo won nothing within {within} s: {claim} {grant}"
+        if not claim.get("claimed"):
+            claim = await call(b, "task_claim", thread="jobs", seq=seq)
+        if not grant.get("granted"):
+            grant = await call(b, "files_reserve", paths=["src/x.py"], ttl_s=3)
+        await anyio.sleep(0.1)
+    return claim, grant
+
+
+def test_a_short_lease_and_ttl_hold_while_their_holder_keeps_calling(root: Path) -> None:
+    """alpha claims with lease_s=3 and reserves with ttl_s=3, then calls a cheap tool every
+    0.5 s for 8 s: bravo, in its own serve, is refused all along (the activity reaches the
+    presence file in time). Then alpha stays connected but calls nothing: bravo wins both."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            got = await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3)
+            assert got["claimed"] is True, got
+            mine = await call(a, "files_reserve", paths=["src/**"], ttl_s=3)
+            assert mine["granted"] is True, mine
+            begun = time.monotonic()
+            stop = anyio.Event()
+
+            async def work() -> None:
+                while not stop.is_set():
+                    await call(a, "thread_list")
+                    with anyio.move_on_after(0.5):
+                        await stop.wait()
+
+            tries = 0
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(work)
+                while time.monotonic() - begun < 8:
+                    lost = await call(b, "task_claim", thread="jobs", seq=seq)
+                    assert (lost["claimed"], lost.get("holder")) == (False, "alpha"), (
+                        f"bravo took alpha's task {time.monotonic() - begun:.1f} s into alpha's "
+                        f"work: {lost}"
+                    )
+                    refused = await call(b, "files_reserve", paths=["src/x.py"], ttl_s=3)
+                    assert refused["granted"] is False, (
+                        f"bravo took alpha's reservation {time.monotonic() - begun:.1f} s into "
+                        f"alpha's work: {refused}"
+                    )
+                    tries += 1
+                    await anyio.sleep(0.2)
+                stop.set()
+            assert tries >= 5
+            last_call = time.time()
+            claim, grant = await rival_wins(b, seq)
+            assert claim["attempt"] == 2 and claim["failed_before"] == 1, claim
+            assert [r["path"] for r in grant["reserved"]] == ["src/x.py"]
+            doc = presence_doc(root, "alpha")
+            assert doc["status"] != "offline" and doc["last_active_epoch"] <= last_call
+
+    anyio.run(main)
+    (reopen,) = of(replies(root, "jobs", seq), "reopen")
+    assert reopen.meta["task"]["holder"] == "alpha"
+    assert "no sign of work for 3 s" in reopen.meta["task"]["reason"], reopen.meta
+    expired = [m for m in Mailbox(root).messages("file-reservations") if "expire" in m.meta]
+    assert [m.meta["expire"]["holder"] for m in expired] == ["alpha"]
+    assert "no sign of work for 3 s" in expired[0].meta["expire"]["reason"]
+
+
+def test_a_heartbeat_without_work_does_not_keep_a_lease(root: Path) -> None:
+    """alpha's serve heartbeats every second (--heartbeat-timeout 3) but is asked nothing after
+    its claim and reservation: its presence stays fresh, its lease and TTL run out."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def main() -> None:
+        fast = params(root, "--agent", "alpha", "--heartbeat-timeout", "3")
+        async with Client(fast, mode="auto", cache=None) as a, agent(root, "bravo") as b:
+            assert (await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3))["claimed"]
+            assert (await call(a, "files_reserve", paths=["src/**"], ttl_s=3))["granted"]
+            last_call = time.time()
+            claim, grant = await rival_wins(b, seq)
+            assert claim["claimed"] is True and grant["granted"] is True
+            await anyio.to_thread.run_sync(
+                until, "alpha's heartbeat past its lease",
+                lambda: presence_doc(root, "alpha")["last_seen_epoch"] > last_call + 4,
+            )  # fmt: skip
+            doc = presence_doc(root, "alpha")
+            assert doc["last_active_epoch"] <= last_call, "a heartbeat is no sign of work"
+            assert doc["status"] == "online"
+
+    anyio.run(main)
+    (reopen,) = of(replies(root, "jobs", seq), "reopen")
+    assert "no sign of work for 3 s" in reopen.meta["task"]["reason"], reopen.meta
+
+
+def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path) -> None:
+    """Calls made while holding nothing, a long lease, or holds already closed or given back
+    write no presence beyond the heartbeat's; a short hold's writes are spaced out."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    long_job = box.post("jobs", "a long job", sender="boss", type="task")
+    short_job = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def burst(a: Client) -> tuple[int, int, float]:
+        """Call a cheap tool 30 times over ~3 s; return how many calls, how many presence
+        writes were seen (its last_seen_epoch changed), and how long it took."""
+        seen = presence_doc(root, "alpha")["last_seen_epoch"]
+        writes, begun = 0, time.monotonic()
+        for _ in range(30):
+            await call(a, "thread_list")
+            now = presence_doc(root, "alpha")["last_seen_epoch"]
+            writes += now != seen
+            seen = now
+            await anyio.sleep(0.1)
+        return 30, writes, time.monotonic() - begun
+
+    def beats(elapsed: float) -> int:
+        """Return how many heartbeats (every 30/3 s) can fall into elapsed seconds."""
+        return int(elapsed / 10) + 1
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a:
+            calls, writes, took = await burst(a)  # holding nothing
+            assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
+
+            got = await call(a, "task_claim", thread="jobs", seq=long_job, lease_s=300)
+            assert got["claimed"] is True
+            calls, writes, took = await burst(a)  # a lease of 300 s: the heartbeat suffices
+            assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
+
+            assert (await call(a, "files_reserve", paths=["docs/**"], ttl_s=4))["granted"]
+            calls, writes, took = await burst(a)  # a TTL of 4 s: a write a second at most
+            assert 1 <= writes <= took / 1 + beats(took) + 1, f"{writes} writes in {took:.1f} s"
+
+            assert (await call(a, "files_reserve", paths=["notes/**"], ttl_s=1))["granted"]
+            calls, writes, took = await burst(a)  # 1 s: two writes a second, no more
+            assert writes <= took / 0.5 + beats(took) + 1, f"{writes} writes in {took:.1f} s"
+
+            await call(a, "files_release")
+            got = await call(a, "task_claim", thread="jobs", seq=short_job, lease_s=3)
+            assert got["claimed"] is True
+            await call(a, "msg_post", thread="jobs", type="result", reply_to=short_job,
+                       content="done")  # fmt: skip
+            calls, writes, took = await burst(a)  # what is given back or closed needs nothing
+            assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
+
+    anyio.run(main)

@@ -5,6 +5,14 @@ host are recorded with them) or by a person or a script (no process). A hold end
 process dies (seen at once on its own machine, from the pid; after the heartbeat timeout
 elsewhere, from its presence file) or exits, or when it shows no sign of work for its lease:
 a tool call (the presence file's ``last_active_epoch``) or a message of its own.
+
+Other processes, on this machine or another, learn of a holder's tool calls only from its
+presence file. The heartbeat writes it every heartbeat timeout / 3 (10 s), too seldom for a
+lease of a few seconds, and a write per call would cost a file replace per call. So a process
+remembers the holds it took (``Activity``), and a tool call writes the presence file only when
+the activity recorded there is older than a quarter of the shortest of them (and never more
+often than every half second): holding nothing, or only holds long enough for the heartbeat,
+costs no write beyond the heartbeat's.
 """
 
 from __future__ import annotations
@@ -26,6 +34,41 @@ class Lease:
     host: str | None
     since: float  # epoch seconds it was taken or last renewed
     lease_s: float
+
+
+#: A tool call writes its activity when the presence file's is older than this share of the
+#: shortest hold the process has (a sign of work then reaches others with 3/4 of it to spare),
+ACTIVITY_SHARE = 0.25
+#: and never more often than this (seconds).
+ACTIVITY_MIN_EVERY_S = 0.5
+
+
+#: What a process holds: ("task", thread, seq) or ("files", pattern, 0).
+HoldKey = tuple[str, str, int]
+
+
+class Activity:
+    """The holds of this process (task claims, reservations) and when a tool call must write
+    its activity into the presence file so that they hold; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.holds: dict[HoldKey, float] = {}  # what is held -> its lease in seconds
+        self.written = 0.0  # the activity (epoch seconds) the presence file has from us
+
+    def hold(self, key: HoldKey, lease_s: float) -> None:
+        """Remember that this process holds key for lease_s seconds without a sign of work."""
+        self.holds[key] = lease_s
+
+    def drop(self, key: HoldKey) -> None:
+        """Forget key (given back, closed, or lost); safe if it was not held."""
+        self.holds.pop(key, None)
+
+    def due(self, active: float) -> bool:
+        """Return True if activity at active (epoch seconds) must be written now."""
+        if not self.holds:
+            return False
+        every = max(ACTIVITY_MIN_EVERY_S, min(self.holds.values()) * ACTIVITY_SHARE)
+        return active - self.written >= every
 
 
 def until(agents: Agents, lease: Lease, last_sign: float = 0.0) -> float:

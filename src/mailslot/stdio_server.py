@@ -12,7 +12,6 @@ import inspect
 import json
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -261,7 +260,7 @@ class _Tools:
         except ValidationError as e:
             raise ToolError(argument_text(name, e, self.schemas[name])) from None
         session = self.current().session
-        session.last_active = time.time()
+        session.touch()  # a sign of work; written for others when a short hold needs it
         if session.client is None:
             session.client = _client_name(ctx)
 

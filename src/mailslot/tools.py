@@ -26,8 +26,11 @@ from mailslot._errors import (
     MailslotError,
     NameTaken,
     NoSuchAgent,
+    NotFound,
 )
+from mailslot._files import HOST
 from mailslot._format import Damage, Message, Pending, ThreadInfo
+from mailslot._leases import Activity
 from mailslot._names import check_name, slugify
 from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
 from mailslot._reading import Reading
@@ -266,7 +269,8 @@ class Session:
         self.wait_max = wait_max
         self.stale_after = stale_after
         self.progress_every = progress_every
-        self.last_active = time.time()  # when a tool was last called (the server sets it)
+        self.last_active = time.time()  # when a tool was last called (see touch)
+        self._activity = Activity()  # this process's holds: when touch() writes presence
         self._reading = Reading(box)
         self._joined: set[str] = set()  # threads this session has joined (see _join)
         self._hold: NameHold | None = None
@@ -293,11 +297,14 @@ class Session:
         return self._hold.name if self._hold is not None else None
 
     def _take(self, name: str) -> None:
+        taken = time.time()
         hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
+        self._activity.written = taken  # its presence says active since (at least) then
         if self._hold is not None:  # a rename: what was read so far belongs to the old name
             self.save_positions()
             self._reading.forget()
             self._joined.clear()  # the new name has joined nothing yet
+            self._activity.holds.clear()  # and holds nothing
             self.box.release_name(self._hold)
         self._hold = hold
         try:
@@ -352,17 +359,60 @@ class Session:
     def heartbeat(self) -> None:
         """Refresh this agent's presence (call every stale_after/3 seconds)."""
         if self._hold is not None:
-            status = "waiting" if self._waits else "online"
-            self.box.set_presence(
-                self._hold.name, status, waiting_on=self._waiting_on, last_active=self.last_active
-            )
-            self._status_written = status
+            self._write_presence()
             self.save_positions()
+            self._forget_lost_holds()
+
+    def touch(self) -> None:
+        """Note a tool call: a sign of work, written to the presence file when a short lease
+        or TTL this process holds needs it there sooner than the heartbeat (see _leases)."""
+        self.last_active = time.time()
+        if self._hold is not None and self._activity.due(self.last_active):
+            self._write_presence()
+
+    def _write_presence(self) -> None:
+        assert self._hold is not None
+        status = "waiting" if self._waits else "online"
+        active = self.last_active
+        self.box.set_presence(
+            self._hold.name, status, waiting_on=self._waiting_on, last_active=active
+        )
+        self._status_written = status
+        self._activity.written = active
+
+    def _forget_lost_holds(self) -> None:
+        """Forget the remembered holds this process no longer has (closed, lost, expired)."""
+        me, pid = self._hold.name if self._hold else None, os.getpid()
+        files: list[Held] | None = None
+        for key in list(self._activity.holds):
+            try:
+                if key[0] == "task":
+                    t = self.box.board(key[1]).tasks.get(key[2])
+                    held = (t.status, t.holder, t.pid, t.host) if t is not None else None
+                    ours = held == (CLAIMED, me, pid, HOST)
+                else:
+                    if files is None:
+                        files = self.box.reservations(stale_after=self.stale_after)
+                    ours = any(
+                        (h.pattern, h.holder, h.pid, h.host) == (key[1], me, pid, HOST)
+                        for h in files
+                    )
+            except NotFound:
+                ours = False  # its thread is gone
+            except MailslotError:
+                continue  # unreadable now: keep it (a write too many costs less than a loss)
+            if not ours:
+                self._activity.drop(key)
 
     def _show_status(self) -> None:
         """Bring the presence file's status up to date if it says otherwise."""
         if self._status_written != ("waiting" if self._waits else "online"):
             self.heartbeat()
+
+    @property
+    def reading(self) -> Reading:
+        """Return what this agent was shown of each thread, as this session knows it now."""
+        return self._reading
 
     def waiting_for(self, m: Message) -> bool:
         """Return True if this agent is blocked in a wait that will return m."""
@@ -465,6 +515,8 @@ class Session:
             thread, content, sender=self.me(), to=to or [], type=type, priority=priority,
             reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
         )  # fmt: skip
+        if type in ("result", "error") and reply_to is not None:
+            self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
         return {"thread": thread, "seq": msg.seq, "id": msg.id}
@@ -749,6 +801,7 @@ class Session:
         me = self.me()
         if release:
             event = self.box.release_task(thread, seq, agent=me)
+            self._activity.drop(("task", thread, seq))
             return {"released": True, "thread": thread, "seq": seq, "event_seq": event.seq}
         self._join(thread)
         got = self.box.claim_task(
@@ -758,6 +811,8 @@ class Session:
         out: dict[str, Any] = {"claimed": got.won, "thread": thread, "seq": seq}
         until = iso(got.until) if got.until is not None else None
         if got.won:
+            lease = task.claim_lease_s or task.lease_s or self.box.settings.task_lease_s
+            self._activity.hold(("task", thread, seq), lease)
             out["until"] = until
             out["attempt"] = task.attempts
             if task.failures:
@@ -827,6 +882,8 @@ class Session:
                 "hint": f"leave these paths to {', '.join(holders)}, or ask them with "
                 f"msg_post(to={holders!r}); reserve the paths you can have on their own",
             }
+        for h in grant.held:
+            self._activity.hold(("files", h.pattern, 0), h.ttl_s)
         out: dict[str, Any] = {"granted": True, "reserved": self._held(grant.held)}
         if grant.whole_repo:
             out["note"] = "this reserves the whole repository: no other agent may edit anything"
@@ -842,6 +899,8 @@ class Session:
     ) -> dict[str, Any]:
         """Give back your reservations of paths (all of yours when omitted)."""
         released, not_held = self.box.release(paths, agent=self.me())
+        for h in released:
+            self._activity.drop(("files", h.pattern, 0))
         out: dict[str, Any] = {"released": sorted({h.pattern for h in released})}
         if not_held:
             out["not_held"] = not_held
