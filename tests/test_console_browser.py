@@ -38,8 +38,32 @@ DIFF = """Added it:
 `tool --version` now prints `tool 0.1.0`; tests pass."""
 HOSTILE = (
     "Look: <script>window.__pwned=1</script> and "
-    '<img src=x onerror="window.__pwned=2"> and [x](javascript:window.__pwned=3)'
+    '<img src=x onerror="window.__pwned=2"> and [x](javascript:window.__pwned=3) and '
+    '[<img src=x onerror="window.__pwned=6">](https://a.example/six) and '
+    '[seven](https://a.example/"onmouseover="window.__pwned=7)'
 )
+# The real links in HOSTILE as the page must show them: [href, text], both exactly as written.
+HOSTILE_LINKS = [
+    ["https://a.example/six", '<img src=x onerror="window.__pwned=6">'],
+    ['https://a.example/"onmouseover="window.__pwned=7', "seven"],
+]
+# Installed before the page loads: records every element ever put in the document (an image
+# or a handler that came and went would be missed by a look at the DOM at the end).
+RECORDER = """
+window.__added = {imgs: 0, handlers: [], scripts: []};
+window.__recorder = new MutationObserver(records => {
+  for (const r of records) for (const n of r.addedNodes) {
+    if (n.nodeType !== 1) continue;
+    for (const e of [n, ...n.querySelectorAll('*')]) {
+      if (e.tagName === 'IMG') __added.imgs++;
+      const src = e.tagName === 'SCRIPT' && e.getAttribute('src');
+      if (src !== false && !__added.scripts.includes(src)) __added.scripts.push(src);
+      for (const a of e.attributes) if (a.name.startsWith('on')) __added.handlers.push(a.name);
+    }
+  }
+});
+__recorder.observe(document, {childList: true, subtree: true});
+"""
 
 
 def _browser() -> tuple[str, str]:
@@ -132,7 +156,7 @@ def css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
-def one(driver: Any, selector: str, within: float = 10) -> Any:
+def one(driver: Any, selector: str, within: float = 30) -> Any:
     """Return the first element matching selector once it exists; fail if it does not."""
     until(f"an element {selector}", lambda: bool(css(driver, selector)), within)
     return css(driver, selector)[0]
@@ -258,18 +282,13 @@ def test_new_messages_appear_live(root: Path, ui: str, browser: Any) -> None:
         open_console(browser, ui, "live")
         assert seqs(browser) == [1]
 
-        times = []
+        # How soon is bench's business (python -m bench.console); here: that they come.
         for i in range(3):
-            start = time.monotonic()
             seq = box.post("live", f"live message {i}", sender="bob", to=["alice"])
             until(
                 f"message {seq} shown",
                 lambda seq=seq: bool(css(browser, f'[data-test=message][data-seq="{seq}"]')),
-                within=5,
             )
-            times.append(time.monotonic() - start)
-        print(f"a message posted by another process shown after {[round(t, 3) for t in times]} s")
-        assert max(times) < 1.5, times
         assert seqs(browser) == [1, 2, 3, 4]
         assert "live message 2" in one(browser, '[data-test=message][data-seq="4"]').text
 
@@ -277,7 +296,7 @@ def test_new_messages_appear_live(root: Path, ui: str, browser: Any) -> None:
         box.post("elsewhere", "psst", sender="bob")
         box.post("elsewhere", "psst again", sender="carol")
         badge = '[data-test=thread-item][data-thread="elsewhere"] [data-test=unread]'
-        until("unread badge 2", lambda: text(browser, badge) == "2", within=5)
+        until("unread badge 2", lambda: text(browser, badge) == "2")
         assert seqs(browser) == [1, 2, 3, 4]
         # The open thread counts nothing unread: the page marked what it showed as read.
         assert not css(browser, '[data-test=thread-item][data-thread="live"] [data-test=unread]')
@@ -301,7 +320,7 @@ def test_composer_post_lands_on_disk(root: Path, ui: str, browser: Any) -> None:
     one(browser, "#send").click()
 
     path = root / "threads" / "compose" / "000002.json"
-    until("the message file on disk", path.exists, within=10)
+    until("the message file on disk", path.exists)
     doc = message_file(root, "compose", 2)
     assert doc["from"] == "dave"
     assert doc["content"] == text
@@ -318,7 +337,7 @@ def test_composer_post_lands_on_disk(root: Path, ui: str, browser: Any) -> None:
     one(browser, "#composer textarea").send_keys("hello?")
     one(browser, "#to").send_keys("nobody-here")
     one(browser, "#send").click()
-    until("the error shown", lambda: one(browser, "#error").is_displayed(), within=10)
+    until("the error shown", lambda: one(browser, "#error").is_displayed())
     assert "nobody-here" in one(browser, "#error-text").text
     assert not (root / "threads" / "compose" / "000003.json").exists()
 
@@ -328,7 +347,7 @@ def test_composer_post_lands_on_disk(root: Path, ui: str, browser: Any) -> None:
     one(browser, "#state-summary").send_keys("ready for a look")
     one(browser, "#set-state").click()
     until("the state message on disk",
-          (root / "threads" / "compose" / "000003.json").exists, within=10)  # fmt: skip
+          (root / "threads" / "compose" / "000003.json").exists)  # fmt: skip
     doc = message_file(root, "compose", 3)
     assert (doc["from"], doc["type"], doc["meta"]["state"]) == ("dave", "state", "review")
     until("the event shown", lambda: "dave moved the thread to review" in one(
@@ -343,11 +362,23 @@ def test_message_content_is_never_run(root: Path, ui: str, browser: Any) -> None
         box.post(
             thread, HOSTILE, sender="alice", meta={"note": "<script>window.__pwned=5</script>"}
         )
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORDER})
     open_console(browser, ui, thread)
     message = one(browser, '[data-test=message][data-seq="1"]')
     shown = message.text
     assert "<script>window.__pwned=1</script>" in shown
     assert '<img src=x onerror="window.__pwned=2">' in shown
+    links = browser.execute_script(
+        "return [...arguments[0].querySelectorAll('[data-test=body] a')]"
+        ".map(a => [a.getAttribute('href'), a.textContent])",
+        message,
+    )
+    assert links == HOSTILE_LINKS  # real links, their text and address as written
+    ActionChains(browser).move_to_element(
+        message.find_element("css selector", "[data-test=body] a[href$='=7']")
+    ).perform()  # where a broken-out onmouseover would fire
     assert topic in one(browser, "#thread-topic").text
     assert topic in text(browser, "[data-test=thread-item]")
 
@@ -360,12 +391,14 @@ def test_message_content_is_never_run(root: Path, ui: str, browser: Any) -> None
     one(browser, "[data-test=search-hit]")
     assert "<script>" in text(browser, "[data-test=search-hit]")
     assert css(browser, "[data-test=search-hit] mark")  # matches marked with DOM calls
-    time.sleep(0.3)  # an onerror would fire on the next tick
 
+    # No image or handler was ever in the page (so none can fire later), and nothing ran.
     state = browser.execute_script(
-        """return {
+        """__recorder.takeRecords();  // delivered already; this only makes sure
+        return {
           pwned: typeof window.__pwned,
           scripts: [...document.scripts].map(s => s.getAttribute('src')),
+          added: __added,
           imgs: document.querySelectorAll('img').length,
           handlers: [...document.querySelectorAll('*')].flatMap(e => [...e.attributes])
             .filter(a => a.name.startsWith('on')).length,
@@ -374,8 +407,14 @@ def test_message_content_is_never_run(root: Path, ui: str, browser: Any) -> None
             .filter(h => /^\\s*javascript:/i.test(h)),
         }"""
     )
-    assert state == {"pwned": "undefined", "scripts": ["/app.js"], "imgs": 0, "handlers": 0,
-                     "js": []}  # fmt: skip
+    assert state == {
+        "pwned": "undefined",
+        "scripts": ["/app.js"],
+        "imgs": 0,
+        "handlers": 0,
+        "js": [],
+        "added": {"imgs": 0, "handlers": [], "scripts": ["/app.js"]},
+    }
     logs = [e for e in browser.get_log("browser") if "pwned" in e.get("message", "")]
     assert not logs, logs
 
@@ -387,17 +426,12 @@ def test_presence_follows_a_serve_process(root: Path, ui: str, browser: Any) -> 
     until("bob listed", lambda: attr(browser, bob, "data-status") == "offline")
     proc = raw_serve(root, "bob")
     try:
-        start = time.monotonic()
-        until("bob online", lambda: attr(browser, bob, "data-status") == "online", within=15)
-        online = time.monotonic() - start
+        until("bob online", lambda: attr(browser, bob, "data-status") == "online")
         assert "online" in text(browser, bob)
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=15)
-        start = time.monotonic()
-        until("bob offline", lambda: attr(browser, bob, "data-status") == "offline", within=5)
-        offline = time.monotonic() - start
-        print(f"presence shown: online after {online:.2f} s, offline {offline:.2f} s after exit")
+        until("bob offline", lambda: attr(browser, bob, "data-status") == "offline")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -427,14 +461,13 @@ def test_long_thread_pages_backwards(root: Path, ui: str, browser: Any) -> None:
         browser.execute_script("document.getElementById('transcript').scrollTop = 0")
 
     scroll_top()
-    until("the previous page", lambda: seqs(browser)[:1] == [201], within=10)
+    until("the previous page", lambda: seqs(browser)[:1] == [201])
     assert seqs(browser) == list(range(201, 301))
     # What was on screen stays there: the view did not jump to the new top.
     assert browser.execute_script("return document.getElementById('transcript').scrollTop") > 0
     for first in (151, 101, 51, 1):
         scroll_top()
-        until(f"the page from {first}", lambda first=first: seqs(browser)[:1] == [first],
-              within=10)  # fmt: skip
+        until(f"the page from {first}", lambda first=first: seqs(browser)[:1] == [first])
     assert seqs(browser) == list(range(1, 301))
     assert not one(browser, "#load-earlier").is_displayed()
 
@@ -443,7 +476,7 @@ def test_long_thread_pages_backwards(root: Path, ui: str, browser: Any) -> None:
     open_console(browser, ui, "long")
     assert seqs(browser)[0] == 251
     one(browser, '[data-test=message][data-seq="300"] [data-test=reply-link]').click()
-    until("#5 loaded", lambda: bool(css(browser, '[data-test=message][data-seq="5"]')), within=10)
+    until("#5 loaded", lambda: bool(css(browser, '[data-test=message][data-seq="5"]')))
     until("#5 in view", lambda: browser.execute_script(
         "const r = document.querySelector('[data-test=message][data-seq=\"5\"]')"
         ".getBoundingClientRect(), t = document.getElementById('transcript')"
@@ -475,7 +508,7 @@ def test_phone_size(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", textarea)
     textarea.send_keys("sent from a phone")
     one(browser, "#send").click()
-    until("posted", (root / "threads" / "on-the-go" / "000013.json").exists, within=10)
+    until("posted", (root / "threads" / "on-the-go" / "000013.json").exists)
     assert message_file(root, "on-the-go", 13)["content"] == "sent from a phone"
     one(browser, '[data-test=message][data-seq="13"]')
     browser.save_screenshot(str(tmp_path / "console-phone.png"))
@@ -515,7 +548,10 @@ def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
     until("the agents shown", lambda: len(css(browser, "[data-test=agent]")) == 3)
     assert attr(browser, '[data-test=agent][data-name="alice"]', "data-status") == "waiting"
     assert f"waiting on {t}" in text(browser, '[data-test=agent][data-name="alice"]')
-    time.sleep(0.3)  # fonts and layout settle
+    until(
+        "the fonts loaded",
+        lambda: browser.execute_script("return document.fonts.status") == "loaded",
+    )
     shot = tmp_path / "console.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 20_000, "the screenshot looks empty"
