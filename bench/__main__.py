@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, mcp, peer, publish, scale, search, server, tasks, wake
+from bench import cold, console, mcp, peer, publish, scale, search, server, tasks, wake
 from bench._util import SCRATCH
 from mailslot._watch import filesystem_type
 
@@ -80,6 +80,10 @@ section("Tasks: claim and hand off through MCP, beside Redis Streams", tasks.run
 
 t = time.monotonic()
 section("Search: the full-text index, beside grep -r and rg", search.run(quick), t)
+
+t = time.monotonic()
+section("The console: a post to the page's event stream, opening a large mailbox",
+        console.run(quick), t)  # fmt: skip
 
 t = time.monotonic()
 if "--no-peer" in sys.argv or quick:
