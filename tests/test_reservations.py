@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of o
 
 from mailslot import Mailbox
 from mailslot._errors import InvalidMessage, InvalidName
+from mailslot._format import MESSAGE_KEYS, dumps, now_iso
 from mailslot._globs import overlaps
 from mailslot._reservations import THREAD
 
@@ -256,3 +258,56 @@ def test_the_commands(tmp_path: Path) -> None:
     assert run(root, "reservations").stdout.strip() == "no reservations"
     bad = run(root, "reserve", "../up")
     assert bad.returncode == 1 and "leave the repository" in bad.stderr
+
+
+# ------------------------------------------------------- the fold of events as clones leave them
+
+# (rule, the messages of the reservations thread in seq order as (sender, meta), what is held
+# then as (holder, pattern, seq of its request)). Each row fails when its rule is broken.
+# fmt: off
+LEDGERS = [
+    ("a release that names paths frees only the sender's own",
+     [("alice", {"reserve": {"paths": ["docs/**"]}}), ("bob", {"reserve": {"paths": ["src/**"]}}),
+      ("bob", {"release": {"paths": ["docs/**", "src/**"]}})],
+     [("alice", "docs/**", 1)]),
+    ("a release that names paths frees only those paths",
+     [("bob", {"reserve": {"paths": ["src/**", "lib/**"]}}),
+      ("bob", {"release": {"paths": ["src/**"]}})],
+     [("bob", "lib/**", 1)]),
+    ("a release of all frees only the sender's own",
+     [("alice", {"reserve": {"paths": ["docs/**"]}}), ("bob", {"reserve": {"paths": ["src/**"]}}),
+      ("bob", {"release": None})],
+     [("alice", "docs/**", 1)]),
+    ("of two overlapping requests the first by seq wins",
+     [("bob", {"reserve": {"paths": ["src/**"]}}), ("alice", {"reserve": {"paths": ["src/a.py"]}})],
+     [("bob", "src/**", 1)]),
+    ("an expiry of an earlier request leaves the renewed one",
+     [("bob", {"reserve": {"paths": ["src/**"]}}), ("bob", {"reserve": {"paths": ["src/**"]}}),
+      ("mailslot", {"expire": {"reservation": 1, "holder": "bob"}})],
+     [("bob", "src/**", 2)]),
+    ("an expiry signed by an agent is not mailslot's",
+     [("bob", {"reserve": {"paths": ["src/**"]}}),
+      ("alice", {"expire": {"reservation": 1, "holder": "bob"}})],
+     [("bob", "src/**", 1)]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("rule", "events", "want"), LEDGERS, ids=[r for r, _, _ in LEDGERS])
+def test_the_ledger_of_events_as_clones_leave_them(
+    tmp_path: Path, rule: str, events: list[tuple[str, dict]], want: list[tuple]
+) -> None:
+    """Messages written straight into the thread's folder, as another machine's mailslot or a
+    merge of clones leaves them, folded by a reader that took no part."""
+    box = Mailbox.init(tmp_path / "box")
+    assert box.create_thread(THREAD, creator="alice").id == THREAD
+    tdir = tmp_path / "box" / "threads" / THREAD
+    for seq, (sender, meta) in enumerate(events, start=1):
+        doc = dict(zip(MESSAGE_KEYS, (
+            uuid.uuid4().hex, sender, [], "status", "normal", None, now_iso(), f"event {seq}",
+            meta,
+        ), strict=True))  # fmt: skip
+        (tdir / f"{seq:06d}.json").write_bytes(dumps(doc))
+    with Mailbox(tmp_path / "box") as reader:
+        held = reader.reservations()  # by people (no process): each holds for its TTL, 3600 s
+    assert sorted((h.holder, h.pattern, h.seq) for h in held) == sorted(want), rule

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from helpers import until
 
 from mailslot import Mailbox
 from mailslot._errors import NoSuchMessage, NoSuchThread, RootError, StorageError, TaskError
+from mailslot._format import MESSAGE_KEYS, dumps
 from mailslot._tasks import SYSTEM, event_of
 
 
@@ -381,3 +383,91 @@ def test_an_agent_gets_the_tasks_posted_between_joining_and_its_first_wait(
         anyio.run(main)
     finally:
         worker.close()
+
+
+# ------------------------------------------------------- the fold of events as clones leave them
+
+
+def write_messages(root: Path, thread: str, events: list[tuple[str, str, dict]]) -> None:
+    """Write events straight into thread's folder as seqs 1, 2, ... (as a merge of clones,
+    `doctor --fix`, or another machine's mailslot leaves them): (sender, what, extra) where
+    what is 'task', 'result', 'error' or a task event (claim, release, reopen, dead) replying
+    to task 1; extra is the task event's fields (a reopen's claim) or the task's meta."""
+    tdir = root / "threads" / thread
+    for seq, (sender, what, extra) in enumerate(events, start=1):
+        meta: dict = extra if what == "task" else {}
+        if what in ("claim", "release", "reopen", "dead"):
+            meta = {"task": {"event": what, **extra}}
+        doc = dict(zip(MESSAGE_KEYS, (
+            uuid.uuid4().hex, sender, [], what if what in ("task", "result", "error") else "status",
+            "normal", None if what == "task" else 1, f"2026-01-01T00:00:{seq:02d}.000Z",
+            f"{what} by {sender}", meta,
+        ), strict=True))  # fmt: skip
+        (tdir / f"{seq:06d}.json").write_bytes(dumps(doc))
+
+
+B, C, M = "bob", "carol", SYSTEM
+#: (rule, the thread's messages in seq order, the task as folded: status, holder, claim,
+#: attempts, failures). Each row fails when the rule it names is broken in Board.add.
+# fmt: off
+FOLDS = [
+    ("a reopen of an earlier claim does not end the current holder's",
+     [("alice", "task", {}), (B, "claim", {}), (M, "reopen", {"claim": 2}), (C, "claim", {}),
+      (M, "reopen", {"claim": 2})],
+     ("claimed", C, 4, 2, 1)),
+    ("a dead event of an earlier claim does not end the current holder's",
+     [("alice", "task", {}), (B, "claim", {}), (M, "reopen", {"claim": 2}), (C, "claim", {}),
+      (M, "dead", {"claim": 2})],
+     ("claimed", C, 4, 2, 1)),
+    ("a reopen of the current claim ends it",
+     [("alice", "task", {}), (B, "claim", {}), (M, "reopen", {"claim": 2})],
+     ("open", None, None, 1, 1)),
+    ("a reopen signed by an agent is not mailslot's",
+     [("alice", "task", {}), (B, "claim", {}), (C, "reopen", {"claim": 2})],
+     ("claimed", B, 2, 1, 0)),
+    ("a release from someone who is not the holder frees nothing",
+     [("alice", "task", {}), (B, "claim", {}), (C, "release", {})],
+     ("claimed", B, 2, 1, 0)),
+    ("the holder's release frees the task without failing it",
+     [("alice", "task", {}), (B, "claim", {}), (B, "release", {})],
+     ("open", None, None, 1, 0)),
+    ("when the last attempt is lost the task is dead, not open",
+     [("alice", "task", {"max_attempts": 2}), (B, "claim", {}), (M, "reopen", {"claim": 2}),
+      (C, "claim", {}), (M, "reopen", {"claim": 4})],
+     ("dead", None, None, 2, 2)),
+    ("of two claims the first by seq wins",
+     [("alice", "task", {}), (C, "claim", {}), (B, "claim", {})],
+     ("claimed", C, 2, 1, 0)),
+    ("a claim moved past the result by a merge is void",
+     [("alice", "task", {}), (B, "claim", {}), (B, "result", {}), (C, "claim", {})],
+     ("done", None, None, 1, 0)),
+    ("an error from someone else while it is held is a remark",
+     [("alice", "task", {}), (B, "claim", {}), (C, "error", {})],
+     ("claimed", B, 2, 1, 0)),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("rule", "events", "want"), FOLDS, ids=[r for r, _, _ in FOLDS])
+def test_the_fold_of_events_as_clones_leave_them(
+    root: Path, rule: str, events: list[tuple[str, str, dict]], want: tuple
+) -> None:
+    Mailbox(root).create_thread("t", creator="alice")
+    write_messages(root, "t", events)
+    task = Mailbox(root).board("t").tasks[1]  # a reader that took no part: the folder alone
+    assert (task.status, task.holder, task.claim, task.attempts, task.failures) == want, rule
+
+
+def test_the_last_attempt_lost_is_a_dead_notice_to_the_sender(box: Mailbox) -> None:
+    """A holder that loses the last attempt is not reopened: the task is dead, and the event
+    that says so goes to the task's sender, not to the agents it was for."""
+    seq = box.post("t", "once", sender="alice", type="task", to=["bob"], meta={"max_attempts": 1})
+    assert box.claim_task("t", seq, agent="bob", lease_s=1).won  # a person's: lasts its lease
+    until("the lease ran out", lambda: box.task_gone(box.task("t", seq)) is not None, within=10)
+    [event] = box.settle_tasks(noticed_by="carol")
+    assert event_of(event) == "dead" and event.sender == SYSTEM
+    assert (event.to, event.priority) == (["alice"], "high")
+    assert "is dead: bob lost it" in event.content and "post it again" in event.content
+    task = box.task("t", seq)
+    assert (task.status, task.failures, task.notified) == ("dead", 1, True)
+    assert box.settle_tasks() == []  # told once
