@@ -7,6 +7,7 @@ git the tests skip and say why, except under CI=true, where that fails them.
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -386,3 +387,56 @@ def test_the_guard_between_two_worktrees(
     change(env, wt, "src/a.py")
     assert commit(env, wt).returncode == 1
     assert commit(env, wt, MAILSLOT_AGENT="carol").returncode == 0
+
+
+# ---------------------------------------------------------------- names git quotes
+
+#: Files whose names git quotes in its plain output ("odd/caf\303\251.py" with core.quotePath,
+#: the default; names with quotes, control characters or backslashes always), and the pattern
+#: that reserves each (patterns hold no control character: a '?' stands for it).
+ODD = {
+    "odd/café ☕.py": "odd/café ☕.py",
+    "odd/日本語.md": "odd/日本語.md",
+    'odd/say "hi".txt': 'odd/say "hi".txt',
+    "odd/tab\there.txt": "odd/tab?here.txt",
+    "odd/new\nline.txt": "odd/new?line.txt",
+    "odd/back\\slash.txt": "odd/back?slash.txt",
+}
+
+
+@pytest.mark.parametrize("quote_path", ["true", "false"])
+def test_the_guard_reads_names_git_quotes(
+    env: dict[str, str], repo: Path, holder: subprocess.Popen[bytes], quote_path: str
+) -> None:
+    run_git(env, repo, "config", "core.quotePath", quote_path)
+    install(repo, env=env)
+    (repo / "odd").mkdir()
+    free = 'free "é"\tx.txt'  # quoted by git too, and reserved by nobody
+    for name in [*ODD, free]:
+        (repo / name).write_text("x = 1\n")
+    run_git(env, repo, "add", "--", "odd", free)
+    with Mailbox(repo / ".mailslot") as box:
+        assert box.reserve(list(ODD.values()), agent="bob", pid=holder.pid).granted
+    assert sorted(staged(repo, env=env)) == sorted([*ODD, free])
+    verdict = check(repo, "alice", env=env)
+    assert sorted(c.path for c in verdict.conflicts) == sorted(ODD)
+    assert all(ODD[c.path] == c.held.pattern for c in verdict.conflicts)
+
+    before = head(env, repo)
+    refused = commit(env, repo, MAILSLOT_AGENT="alice")
+    assert refused.returncode == 1 and head(env, repo) == before, refused.stderr
+    lines = refused.stderr.splitlines()
+    for name in ODD:  # each on a line of its own, a control character escaped, not obeyed
+        shown = name if name.isprintable() else json.dumps(name, ensure_ascii=False)
+        assert any(line.startswith(f"  {shown}: reserved by bob") for line in lines), (
+            name,
+            refused.stderr,
+        )
+
+    run_git(env, repo, "restore", "--staged", "--", "odd")
+    done = commit(env, repo, MAILSLOT_AGENT="alice")
+    assert done.returncode == 0, done.stderr
+    assert run_git(env, repo, "show", "-z", "--name-only", "--format=", "HEAD") == f"{free}\0"
+    run_git(env, repo, "add", "--", "odd")
+    done = commit(env, repo, MAILSLOT_AGENT="bob")  # bob's own reservations never block him
+    assert done.returncode == 0, done.stderr

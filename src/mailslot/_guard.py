@@ -22,6 +22,7 @@ writes nothing to it; a repository without a mailbox passes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import stat
@@ -197,8 +198,11 @@ def report(conflicts: Sequence[Conflict]) -> str:
         h = c.held
         pattern = "" if h.pattern == c.path else f" (as {h.pattern})"
         why = f": {h.reason}" if h.reason else " (no reason given)"
+        # A name with a newline or a tab is shown quoted, its control characters escaped: as
+        # is, it would break the report's lines and hide which file is meant.
+        path = c.path if c.path.isprintable() else json.dumps(c.path, ensure_ascii=False)
         lines.append(
-            f"  {c.path}: reserved by {h.holder}{pattern} since {when(iso(h.since))}, until "
+            f"  {path}: reserved by {h.holder}{pattern} since {when(iso(h.since))}, until "
             f"{when(iso(c.until))} (later while {h.holder} keeps working){why}"
         )
     holders = list(dict.fromkeys(c.held.holder for c in conflicts))
