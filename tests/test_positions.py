@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, answer, call, raw_serve, until_async
+from helpers import agent, answer, call, params, raw_serve, until_async
 from mcp.client import Client
 
 from mailslot import Mailbox, NameTaken
@@ -267,16 +267,17 @@ def test_a_busy_server_writes_positions_once_a_second_and_on_exit(root: Path) ->
 def test_a_running_server_writes_a_moved_position_within_a_second_or_so(root: Path) -> None:
     box = setup(root)
     saved = root / ".state" / "cursors" / "worker" / "build.json"
+    # The heartbeat (every timeout / 3) writes positions too: here it never comes.
+    serve = params(root, "--agent", "worker", "--heartbeat-timeout", "36000")
 
     async def main() -> None:
-        async with agent(root, "worker") as worker:
+        async with Client(serve, cache=None) as worker:
             for i in range(3):  # the first write is at once, the next ones wait their second
                 seq = box.post("build", f"m{i}", sender="boss")
                 got = await call(worker, "msg_wait", thread="build", after_seq=seq - 1)
                 assert [m["seq"] for m in got["messages"]] == [seq]
             want = f'"read": {seq}'.encode()
-            # within 5 s: before the 10 s heartbeat, which would write it too
-            await until_async("the position written", lambda: _has(saved, want), within=5)
+            await until_async("the position written", lambda: _has(saved, want))
 
     anyio.run(main)
 
@@ -310,3 +311,70 @@ def test_a_server_stopped_with_sigterm_keeps_what_it_showed(root: Path) -> None:
         saved = root / ".state" / "cursors" / "worker" / "build.json"
         assert f'"read": {seq}' in saved.read_text(), sig
         seq = box.post("build", "ping", sender="boss")  # the next round waits for this one
+
+
+def test_a_cut_page_moves_the_position_only_to_what_it_returned(root: Path) -> None:
+    box = setup(root)
+    big = "z" * 120_000  # two of these do not fit in one page (tools.PAGE_BUDGET_BYTES)
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            listed = [box.post("build", f"list {i} {big}", sender="boss") for i in range(3)]
+            page = await call(worker, "msg_list", thread="build", after_seq=0)
+            assert [m["seq"] for m in page["messages"]] == listed[:1] and page["has_more"]
+            # A thread wait from the agent's own position goes on after what the list returned,
+            # and a wait cut at the budget the same way.
+            for seq in listed[1:]:
+                got = await call(worker, "msg_wait", thread="build", timeout_s=5)
+                assert [m["seq"] for m in got["messages"]] == [seq]
+            waited = [box.post("build", f"wait {i} {big}", sender="boss") for i in range(3)]
+            for seq in waited:
+                got = await call(worker, "msg_wait", thread="build", timeout_s=5)
+                assert [m["seq"] for m in got["messages"]] == [seq]
+        async with agent(root, "worker") as worker:  # and the saved position says the same
+            got = await call(worker, "msg_wait", thread="build", timeout_s=0.5)
+            assert got["messages"] == []
+
+    anyio.run(main)
+
+
+def test_a_read_ahead_of_the_position_marks_nothing_in_between_as_read(root: Path) -> None:
+    box = setup(root)
+    box.post("build", "one", sender="boss")
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            await call(worker, "msg_list", thread="build", after_seq=0)  # shown up to 1
+            between = [box.post("build", f"between {i}", sender="boss") for i in range(2)]
+            ahead = [box.post("build", f"ahead {i}", sender="boss") for i in range(2)]
+            listed = await call(worker, "msg_list", thread="build", after_seq=between[-1])
+            assert [m["seq"] for m in listed["messages"]] == ahead
+            later = box.post("build", "later", sender="boss")
+            got = await call(worker, "msg_wait", thread="build", after_seq=ahead[-1], timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [later]
+            # From its own position the agent still gets what it skipped over.
+            got = await call(worker, "msg_wait", thread="build", timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [*between, *ahead, later]
+
+    anyio.run(main)
+
+
+def test_a_thread_deleted_and_created_again_under_a_running_server(root: Path) -> None:
+    box = setup(root)
+    for i in range(5):
+        box.post("build", f"old {i}", sender="boss", to=["worker"])
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            assert len(once(await drain(worker))) == 5  # inbox position 5
+            await call(worker, "msg_list", thread="build", after_seq=0)  # read position 5
+            shutil.rmtree(root / "threads" / "build")
+            box.create_thread("build", creator="someone-else")
+            mine = box.post("build", "for you", sender="boss", to=["worker"])
+            everyone = box.post("build", "for everyone", sender="boss")
+            # Seqs below the old positions: all of the new thread is new to the agent.
+            assert [(t, s) for t, s, _ in await drain(worker)] == [("build", mine)]
+            got = await call(worker, "msg_wait", thread="build", timeout_s=5)
+            assert [m["seq"] for m in got["messages"]] == [everyone]
+
+    anyio.run(main)
