@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -773,3 +774,52 @@ def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path
             assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
 
     anyio.run(main)
+
+
+# ---------------------------------------------------------------- 8. keyed retries
+
+
+KEYED = """
+import json, sys, time
+from pathlib import Path
+from mailslot import Mailbox
+root, go = sys.argv[1:]
+box = Mailbox(root)
+print("ready", flush=True)
+while not Path(go).exists():
+    time.sleep(0.001)
+m = box.publish("jobs", "deploy 42", sender="alpha", idempotency_key="deploy-42")
+print(json.dumps([m.seq, m.id]), flush=True)
+"""
+
+
+def test_a_keyed_retry_from_another_process_returns_the_first_message(
+    root: Path, tmp_path: Path
+) -> None:
+    """A client whose server died after storing a post (its answer lost) retries through a
+    new `mailslot serve`: the retry returns the first message. Processes that post with one
+    key at the same moment store it once, and all are told its seq."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+
+    async def post(key: str, sender: str = "alpha") -> dict[str, Any]:
+        async with agent(root, sender) as c:
+            return dict(await call(c, "msg_post", thread="jobs", content="ship it",
+                                   idempotency_key=key))  # fmt: skip
+
+    first = anyio.run(post, "ship-1")
+    box.post("jobs", "meanwhile", sender="boss")
+    again = anyio.run(post, "ship-1")  # another serve process, another client
+    assert again == first
+    other = anyio.run(post, "ship-1", "bravo")  # a key is its sender's: bravo's is new
+    assert other["seq"] > first["seq"] and other["id"] != first["id"]
+    ships = [(m.seq, m.sender) for m in Mailbox(root).messages("jobs") if m.content == "ship it"]
+    assert ships == [(first["seq"], "alpha"), (other["seq"], "bravo")]
+
+    go = tmp_path / "go"
+    command = [sys.executable, "-c", KEYED, str(root), str(go)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    start_together(procs, go)
+    told = {tuple(json.loads(out)) for out in finish(procs, timeout=120)}
+    deploys = [(m.seq, m.id) for m in Mailbox(root).messages("jobs") if m.content == "deploy 42"]
+    assert len(deploys) == 1 and told == set(deploys), (told, deploys)
