@@ -52,7 +52,7 @@ def run(quick: bool) -> str:
             box.create_thread(f"topic {i}", creator="bench")
         box.create_thread("live", creator="bench")
         proc, port, token = _start(root)
-        headers = {"Host": f"127.0.0.1:{port}", "Cookie": f"mailslot_token={token}"}
+        headers = {"Host": f"127.0.0.1:{port}", "Cookie": f"mailslot_token_{port}={token}"}
         try:
 
             def get(path: str) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import html.parser
 import http.client
+import http.cookiejar
 import json
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ class UI:
         con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Host": f"127.0.0.1:{self.port}" if host is None else host}
         if cookie:
-            headers["Cookie"] = f"mailslot_token={self.token}"
+            headers["Cookie"] = f"mailslot_token_{self.port}={self.token}"
         if method == "POST":
             headers["Content-Type"] = content_type
             if origin == "self":
@@ -104,7 +107,7 @@ def test_the_printed_address_exchanges_the_token_for_a_cookie(ui: UI) -> None:
     status, headers, _ = ui.request("GET", f"/?token={ui.token}", cookie=False)
     assert status == 303 and headers["location"] == "/"
     cookie = headers["set-cookie"]
-    assert f"mailslot_token={ui.token}" in cookie
+    assert f"mailslot_token_{ui.port}={ui.token}" in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     status, headers, body = ui.request("GET", "/")
     assert status == 200 and b"<html" in body.lower()
@@ -253,7 +256,8 @@ def test_a_foreign_host_gets_nothing_anywhere(guarded: UI, host: str, path: str)
 def test_the_page_answers_on_both_loopback_names(guarded: UI, host: str) -> None:
     name = host.format(port=guarded.port)
     status, headers, _ = guarded.request("GET", f"/?token={guarded.token}", host=name, cookie=False)
-    assert status == 303 and f"mailslot_token={guarded.token}" in headers["set-cookie"]
+    cookie = f"mailslot_token_{guarded.port}={guarded.token}"
+    assert status == 303 and cookie in headers["set-cookie"]
     status, _, body = guarded.request("GET", "/", host=name)
     assert status == 200 and b"<html" in body.lower()
 
@@ -359,21 +363,20 @@ def test_hostile_text_in_a_real_link_is_inert(
 
 
 def test_events_tell_of_messages_from_other_processes(ui: UI) -> None:
-    con = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=10)
-    con.request("GET", "/api/events", headers={
-        "Host": f"127.0.0.1:{ui.port}", "Cookie": f"mailslot_token={ui.token}"})  # fmt: skip
+    # Each read waits at most 30 s (the socket's timeout): the message must come by then.
+    con = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=30)
+    cookie = f"mailslot_token_{ui.port}={ui.token}"
+    con.request("GET", "/api/events", headers={"Host": f"127.0.0.1:{ui.port}", "Cookie": cookie})
     r = con.getresponse()
     assert r.status == 200 and r.getheader("content-type", "").startswith("text/event-stream")
     assert r.readline().startswith(b":")  # the stream is open
-    posted = time.monotonic()
     subprocess.run(
         [sys.executable, "-m", "mailslot", "post", "release", "hello from a script",
          "--root", str(ui_root(ui)), "--as", "bob"], check=True, timeout=60,
     )  # fmt: skip
     event = None
-    while time.monotonic() - posted < 10:
-        line = r.readline().decode().strip()
-        if line == "event: message":
+    for line in iter(r.readline, b""):
+        if line.strip() == b"event: message":
             event = json.loads(r.readline().decode().removeprefix("data: "))
             break
     con.close()
@@ -396,6 +399,30 @@ def start_ui(args: list[str]) -> tuple[subprocess.Popen[str], UI]:
             break
     proc.kill()
     raise AssertionError(f"no address printed: {proc.communicate()}")
+
+
+def test_two_consoles_in_one_browser_keep_their_logins(tmp_path: Path) -> None:
+    """Cookies are not kept apart by port: a second console on 127.0.0.1 (another mailbox, or
+    the demo's) must not log the first one out by setting a cookie of the same name."""
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    consoles = []
+    try:
+        for name in ("one", "two"):
+            Mailbox.init(tmp_path / name)
+            consoles.append(start_ui(["ui", "--root", str(tmp_path / name), "--as", name])[1])
+        for ui in consoles:  # log in to each, as following each printed address would
+            with browser.open(f"http://127.0.0.1:{ui.port}/?token={ui.token}", timeout=30) as r:
+                assert r.status == 200 and r.url == f"http://127.0.0.1:{ui.port}/"
+        for ui, name in zip(consoles, ("one", "two"), strict=True):
+            with browser.open(f"http://127.0.0.1:{ui.port}/api/me", timeout=30) as r:
+                assert json.loads(r.read())["person"] == name
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{e.url}: {e.code} {e.read().decode()}") from None
+    finally:
+        for ui in consoles:
+            ui.proc.terminate()
+            ui.proc.communicate(timeout=10)
 
 
 def test_the_demo_leaves_its_conversation_open_in_the_console(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from mailslot._transcript import markdown_html
 from mailslot.mailbox import Mailbox
 from mailslot.tools import Session, question_view, task_board, task_view, thread_view
 
-COOKIE = "mailslot_token"
+COOKIE = "mailslot_token_{port}"  # by port: a browser sends 127.0.0.1's cookies to every port
 PAGE = 50
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -64,6 +64,7 @@ class Console:
         self.person = person
         self.port = port
         self.token = token or secrets.token_urlsafe(24)
+        self.cookie = COOKIE.format(port=port)  # two consoles' logins must not replace each other
         self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
         self.origins = {f"http://{h}" for h in self.hosts}
         self.reading = Reading(box)
@@ -87,7 +88,7 @@ class Console:
                 return PlainTextResponse("send JSON", 415)
         if request.url.path == "/" and "token" in request.query_params:
             return None  # exchanged for the cookie below
-        given = request.cookies.get(COOKIE, "")
+        given = request.cookies.get(self.cookie, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             return PlainTextResponse(
                 "open the address `mailslot ui` printed (it carries the access token)", 403
@@ -123,7 +124,7 @@ class Console:
             if not hmac.compare_digest(request.query_params["token"].encode(), self.token.encode()):
                 return PlainTextResponse("wrong token: open the address `mailslot ui` printed", 403)
             out = RedirectResponse("/", 303)
-            out.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            out.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
             return out
         name, kind = ASSETS[request.url.path]
         body = resources.files("mailslot").joinpath("console", name).read_bytes()
