@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import until_async
 
 from mailslot import InvalidMessage, Mailbox, NameTaken, NoSuchAgent, NoSuchThread
 from mailslot.tools import (
-    MARK_WAITING_S,
     PROGRESS,
     TOOL_NAMES,
     Session,
@@ -136,9 +136,12 @@ def test_a_wait_answered_at_once_writes_no_presence(sessions: tuple[Session, Ses
             got = await b.msg_wait("t", after_seq=i, timeout_s=5)
             assert [m["content"] for m in got["messages"]] == [f"m{i}"]
         assert (presence.stat().st_mtime_ns, presence.read_bytes()) == before
-        waiting = asyncio.create_task(b.msg_wait("t", after_seq=5, timeout_s=10))
-        await asyncio.sleep(MARK_WAITING_S + 0.3)
-        assert json.loads(presence.read_bytes())["status"] == "waiting"
+        waiting = asyncio.create_task(b.msg_wait("t", after_seq=5, timeout_s=60))
+
+        async def says_waiting() -> bool:
+            return bool(json.loads(presence.read_bytes())["status"] == "waiting")
+
+        await until_async("the blocked wait says 'waiting'", says_waiting)
         a.msg_post("t", "late")
         await waiting
         assert json.loads(presence.read_bytes())["status"] == "online"
@@ -151,9 +154,12 @@ def test_wait_returns_new_messages_and_remembers(sessions: tuple[Session, Sessio
     a.thread_create("t")
 
     async def scenario() -> tuple[dict, dict, dict]:
-        waiting = asyncio.create_task(b.msg_wait("t", after_seq=0, timeout_s=10))
-        await asyncio.sleep(MARK_WAITING_S + 0.3)  # a wait says so once it has blocked a while
-        assert b.agent_list()["agents"][1]["status"] == "waiting"
+        waiting = asyncio.create_task(b.msg_wait("t", after_seq=0, timeout_s=60))
+
+        async def blocked() -> bool:  # a wait says so once it has blocked a while
+            return bool(b.agent_list()["agents"][1]["status"] == "waiting")
+
+        await until_async("bob's wait has blocked", blocked)
         assert b.agent_list()["agents"][1]["waiting_on"] == "t"
         a.msg_post("t", "ping")
         first = await waiting
@@ -176,8 +182,12 @@ def test_inbox_wait_sees_new_threads(sessions: tuple[Session, Session]) -> None:
     b.me()
 
     async def scenario() -> dict:
-        waiting = asyncio.create_task(b.msg_wait(timeout_s=10))
-        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(b.msg_wait(timeout_s=60))
+
+        async def blocked() -> bool:  # it has looked: what comes now must wake it
+            return b.box.presence(str(b.agent)).status == "waiting"
+
+        await until_async("bob's inbox wait has blocked", blocked)
         a.thread_create("other")
         a.msg_post("other", "not for bob")
         a.thread_create("new work")
