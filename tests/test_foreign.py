@@ -9,7 +9,10 @@ silently.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import finish, run_git, spawn
+from helpers import agent, call, finish, run_git, spawn
 
 from mailslot import Mailbox, Pending
 from mailslot._format import MESSAGE_KEYS, dumps
@@ -259,3 +262,109 @@ def test_a_file_made_empty_by_a_killed_foreign_writer_is_reported_after_grace(ro
     assert [m.seq for m in got.messages] == [3]
     assert "000002.json" in got.skipped[0].path
     box.close()
+
+
+def test_a_gap_revealed_by_a_file_with_an_old_mtime_is_still_pending(root: Path) -> None:
+    # rsync -t and other sync tools keep the sender's mtime: the file that reveals the gap looks
+    # an hour old, but it arrived just now, so the missing seq before it may still be coming.
+    box = Mailbox(root, grace_s=30)
+    box.create_thread("t", creator="alice")
+    box.post("t", "one", sender="alice")
+    tdir = root / "threads" / "t"
+    later = tdir / "000003.json"
+    later.write_text(message_bytes(3))
+    old = time.time() - 3600
+    os.utime(later, (old, old))
+    page = box.read("t", 1)
+    assert page.messages == [] and page.skipped == [], "not stepped over as a gap"
+    assert page.pending is not None and page.pending.seq == 2
+    got = box.wait("t", 1, timeout=0.2)
+    assert (got.messages, got.skipped, got.cursor) == ([], [], {"t": 1})
+    assert [p.seq for p in got.pending] == [2]
+    (tdir / "000002.json").write_text(message_bytes(2))  # it was still arriving
+    assert [m.seq for m in box.read("t", 1).messages] == [2, 3]
+    box.close()
+
+
+def merge_file(git: dict[str, str], tmp_path: Path, ours: str, theirs: str) -> bytes:
+    """Return what git writes for an add/add conflict of ours and theirs (git merge-file)."""
+    sides = []
+    for name, text in (("ours", ours), ("base", ""), ("theirs", theirs)):
+        (tmp_path / name).write_text(text)
+        sides.append(str(tmp_path / name))
+    done = subprocess.run(
+        ["git", "merge-file", "-p", "-L", "HEAD", "-L", "base", "-L", "other", *sides],
+        env=git, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, f"one conflict: {done.stderr.decode()}"
+    return done.stdout
+
+
+def test_conflict_markers_after_a_shared_first_line_stop_readers(
+    root: Path, git: dict[str, str], tmp_path: Path
+) -> None:
+    box = Mailbox(root, grace_s=0)  # so a file that is not a conflict would count as damage
+    box.create_thread("t", creator="alice")
+    box.post("t", "one", sender="alice")
+    merged = merge_file(git, tmp_path, message_bytes(2, sender="a"), message_bytes(2, sender="b"))
+    assert merged.startswith(b"{\n<<<<<<< HEAD\n"), "git keeps the shared first line first"
+    (root / "threads" / "t" / "000002.json").write_bytes(merged)
+    (root / "threads" / "t" / "000003.json").write_text(message_bytes(3))
+    page = box.read("t", 1)
+    assert page.messages == [] and page.skipped == []
+    assert page.pending is not None and page.pending.blocked
+    assert "merge conflict" in page.pending.reason and "doctor --fix" in page.pending.reason
+    got = box.wait("t", 1, timeout=0.2)
+    assert got.timed_out and got.skipped == [] and [p.blocked for p in got.pending] == [True]
+    box.close()
+
+
+def test_doctor_keeps_both_sides_with_the_same_sender_and_text(
+    root: Path, git: dict[str, str], tmp_path: Path
+) -> None:
+    # Two clones where alice said the same thing: two messages (two ids), not one twice.
+    box = Mailbox(root)
+    box.create_thread("t", creator="alice")
+    box.post("t", "one", sender="alice")
+    box.close()
+    ours = message_bytes(2, sender="alice", content="done")
+    theirs = message_bytes(2, sender="alice", content="done")
+    ids = {json.loads(ours)["id"], json.loads(theirs)["id"]}
+    (root / "threads" / "t" / "000002.json").write_bytes(merge_file(git, tmp_path, ours, theirs))
+    done = subprocess.run(
+        [sys.executable, "-m", "mailslot", "doctor", "--root", str(root), "--fix"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Mailbox(root) as fixed:
+        messages = list(fixed.messages("t"))
+    assert [(m.seq, m.sender, m.content) for m in messages] == [
+        (1, "alice", "one"), (2, "alice", "done"), (3, "alice", "done")
+    ]  # fmt: skip
+    assert {m.id for m in messages[1:]} == ids
+    assert messages[2].meta["moved_from"] == {"seq": 2, "reason": "merge conflict"}
+
+
+def test_a_thread_wait_tells_the_model_what_it_stopped_before(root: Path) -> None:
+    box = Mailbox(root)  # the default grace: an empty file may still be arriving
+    box.register_agent("alice")
+    for thread in ("arriving", "conflicted"):
+        box.create_thread(thread, creator="alice")
+        box.post(thread, "one", sender="alice")
+        (root / "threads" / thread / "000003.json").write_text(message_bytes(3))
+    (root / "threads" / "arriving" / "000002.json").write_bytes(b"")
+    conflict = "<<<<<<< HEAD\n" + message_bytes(2) + "=======\n" + message_bytes(2) + ">>>>>>> x\n"
+    (root / "threads" / "conflicted" / "000002.json").write_text(conflict)
+
+    async def main() -> None:
+        async with agent(root, "bob") as bob:
+            for thread, blocked in (("arriving", False), ("conflicted", True)):
+                got = await call(bob, "msg_wait", thread=thread, after_seq=1, timeout_s=0.5)
+                assert (got["status"], got["messages"]) == ("timeout", []), thread
+                assert got["next_after_seq"] == 1, "not past what it stopped before"
+                (pending,) = got["pending"]
+                assert (pending["thread"], pending["seq"]) == (thread, 2)
+                assert ("doctor --fix" in pending.get("do", "")) == blocked, pending
+                assert "unreadable" not in got
+
+    anyio.run(main)
