@@ -178,14 +178,15 @@ CLAIMER = """
 import json, os, sys, time
 from pathlib import Path
 from mailslot import Mailbox
-root, name, tasks, lock, go = sys.argv[1:]
+root, name, tasks, lock, go, done = sys.argv[1:]
 box = Mailbox(root, lock=lock == "lock")
 print("ready", flush=True)
 while not Path(go).exists():
     time.sleep(0.001)
 won = [s for s in json.loads(tasks) if box.claim_task("t", s, agent=name, pid=os.getpid()).won]
 print(json.dumps(won), flush=True)
-time.sleep(2)  # stay alive: a dead holder's task would be reopened by the next claimer
+while not Path(done).exists():  # alive until all have claimed: a dead holder's task is reopened
+    time.sleep(0.01)
 """
 
 
@@ -194,19 +195,29 @@ def test_processes_racing_for_tasks_each_win_once(box: Mailbox, root: Path, lock
     """8 processes race for the same 20 tasks; without the lock (as across machines on a
     network mount) losers' claims land in the log too, and the thread's order decides."""
     seqs = [box.post("t", f"task {i}", sender="alice", type="task") for i in range(20)]
-    go = root.parent / "go"
+    go, done = root.parent / "go", root.parent / "done"
+    args = [json.dumps(seqs), lock, str(go), str(done)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, str(root), f"w{i}", json.dumps(seqs), lock, str(go)],
+            [sys.executable, "-c", CLAIMER, str(root), f"w{i}", *args],
             stdout=subprocess.PIPE,
             text=True,
         )
         for i in range(8)
     ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    won = {f"w{i}": json.loads(p.communicate(timeout=120)[0]) for i, p in enumerate(procs)}
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        go.touch()
+        won = {f"w{i}": json.loads(p.stdout.readline()) for i, p in enumerate(procs) if p.stdout}
+        done.touch()
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
     claimed = sorted(s for seqs_ in won.values() for s in seqs_)
     assert claimed == seqs  # every task won by exactly one process
     fresh = Mailbox(root)  # a reader that took no part agrees, from the folder alone

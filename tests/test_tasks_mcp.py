@@ -287,11 +287,13 @@ async def handoff(
         async with anyio.create_task_group() as tg:
             for name in clients:
                 tg.start_soon(work, name)
+            # A wait says 'waiting' in its presence file only after a round that looked at
+            # the holders of the tasks it could take (each round looks first): once both say
+            # so, both have seen the holder alive.
             for name in clients:
                 await anyio.to_thread.run_sync(
                     until, f"{name} waiting", lambda n=name: waiting(roots[n], n)
                 )
-            await anyio.sleep(0.7)  # each looked at the (live) holder at least once
             assert not returned, "a wait returned the task while its holder lived"
             killed.append(time.monotonic())
             kill(pid)
