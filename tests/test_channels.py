@@ -6,8 +6,10 @@ client extension's notification binding, as any client that wants them must.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import select
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,12 +19,16 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, params
+from helpers import INITIALIZE, agent, call, params, read_line, until, until_async
 from mcp.client import Client
 from mcp.client.extension import ClientExtension, NotificationBinding
 from pydantic import BaseModel
 
 from mailslot import Mailbox
+from mailslot._format import loads
+from mailslot._hooks import run
+from mailslot._notices import MAX_NEWS
+from mailslot.stdio_server import PUSH_MAX_LINES
 
 METHOD = "notifications/claude/channel"
 
@@ -76,11 +82,42 @@ def named(pushes: list[Push]) -> list[tuple[str, int]]:
     return out
 
 
-async def settle(ext: Channel, count: int, within: float = 10) -> None:
-    with anyio.fail_after(within):
-        while len(named(ext.got)) < count:
-            await anyio.sleep(0.02)
-    await anyio.sleep(0.6)  # and nothing more comes
+async def pushes(ext: Channel, count: int, within: float = 30) -> list[tuple[str, int]]:
+    """Return what the pushes name once they name count messages (fail if they never do).
+
+    That nothing else is pushed is shown by a later push (a sentinel): a push names what a
+    look found, and a look finds every news there is, so what was wrongly pushed comes before
+    or with it.
+    """
+    await until_async(f"{count} messages pushed", lambda: _named_at_least(ext, count), within)
+    return named(ext.got)
+
+
+async def _named_at_least(ext: Channel, count: int) -> bool:
+    return len(named(ext.got)) >= count
+
+
+async def pushed(ext: Channel, thread: str, seq: int) -> list[tuple[str, int]]:
+    """Return what the pushes name once one names message seq of thread."""
+
+    async def there() -> bool:
+        return (thread, seq) in named(ext.got)
+
+    await until_async(f"{thread} #{seq} pushed", there)
+    return named(ext.got)
+
+
+def reported(root: Path, agent: str, thread: str) -> int:
+    """Return the seq up to which news of thread was reported to agent (.state/notified/)."""
+    try:
+        doc = loads((root / ".state" / "notified" / f"{agent}.json").read_bytes())
+    except (OSError, ValueError):
+        return 0
+    return int(doc.get("reported", {}).get(thread, 0))
+
+
+def texts(got: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in got["messages"]]
 
 
 def test_the_capability_is_declared_only_with_channel(box: Mailbox) -> None:
@@ -118,10 +155,9 @@ def test_a_server_without_channel_pushes_nothing(box: Mailbox) -> None:
 def test_one_push_per_message_with_the_documented_shape(box: Mailbox) -> None:
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (_, ext), agent(box.root, "alice") as alice:
-            await anyio.sleep(0.3)
             seq = (await call(alice, "msg_post", thread="t", content="review PR 7 please",
                               to=["bob"], type="task", priority="high"))["seq"]  # fmt: skip
-            await settle(ext, 1)
+            await pushes(ext, 1)
             [push] = ext.got
             assert push.meta == {"thread": "t", "seq": str(seq), "sender": "alice",
                                  "type": "task", "priority": "high", "count": "1"}  # fmt: skip
@@ -130,8 +166,8 @@ def test_one_push_per_message_with_the_documented_shape(box: Mailbox) -> None:
             assert f"task_claim(thread='t', seq={seq})" in push.content
             box.post("t", "not for bob", sender="alice", to=["carol"])
             box.post("t", "chatter", sender="alice")
-            await anyio.sleep(1.0)
-            assert len(ext.got) == 1  # neither was addressed to bob
+            sentinel = box.post("t", "for bob", sender="alice", to=["bob"])
+            assert await pushed(ext, "t", sentinel) == [("t", seq), ("t", sentinel)]
 
     anyio.run(main)
 
@@ -139,21 +175,17 @@ def test_one_push_per_message_with_the_documented_shape(box: Mailbox) -> None:
 def test_a_message_a_wait_returns_is_not_pushed(box: Mailbox) -> None:
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (bob, ext):
-            await anyio.sleep(0.3)
             async with anyio.create_task_group() as tg:
 
-                async def post_soon() -> None:
-                    await anyio.sleep(0.5)
+                async def post_when_waiting() -> None:
+                    await until_async("bob waiting", lambda: _status(box, "bob", "waiting"))
                     box.post("t", "for the waiter", sender="alice", to=["bob"])
 
-                tg.start_soon(post_soon)
-                got = await call(bob, "msg_wait", timeout_s=10)
-            assert [m["content"] for m in got["messages"]] == ["for the waiter"]
-            await anyio.sleep(1.0)
-            assert ext.got == []
+                tg.start_soon(post_when_waiting)
+                got = await call(bob, "msg_wait", timeout_s=60)
+            assert texts(got) == ["for the waiter"]
             box.post("t", "while idle", sender="alice", to=["bob"])
-            await settle(ext, 1)
-            assert [n for _, n in named(ext.got)] == [2]
+            assert await pushes(ext, 1) == [("t", 2)]  # not 1, before or with it
             # The push moved no position: the next wait still returns it.
             again = await call(bob, "msg_wait", timeout_s=2)
             assert [m["content"] for m in again["messages"]] == ["while idle"]
@@ -161,23 +193,26 @@ def test_a_message_a_wait_returns_is_not_pushed(box: Mailbox) -> None:
     anyio.run(main)
 
 
+async def _status(box: Mailbox, agent: str, status: str) -> bool:
+    return box.presence(agent).status == status
+
+
 def test_a_burst_is_pushed_in_a_few_notifications_that_name_it_all(box: Mailbox) -> None:
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (_, ext):
-            await anyio.sleep(0.3)
             code = (
                 "import sys; from mailslot import Mailbox; b = Mailbox(sys.argv[1]); "
                 "[b.post('t', f'n{i}', sender='alice', to=['bob'], "
                 "priority='urgent' if i == 99 else 'normal') for i in range(100)]"
             )
             subprocess.run([sys.executable, "-c", code, str(box.root)], check=True, timeout=120)
-            await settle(ext, 100, within=30)
+            await pushes(ext, 100, within=60)
             seqs = [s for _, s in named(ext.got)]
             assert sorted(seqs) == list(range(1, 101))  # each once
             assert len(ext.got) <= 10, len(ext.got)
-            assert "n99" in ext.got[0].content or any(
-                p.meta["priority"] == "urgent" for p in ext.got
-            )
+            # The urgent one (the last) comes first in the push that names it.
+            [push] = [p for p in ext.got if "n99" in p.content]
+            assert named([push])[0] == ("t", 100) and push.meta["priority"] == "urgent"
 
     anyio.run(main)
 
@@ -185,10 +220,9 @@ def test_a_burst_is_pushed_in_a_few_notifications_that_name_it_all(box: Mailbox)
 def test_only_agents_with_a_card_can_cause_a_push(box: Mailbox) -> None:
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (_, ext):
-            await anyio.sleep(0.3)
             box.post("t", "hi bob, I am a person", sender="dave", to=["bob"])
             box.post("t", "hi bob", sender="alice", to=["bob"])
-            await settle(ext, 1)
+            await pushes(ext, 1)
             assert [p.meta["sender"] for p in ext.got] == ["alice"]
 
     anyio.run(main)
@@ -250,17 +284,16 @@ def test_hooks_and_pushes_never_report_one_message_twice(box: Mailbox) -> None:
 
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (_, ext):
-            await anyio.sleep(0.3)
             box.post("t", "pushed first", sender="alice", to=["bob"])
-            await settle(ext, 1)
+            await pushes(ext, 1)
+            await until_async("the push recorded", _reported(box.root, "t", 1))
             assert hook() == ""  # the push told it already
         box.post("t", "told by the hook", sender="alice", to=["bob"])
         told = json.loads(hook())["hookSpecificOutput"]["additionalContext"]
         assert "told by the hook" in told and "pushed first" not in told
         async with channel_agent(box.root, "bob") as (_, ext):
             box.post("t", "pushed later", sender="alice", to=["bob"])
-            await settle(ext, 1)
-            assert [s for _, s in named(ext.got)] == [3]  # not 2: the hook told it
+            assert await pushes(ext, 1) == [("t", 3)]  # not 2 (before or with it): the hook told it
 
     anyio.run(main)
 
@@ -273,14 +306,150 @@ def test_a_released_task_is_pushed_again_to_an_idle_agent(box: Mailbox) -> None:
         async with channel_agent(box.root, "bob") as (bob, ext):
             await call(bob, "msg_list", thread="t")  # bob takes part in t
             seq = box.post("t", "fix the flaky test", sender="alice", type="task")
-            await settle(ext, 1)
-            assert named(ext.got) == [("t", seq)]
+            assert await pushes(ext, 1) == [("t", seq)]
             box.claim_task("t", seq, agent="carol")
-            await anyio.sleep(0.6)
-            assert len(ext.got) == 1, "held by carol: nothing to take"
+            held = box.post("t", "carol has it", sender="alice", to=["bob"])
+            assert await pushed(ext, "t", held) == [("t", seq), ("t", held)], "held: not news"
             box.release_task("t", seq, agent="carol", reason="out of time")
-            await settle(ext, 2)
-            assert named(ext.got) == [("t", seq), ("t", seq)]
-            assert f"task_claim(thread='t', seq={seq})" in ext.got[1].content
+            assert await pushes(ext, 3) == [("t", seq), ("t", held), ("t", seq)]
+            assert f"task_claim(thread='t', seq={seq})" in ext.got[2].content
 
     anyio.run(main)
+
+
+def _reported(root: Path, thread: str, seq: int) -> Any:
+    async def check() -> bool:
+        return reported(root, "bob", thread) >= seq
+
+    return check
+
+
+def test_what_a_quick_wait_returned_is_not_pushed(box: Mailbox) -> None:
+    """serve writes read positions to disk once a second; its pushes go by what its waits
+    returned, not by what is on disk yet (two quick waits, then the agent is idle)."""
+
+    async def main() -> None:
+        async with channel_agent(box.root, "bob") as (bob, ext):
+            box.post("t", "first", sender="dave", to=["bob"])  # dave has no card: no push yet
+            assert texts(await call(bob, "msg_wait", timeout_s=60)) == ["first"]
+            box.post("t", "second", sender="dave", to=["bob"])
+            assert texts(await call(bob, "msg_wait", timeout_s=60)) == ["second"]
+            box.register_agent("dave")  # what dave sent would be pushed now, were it news
+            seq = box.post("t", "third", sender="alice", to=["bob"])
+            assert await pushed(ext, "t", seq) == [("t", seq)]
+
+    anyio.run(main)
+
+
+def test_tasks_for_anyone_in_a_thread_joined_but_never_read_are_pushed(box: Mailbox) -> None:
+    """thread_create joins a thread: its tasks for anyone are the agent's news (its inbox wait
+    hands them out), before and after it joined, though it never read the thread."""
+
+    async def main() -> None:
+        box.create_thread("t3", creator="alice")
+        early = box.post("t3", "port the parser", sender="alice", type="task")
+        async with channel_agent(box.root, "bob") as (bob, ext):
+            await call(bob, "thread_create", topic="t3")
+            seq = box.post("t3", "and the lexer", sender="alice", type="task")
+            assert sorted(await pushed(ext, "t3", seq)) == [("t3", early), ("t3", seq)]
+            later = box.post("t3", "and the printer", sender="alice", type="task")
+            assert (await pushed(ext, "t3", later))[2:] == [("t3", later)]
+            got = await call(bob, "msg_wait", timeout_s=60)
+            assert [m["seq"] for m in got["messages"]] == [early, seq, later]
+
+    anyio.run(main)
+
+
+def test_urgent_news_is_pushed_first_whatever_its_thread_and_age(box: Mailbox) -> None:
+    box.create_thread("a", creator="alice")
+    box.create_thread("z", creator="alice")
+    old = box.post("z", "urgent, in a later thread, posted first", sender="alice", to=["bob"],
+                   priority="urgent")  # fmt: skip
+    box.post("a", "normal one", sender="alice", to=["bob"])
+    box.post("a", "normal two", sender="alice", to=["bob"])
+    new = box.post("a", "urgent, posted last", sender="alice", to=["bob"], priority="urgent")
+    box.post("t", "normal in t", sender="alice", to=["bob"])
+
+    async def main() -> None:
+        async with channel_agent(box.root, "bob") as (_, ext):
+            got = await pushes(ext, 5)
+            assert got == [("a", new), ("z", old), ("a", 1), ("a", 2), ("t", 1)]
+            assert ext.got[0].meta["priority"] == "urgent"
+
+    anyio.run(main)
+
+
+def test_news_left_out_of_a_long_look_is_pushed_next_and_each_once(box: Mailbox) -> None:
+    """One look holds at most MAX_NEWS; what it leaves out is pushed at once after, without
+    waiting for more to arrive, and is never marked reported unpushed (an urgent one found
+    past it included)."""
+    count = MAX_NEWS + 30
+    code = (
+        "import sys; from mailslot import Mailbox; b = Mailbox(sys.argv[1]); "
+        f"[b.post('t', f'n{{i}}', sender='alice', to=['bob']) for i in range({count})]; "
+        "b.post('t', 'urgent, last', sender='alice', to=['bob'], priority='urgent')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(box.root)], check=True, timeout=300)
+
+    async def main() -> None:
+        async with channel_agent(box.root, "bob") as (_, ext):
+            seqs = [s for _, s in await pushes(ext, count + 1, within=60)]
+            assert sorted(seqs) == list(range(1, count + 2))  # each once
+
+    anyio.run(main)
+
+
+def test_a_task_owed_since_joining_is_pushed(box: Mailbox) -> None:
+    """Joining a thread the inbox already looked at owes its open tasks for anyone (the next
+    inbox wait hands them out): they are news for the pushes too."""
+    box.create_thread("u", creator="alice")
+    task = box.post("u", "write the changelog", sender="alice", type="task")
+
+    async def main() -> None:
+        async with channel_agent(box.root, "bob") as (bob, ext):
+            got = await call(bob, "msg_wait", timeout_s=0.1)  # the inbox looks at every thread
+            assert got["status"] == "timeout"
+            await call(bob, "thread_create", topic="u")
+            sentinel = box.post("t", "ping", sender="alice", to=["bob"])
+            assert await pushed(ext, "t", sentinel) == [("t", sentinel), ("u", task)]
+            got = await call(bob, "msg_wait", timeout_s=60)  # as the inbox hands it out
+            assert ("u", task) in [(m["thread"], m["seq"]) for m in got["messages"]]
+
+    anyio.run(main)
+
+
+def test_a_push_cut_short_marks_only_what_was_handed_out(box: Mailbox) -> None:
+    """A look's news goes out in pushes of PUSH_MAX_LINES; stopped between two (here: the
+    client reads nothing, the pipe fills, and the server is told to stop), what was not
+    handed out is not marked reported, though an urgent one found past it went out first."""
+    wide = "\U0001d11e" * 200  # 4 bytes each: a push of 50 lines is ~40 KB
+    for i in range(150):
+        box.post("t", f"{i} {wide}", sender="alice", to=["bob"])
+    urgent = box.post("t", "urgent, last", sender="alice", to=["bob"], priority="urgent")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "serve", "--root", str(box.root), "--agent", "bob",
+         "--channel"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        # The smallest pipe: the server's write buffer (64 KiB) takes two pushes, not three.
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        proc.stdin.write((json.dumps(INITIALIZE) + "\n").encode())
+        assert b'"id":1' in read_line(proc)
+        done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        proc.stdin.write((json.dumps(done) + "\n").encode())  # nothing more is read: it fills
+        until("the first push marked", lambda: reported(box.root, "bob", "t") > 0)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    mark = reported(box.root, "bob", "t")
+    told, _ = run("prompt", "claude-code", "bob", "{}", None, box.root, env={})
+    lines = json.loads(told)["hookSpecificOutput"]["additionalContext"].splitlines()
+    items = [int(ln.split("#")[1].split("]")[0]) for ln in lines if ln.startswith("[t #")]
+    assert items[0] == urgent  # handed out in the first push, never marked: it comes again
+    assert items[1:] == list(range(mark + 1, mark + len(items)))  # from the first not handed out
+    assert mark % PUSH_MAX_LINES == PUSH_MAX_LINES - 1  # what whole pushes held (not the urgent)

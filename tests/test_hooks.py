@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import agent, call, until_async
 
 from mailslot import Mailbox
 from mailslot._hooks import CLIENT_EVENTS, CLIENTS, MAX_TEXT, hook_argv, hook_commands, run
@@ -21,16 +22,6 @@ from mailslot.tools import Session
 
 INPUTS = Path(__file__).parent / "hook_inputs"
 CONTEXT_EVENTS = [(c, e) for c in CLIENTS for e in ("session-start", "prompt")]
-
-
-def _wired() -> bool:
-    from mailslot import cli
-
-    return any(c.name == "hook" for c in cli.COMMANDS)
-
-
-WIRED = _wired()
-needs_command = pytest.mark.skipif(not WIRED, reason="`mailslot hook` is not wired into cli.py")
 
 
 def recorded(client: str, event: str, cwd: Path | None = None) -> str:
@@ -271,6 +262,71 @@ def test_a_long_list_is_cut_and_the_rest_comes_next_time(mailbox: Path) -> None:
     assert len(seen) <= 62
 
 
+def test_tasks_for_anyone_in_a_thread_joined_but_never_read_are_news(mailbox: Path) -> None:
+    """thread_create joins a thread: its tasks for anyone are news to the agent (its inbox
+    wait hands them out), those from before it joined too, though it never read the thread;
+    once each, and again when one is given back."""
+    with Mailbox(mailbox) as b:
+        b.create_thread("t3", creator="alice")
+        early = b.publish("t3", "port the parser", sender="alice", type="task").seq
+        asked = b.publish("t3", "which parser?", sender="alice", to=["bob"], type="question")
+        session = Session(b, agent="bob")
+        session.thread_create("t3")
+        session.msg_post("t3", "the new one", to=["alice"], reply_to=asked.seq)  # answered
+        session.close()
+        seq = b.publish("t3", "and the lexer", sender="alice", type="task").seq
+    first = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
+    assert [ln.split("]")[0] for ln in first[1:-1]] == [f"[t3 #{early}", f"[t3 #{seq}"]
+    assert hook(mailbox, "prompt") == ""
+    with Mailbox(mailbox) as b:
+        b.claim_task("t3", early, agent="carol")
+        b.release_task("t3", early, agent="carol")
+        later = b.publish("t3", "and the printer", sender="alice", type="task").seq
+    again = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
+    assert [ln.split("]")[0] for ln in again[1:-1]] == [f"[t3 #{early}", f"[t3 #{later}"]
+    assert hook(mailbox, "prompt") == ""
+
+
+def test_urgent_news_comes_first_whatever_its_thread_and_age(mailbox: Path) -> None:
+    with Mailbox(mailbox) as b:
+        b.create_thread("a", creator="alice")
+        b.create_thread("z", creator="alice")
+        old = b.publish("z", "urgent, in a later thread, posted first", sender="alice",
+                        to=["bob"], priority="urgent").seq  # fmt: skip
+        b.publish("a", "normal one", sender="alice", to=["bob"])
+        b.publish("a", "normal two", sender="alice", to=["bob"])
+        new = b.publish("a", "urgent, posted last", sender="alice", to=["bob"],
+                        priority="urgent").seq  # fmt: skip
+    post(mailbox, "normal in t")
+    lines = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
+    assert [ln.split("]")[0] for ln in lines[1:-1]] == [
+        f"[a #{new}", f"[z #{old}", "[a #1", "[a #2", "[t #1"]  # fmt: skip
+
+
+def test_a_hook_sees_what_a_running_server_returned_once_it_wrote_it(mailbox: Path) -> None:
+    """A hook is another process: it knows what the agent's server returned from the read
+    positions the server writes (at most a second after a wait, and at its exit)."""
+    post(mailbox, "first")
+
+    async def main() -> None:
+        async with agent(mailbox, "bob") as bob:
+            assert [m["content"] for m in (await call(bob, "msg_wait"))["messages"]] == ["first"]
+            post(mailbox, "second")
+            assert [m["content"] for m in (await call(bob, "msg_wait"))["messages"]] == ["second"]
+            await until_async("bob's position written", lambda: _inbox_at(mailbox, 2))
+            assert hook(mailbox, "prompt") == ""
+            post(mailbox, "third")
+            assert "third" in context(hook(mailbox, "prompt"), "UserPromptSubmit")
+
+    anyio.run(main)
+
+
+async def _inbox_at(root: Path, seq: int) -> bool:
+    with Mailbox(root) as b:
+        doc = b.load_cursor("bob", "t")
+    return isinstance(doc, dict) and (doc.get("inbox") or 0) >= seq
+
+
 # ---------------------------------------------------------------------------- stop
 
 
@@ -447,7 +503,6 @@ def test_hook_commands_per_client(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the real command
 
 
-@needs_command
 def test_claude_code_hooks_as_a_process(tmp_path: Path) -> None:
     project = tmp_path / "project"
     Mailbox.init(project / ".mailslot")
@@ -471,7 +526,6 @@ def test_claude_code_hooks_as_a_process(tmp_path: Path) -> None:
     assert (stop.returncode, stop.stdout) == (0, "")
 
 
-@needs_command
 def test_codex_hooks_as_a_process(mailbox: Path, tmp_path: Path) -> None:
     post(mailbox, "ship it?", type="question")
     env = clean_env(MAILSLOT_ROOT=str(mailbox))
@@ -501,7 +555,6 @@ def test_codex_hooks_as_a_process(mailbox: Path, tmp_path: Path) -> None:
     assert (bell.returncode, bell.stdout, bell.stderr) == (0, "", "\a")
 
 
-@needs_command
 def test_gemini_hooks_as_a_process(mailbox: Path) -> None:
     post(mailbox, "a <b> c", type="task")
     env = clean_env()
@@ -518,7 +571,6 @@ def test_gemini_hooks_as_a_process(mailbox: Path) -> None:
     assert (start.returncode, start.stdout) == (0, "")
 
 
-@needs_command
 def test_the_command_never_breaks_the_client(mailbox: Path, tmp_path: Path) -> None:
     post(mailbox, "hello", type="task")
     cases = [
@@ -539,7 +591,6 @@ def test_the_command_never_breaks_the_client(mailbox: Path, tmp_path: Path) -> N
         assert len(got.stderr.splitlines()) <= 1, (argv, got.stderr)
 
 
-@needs_command
 @pytest.mark.parametrize("source", ["_hooks", "_clients"])
 def test_codex_runs_the_configured_notify_program_with_its_payload(
     mailbox: Path, tmp_path: Path, source: str

@@ -38,7 +38,7 @@ from typing import Any
 from mailslot._clients import serve_command
 from mailslot._errors import MailslotError
 from mailslot._format import Message, loads
-from mailslot._notices import News, Notices
+from mailslot._notices import News, Notices, reportable
 from mailslot.mailbox import Mailbox, find_root
 
 CLIENTS = ("claude-code", "codex", "gemini")
@@ -176,7 +176,7 @@ def _run(
         if not news:
             return ""
         context, shown = _fit_news(agent, news, gemini=client == "gemini")
-        notices.mark(_markable(news, shown))
+        notices.mark(reportable(news, shown))
         return _dump({"hookSpecificOutput": {"hookEventName": theirs,
                                              "additionalContext": context}})  # fmt: skip
 
@@ -238,18 +238,6 @@ def _fit_news(agent: str, news: list[News], *, gemini: bool) -> tuple[str, list[
             "take an open task with task_claim(thread=..., seq=...).")  # fmt: skip
     text, shown = _fit(head, [n.line() for n in news], tail, gemini)
     return text, news[:shown]
-
-
-def _markable(news: list[News], shown: list[News]) -> list[News]:
-    """Return the shown news that can be marked reported: Notices.mark records a seq per
-    thread, so in a thread with an item left out, only what comes before it."""
-    ids = {id(n) for n in shown}
-    first_left: dict[str, int] = {}
-    for n in news:
-        if id(n) not in ids:
-            t = n.message.thread
-            first_left[t] = min(first_left.get(t, n.found), n.found)
-    return [n for n in shown if n.found < first_left.get(n.message.thread, n.found + 1)]
 
 
 def _stop_line(m: Message) -> str:

@@ -9,6 +9,11 @@ already reported to it. What was reported is kept per agent in ``.state/notified
 (thread -> seq), shared by hooks and pushes, so neither repeats the other. A report is a hint:
 it moves no read position, and the messages are still returned by the agent's next
 ``msg_wait``.
+
+Positions: the push loop runs in the agent's own server and reads the session's positions (in
+memory: what its waits and reads returned); a hook is another process and reads them from
+disk, where the server writes them at most a second after a wait or read (and at its exit), so
+a hook run within that second may repeat what a wait just returned.
 """
 
 from __future__ import annotations
@@ -56,14 +61,33 @@ class News:
         return f"[{m.thread} #{m.seq}] {m.sender} ({badge}): {text} -> {call}"
 
 
+def reportable(news: list[News], shown: list[News]) -> list[News]:
+    """Return the shown news that may be marked reported when the rest of news is left out.
+
+    A report is marked as one seq per thread, so in a thread with news left out only what was
+    found before the first of it may be marked: what is left out comes next time.
+    """
+    ids = {id(n) for n in shown}
+    first_left: dict[str, int] = {}
+    for n in news:
+        if id(n) not in ids:
+            t = n.message.thread
+            first_left[t] = min(first_left.get(t, n.found), n.found)
+    return [n for n in shown if n.found < first_left.get(n.message.thread, n.found + 1)]
+
+
 class Notices:
     """What is new for one agent of a mailbox, and what was already reported to it."""
 
-    def __init__(self, box: Mailbox, agent: str) -> None:
+    def __init__(self, box: Mailbox, agent: str, reading: Reading | None = None) -> None:
+        """Open the notices of agent; reading, if given, is what the agent's own server has
+        shown it (in memory, ahead of what it has written to disk), else what disk says."""
         check_name(agent, "agent name")
         self.box = box
         self.agent = agent
-        self.reading = Reading(box)
+        self.reading = reading if reading is not None else Reading(box)
+        #: True when the last new() left news out (past MAX_NEWS): look again for the rest.
+        self.more = False
 
     def _marks(self) -> dict[str, Any]:
         try:
@@ -88,26 +112,32 @@ class Notices:
         """Return what is new for the agent, urgent first, then by thread and seq.
 
         senders, if given, keeps only messages from those names (a channel pushes only what
-        agents with a card sent: a push is a way into the model's prompt).
+        agents with a card sent: a push is a way into the model's prompt). At most MAX_NEWS
+        are returned; more is then True, and what was left out is returned next time.
         """
+        self.more = False
         out: list[News] = []
         reported = self.reported()
+        me = self.agent
         for thread in list(self.box):
             try:
-                pos = self.reading.position(thread, self.agent)
-            except MailslotError:
-                continue  # removed, or unreadable: the agent's own reads report it
-            floor = max(pos.inbox_seen, reported.get(thread, 0))
-            seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
-            try:
+                pos = self.reading.position(thread, me)
                 tasks = self.box.board(thread).tasks
             except MailslotError:
-                continue
-            if pos.inbox is None and pos.read is None:
+                continue  # removed, or unreadable: the agent's own reads report it
+            # While inbox messages from before a first look are still owed in the thread, its
+            # inbox position is unknown, as it is on disk then (Reading.save).
+            inbox = None if self.reading.owes_in(thread) else pos.inbox
+            floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))
+            joined = pos.joined or pos.read is not None
+            seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
+            start = floor  # where reading the thread's messages begins
+            judged = 0  # messages to the agent up to here were judged by the thread index
+            if inbox is None and pos.read is None:
                 # Never looked at: what is addressed to it and unanswered is news (from the
                 # thread index, not a read of the whole thread), then what came after that.
                 with contextlib.suppress(MailslotError):
-                    seqs, upto = self.box.unanswered(thread, self.agent)
+                    seqs, judged = self.box.unanswered(thread, me)
                     for s in seqs:
                         if s > floor:
                             with contextlib.suppress(MailslotError):
@@ -115,14 +145,19 @@ class Notices:
                                 task = tasks.get(s)
                                 out.append(News(m, task is not None and task.status == OPEN))
                                 seen[s] = len(out) - 1
-                    floor = max(floor, upto)
-            joined = pos.joined or pos.read is not None
+                # Tasks for anyone are not in that index, and the inbox's first look hands out
+                # every open one of a thread the agent joined: while it could take one, read
+                # on from the floor to find each where it was last offered.
+                if not (joined and any(t.open_to(me) and t.sender != me for t in tasks.values())):
+                    start = max(floor, judged)
             with contextlib.suppress(MailslotError):
-                for m in self.box.messages(thread, floor):
-                    if m.seq in seen or m.sender == self.agent:
+                for m in self.box.messages(thread, start):
+                    if m.seq in seen or m.sender == me:
                         continue
                     task = tasks.get(m.seq)
-                    if self.agent in m.to:
+                    if me in m.to:
+                        if m.seq <= judged:
+                            continue  # answered: the index said so
                         open_task = task is not None and task.status == OPEN
                         out.append(News(m, open_task))
                         seen[m.seq] = len(out) - 1
@@ -137,17 +172,14 @@ class Notices:
                         else:  # already news in this look: once, found where it was last offered
                             out[i] = replace(out[i], task=True, at=max(out[i].at, m.seq))
                     if len(out) >= MAX_NEWS:
+                        self.more = True
                         break
         if senders is not None:
             out = [n for n in out if n.message.sender in senders]
         rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
         out.sort(key=lambda n: (rank.get(n.message.priority, 2), n.message.thread, n.message.seq))
-        # What is cut here comes next time: nothing kept may be found past it in its thread,
-        # or marking what is kept would mark it reported too.
-        cut: dict[str, int] = {}
-        for n in out[MAX_NEWS:]:
-            cut[n.message.thread] = min(cut.get(n.message.thread, n.found), n.found)
-        return [n for n in out[:MAX_NEWS] if n.found < cut.get(n.message.thread, n.found + 1)]
+        self.more = self.more or len(out) > MAX_NEWS
+        return reportable(out, out[:MAX_NEWS])
 
     def _offered(self, thread: str, m: Message, tasks: dict[int, Any]) -> News | None:
         """Return the task m offers the agent, open now, as news found at m; or None."""

@@ -32,6 +32,10 @@ class Reading:
         """Return True while inbox messages from before a first look are still owed."""
         return bool(self._backlog)
 
+    def owes_in(self, thread: str) -> bool:
+        """Return True while inbox messages of thread from before a first look are owed."""
+        return any(t == thread for t, _ in self._backlog)
+
     def forget(self) -> None:
         """Drop every position and what is owed (the agent took another name)."""
         self._positions.clear()

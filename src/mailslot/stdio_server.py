@@ -53,7 +53,7 @@ from mailslot._errors import (
     TaskError,
 )
 from mailslot._format import Message
-from mailslot._notices import Notices
+from mailslot._notices import Notices, reportable
 from mailslot._reservations import held_view
 from mailslot._stdio import on_event_loop, stdio
 from mailslot.mailbox import Mailbox
@@ -618,28 +618,38 @@ async def _push_news(
     box = session.box
     while session.agent is None:  # named on first use when no --agent was given
         await anyio.sleep(0.5)
-    cursor: dict[str, int] | None = None
-    look = True  # news from before the start, or held back while the agent was waiting
+    # Arrivals after this cursor wake the loop; what came before it, the first look finds.
+    cursor: dict[str, int] | None = (await box.wait_async(None, None, timeout=0, limit=1)).cursor
+    look = False  # news was held back while the agent waited: look again at the next wake
+    now = True  # look before waiting: news from before the start, or left out of the last look
     while True:
         me = session.agent
         if me is None:
             await anyio.sleep(0.5)
             continue
-        got = await box.wait_async(None, cursor, timeout=check_every, limit=1000, match=_for(me))
-        cursor = got.cursor
-        if not got.messages and not look:
-            continue  # nothing arrived: nothing new to look for (a look reads every thread)
-        if got.messages:
-            await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
-        notices = Notices(box, me)
+        if not now:
+            got = await box.wait_async(
+                None, cursor, timeout=check_every, limit=1000, match=_for(me)
+            )
+            cursor = got.cursor
+            if not got.messages and not look:
+                continue  # nothing arrived: nothing new to look for (a look reads every thread)
+            if got.messages:
+                await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
+        # The session's own positions: what its waits and reads returned a moment ago may not
+        # be on disk yet (they are written once a second), and must not be pushed again.
+        notices = Notices(box, me, session.reading)
         try:
+            before = notices.reported()
             cards = {c.name for c in box.agents()}
             found = notices.new(senders=cards)
         except MailslotError as e:
             log.warning("could not look for news to push: %s", e)
+            now = False
             continue
         news = [n for n in found if not session.waiting_for(n.message)]
         look = len(news) < len(found)
+        every, pushed = news, []
         while news:
             batch, news = news[:PUSH_MAX_LINES], news[PUSH_MAX_LINES:]
             first = batch[0].message
@@ -659,7 +669,10 @@ async def _push_news(
                 params={"content": text, "meta": meta},
             )  # fmt: skip
             await write.send(SessionMessage(note))
-            notices.mark(batch)
+            pushed += batch
+            notices.mark(reportable(every, pushed))  # stopped here, the rest comes next time
+        # Left out of this look (too many at once): look again now, if this one got anywhere.
+        now = notices.more and not look and notices.reported() != before
 
 
 def serve(
