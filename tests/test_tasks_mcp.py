@@ -825,3 +825,34 @@ def test_a_keyed_retry_from_another_process_returns_the_first_message(
     told = {tuple(json.loads(out)) for out in finish(procs, timeout=120)}
     deploys = [(m.seq, m.id) for m in Mailbox(root).messages("jobs") if m.content == "deploy 42"]
     assert len(deploys) == 1 and told == set(deploys), (told, deploys)
+
+
+def test_a_hold_lost_to_another_is_forgotten_at_the_next_heartbeat(root: Path) -> None:
+    """alpha's short lease runs out and bravo takes the task: from alpha's next heartbeat on,
+    alpha's calls write no presence for a hold it no longer has."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def main() -> None:
+        slow = params(root, "--agent", "alpha", "--heartbeat-timeout", "15")  # a beat every 5 s
+        async with Client(slow, mode="auto", cache=None) as a, agent(root, "bravo") as b:
+            assert (await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3))["claimed"]
+            assert (await call(a, "files_reserve", paths=["src/**"], ttl_s=3))["granted"]
+            await rival_wins(b, seq)
+            beat = presence_doc(root, "alpha")["last_seen_epoch"]
+            await anyio.to_thread.run_sync(
+                until, "alpha's next heartbeat",
+                lambda: presence_doc(root, "alpha")["last_seen_epoch"] != beat,
+            )  # fmt: skip
+            seen, writes, begun = presence_doc(root, "alpha")["last_seen_epoch"], 0, time.time()
+            for _ in range(30):
+                await call(a, "thread_list")
+                now = presence_doc(root, "alpha")["last_seen_epoch"]
+                writes += now != seen
+                seen = now
+                await anyio.sleep(0.1)
+            beats = int((time.time() - begun) / 5) + 1
+            assert writes <= beats, f"{writes} presence writes for 30 calls holding nothing"
+
+    anyio.run(main)
