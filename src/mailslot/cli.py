@@ -1,7 +1,8 @@
 """The `mailslot` command: the same verbs as the library and the tools, for people and scripts.
 
 This is the only module that reads flags and the environment. Exit codes: 0 success, 1 a
-mailslot error (one line on stderr), 2 a usage error, 124 `wait` timed out, 130 interrupted.
+mailslot error (one line on stderr), 2 a usage error, 124 `wait` timed out, 130 interrupted,
+141 the reader of stdout went away (`mailslot read t | head -1`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124  # as GNU timeout(1): scripts already know it
 EXIT_INTERRUPTED = 130
+EXIT_READER_GONE = 141  # 128 + SIGPIPE, as the shell reports a command whose reader left
 
 
 # ---------------------------------------------------------------------------- declaring commands
@@ -121,7 +123,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailslot",
         description="A mailbox for AI agents that is nothing but a folder.",
-        epilog="exit codes: 0 ok, 1 error, 2 usage, 124 wait timed out, 130 interrupted",
+        epilog="exit codes: 0 ok, 1 error, 2 usage, 124 wait timed out, 130 interrupted, "
+        "141 the output's reader went away",
     )
     p.add_argument("--version", action="version", version=f"mailslot {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1056,6 +1059,20 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _reader_gone() -> int:
+    """End quietly when stdout's reader went away (`mailslot read t | head -1`).
+
+    The Python docs' recipe: point stdout at devnull so the interpreter's final flush has
+    nowhere to fail. Exit 141 (128 + SIGPIPE), what the shell reports for `cat`, `grep` or
+    `git log` cut off the same way: the command did not get to say everything, so it does not
+    claim success, and `set -o pipefail` scripts treat it as they treat those.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_READER_GONE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the mailslot command with argv and return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -1069,7 +1086,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "serve":  # serve logs through the SDK's handler: each line once
         logging.getLogger("mailslot").addHandler(warnings)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader gone away is told here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except MailslotError as e:
         print(f"mailslot: {command_text(e)}", file=sys.stderr)
         return EXIT_ERROR

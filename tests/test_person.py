@@ -1,0 +1,120 @@
+"""The person's side of the command (issue 27): it ends cleanly when its reader goes away,
+`mailslot ui` stops on one Ctrl-C with a page open, and it takes what the tools take.
+
+Everything runs the real command as a subprocess, most of it in a real shell pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import until, watching
+
+from mailslot import Mailbox
+
+MAILSLOT = f"{shlex.quote(sys.executable)} -m mailslot"
+BIG = "a long line of hello world text " * 12  # ~400 bytes a message
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "box"
+    box = Mailbox.init(root, fsync=False)
+    box.create_thread("t", creator="alice")
+    for i in range(400):  # 400 x ~500 bytes: well past a pipe's 64 KiB buffer
+        box.post("t", f"{i} {BIG}", sender="alice" if i % 2 else "bob")
+    return root
+
+
+def shell(script: str, root: Path, **kw: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAILSLOT_ROOT": str(root), "MAILSLOT_AGENT": "alice", "NO_COLOR": "1"}
+    env.pop("PYTHONUNBUFFERED", None)  # as a person's shell runs it: stdout into a pipe is buffered
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )  # type: ignore[call-overload]
+
+
+def statuses(script: str, root: Path) -> tuple[list[int], str]:
+    """Run script (a pipeline) in bash; return its PIPESTATUS and its stderr."""
+    p = shell(f'{script}; echo "status ${{PIPESTATUS[*]}}" >&2', root)
+    _, err = p.communicate(timeout=120)
+    last = [line for line in err.splitlines() if line.startswith("status ")][-1]
+    return [int(n) for n in last.split()[1:]], err.replace(last + "\n", "")
+
+
+# ---------------------------------------------------------------- item 9: the reader goes away
+
+READERS_GONE = [
+    "read t --limit 1000",
+    "read t --json --limit 1000",
+    "tail -n 400",
+    "tail --json -n 400",
+    "tail -f -n 400",
+    "search hello --limit 100",
+    "search hello --json --limit 100",
+    "doctor",
+    "doctor --json",
+    "threads",
+    "export t",
+    "tasks",
+]
+
+
+@pytest.mark.parametrize("command", READERS_GONE)
+def test_a_command_whose_reader_is_gone_ends_quietly(root: Path, tmp_path: Path, command: str):
+    # The reader closes its end before the command starts (a fifo orders the two), so the
+    # command's first write finds no reader, however little it prints and however fast.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    script = (
+        f"{{ read -r _ < {shlex.quote(str(gate))}; exec {MAILSLOT} {command}; }}"
+        f" | {{ exec 0<&-; echo go > {shlex.quote(str(gate))}; }}"
+    )
+    codes, err = statuses(script, root)
+    assert err == "", f"`mailslot {command}` into a closed pipe said:\n{err}"
+    assert codes == [141, 0], "ends as `cat` does when its reader left: 128 + SIGPIPE"
+
+
+@pytest.mark.parametrize("command", ["read t --limit 1000", "tail -n 400", "search hello"])
+def test_piped_into_head(root: Path, command: str) -> None:
+    codes, err = statuses(f"{MAILSLOT} {command} | head -1", root)
+    assert err == "", f"`mailslot {command} | head -1` said:\n{err}"
+    # read and tail print ~200 KiB, which head leaves unread: they meet the closed pipe
+    assert codes[1] == 0 and codes[0] in (0, 141)
+    if command != "search hello":
+        assert codes[0] == 141
+
+
+def test_tail_follow_ends_at_the_next_message_after_its_reader_left(root: Path) -> None:
+    # `tail -f | head -1`: the first new message reaches head, which exits; the next one finds
+    # no reader, and tail -f ends quietly instead of following forever.
+    pid, gone = root.parent / "pid", root.parent / "head-gone"
+    p = shell(
+        f"{{ echo $BASHPID > {pid}; exec {MAILSLOT} tail -f -n 0; }}"
+        f' | {{ head -1; touch {gone}; }}; echo "status ${{PIPESTATUS[*]}}" >&2',
+        root,
+    )
+    try:
+        until("tail -f started", lambda: pid.exists() and pid.read_text().strip() != "")
+        watching(int(pid.read_text()), root / "threads")
+        box = Mailbox(root)
+        box.post("t", "first", sender="bob")
+        until("head got its line and left", gone.exists)
+        box.post("t", "second", sender="bob")
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert out.startswith("t #401 bob") and "#402" not in out
+    assert err == "status 141 0\n"
