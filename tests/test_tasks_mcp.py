@@ -696,6 +696,43 @@ def test_a_short_lease_and_ttl_hold_while_their_holder_keeps_calling(root: Path)
     assert "no sign of work for 3 s" in expired[0].meta["expire"]["reason"]
 
 
+def test_a_short_lease_holds_while_its_holder_is_blocked_in_a_wait(root: Path) -> None:
+    """alpha claims with lease_s=3 and reserves with ttl_s=3, then blocks in one msg_wait of
+    8 s on a quiet thread (waiting for a reply to its work is work): bravo is refused all along.
+    Once the wait has returned and alpha calls nothing more, bravo wins both."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    box.create_thread("quiet", creator="boss")
+    seq = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            assert (await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3))["claimed"]
+            assert (await call(a, "files_reserve", paths=["src/**"], ttl_s=3))["granted"]
+            tries = 0
+            async with anyio.create_task_group() as tg:
+                waited: dict[str, Any] = {}
+
+                async def wait() -> None:
+                    waited.update(await call(a, "msg_wait", thread="quiet", timeout_s=8))
+
+                tg.start_soon(wait)
+                while not waited:
+                    lost = await call(b, "task_claim", thread="jobs", seq=seq)
+                    assert (lost["claimed"], lost.get("holder")) == (False, "alpha"), lost
+                    refused = await call(b, "files_reserve", paths=["src/x.py"], ttl_s=3)
+                    assert refused["granted"] is False, refused
+                    tries += 1
+                    await anyio.sleep(0.2)
+            assert waited["status"] == "timeout" and tries >= 5, (waited, tries)
+            claim, grant = await rival_wins(b, seq)
+            assert claim["claimed"] and grant["granted"]
+
+    anyio.run(main)
+    (reopen,) = of(replies(root, "jobs", seq), "reopen")
+    assert "no sign of work for 3 s" in reopen.meta["task"]["reason"], reopen.meta
+
+
 def test_a_heartbeat_without_work_does_not_keep_a_lease(root: Path) -> None:
     """alpha's serve heartbeats every second (--heartbeat-timeout 3) but is asked nothing after
     its claim and reservation: its presence stays fresh, its lease and TTL run out."""

@@ -4,7 +4,8 @@ A task claim and a file reservation are both held by one process of an agent (it
 host are recorded with them) or by a person or a script (no process). A hold ends when its
 process dies (seen at once on its own machine, from the pid; after the heartbeat timeout
 elsewhere, from its presence file) or exits, or when it shows no sign of work for its lease:
-a tool call (the presence file's ``last_active_epoch``) or a message of its own.
+a tool call (the presence file's ``last_active_epoch``), a ``msg_wait`` for as long as it is
+blocked (an agent waiting for a reply to its work is at work), or a message of its own.
 
 Other processes, on this machine or another, learn of a holder's tool calls only from its
 presence file. The heartbeat writes it every heartbeat timeout / 3 (10 s), too seldom for a
@@ -63,12 +64,16 @@ class Activity:
         """Forget key (given back, closed, or lost); safe if it was not held."""
         self.holds.pop(key, None)
 
+    def every(self) -> float | None:
+        """Return how often activity must reach the presence file (None: holding nothing)."""
+        if not self.holds:
+            return None
+        return max(ACTIVITY_MIN_EVERY_S, min(self.holds.values()) * ACTIVITY_SHARE)
+
     def due(self, active: float) -> bool:
         """Return True if activity at active (epoch seconds) must be written now."""
-        if not self.holds:
-            return False
-        every = max(ACTIVITY_MIN_EVERY_S, min(self.holds.values()) * ACTIVITY_SHARE)
-        return active - self.written >= every
+        every = self.every()
+        return every is not None and active - self.written >= every
 
 
 def until(agents: Agents, lease: Lease, last_sign: float = 0.0) -> float:

@@ -766,6 +766,9 @@ class Session:
             watch = bool(settle) and self._settle(self.me(), settle or set())
             left = timeout - (time.monotonic() - begun)
             step = min(left, self.progress_every, SETTLE_EVERY_S if watch else left)
+            if (every := self._activity.every()) is not None:
+                self.touch()  # blocked in a call is at work: short holds stay held meanwhile
+                step = min(step, every)
             if time.monotonic() - begun >= MARK_WAITING_S:
                 self._show_status()  # still blocked: say "waiting"
             else:
