@@ -325,8 +325,9 @@ def test_mcp_config_install_default_places(
     monkeypatch.chdir(tmp_path)
     run(capsys, "mcp-config", "vscode", "--install")
     assert "servers" in json.loads((tmp_path / ".vscode" / "mcp.json").read_text())
-    run(capsys, "mcp-config", "codex", "--install")
-    assert (tmp_path / "home" / ".codex" / "config.toml").exists()
+    run(capsys, "mcp-config", "codex", "--install")  # the project's file, never the user's
+    assert (tmp_path / ".codex" / "config.toml").exists()
+    assert not (tmp_path / "home" / ".codex").exists()
 
 
 # ---------------------------------------------------------------- demo

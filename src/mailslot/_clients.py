@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,40 @@ JSONC_CLIENTS = ("vscode", "gemini")
 CHANNEL_CLIENTS = ("claude-code",)
 
 
+# Clients that start a stdio server in the project's folder (checked with the real ones, and
+# Codex by its documentation), so `mailslot serve` finds the project's .mailslot/ there by
+# walking up, as git finds .git: their files need no MAILSLOT_ROOT.
+WALK_CLIENTS = ("claude-code", "gemini", "codex")
+# Clients whose configuration is one file per user, never committed with a project.
+USER_CLIENTS = ("claude-desktop",)
+
+
+@dataclass(frozen=True)
+class Place:
+    """What the written files may leave to the machine they are read on.
+
+    bare: `mailslot` is on PATH, so files name it so (a teammate's clone runs theirs), not by
+    this installation's absolute path. walk: the mailbox is the project's .mailslot/, which the
+    server finds from the project's folder, so no absolute MAILSLOT_ROOT.
+    """
+
+    bare: bool
+    walk: bool
+
+    @property
+    def shared(self) -> bool:
+        """Tell whether the entry holds nothing of this machine (a team may commit it)."""
+        return self.bare and self.walk
+
+
+def place(client: str, root: Path, project: Path) -> Place:
+    """Return how client's files for the mailbox at root, used from project, are written."""
+    if client in USER_CLIENTS:
+        return Place(bare=False, walk=False)
+    walk = client in WALK_CLIENTS and root == project / ".mailslot"
+    return Place(bare=shutil.which("mailslot") is not None, walk=walk)
+
+
 def serve_command() -> list[str]:
     """Return the absolute command that starts `mailslot serve` from this installation."""
     script = Path(sys.executable).parent / ("mailslot.exe" if os.name == "nt" else "mailslot")
@@ -39,24 +75,29 @@ def serve_command() -> list[str]:
     return [sys.executable, "-m", "mailslot", "serve"]
 
 
-def entry(client: str, root: Path, agent: str, *, channel: bool = False) -> dict[str, Any]:
-    """Return the server entry for client: command, args and environment, absolute paths.
+def entry(
+    client: str, root: Path, agent: str, *, channel: bool = False, at: Place | None = None
+) -> dict[str, Any]:
+    """Return the server entry for client: command, args and environment.
 
-    channel adds `serve --channel` (Claude Code only; MailslotError for the others).
+    Absolute paths, unless at says the command is on PATH (then `mailslot`) or the root is
+    found from the project (then no MAILSLOT_ROOT). channel adds `serve --channel` (Claude
+    Code only; MailslotError for the others).
     """
     if channel and client not in CHANNEL_CLIENTS:
         raise MailslotError(
             f"--channel is for claude-code only: {client} has no channels (Claude Code's "
             "channels let a server push messages into the session)"
         )
-    command, *args = serve_command()
+    command, *args = ["mailslot", "serve"] if at and at.bare else serve_command()
     if channel:
         args.append("--channel")
     out: dict[str, Any] = {}
     if client in ("claude-code", "vscode"):
         out["type"] = "stdio"
-    out |= {"command": command, "args": args,
-            "env": {"MAILSLOT_ROOT": str(root), "MAILSLOT_AGENT": agent}}  # fmt: skip
+    env = {"MAILSLOT_AGENT": agent} if at and at.walk else {
+        "MAILSLOT_ROOT": str(root), "MAILSLOT_AGENT": agent}  # fmt: skip
+    out |= {"command": command, "args": args, "env": env}
     if client in ("claude-code", "gemini"):
         out["timeout"] = 600_000  # ms; lets msg_wait run past the usual 60 s
     if client == "codex":
@@ -106,27 +147,39 @@ def _replace_toml_table(text: str, table: str) -> str:
     return "\n".join(kept).rstrip("\n") + "\n"
 
 
-def render(client: str, root: Path, agent: str, *, channel: bool = False) -> str:
+def render(
+    client: str, root: Path, agent: str, *, channel: bool = False, at: Place | None = None
+) -> str:
     """Return the configuration text for client, as its file holds it."""
-    server = entry(client, root, agent, channel=channel)
+    server = entry(client, root, agent, channel=channel, at=at)
     if client == "codex":
         return _toml_table(server)
     key = "servers" if client == "vscode" else "mcpServers"
     return json.dumps({key: {"mailslot": server}}, indent=2) + "\n"
 
 
-def target(client: str, project: Path, home: Path) -> Path:
-    """Return the file client reads its MCP servers from (project files where there are)."""
+def codex_home(home: Path) -> Path:
+    """Return Codex's own folder: $CODEX_HOME, else ~/.codex."""
+    return Path(os.environ.get("CODEX_HOME") or home / ".codex")
+
+
+def target(client: str, project: Path, home: Path, at: Place | None = None) -> Path:
+    """Return the file client reads its MCP servers from (project files where there are).
+
+    Claude Code's entry goes into the project's .mcp.json, which a team commits, unless at
+    says it holds this machine's paths: then into the project's local scope in ~/.claude.json
+    (see keys), which wins over .mcp.json and is this user's alone.
+    """
     if client == "claude-code":
-        return project / ".mcp.json"
+        return project / ".mcp.json" if at is None or at.shared else home / ".claude.json"
     if client == "cursor":
         return project / ".cursor" / "mcp.json"
     if client == "vscode":
         return project / ".vscode" / "mcp.json"
     if client == "gemini":
         return project / ".gemini" / "settings.json"
-    if client == "codex":
-        return home / ".codex" / "config.toml"
+    if client == "codex":  # the project's, read in a project the user trusts; never the global
+        return project / ".codex" / "config.toml"
     if sys.platform == "darwin":
         return home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
     if os.name == "nt":
@@ -134,15 +187,34 @@ def target(client: str, project: Path, home: Path) -> Path:
     return home / ".config" / "Claude" / "claude_desktop_config.json"
 
 
-def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = False) -> str:
+def keys(client: str, path: Path, project: Path, home: Path) -> list[str]:
+    """Return where in the JSON file at path client's mailslot entry goes: the project's
+    local scope in ~/.claude.json, else under the servers key."""
+    if client == "claude-code" and path == home / ".claude.json":
+        return ["projects", str(project), "mcpServers", "mailslot"]
+    return ["servers" if client == "vscode" else "mcpServers", "mailslot"]
+
+
+def install(
+    client: str,
+    path: Path,
+    root: Path,
+    agent: str,
+    *,
+    channel: bool = False,
+    at: Place | None = None,
+    where: list[str] | None = None,
+) -> str:
     """Merge mailslot's entry into the config file at path; return 'added' or 'updated'.
 
-    Other servers and settings in the file are kept as they are. Raise MailslotError if the
-    file cannot be read as the format it should have (nothing is written then).
+    where is the entry's place in a JSON file (default: under the servers key). Other servers
+    and settings in the file are kept as they are. Raise MailslotError if the file cannot be
+    read as the format it should have (nothing is written then).
     """
     import tomllib  # only configuring a client needs it
 
-    server = entry(client, root, agent, channel=channel)
+    server = entry(client, root, agent, channel=channel, at=at)
+    where = where or ["servers" if client == "vscode" else "mcpServers", "mailslot"]
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if client == "codex":
         try:
@@ -155,17 +227,23 @@ def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = 
         new = _replace_toml_table(text, _toml_table(server))
         tomllib.loads(new)  # still valid TOML, or we write nothing
     elif not text.strip():
-        had, new = False, render(client, root, agent, channel=channel)
+        nested: Any = server
+        for key in reversed(where):
+            nested = {key: nested}
+        had, new = False, json.dumps(nested, indent=2) + "\n"
     else:
         jsonc = client in JSONC_CLIENTS
         doc, plain = _read_json(path, text, jsonc)
-        key = "servers" if client == "vscode" else "mcpServers"
-        if not isinstance(doc.get(key, {}), dict):
-            raise MailslotError(f"{path}: {key!r} is not an object; nothing was written")
-        had = "mailslot" in doc.get(key, {})
-        doc.setdefault(key, {})["mailslot"] = server
+        parent = doc
+        for depth, key in enumerate(where[:-1]):
+            parent = parent.setdefault(key, {})
+            if not isinstance(parent, dict):
+                name = ".".join(where[: depth + 1])
+                raise MailslotError(f"{path}: {name!r} is not an object; nothing was written")
+        had = where[-1] in parent
+        parent[where[-1]] = server
         try:
-            new = _put_member(text, plain, [key, "mailslot"], server)
+            new = _put_member(text, plain, where, server)
             merged = json.loads(_strip_comments(new) if jsonc else new)
         except (ValueError, IndexError):
             merged = None
@@ -179,6 +257,77 @@ def install(client: str, path: Path, root: Path, agent: str, *, channel: bool = 
     tmp.write_text(new, encoding="utf-8")
     os.replace(tmp, path)
     return "updated" if had else "added"
+
+
+PATH_ADVICE = "put mailslot on PATH (`pipx install mailslot` or `uv tool install mailslot`)"
+
+
+def install_notes(client: str, path: Path, at: Place, project: Path, home: Path) -> list[str]:
+    """Return what a person must know after client's entry was written to path: where this
+    machine's paths went and why, and the step the client wants before it starts the server."""
+    if client in USER_CLIENTS:
+        return []
+    why = []
+    if not at.bare:
+        why.append(f"`mailslot` is not on PATH here, so the command is {serve_command()[0]}")
+    if not at.walk:
+        how = ("the mailbox is not this project's .mailslot/" if client in WALK_CLIENTS
+               else f"{client} may start servers outside the project")  # fmt: skip
+        why.append(f"{how}, so MAILSLOT_ROOT is its absolute path")
+    notes = []
+    if why and client == "claude-code" and path == home / ".claude.json":
+        notes.append(
+            f"this machine's paths went to the project's local scope in {path} (yours alone; "
+            f"it wins over .mcp.json), not to .mcp.json, which a team commits, because "
+            f"{'; and '.join(why)}; for a .mcp.json a teammate's clone can use, {PATH_ADVICE}"
+            " and run this again"
+        )
+    elif why:
+        notes.append(
+            f"note: {path} holds this machine's paths ({'; and '.join(why)}): it works here, "
+            f"not on a teammate's clone; before committing it, {PATH_ADVICE} and run this again"
+        )
+    if client == "claude-code" and path == project / ".mcp.json":
+        notes.append(
+            "Claude Code starts a server of .mcp.json only once you approve it (`claude mcp "
+            f"list` says 'Pending approval' until then): run `claude` in {project} and "
+            "approve mailslot when asked, or enable it later in /mcp"
+        )
+    if client == "gemini":
+        notes.append(
+            "Gemini CLI starts no server in a folder you have not trusted (`gemini mcp list` "
+            f"says 'Disabled'): trust {project} when gemini asks at startup, or with /permissions"
+        )
+    if client == "codex":
+        notes.append(
+            f"Codex reads {path} only in a project you trust: answer yes when codex asks at "
+            f"startup in {project}"
+        )
+        notes += _codex_global(home)
+    return notes
+
+
+def _codex_global(home: Path) -> list[str]:
+    """Say so if Codex's global config.toml has a mailslot server of its own (it is left)."""
+    import tomllib
+
+    path = codex_home(home) / "config.toml"
+    try:
+        server = tomllib.loads(path.read_text(encoding="utf-8"))["mcp_servers"]["mailslot"]
+    except FileNotFoundError:
+        return []
+    except (KeyError, TypeError):
+        return []
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        return [f"could not read {path} ({e}) to see whether it has a mailslot server too"]
+    env = server.get("env") if isinstance(server, dict) else None
+    points = (env or {}).get("MAILSLOT_ROOT") if isinstance(env, dict) else None
+    return [
+        f"left as it is: {path} has a mailslot server too"
+        + (f" (MAILSLOT_ROOT {points})" if points else "")
+        + ", which Codex uses outside trusted projects that have their own; in this project "
+        "the project's wins; remove it there (`codex mcp remove mailslot`) if it should not"
+    ]
 
 
 def _strip_comments(text: str) -> str:
@@ -367,6 +516,20 @@ def hook_argv(client: str, event: str, agent: str, root: Path | None = None) -> 
     return build(client, event, agent, root)
 
 
+def bare_hook_argv(client: str, event: str, agent: str, root: Path | None = None) -> list[str]:
+    """Return hook_argv's command run as `mailslot` from PATH, not by this installation's path."""
+    argv = hook_argv(client, event, agent, root)
+    return ["mailslot", *argv[argv.index("hook") :]]
+
+
+def hook_options(at: Place | None, root: Path) -> dict[str, Any]:
+    """Return the root and argv keywords of the hook functions for files placed by at."""
+    options: dict[str, Any] = {"root": None if at and at.walk else root}
+    if at and at.bare:
+        options["argv"] = bare_hook_argv
+    return options
+
+
 def channel_hint() -> str:
     """Return how to start Claude Code so that mailslot's channel pushes messages to it."""
     return (
@@ -421,16 +584,23 @@ def notify_argv(agent: str, *, root: Path | None = None, argv: HookArgv = hook_a
     return _argv("codex", "notify", agent, root, argv)
 
 
-def hooks_targets(client: str, project: Path, home: Path) -> dict[str, Path]:
-    """Return where client's hooks go: {"hooks": file} and, for codex, {"notify": file}."""
+def hooks_targets(
+    client: str, project: Path, home: Path, at: Place | None = None
+) -> dict[str, Path]:
+    """Return where client's hooks go: {"hooks": file} and, for codex, {"notify": file}.
+
+    Claude Code's go into .claude/settings.json, which a team commits, unless at says they
+    hold this machine's paths: then into .claude/settings.local.json, this user's alone.
+    """
     _check_hooks(client, "-")
     if client == "claude-code":
-        return {"hooks": project / ".claude" / "settings.json"}
+        name = "settings.json" if at is None or at.shared else "settings.local.json"
+        return {"hooks": project / ".claude" / name}
     if client == "gemini":
         return {"hooks": project / ".gemini" / "settings.json"}
     # Codex reads hooks.json of a trusted project (and ~/.codex/); notify is one top-level key
     # of ~/.codex/config.toml, the file its server entry is in.
-    return {"hooks": project / ".codex" / "hooks.json", "notify": home / ".codex" / "config.toml"}
+    return {"hooks": project / ".codex" / "hooks.json", "notify": codex_home(home) / "config.toml"}
 
 
 def hooks_doc(
@@ -453,10 +623,11 @@ def hooks_snippet(
     *,
     root: Path | None = None,
     argv: HookArgv = hook_argv,
+    at: Place | None = None,
 ) -> str:
     """Return what to add by hand: each file's path, then its hook entries."""
     doc = hooks_doc(client, agent, root=root, argv=argv)
-    paths = hooks_targets(client, project, home)
+    paths = hooks_targets(client, project, home, at)
     text = f"# {paths['hooks']} (merge into its hooks)\n"
     text += json.dumps({"hooks": doc["hooks"]}, indent=2, ensure_ascii=False) + "\n"
     if client == "codex":
@@ -473,6 +644,7 @@ def install_hooks(
     *,
     root: Path | None = None,
     argv: HookArgv = hook_argv,
+    at: Place | None = None,
 ) -> list[str]:
     """Merge mailslot's hooks into client's files; return lines saying what was done.
 
@@ -481,7 +653,7 @@ def install_hooks(
     cannot be read or merged safely (nothing is written to it then).
     """
     groups = hook_groups(client, agent, root=root, argv=argv)
-    paths = hooks_targets(client, project, home)
+    paths = hooks_targets(client, project, home, at)
     events = ", ".join(groups)
     how = _merge_hooks(paths["hooks"], client in JSONC_CLIENTS, groups)
     done = [f"{how} mailslot's {events} hooks (agent {agent!r}) in {paths['hooks']}"]

@@ -959,16 +959,19 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
     agent = args.agent or _clients.AGENT_NAMES[args.client]
     project = root.parent if root.name == ".mailslot" else Path.cwd()
     home = Path.home()
-    path = Path(args.path) if args.path else _clients.target(args.client, project, home)
+    at = _clients.place(args.client, root, project)  # what may be left to the machine
+    hooked = _clients.hook_options(at, root)
+    path = Path(args.path) if args.path else _clients.target(args.client, project, home, at)
     if not args.install:
-        text = _clients.render(args.client, root, agent, channel=args.channel)
+        text = _clients.render(args.client, root, agent, channel=args.channel, at=at)
         if args.json:  # the entry as JSON, and the file's text (TOML for codex) as a string
             doc = {"client": args.client, "agent": agent, "root": str(root), "path": str(path),
-                   "server": _clients.entry(args.client, root, agent, channel=args.channel),
+                   "server": _clients.entry(args.client, root, agent, channel=args.channel,
+                                            at=at),
                    "text": text}  # fmt: skip
             if args.hooks:
-                doc["hooks"] = _clients.hooks_doc(args.client, agent, root=root)
-                targets = _clients.hooks_targets(args.client, project, home)
+                doc["hooks"] = _clients.hooks_doc(args.client, agent, **hooked)
+                targets = _clients.hooks_targets(args.client, project, home, at)
                 doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
             if args.channel:
                 doc["launch"] = _clients.CHANNEL_LAUNCH
@@ -976,21 +979,24 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
             if args.hooks:
-                snippet = _clients.hooks_snippet(args.client, agent, project, home, root=root)
+                snippet = _clients.hooks_snippet(args.client, agent, project, home, at=at, **hooked)
                 sys.stdout.write(snippet)
             if args.channel:
                 sys.stderr.write(_clients.channel_hint())
         return EXIT_OK
-    how = _clients.install(args.client, path, root, agent, channel=args.channel)
-    done = (_clients.install_hooks(args.client, agent, project, home, root=root)
+    where = _clients.keys(args.client, path, project, home)
+    how = _clients.install(args.client, path, root, agent, channel=args.channel, at=at,
+                           where=where)  # fmt: skip
+    done = (_clients.install_hooks(args.client, agent, project, home, at=at, **hooked)
             if args.hooks else [])  # fmt: skip
+    notes = _clients.install_notes(args.client, path, at, project, home)
     if args.json:
         _print_json({"client": args.client, "path": str(path), "result": how, "agent": agent,
-                     "hooks": done,
+                     "hooks": done, "notes": notes,
                      "launch": _clients.CHANNEL_LAUNCH if args.channel else None})  # fmt: skip
     else:
         print(f"{how} mailslot (agent {agent!r}, root {root}) in {path}")
-        for line in done:
+        for line in done + notes:
             print(line)
         if args.channel:
             sys.stdout.write(_clients.channel_hint())
