@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import INITIALIZE, agent, answer, call, raw_serve
+from helpers import INITIALIZE, agent, answer, call, raw_serve, until
 
 from mailslot import Mailbox
 
@@ -284,3 +284,131 @@ def test_the_pipes_are_left_blocking_or_not_as_they_were(tmp_path: Path) -> None
     finally:
         for fd in (stdin_r, stdout_r, stdout_w):
             os.close(fd)
+
+
+# ------------------------------------------------ a client that reads late, and the end of stdin
+
+BIG = 30_000  # five messages of this make a msg_list reply of about 150 KB: two fill a pipe
+
+
+def _big_thread(root: Path) -> list[str]:
+    """Make thread t of five big messages; return their contents."""
+    with Mailbox.init(root) as box:
+        box.create_thread("t", creator="x")
+        contents = [f"{i}" * BIG for i in range(5)]
+        for content in contents:
+            box.post("t", content, sender="x")
+    return contents
+
+
+def _until_eof(
+    proc: subprocess.Popen[bytes], within: float = 60, slowly: bool = False
+) -> list[dict[str, Any]]:
+    """Read the server's stdout to its end (slowly: 8 KB at a time, with pauses); return
+    every line, as JSON, in the order written."""
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + within
+    while True:
+        assert time.monotonic() < deadline, f"stdout not closed in time; read {out[-200:]!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 8192 if slowly else 1 << 16)
+            if not chunk:
+                break
+            out += chunk
+            if slowly:
+                time.sleep(0.002)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _exit(proc: subprocess.Popen[bytes]) -> str:
+    """Return the server's stderr once it has exited 0 (stdout read to its end already)."""
+    assert proc.stderr is not None and proc.stdout is not None
+    err = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=30) == 0, err
+    proc.stdout.close()
+    proc.stderr.close()
+    return err
+
+
+def _listed(reply: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in json.loads(_text(reply))["messages"]]
+
+
+@pytest.mark.parametrize("n", [4, 10])
+def test_replies_buffered_when_stdin_closes_all_reach_a_client_that_reads_late(
+    tmp_path: Path, n: int
+) -> None:
+    """n replies of 150 KB asked for at once, then EOF: each is written, in order, before the
+    server exits, although none fits the pipe until the client starts reading, slowly."""
+    contents = _big_thread(tmp_path / "box")
+    proc = raw_serve(tmp_path / "box", "alice")
+    answer(proc, 1)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(b"".join(_line(_call(10 + i, "msg_list", thread="t")) for i in range(n)))
+    proc.stdin.close()
+    time.sleep(1)  # the client does not read yet (the test holds whatever this lasts)
+    replies = _until_eof(proc, slowly=True)
+    err = _exit(proc)
+    assert [r.get("id") for r in replies] == [10 + i for i in range(n)], err
+    assert all(_listed(r) == contents for r in replies)
+
+
+def test_a_client_that_reads_late_gets_every_reply_once_in_order(tmp_path: Path) -> None:
+    contents = _big_thread(tmp_path / "box")
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        _send(proc, b"".join(_line(_call(10 + i, "msg_list", thread="t")) for i in range(8)))
+        time.sleep(1)  # not reading: the server's replies wait for room in the pipe
+        got = [answer(proc, 10 + i) for i in range(8)]  # each in turn, none skipped
+        assert all(_listed(r) == contents for r in got)
+        _send(proc, _line(_call(20, "thread_list")))
+        assert answer(proc, 20)["result"]["isError"] is False
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    rest = _until_eof(proc)
+    _exit(proc)
+    assert rest == [], "no reply written twice"
+
+
+def _waiting(root: Path) -> bool:
+    return Mailbox(root).presence("alice").status == "waiting"
+
+
+def test_a_wait_in_flight_at_eof_is_answered_and_does_not_hold_up_the_exit(
+    tmp_path: Path,
+) -> None:
+    """A wait of ten minutes ends when stdin does; a request beside it is still finished."""
+    contents = _big_thread(tmp_path / "box")
+    proc = raw_serve(tmp_path / "box", "alice")
+    answer(proc, 1)
+    assert proc.stdin is not None and proc.stderr is not None
+    _send(proc, _line(_call(2, "msg_wait", thread="t", after_seq=5, timeout_s=600)))
+    until("the server waiting", lambda: _waiting(tmp_path / "box"))
+    _send(proc, _line(_call(3, "msg_list", thread="t")))
+    proc.stdin.close()
+    replies = {r["id"]: r for r in _until_eof(proc)}  # within 60 s: the wait did not hold it
+    _exit(proc)
+    assert replies[2]["error"]["message"] == "msg_wait ended: the client closed stdin"
+    assert _listed(replies[3]) == contents
+    assert Mailbox(tmp_path / "box").presence("alice").status == "offline"
+
+
+def test_a_request_the_client_cancelled_does_not_hold_up_the_exit(tmp_path: Path) -> None:
+    """A cancelled request is never answered (MCP): the end of stdin does not wait for it."""
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    answer(proc, 1)
+    assert proc.stdin is not None and proc.stderr is not None
+    _send(proc, _line(_call(2, "msg_wait", thread="t", timeout_s=600)))
+    until("the server waiting", lambda: _waiting(tmp_path / "box"))
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+              "params": {"requestId": 2, "reason": "changed my mind"}}  # fmt: skip
+    _send(proc, _line(cancel) + _line(_call(3, "thread_list")))
+    proc.stdin.close()
+    replies = _until_eof(proc)
+    _exit(proc)
+    assert [r.get("id") for r in replies] == [3]

@@ -9,6 +9,13 @@ by the task that sends it. Otherwise (a terminal, a file) the SDK's transport se
 Like the SDK's, it claims fds 0 and 1 while serving: the wire moves to private duplicates, fd 0
 reads the null device and fd 1 writes to stderr, so a child process or a stray print cannot
 corrupt the protocol; both are restored on exit.
+
+Every request read is answered (but one the client cancels, which MCP leaves unanswered).
+When stdin ends, the server drains: the requests read are finished and their replies written,
+however slowly the client reads them, before the SDK is told of the end (which would cancel
+what is still in flight); waits are ended at once (on_eof), so that a client closing stdin
+still sees the server exit within a moment. (A handler awaiting the client would hold the
+drain up: mailslot sends the client no requests.)
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import fcntl
 import os
 import stat
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -26,6 +34,8 @@ from typing import Any, Self
 import anyio
 import mcp_types as types
 from mcp.server.stdio import stdio_server
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
 CHUNK = 1 << 16
@@ -68,14 +78,70 @@ class _Stream(ABC):
         await self.aclose()
 
 
-class _Reader(_Stream):
-    """The read side: each receive() parses the next line of stdin into a message."""
+class _Drain:
+    """The requests read and not answered yet, which the end of stdin waits for."""
 
-    def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(self) -> None:
+        self._open: Counter[types.RequestId] = Counter()
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    def read(self, message: types.JSONRPCMessage) -> None:
+        """Count a request in; a request the client cancels is never answered: count it out."""
+        if isinstance(message, types.JSONRPCRequest):
+            self._open[coerce_request_id(message.id)] += 1
+            self._settled.clear()
+        elif (
+            isinstance(message, types.JSONRPCNotification)
+            and message.method == "notifications/cancelled"
+        ):
+            cancelled = cancelled_request_id_from_params(message.params)
+            if cancelled is not None:
+                self._close(cancelled)
+
+    def written(self, message: types.JSONRPCMessage) -> None:
+        """Count out the request a reply (or a failed attempt to write one) answers."""
+        if (
+            isinstance(message, types.JSONRPCResponse | types.JSONRPCError)
+            and message.id is not None
+        ):
+            self._close(message.id)
+
+    def _close(self, request: types.RequestId) -> None:
+        key = coerce_request_id(request)
+        if key not in self._open:
+            return  # answered already (a reply and a cancel crossed), or never read
+        self._open[key] -= 1
+        if self._open[key] <= 0:
+            del self._open[key]
+        if not self._open:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Return once every request read has been answered (or cancelled by the client)."""
+        await self._settled.wait()
+
+
+class _Reader(_Stream):
+    """The read side: each receive() parses the next line of stdin into a message.
+
+    At the end of stdin, on_eof() runs and the end is told once every request read is
+    answered.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        drain: _Drain,
+        on_eof: Callable[[], None],
+    ) -> None:
         self._read = read
+        self._drain = drain
+        self._on_eof = on_eof
         self._lines: list[bytes] = []
         self._partial: list[bytes] = []  # the pieces of a line still arriving
         self._eof = False
+        self._closed = False
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
@@ -88,8 +154,14 @@ class _Reader(_Stream):
                     message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
                 except Exception as exc:  # the SDK hands a bad line to the session as is
                     return exc
+                self._drain.read(message)
                 return SessionMessage(message)
+            if self._closed:
+                raise anyio.EndOfStream
             if self._eof:
+                self._on_eof()
+                await self._drain.settled()
+                self._closed = True
                 raise anyio.EndOfStream
             chunk = await self._read()
             if not chunk:
@@ -105,7 +177,7 @@ class _Reader(_Stream):
                 self._lines = lines[::-1]
 
     async def aclose(self) -> None:
-        self._eof = True
+        self._closed = True
         self._lines = []
 
     def __aiter__(self) -> Self:
@@ -125,6 +197,7 @@ class _Flow(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.lost = False
+        self.closed = asyncio.Event()  # all written and the pipe let go, or the client is gone
         self.turn = asyncio.Lock()  # one sender writes at a time, once the pipe has room
 
     def pause_writing(self) -> None:
@@ -136,19 +209,26 @@ class _Flow(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.writable.set()
+        self.closed.set()
 
 
 class _Writer(_Stream):
     """The write side: each send() writes one message as a line of stdout."""
 
-    def __init__(self, write: Callable[[Callable[[], bytes]], Awaitable[None]]) -> None:
+    def __init__(
+        self, write: Callable[[Callable[[], bytes]], Awaitable[None]], drain: _Drain
+    ) -> None:
         self._write = write
+        self._drain = drain
 
     async def send(self, item: SessionMessage, /) -> None:
         def line() -> bytes:  # made only once there is room for it
             return item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
 
-        await self._write(line)
+        try:
+            await self._write(line)
+        finally:  # written, or it cannot be (the client is gone): either way, not owed
+            self._drain.written(item.message)
 
     async def aclose(self) -> None:
         pass  # the wire is handed back when serving ends
@@ -168,8 +248,14 @@ def on_event_loop() -> bool:
 
 
 @asynccontextmanager
-async def stdio() -> AsyncIterator[tuple[Any, Any]]:
-    """Yield (read, write) streams of MCP messages over this process's stdin and stdout."""
+async def stdio(on_eof: Callable[[], None] = lambda: None) -> AsyncIterator[tuple[Any, Any]]:
+    """Yield (read, write) streams of MCP messages over this process's stdin and stdout.
+
+    on_eof runs when stdin ends, before the drain waits for the requests in flight: it ends
+    those that would not end soon by themselves (waits). Leaving the block writes out every
+    reply still buffered, however long the client takes to read it (a signal that cancels
+    the block cuts this short).
+    """
     kinds = _kinds()
     if "other" in kinds:  # a terminal: the SDK's threads, which never make it non-blocking
         async with stdio_server() as streams:
@@ -183,6 +269,7 @@ async def stdio() -> AsyncIterator[tuple[Any, Any]]:
     wire_out = _divert(1, 2)
     transports: list[asyncio.BaseTransport] = []
     flow = _Flow()
+    drain = _Drain()
     try:
         if kinds[0] == "stream":
             reader = asyncio.StreamReader(limit=CHUNK)
@@ -216,22 +303,21 @@ async def stdio() -> AsyncIterator[tuple[Any, Any]]:
                 while view:
                     view = view[os.write(wire_out, view) :]
 
-        yield _Reader(read), _Writer(write)
-        # What is still buffered goes out before the wire is handed back.
-        for _ in range(500):
-            if flow.lost or not any(
-                isinstance(t, asyncio.WriteTransport) and t.get_write_buffer_size()
-                for t in transports
-            ):
-                break
-            await asyncio.sleep(0.01)
+        writer = _Writer(write, drain)
+        yield _Reader(read, drain, on_eof), writer
+        # What is still buffered goes out before the wire is handed back: closing the
+        # transport writes its buffer out first, then lets go of the pipe.
+        for t in transports:
+            if isinstance(t, asyncio.WriteTransport) and not t.is_closing():
+                t.close()
+                await flow.closed.wait()
     finally:
         try:
             for t in transports:
                 if t.is_closing():
                     continue  # the client went away: asyncio closed it already
                 if isinstance(t, asyncio.WriteTransport):
-                    t.abort()  # flushed above, or the client stopped reading (after 5 s)
+                    t.abort()  # cancelled (a signal) before the client read it all
                 else:
                     t.close()
         finally:

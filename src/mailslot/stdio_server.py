@@ -12,7 +12,7 @@ import inspect
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 from mcp.types import (
+    CONNECTION_CLOSED,
     INVALID_PARAMS,
     CallToolRequestParams,
     CallToolResult,
@@ -215,6 +216,33 @@ def _tool_list() -> list[MCPTool]:
     return listed
 
 
+class _Waits:
+    """The waits in flight, ended when the client closes stdin (end): every other request
+    read is finished and answered before the server exits, but a wait of minutes must not
+    hold that up."""
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+        self.ended = False
+
+    def end(self) -> None:
+        self.ended = True
+        for scope in self.scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[anyio.CancelScope]:
+        """Return a scope that end() cancels (at once if it has run)."""
+        with anyio.CancelScope() as scope:
+            if self.ended:
+                scope.cancel()
+            self.scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self.scopes.discard(scope)
+
+
 class _Tools:
     """tools/list and tools/call, served straight from the low-level server.
 
@@ -224,8 +252,9 @@ class _Tools:
     next step (model_text), progress during waits, and cancellation (the SDK's, per request).
     """
 
-    def __init__(self, current: Callable[[], _State]) -> None:
+    def __init__(self, current: Callable[[], _State], waits: _Waits) -> None:
         self.current = current
+        self.waits = waits
         self.listed = ListToolsResult(tools=_tool_list())
         self.schemas = {t.name: t.input_schema for t in self.listed.tools}
         self.is_async = {n: inspect.iscoroutinefunction(getattr(Session, n)) for n in TOOL_NAMES}
@@ -271,7 +300,10 @@ class _Tools:
         try:
             result = getattr(session, name)(**kwargs)
             if self.is_async[name]:
-                result = await result
+                with self.waits.scope() as ended:
+                    result = await result
+                if ended.cancelled_caught:
+                    raise MCPError(CONNECTION_CLOSED, f"{name} ended: the client closed stdin")
             # Compact JSON: the model reads it as well as indented JSON, for fewer tokens.
             return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
         except MailslotError as e:
@@ -455,8 +487,12 @@ def create_server(
     lang: str | None = None,
     was: str | None = None,
     channel: bool = False,
+    waits: _Waits | None = None,
 ) -> MCPServer[_State]:
-    """Return the MCP server whose connection lifespan runs the session make_session returns."""
+    """Return the MCP server whose connection lifespan runs the session make_session returns.
+
+    waits: where its waits in flight are ended (when the client closes stdin).
+    """
     holder: list[_State] = []  # the state of the one connection this process serves
 
     def current() -> _State:
@@ -472,7 +508,7 @@ def create_server(
         lifespan=_lifespan(make_session, bus, holder),
         subscriptions=bus,
     )
-    tools = _Tools(current)
+    tools = _Tools(current, waits or _Waits())
     low = server._lowlevel_server
     low.add_request_handler("tools/list", PaginatedRequestParams, tools.list)
     low.add_request_handler("tools/call", CallToolRequestParams, tools.call)
@@ -704,14 +740,15 @@ def serve(
             session.fallback_from,
             session.agent,
         )
+    waits = _Waits()
     server = create_server(
         lambda: session, agent=session.agent, lang=lang, was=session.fallback_from,
-        channel=channel,
+        channel=channel, waits=waits,
     )  # fmt: skip
     low = server._lowlevel_server
 
     async def run() -> None:
-        async with stdio() as (read, write):
+        async with stdio(on_eof=waits.end) as (read, write):
             options = low.create_initialization_options(
                 NotificationOptions(resources_changed=True),
                 experimental_capabilities={CHANNEL: {}} if channel else None,
