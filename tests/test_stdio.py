@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import INITIALIZE, agent, answer, call, raw_serve, until
+from helpers import INITIALIZE, agent, answer, call, raw_serve, read_line, until
 
 from mailslot import Mailbox
 
@@ -90,14 +90,22 @@ def test_lines_far_longer_than_one_read_pass_whole_both_ways(tmp_path: Path) -> 
         _close(proc)
 
 
-def test_blank_lines_crlf_bad_bytes_and_bad_json_do_not_stop_the_server(tmp_path: Path) -> None:
+def test_blank_lines_crlf_bad_bytes_and_bad_json_are_answered_and_do_not_stop_the_server(
+    tmp_path: Path,
+) -> None:
     Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
     proc = raw_serve(tmp_path / "box", "alice")
     try:
         answer(proc, 1)
         _send(proc, b"\n\n   \n")
         _send(proc, b"this is not json\n")
+        refused = json.loads(read_line(proc))  # JSON-RPC: a parse error, under id null
+        assert refused["id"] is None and refused["error"]["code"] == -32700
+        assert refused["error"]["message"].startswith("not JSON (")
         _send(proc, b'{"jsonrpc": "2.0", "id": 5, "method": \xff\xfe}\n')
+        assert answer(proc, 5)["error"]["code"] == -32700  # its id could be read: answered
+        _send(proc, b'{"jsonrpc": "2.0", "id": 6, "method": 7}\n')
+        assert answer(proc, 6)["error"]["message"].startswith("not a JSON-RPC 2.0 message")
         crlf = json.dumps(_call(2, "msg_post", thread="t", content="crlf")).encode() + b"\r\n"
         _send(proc, crlf)
         assert json.loads(_text(answer(proc, 2)))["seq"] == 1
@@ -412,3 +420,49 @@ def test_a_request_the_client_cancelled_does_not_hold_up_the_exit(tmp_path: Path
     replies = _until_eof(proc)
     _exit(proc)
     assert [r.get("id") for r in replies] == [3]
+
+
+# ------------------------------------------------------------- lines that are no message at all
+
+
+def _deep(kind: str, depth: int) -> tuple[str, str]:
+    """Return (tool, arguments as JSON) where one value nests depth levels."""
+    if kind == "meta":
+        return "msg_post", '{"thread": "t", "content": "x", "meta": ' + (
+            '{"a": ' * depth + "1" + "}" * depth + "}"
+        )
+    value = "[" * depth + "]" * depth
+    if kind == "paths":
+        return "files_reserve", '{"paths": ' + value + "}"
+    return "msg_list", '{"thread": "t", "extra": ' + value + "}"
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 100_000])
+def test_a_request_nested_too_deep_is_answered_with_what_to_change(
+    tmp_path: Path, depth: int
+) -> None:
+    Mailbox.init(tmp_path / "box").create_thread("t", creator="x")
+    proc = raw_serve(tmp_path / "box", "alice")
+    try:
+        answer(proc, 1)
+        for i, kind in enumerate(["paths", "extra", "meta"]):
+            tool, args = _deep(kind, depth)
+            line = (f'{{"jsonrpc": "2.0", "id": {10 + i}, "method": "tools/call", "params": '
+                    f'{{"name": "{tool}", "arguments": {args}}}}}\n')  # fmt: skip
+            _send(proc, line.encode())
+            error = answer(proc, 10 + i)["error"]
+            assert error["code"] == -32602
+            assert error["message"].startswith(
+                f"argument '{kind}' of {tool} is nested {depth} levels deep"
+            ), error
+            assert error["message"].endswith(
+                f"call {tool} again with that value nested less deeply"
+            )
+            assert ("meta at most 32" in error["message"]) == (kind == "meta")
+            _send(proc, _line(_call(20 + i, "msg_post", thread="t", content=f"after {kind}")))
+            assert json.loads(_text(answer(proc, 20 + i)))["seq"] == i + 1
+    finally:
+        _close(proc)
+    assert [m.content for m in Mailbox(tmp_path / "box").read("t").messages] == [
+        "after paths", "after extra", "after meta"
+    ]  # fmt: skip

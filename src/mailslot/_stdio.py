@@ -15,14 +15,19 @@ When stdin ends, the server drains: the requests read are finished and their rep
 however slowly the client reads them, before the SDK is told of the end (which would cancel
 what is still in flight); waits are ended at once (on_eof), so that a client closing stdin
 still sees the server exit within a moment. (A handler awaiting the client would hold the
-drain up: mailslot sends the client no requests.)
+drain up: mailslot sends the client no requests.) A line that is not
+a JSON-RPC message (not JSON, nested deeper than the SDK's parser reads) is answered with a
+JSON-RPC error saying what to change, under its request's id when it can be found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
+import logging
 import os
+import re
 import stat
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -37,8 +42,14 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
+
+from mailslot._format import MAX_META_DEPTH
+
+log = logging.getLogger("mailslot.serve")
 
 CHUNK = 1 << 16
+PARSER_DEPTH = 200  # about how deep pydantic's JSON parser nests arrays and objects
 
 
 def _kinds() -> tuple[str, str]:
@@ -125,18 +136,20 @@ class _Drain:
 class _Reader(_Stream):
     """The read side: each receive() parses the next line of stdin into a message.
 
-    At the end of stdin, on_eof() runs and the end is told once every request read is
-    answered.
+    A line that is no message is answered here (the SDK would drop it, unanswered); at the
+    end of stdin, on_eof() runs and the end is told once every request read is answered.
     """
 
     def __init__(
         self,
         read: Callable[[], Awaitable[bytes]],
         drain: _Drain,
+        answer: Callable[[SessionMessage], Awaitable[None]],
         on_eof: Callable[[], None],
     ) -> None:
         self._read = read
         self._drain = drain
+        self._answer = answer
         self._on_eof = on_eof
         self._lines: list[bytes] = []
         self._partial: list[bytes] = []  # the pieces of a line still arriving
@@ -149,11 +162,12 @@ class _Reader(_Stream):
                 line = self._lines.pop()
                 if not line.strip():
                     continue
+                text = line.decode("utf-8", errors="replace")
                 try:
-                    text = line.decode("utf-8", errors="replace")
                     message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
-                except Exception as exc:  # the SDK hands a bad line to the session as is
-                    return exc
+                except ValidationError as exc:
+                    await self._refuse(text, exc)
+                    continue
                 self._drain.read(message)
                 return SessionMessage(message)
             if self._closed:
@@ -176,6 +190,20 @@ class _Reader(_Stream):
                 self._partial = [rest] if rest else []
                 self._lines = lines[::-1]
 
+    async def _refuse(self, text: str, exc: ValidationError) -> None:
+        """Answer a line that is no JSON-RPC message: under its request's id if it has one."""
+        code, why = _refusal(text, exc)
+        log.warning("refused a line of %d characters: %s", len(text), why)
+        top = _shape(text)[2]
+        asked = top.get("id") if "method" in top else None
+        if isinstance(asked, bool) or not isinstance(asked, int | str):
+            asked = None  # JSON-RPC's answer when the request's id cannot be read
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=asked, error=types.ErrorData(code=code, message=why)
+        )
+        with suppress(anyio.BrokenResourceError):  # the client is gone: nobody to tell
+            await self._answer(SessionMessage(error))
+
     async def aclose(self) -> None:
         self._closed = True
         self._lines = []
@@ -188,6 +216,100 @@ class _Reader(_Stream):
             return await self.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SPACE = " \t\r\n,"
+
+
+def _shape(text: str) -> tuple[int, list[str], dict[str, Any]]:
+    """Return how deep text nests arrays and objects, the keys on the way to where it is
+    deepest, and the scalar members of its outer object and of that object's "params" (as
+    "id", "params.name"): as far as text reads as JSON, and without recursion."""
+    depth = deepest = 0
+    keys: list[str | None] = []  # per open container: the member being read; None: an array
+    where: list[str | None] = []
+    scalars: dict[str, Any] = {}
+    value = False  # after a colon: what comes is a member's value
+    i, end = 0, len(text)
+    decoder = json.JSONDecoder()
+    while i < end:
+        c = text[i]
+        if c in _SPACE:
+            i += 1
+        elif c == ":":
+            value, i = True, i + 1
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, keys[:3]
+            keys.append("" if c == "{" else None)
+            value, i = False, i + 1
+        elif c in "]}":
+            if not keys:
+                break
+            keys.pop()
+            depth -= 1
+            value, i = False, i + 1
+        else:
+            if c == '"':
+                match = _STRING.match(text, i)
+                if match is None:
+                    break
+                try:
+                    item, i = json.loads(match.group()), match.end()
+                except ValueError:
+                    break
+            else:
+                try:
+                    item, i = decoder.raw_decode(text, i)
+                except ValueError:
+                    break
+            if value and keys and isinstance(keys[-1], str):
+                path = [k for k in keys if k is not None]
+                if len(path) == depth and (depth == 1 or (depth == 2 and path[0] == "params")):
+                    scalars[".".join(path)] = item
+            elif keys and isinstance(keys[-1], str) and isinstance(item, str):
+                keys[-1] = item  # a member's name
+                if depth == 1:
+                    scalars.setdefault(item, None)
+            value = False
+    path = []
+    for key in where:
+        if key is None:
+            break
+        path.append(key)
+    return deepest, path, scalars
+
+
+def _refusal(text: str, exc: ValidationError) -> tuple[int, str]:
+    """Return the JSON-RPC error code and text for a line that failed to parse as a message."""
+    first = exc.errors()[0] if exc.errors() else {"type": "", "msg": str(exc)}
+    if first["type"] != "json_invalid":
+        return types.INVALID_REQUEST, (
+            "not a JSON-RPC 2.0 message: send one JSON object per line with "
+            '"jsonrpc": "2.0", a "method" (and an "id" for a request)'
+        )
+    if "recursion limit" not in first["msg"]:
+        return types.PARSE_ERROR, (
+            f"not JSON ({first['msg'].removeprefix('Invalid JSON: ')}): send one JSON-RPC "
+            "message per line, as JSON in UTF-8"
+        )
+    deepest, path, top = _shape(text)  # path: the first three keys at most
+    if path[:2] == ["params", "arguments"] and len(path) > 2:
+        name = top.get("params.name")
+        tool = f" of {name}" if isinstance(name, str) else ""
+        what = f"argument '{path[2]}'{tool}"
+        again = f"call {name} again" if isinstance(name, str) else "send it again"
+    else:
+        what = ".".join(path) or "the message"
+        again = "send it again"
+    meta = f", meta at most {MAX_META_DEPTH}" if path[2:3] == ["meta"] else ""
+    return types.INVALID_PARAMS if path[:1] == ["params"] else types.INVALID_REQUEST, (
+        f"{what} is nested {deepest - len(path)} levels deep (arrays and objects inside one "
+        f"another), too deep to read: a request nests at most about {PARSER_DEPTH} levels"
+        f"{meta}; {again} with that value nested less deeply"
+    )
 
 
 class _Flow(asyncio.Protocol):
@@ -304,7 +426,7 @@ async def stdio(on_eof: Callable[[], None] = lambda: None) -> AsyncIterator[tupl
                     view = view[os.write(wire_out, view) :]
 
         writer = _Writer(write, drain)
-        yield _Reader(read, drain, on_eof), writer
+        yield _Reader(read, drain, writer.send, on_eof), writer
         # What is still buffered goes out before the wire is handed back: closing the
         # transport writes its buffer out first, then lets go of the pipe.
         for t in transports:
