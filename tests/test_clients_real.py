@@ -91,6 +91,11 @@ def test_claude_code_runs_the_readme_line_and_connects(project: Path, env: dict[
     entry = json.loads((project / ".mcp.json").read_text())["mcpServers"]["mailslot"]
     assert entry["command"] == SCRIPT and entry["args"] == ["serve"]
     assert entry["env"] == {"MAILSLOT_ROOT": str(root), "MAILSLOT_AGENT": "claude"}
+    assert entry["timeout"] == 600_000
+    # What the README says: a server of .mcp.json waits for the user's approval.
+    listed = run([claude, "mcp", "list"], project, env)
+    assert re.search(r"mailslot: .*Pending approval", listed.stdout), listed.stdout
+    assert "Pending approval" in README and "/mcp" in README
 
     # Servers of a project's .mcp.json wait for the user's approval; this approves them all.
     # (.claude/settings.local.json is read only in a folder the user trusted, so use the home.)
@@ -140,7 +145,8 @@ def test_codex_reads_an_installed_config_and_the_readme_form(
     [server] = [s for s in json.loads(listed.stdout) if s["name"] == "mailslot"]
     assert server["enabled"] and server["transport"]["command"] == SCRIPT
     assert server["transport"]["args"] == ["serve"]
-    assert server["transport"]["env"] == {"MAILSLOT_ROOT": str(root), "MAILSLOT_AGENT": "codex"}
+    # The mailbox is the project's .mailslot/: the server finds it from the project's folder.
+    assert server["transport"]["env"] == {"MAILSLOT_AGENT": "codex"}
     assert server["tool_timeout_sec"] == 600
     assert config.read_text().startswith('# mine\nmodel = "o3"\n')
 
@@ -151,3 +157,59 @@ def test_codex_reads_an_installed_config_and_the_readme_form(
     assert added.returncode == 0, added.stderr
     got = run([codex, "mcp", "get", "mailslot", "--json"], project, env)
     assert json.loads(got.stdout)["transport"]["env"]["MAILSLOT_ROOT"] == str(root), got.stdout
+
+
+def on_path(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Return env with `mailslot` on PATH (a folder holding only it)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    if not (bindir / "mailslot").exists():
+        (bindir / "mailslot").symlink_to(SCRIPT)
+    return env | {"PATH": f"{bindir}{os.pathsep}{env['PATH']}"}
+
+
+def test_a_teammates_clone_connects_to_its_own_mailbox(
+    project: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The files `mcp-config --install` writes with mailslot on PATH, copied to another path
+    (a teammate's clone), start the server there on the clone's mailbox."""
+    claude, gemini = client("claude"), client("gemini")
+    env = on_path(env, tmp_path)
+    mailslot("mcp-config", "claude-code", "--install", "--agent", "c1", cwd=project, env=env)
+    mailslot("mcp-config", "gemini", "--install", "--agent", "g1", cwd=project, env=env)
+    clone = tmp_path / "teammate" / "project"
+    shutil.copytree(project, clone)
+    settings = Path(env["HOME"]) / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('{"enableAllProjectMcpServers": true}')
+    trusted = Path(env["HOME"]) / ".gemini" / "trustedFolders.json"
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    trusted.write_text(json.dumps({str(clone): "TRUST_FOLDER"}))
+    for argv in ([claude, "mcp", "list"], [gemini, "mcp", "list"]):
+        listed = run(argv, clone, env)
+        out = listed.stdout + listed.stderr
+        assert re.search(r"mailslot: .*Connected", out), out
+    for name in ("c1", "g1"):
+        assert Mailbox(clone / ".mailslot").agent(name).name == name
+        assert not (project / ".mailslot" / "agents" / f"{name}.json").exists()
+
+
+def test_codex_in_two_projects_each_keeps_its_own(tmp_path: Path, env: dict[str, str]) -> None:
+    """Installing in a second project does not repoint the first one's Codex."""
+    codex = client("codex")
+    env = on_path(env, tmp_path)
+    config = Path(env["CODEX_HOME"]) / "config.toml"
+    config.parent.mkdir(parents=True)
+    projects = [tmp_path / "one", tmp_path / "two"]
+    config.write_text("".join(f'[projects."{p}"]\ntrust_level = "trusted"\n\n' for p in projects))
+    before = config.read_text()
+    for p, agent in zip(projects, ("codex-1", "codex-2"), strict=True):
+        Mailbox.init(p / ".mailslot")
+        mailslot("mcp-config", "codex", "--install", "--agent", agent, cwd=p, env=env)
+    assert config.read_text() == before
+    for p, agent in zip(projects, ("codex-1", "codex-2"), strict=True):
+        listed = run([codex, "mcp", "list", "--json"], p, env)
+        assert listed.returncode == 0, listed.stderr
+        [server] = [s for s in json.loads(listed.stdout) if s["name"] == "mailslot"]
+        assert server["transport"]["command"] == "mailslot"
+        assert server["transport"]["env"] == {"MAILSLOT_AGENT": agent}

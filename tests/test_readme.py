@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_run_command_works(tmp_path: Path) -> None:
     # mailslot (and no MAILSLOT_ROOT is set).
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != bindir)
     env = {k: v for k, v in os.environ.items() if k != "MAILSLOT_ROOT"}
-    env |= {"TMPDIR": str(tmp_path), "PATH": path}
+    env |= {"TMPDIR": str(tmp_path), "PATH": path, "HOME": str(tmp_path / "home")}
     result = subprocess.run(
         ["bash", "-c", script],
         cwd=tmp_path,
@@ -74,7 +75,10 @@ def test_run_command_works(tmp_path: Path) -> None:
     wired = subprocess.run(["bash", "-ec", "\n".join(wire)], cwd=project, capture_output=True,
                            text=True, check=False, env=env, timeout=60)  # fmt: skip
     assert wired.returncode == 0, wired.stderr
-    assert (project / ".mcp.json").exists() and (project / ".mailslot" / "mailslot.json").exists()
+    # mailslot is not on PATH there: Claude Code's entry goes to the project's local scope.
+    local = json.loads((tmp_path / "home" / ".claude.json").read_text())
+    assert "mailslot" in local["projects"][str(project.resolve())]["mcpServers"]
+    assert (project / ".mailslot" / "mailslot.json").exists()
     # Every file the README's tree shows exists in the root the demo made.
     tree = next(b for b in blocks("text") if "mailslot.json" in b)
     for name in (
@@ -155,13 +159,10 @@ def test_config_snippets_start_the_server(tmp_path: Path, index: int) -> None:
 
 
 def test_claude_mcp_add_matches_the_json() -> None:
+    """The README's `claude mcp add-json` line adds the JSON snippet's entry, timeout and all
+    (tests/test_clients_real.py runs this line with the real claude)."""
     line = next(b for b in blocks("bash") if "claude mcp add" in b).strip()
-    flags, _, command = line.partition(" -- ")
-    # The name before --env: --env takes several values, so a name after it is taken for one
-    # more (tests/test_clients_real.py runs this line with the real claude).
-    assert flags.split()[:3] == ["claude", "mcp", "add"]
-    assert flags.index(" mailslot ") < flags.index(" --env ")
+    words = shlex.split(line)
+    assert words[:6] == ["claude", "mcp", "add-json", "--scope", "project", "mailslot"]
     _, entry = _snippets()[0]
-    assert command.split() == [entry["command"], *entry["args"]]
-    for key, value in entry["env"].items():
-        assert f"--env {key}={value}" in flags
+    assert json.loads(words[6]) == entry and entry["timeout"] == 600_000
