@@ -325,8 +325,8 @@ def _codex_global(home: Path) -> list[str]:
     return [
         f"left as it is: {path} has a mailslot server too"
         + (f" (MAILSLOT_ROOT {points})" if points else "")
-        + ", which Codex uses outside trusted projects that have their own; in this project "
-        "the project's wins; remove it there (`codex mcp remove mailslot`) if it should not"
+        + ", which Codex uses in every project without one of its own; in this one, once "
+        "trusted, the project's wins; `codex mcp remove mailslot` removes the global one"
     ]
 
 
