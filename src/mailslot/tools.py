@@ -420,10 +420,11 @@ class Session:
         return bool(self._waits) and (on == "inbox" or on == m.thread)
 
     def close(self) -> None:
-        """Save read positions, give back this session's file reservations, mark this agent
-        offline and let its name go."""
+        """Save read positions, give back this session's tasks and file reservations, mark
+        this agent offline and let its name go."""
         if self._hold is not None:
             self.save_positions()
+            self._give_back_tasks()
             with contextlib.suppress(MailslotError):
                 mine = [h for h in self.box.reservations() if h.holder == self._hold.name]
                 if any(h.pid == os.getpid() for h in mine):
@@ -431,6 +432,20 @@ class Session:
                                      agent=self._hold.name)  # fmt: skip
             self.box.release_name(self._hold)
             self._hold = None
+
+    def _give_back_tasks(self) -> None:
+        """Release the tasks this process holds: a clean exit (an IDE restart) fails no
+        attempt, as task_claim(release=true) would not; a crash still does."""
+        assert self._hold is not None
+        me = self._hold.name
+        for key in [k for k in self._activity.holds if k[0] == "task"]:
+            thread, seq = str(key[1]), int(key[2])
+            with contextlib.suppress(MailslotError):
+                t = self.box.board(thread).tasks.get(seq)
+                ours = (CLAIMED, me, os.getpid(), HOST)
+                if t is not None and (t.status, t.holder, t.pid, t.host) == ours:
+                    self.box.release_task(thread, seq, agent=me, reason="its server stopped")
+            self._activity.drop(key)
 
     # ------------------------------------------------------------------ threads
 
