@@ -434,7 +434,7 @@ def _deep(kind: str, depth: int) -> tuple[str, str]:
     value = "[" * depth + "]" * depth
     if kind == "paths":
         return "files_reserve", '{"paths": ' + value + "}"
-    return "msg_list", '{"thread": "t", "extra": ' + value + "}"
+    return "msg_post", '{"thread": "t", "content": "x", "meta": {"k": 1}, "extra": ' + value + "}"
 
 
 @pytest.mark.parametrize("depth", [200, 1000, 100_000])
