@@ -285,6 +285,14 @@ LEDGERS = [
      [("bob", {"reserve": {"paths": ["src/**"]}}), ("bob", {"reserve": {"paths": ["src/**"]}}),
       ("mailslot", {"expire": {"reservation": 1, "holder": "bob"}})],
      [("bob", "src/**", 2)]),
+    ("a release naming a holder frees that holder's, whoever writes it",
+     [("bob", {"reserve": {"paths": ["src/**", "lib/**"]}}),
+      ("dave", {"release": {"paths": ["src/**"], "holder": "bob"}})],
+     [("bob", "lib/**", 1)]),
+    ("a release naming a holder frees none of the sender's own",
+     [("dave", {"reserve": {"paths": ["docs/**"]}}), ("bob", {"reserve": {"paths": ["src/**"]}}),
+      ("dave", {"release": {"paths": None, "holder": "bob"}})],
+     [("dave", "docs/**", 1)]),
     ("an expiry signed by an agent is not mailslot's",
      [("bob", {"reserve": {"paths": ["src/**"]}}),
       ("alice", {"expire": {"reservation": 1, "holder": "bob"}})],
@@ -311,3 +319,68 @@ def test_the_ledger_of_events_as_clones_leave_them(
     with Mailbox(tmp_path / "box") as reader:
         held = reader.reservations()  # by people (no process): each holds for its TTL, 3600 s
     assert sorted((h.holder, h.pattern, h.seq) for h in held) == sorted(want), rule
+
+
+# ------------------------------------------------------- a person frees a reservation as themselves
+
+
+def test_a_person_frees_an_agents_reservation_as_themselves(tmp_path: Path) -> None:
+    """`mailslot release PATH --holder bob` frees what bob's live server holds: the event is the
+    person's own (from dave, to bob, naming bob), never written in bob's name."""
+    root = tmp_path / "box"
+    Mailbox.init(root)
+
+    async def main() -> None:
+        async with agent(root, "bob") as bob:
+            assert (await call(bob, "files_reserve", paths=["src/**", "docs/"]))["granted"]
+            freed = run(root, "release", "src/", "--holder", "bob", who="dave")
+            assert freed.returncode == 0, freed.stderr
+            assert "freed bob's reservation of src/** (recorded as freed by dave)" in freed.stdout
+            with Mailbox(root) as box:
+                assert [(h.holder, h.pattern) for h in box.reservations()] == [("bob", "docs/**")]
+                event = box.get(THREAD, box.head(THREAD))
+                assert (event.sender, event.to) == ("dave", ["bob"])
+                assert event.meta["release"] == {"paths": ["src/**"], "holder": "bob"}
+                assert "bob" not in {box.get(THREAD, s).sender for s in range(2, box.head(THREAD))}
+            # Someone else's paths are not the person's to give back without --holder.
+            mine = run(root, "release", "docs/", who="dave")
+            assert mine.returncode == 1 and "not yours: docs/**" in mine.stderr
+            gone = run(root, "release", "src/", "--holder", "bob", "--json", who="dave")
+            assert gone.returncode == 1
+            assert json.loads(gone.stdout) == {"released": [], "not_held": ["src/**"],
+                                               "holder": "bob"}  # fmt: skip
+            assert (await call(bob, "files_reserve", paths=["docs/x.md"]))["granted"]
+
+    anyio.run(main)
+
+
+# ------------------------------------------------------------ mailslot's own bookkeeping thread
+
+
+def test_the_reservations_thread_is_listed_after_every_conversation(tmp_path: Path) -> None:
+    """A reservation newer than every message does not put file-reservations at the top of
+    `mailslot threads` or thread_list; it is last, and still read by its id."""
+    root = tmp_path / "box"
+    with Mailbox.init(root) as box:
+        box.create_thread("Plan the release", creator="alice")
+        box.post("plan-the-release", "who takes the changelog?", sender="alice")
+        box.create_thread("Fix the flaky test", creator="carol")
+    assert run(root, "reserve", "src/", who="bob").returncode == 0
+    listed = run(root, "threads", "--json").stdout
+    doc = json.loads(listed)
+    rows = doc["threads"] if isinstance(doc, dict) else doc
+    assert [t["id"] if "id" in t else t["thread"] for t in rows] == [
+        "fix-the-flaky-test", "plan-the-release", THREAD
+    ]  # fmt: skip
+    table = run(root, "threads").stdout.splitlines()
+    assert table[-1].startswith(THREAD), table
+    assert "reserves src/**" in run(root, "read", THREAD).stdout
+
+    async def main() -> None:
+        async with agent(root, "alice") as alice:
+            got = await call(alice, "thread_list")
+            assert [t["thread"] for t in got["threads"]][-1] == THREAD
+            assert got["threads"][0]["thread"] == "fix-the-flaky-test"
+            assert len((await call(alice, "msg_list", thread=THREAD))["messages"]) == 1
+
+    anyio.run(main)

@@ -9,6 +9,8 @@ Every reservation, release and expiry is a message of one thread, ``file-reserva
   granted, all of it or none, if no other agent holds an overlapping exclusive reservation
   (or, for an exclusive request, any overlapping one) at that point of the thread;
 - ``meta.release`` (``{"paths": [...]}``, or ``null`` for all) gives the holder's back;
+  with ``"holder": "bob"`` in it, a person frees bob's reservations (``paths`` ``null`` or
+  absent: all of them) as themselves: the message is theirs, addressed to bob, who is named;
 - ``meta.expire`` (signed ``mailslot``) ends the reservations of a request whose holder died,
   exited or showed no sign of work for its TTL.
 
@@ -100,10 +102,12 @@ class Ledger:
         elif back is None or isinstance(back, dict):
             paths = back.get("paths") if isinstance(back, dict) else None
             gone = set(paths) if isinstance(paths, list) else None
+            named = back.get("holder") if isinstance(back, dict) else None
+            holder = named if isinstance(named, str) else m.sender  # freed by a person, or own
             self.held = [
                 h
                 for h in self.held
-                if not (h.holder == m.sender and (gone is None or h.pattern in gone))
+                if not (h.holder == holder and (gone is None or h.pattern in gone))
             ]
         elif isinstance(end, dict) and m.sender == SYSTEM:
             self.held = [
@@ -290,24 +294,34 @@ class Reservations:
             raise InvalidMessage(f"at most {MAX_PATHS} paths at once; reserve a folder instead")
         return list(dict.fromkeys(normalize(p) for p in paths))
 
-    def release(self, paths: object, agent: str) -> tuple[list[Held], list[str], int | None]:
-        """Give back agent's reservations of paths (all of them if None).
+    def release(
+        self, paths: object, agent: str, *, holder: str | None = None
+    ) -> tuple[list[Held], list[str], int | None]:
+        """Give back agent's reservations of paths (all of them if None); with holder, free
+        holder's as agent (the event is agent's, addressed to holder, and names holder).
 
-        Return (released, not held: the paths asked for that agent did not hold, the event's
-        seq or None if nothing was held).
+        Return (released, not held: the paths asked for that the holder did not hold, the
+        event's seq or None if nothing was held).
         """
         patterns = None if paths is None else self._patterns(paths)
-        mine = [h for h in self.ledger().held if h.holder == agent]
+        whose = agent if holder is None else holder
+        mine = [h for h in self.ledger().held if h.holder == whose]
         released = mine if patterns is None else [h for h in mine if h.pattern in patterns]
         not_held = (
             [] if patterns is None else [p for p in patterns if p not in {h.pattern for h in mine}]
         )
         if not released:
             return [], not_held, None
-        back = {"paths": sorted({h.pattern for h in released})} if patterns is not None else None
-        text = "released " + (", ".join(back["paths"]) if back else "all its reservations")
+        named = None if patterns is None else sorted({h.pattern for h in released})
+        what = ", ".join(named) if named else "all its reservations"
+        back: dict[str, Any] | None = None if named is None else {"paths": named}
+        to: tuple[str, ...] = ()
+        text = f"released {what}"
+        if whose != agent:  # a person frees someone's: said as theirs, never in the holder's name
+            back, to = {"paths": named, "holder": whose}, (whose,)
+            text = f"freed {whose}'s reservation of {what}"
         message = self.writer.append(
-            THREAD, self.files.thread_dir(THREAD), sender=agent, to=(), type_="status",
+            THREAD, self.files.thread_dir(THREAD), sender=agent, to=to, type_="status",
             priority="normal", reply_to=None, content=text, meta={"release": back}, key=None,
         )  # fmt: skip
         return released, not_held, message.seq

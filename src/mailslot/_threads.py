@@ -31,6 +31,9 @@ INDEX_PAGE = 256
 # newest messages backwards for this long; the rest is indexed over the next looks.
 INDEX_BUDGET_S = 0.02
 TAIL_BUDGET_S = 0.01
+#: Threads mailslot keeps for its own bookkeeping (the file reservations, `_reservations.THREAD`):
+#: listed after every conversation, however recent, and readable by id like any thread.
+BOOKKEEPING = frozenset({"file-reservations"})
 
 
 @dataclass(slots=True)
@@ -316,7 +319,8 @@ class Threads:
     def every(
         self, *, state: str | None = None, include_archived: bool = False
     ) -> list[ThreadInfo]:
-        """Return the threads, most recently active first; archived ones only if asked."""
+        """Return the threads, most recently active first, mailslot's own bookkeeping threads
+        (BOOKKEEPING) after all the others; archived ones only if asked."""
         if state is not None and state not in STATES:
             raise InvalidState(f"state must be one of {', '.join(STATES)}; not {state!r}")
         out = []
@@ -341,7 +345,7 @@ class Threads:
             if state is None and info.state == "archived" and not include_archived:
                 continue
             out.append(info)
-        out.sort(key=lambda t: (t.last_activity, t.id), reverse=True)
+        out.sort(key=lambda t: (t.id not in BOOKKEEPING, t.last_activity, t.id), reverse=True)
         return out
 
     def _folders(self) -> list[tuple[str, tuple[int, int]]]:

@@ -655,21 +655,36 @@ def cmd_reserve(args: argparse.Namespace) -> int:
 @command(
     "release",
     help="give back your reservations of paths (all of yours without PATH)",
-    args=[arg("paths", nargs="*", metavar="PATH")],
+    args=[
+        arg("paths", nargs="*", metavar="PATH"),
+        arg(
+            "--holder",
+            metavar="NAME",
+            help="free NAME's reservations instead (all of them without PATH), recorded as "
+            "freed by you and naming NAME",
+        ),
+    ],
     who=True,
 )
 def cmd_release(args: argparse.Namespace) -> int:
     box = _open(args)
-    released, not_held = box.release(args.paths or None, agent=_sender(args))
+    me = _sender(args)
+    holder = args.holder if args.holder not in (None, me) else None
+    released, not_held = box.release(args.paths or None, agent=me, holder=holder)
     if args.json:
-        _print_json({"released": sorted({h.pattern for h in released}), "not_held": not_held})
+        _print_json({"released": sorted({h.pattern for h in released}), "not_held": not_held}
+                    | ({"holder": holder} if holder else {}))  # fmt: skip
     else:
+        whose = f"{holder}'s" if holder else "yours"
         if released:
-            print(f"released {', '.join(sorted({h.pattern for h in released}))}")
+            freed = ", ".join(sorted({h.pattern for h in released}))
+            print(f"freed {holder}'s reservation of {freed} (recorded as freed by {me})"
+                  if holder else f"released {freed}")  # fmt: skip
         for p in not_held:
-            print(f"not yours: {p} (nothing to give back)", file=sys.stderr)
+            print(f"not {whose}: {p} (nothing to give back)", file=sys.stderr)
         if not released and not not_held:
-            print("you held no reservations", file=sys.stderr)
+            print(f"{holder} held no reservations" if holder else "you held no reservations",
+                  file=sys.stderr)  # fmt: skip
     return EXIT_OK if released or not (args.paths or not_held) else EXIT_ERROR
 
 

@@ -305,7 +305,8 @@ class Mailbox:
     def threads(
         self, *, state: str | None = None, include_archived: bool = False
     ) -> list[ThreadInfo]:
-        """Return the threads, most recently active first; archived ones only if asked."""
+        """Return the threads, most recently active first, mailslot's own bookkeeping thread
+        (file-reservations) after all the others; archived ones only if asked."""
         return self._threads.every(state=state, include_archived=include_archived)
 
     def set_state(self, thread: str, state: str, *, sender: str, summary: str | None = None) -> int:
@@ -455,13 +456,18 @@ class Mailbox:
         )  # fmt: skip
 
     def release(
-        self, paths: list[str] | tuple[str, ...] | str | None = None, *, agent: str
+        self,
+        paths: list[str] | tuple[str, ...] | str | None = None,
+        *,
+        agent: str,
+        holder: str | None = None,
     ) -> tuple[list[Held], list[str]]:
-        """Give back agent's reservations of paths (all of them if None).
+        """Give back agent's reservations of paths (all of them if None); with holder, free
+        holder's reservations as agent (recorded as agent's, naming holder).
 
-        Return (what was released, the paths asked for that agent did not hold).
+        Return (what was released, the paths asked for that the holder did not hold).
         """
-        released, not_held, _ = self._reservations.release(paths, agent)
+        released, not_held, _ = self._reservations.release(paths, agent, holder=holder)
         return released, not_held
 
     def reservations(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Held]:

@@ -485,7 +485,8 @@ class Session:
         include_archived: bool = False,
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
-        """List threads, most recently active first: id, topic, state, head seq, participants."""
+        """List threads, most recently active first (mailslot's own file-reservations last):
+        id, topic, state, head seq, participants."""
         infos = self.box.threads(state=state, include_archived=include_archived)
         out: dict[str, Any] = {
             "threads": [thread_view(t) for t in infos[:limit]],
