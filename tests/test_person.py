@@ -6,10 +6,15 @@ Everything runs the real command as a subprocess, most of it in a real shell pip
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,3 +123,52 @@ def test_tail_follow_ends_at_the_next_message_after_its_reader_left(root: Path) 
             p.communicate()
     assert out.startswith("t #401 bob") and "#402" not in out
     assert err == "status 141 0\n"
+
+
+# ---------------------------------------------------------------- item 8: Ctrl-C stops the console
+
+
+@contextlib.contextmanager
+def console(root: Path) -> Iterator[tuple[subprocess.Popen[str], http.client.HTTPResponse]]:
+    """Start `mailslot ui` and open its event stream, as a browser tab on the page does."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "ui", "--root", str(root), "--as", "dave"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=(\S+)", proc.stdout.readline())
+    assert found, proc.communicate(timeout=60)
+    port, token = int(found.group(1)), found.group(2)
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Host": f"127.0.0.1:{port}", "Cookie": f"mailslot_token_{port}={token}"}
+    con.request("GET", "/api/events", headers=headers)
+    try:
+        stream = con.getresponse()
+        assert stream.status == 200 and stream.readline().startswith(b":")  # the stream is open
+        yield proc, stream
+    finally:
+        con.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_one_ctrl_c_stops_the_console_with_a_page_open(root: Path) -> None:
+    with console(root) as (proc, stream):
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # before: still serving, waiting on the tab
+        assert (proc.returncode, err) == (0, "")
+        stream.read()  # what it had sent, up to the stream's end (not the socket's timeout)
+        assert stream.isclosed()
+
+
+def test_a_second_ctrl_c_stops_it_quietly(root: Path) -> None:
+    with console(root) as (proc, stream):
+        proc.send_signal(signal.SIGINT)
+        stream.read()  # the first was seen: it is stopping
+        with contextlib.suppress(ProcessLookupError):  # unless it has stopped already
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert err == ""  # before: some 60 lines of uvicorn's traceback
+    # 0, or the status of a process that Ctrl-C ended, if the second one lands after the clean-up
+    assert proc.returncode in (0, -signal.SIGINT)

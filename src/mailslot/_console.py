@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import json
 import secrets
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -37,6 +38,7 @@ from mailslot import __version__
 from mailslot._errors import MailslotError, NotFound
 from mailslot._format import STATES, Message
 from mailslot._reading import Reading
+from mailslot._wait import Arrivals
 from mailslot._reservations import held_view
 from mailslot._transcript import markdown_html
 from mailslot.mailbox import Mailbox
@@ -70,6 +72,7 @@ class Console:
         self.reading = Reading(box)
         self.lock = threading.Lock()  # Reading is not thread-safe; endpoints run in threads
         self.people = Session(box)  # for agent_list: takes no name
+        self.closing = asyncio.Event()  # set when the server stops: event streams end
 
     # ------------------------------------------------------------------ security
 
@@ -255,7 +258,11 @@ class Console:
             quiet = 0.0
             yield ": mailslot events\n\n"
             while True:
-                got = await self.box.wait_async(None, cursor, timeout=1.0, limit=1000)
+                got = await self._unless_closing(
+                    self.box.wait_async(None, cursor, timeout=1.0, limit=1000)
+                )
+                if got is None:
+                    return  # the server is stopping: an open tab must not keep it running
                 cursor = got.cursor
                 for m in got.messages:
                     data = json.dumps({"thread": m.thread, "seq": m.seq})
@@ -270,6 +277,35 @@ class Console:
                     yield ": keep-alive\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def _unless_closing(self, waiting: Awaitable[Arrivals]) -> Arrivals | None:
+        """Return what waiting returns, or None (cancelling it) once the server stops."""
+        task = asyncio.ensure_future(waiting)
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not task.done() or self.closing.is_set():
+                task.cancel()  # a wait is cancellable at once and leaves nothing behind
+        return None if self.closing.is_set() else task.result()
+
+
+def run(console: Console, sock: socket.socket) -> None:
+    """Serve console on sock until SIGINT or SIGTERM, then return.
+
+    The first signal ends the event streams, which no browser tab ever closes, so the server
+    stops at once instead of waiting on them for ever; a second forces it (uvicorn's rule).
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            console.closing.set()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app(console), log_level="warning", lifespan="off")
+    Server(config).run(sockets=[sock])
 
 
 def app(console: Console) -> Starlette:

@@ -844,12 +844,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _serve_ui(box: Mailbox, person: str, port: int, open_it: bool) -> int:
+    import signal
     import socket
     import webbrowser
 
-    import uvicorn
-
-    from mailslot._console import Console, app
+    from mailslot._console import Console, run
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -868,14 +867,18 @@ def _serve_ui(box: Mailbox, person: str, port: int, open_it: bool) -> int:
           flush=True)  # fmt: skip
     if open_it:
         webbrowser.open(url)
-    config = uvicorn.Config(app(console), log_level="warning", lifespan="off")
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        run(console, sock)
     except KeyboardInterrupt:
-        pass
+        pass  # the Ctrl-C that stopped it, raised again by uvicorn once it has stopped
     finally:
-        sock.close()
-        box.close()
+        # Stopping already: another Ctrl-C now would only cut the clean-up with a traceback.
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            sock.close()
+            box.close()
+        finally:
+            signal.signal(signal.SIGINT, before)
     return EXIT_OK
 
 
