@@ -572,6 +572,11 @@ class Search:
                 args[0] = fts_query(lenient(query))
                 with contextlib.suppress(sqlite3.OperationalError):
                     return self._run(con, sql, count, args, limit)
+            problem = query_problem(query)
+            if problem is not None:
+                raise InvalidMessage(
+                    f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}"
+                ) from None
             raise InvalidMessage(
                 f"cannot read the query {query[:80]!r} ({e}); {EXAMPLES}; put words "
                 'with - : ( ) * ^ in double quotes, e.g. "auth.py"'
@@ -666,6 +671,33 @@ def lenient(query: str) -> str:
         bare = bare.replace('"', '""')
         out.append(f'"{bare}"' + ("*" if star else ""))
     return " ".join(out)
+
+
+OPERATORS = ("AND", "OR", "NOT")
+
+
+def query_problem(query: str) -> str | None:
+    """Return what is wrong with a query FTS5 refused, in a model's words, or None if unsure."""
+    if query.count('"') % 2:
+        return 'a double quote is not closed: quote a phrase whole ("merge conflict") or drop it'
+    bare = re.sub(r'"[^"]*"', ' "" ', query)  # phrases are words whatever they hold
+    if bare.count("(") != bare.count(")"):
+        return "a parenthesis is not closed: (schema OR migration) deploy, or drop them"
+    words = re.findall(r'""|[^\s()]+', bare)
+    for at, word in enumerate(words):
+        if word in OPERATORS:
+            side = (words[at - 1] if at else None, words[at + 1] if at + 1 < len(words) else None)
+            if any(w is None or w in OPERATORS for w in side):
+                start = " (a query cannot start with NOT)" if word == "NOT" and not at else ""
+                return (
+                    f"{word} goes between two words, e.g. deploy {word} staging{start}; to "
+                    f'find the word itself, write it in double quotes: "{word}"'
+                )
+        elif word.startswith("*"):
+            return "* marks a prefix and goes right after letters, e.g. auth*, never alone"
+        elif "^" in word:
+            return '^ is search syntax; write the word in double quotes, e.g. "^x"'
+    return None
 
 
 def terms(query: str) -> list[str]:

@@ -8,9 +8,11 @@ notifications for both protocol eras, prompts, and the presence heartbeat.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import json
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -67,7 +69,33 @@ log = logging.getLogger("mailslot.serve")
 # second shows those messages again after its restart: at least once, never skipped.
 POSITIONS_EVERY_S = 1.0
 
-READ_ONLY = {"thread_list", "thread_get", "msg_list", "agent_list", "bus_get_config", "msg_wait"}
+READ_ONLY = {
+    "thread_list", "thread_get", "msg_list", "msg_wait", "msg_search", "task_list",
+    "agent_list", "bus_get_config",
+}  # fmt: skip
+# Names models reach for that a tool calls otherwise, tried in order (the first the tool has);
+# difflib finds the rest (after_sq, tread, ...).
+SYNONYMS = {
+    "to": ("recipients", "recipient", "addressees", "agents", "for", "cc", "mention", "mentions"),
+    "reply_to": ("in_reply_to", "reply", "parent", "reply_seq", "replying_to", "respond_to"),
+    "after_seq": ("after", "since_seq", "from_seq", "last_seq", "next_after_seq", "cursor"),
+    "content": ("body", "text", "message", "msg", "markdown", "contents"),
+    "query": ("q", "text", "search", "terms", "keywords"),
+    "timeout_s": ("timeout", "timeout_seconds", "wait_s", "seconds", "wait", "timeout_ms"),
+    "thread": ("thread_id", "topic", "channel", "room", "thread_name", "conversation"),
+    "topic": ("title", "subject", "name", "thread"),
+    "type": ("kind", "message_type", "msg_type"),
+    "idempotency_key": ("key", "dedupe_key", "idempotency", "request_id"),
+    "sender": ("from", "author", "agent"),
+    "seq": ("task", "task_seq", "task_id", "id", "message_seq"),
+    "paths": ("path", "files", "file", "globs", "patterns"),
+    "state": ("status",),
+    "status": ("state",),
+    "lease_s": ("lease", "lease_seconds", "ttl", "ttl_s"),
+    "ttl_s": ("ttl", "lease_s", "lease", "expires_s"),
+    "limit": ("max", "count", "n", "page_size", "max_results", "top_k"),
+    "name": ("agent", "agent_name", "agent_id"),
+}
 
 
 def model_text(e: MailslotError) -> str:
@@ -163,7 +191,8 @@ def _describe(name: str, args: FuncMetadata) -> MCPTool:
         # property's name, and docstrings carry their source indentation.
         description=" ".join((method.__doc__ or "").split()),
         input_schema=_untitled(args.arg_model.model_json_schema(by_alias=True)),
-        annotations=ToolAnnotations(read_only_hint=name in READ_ONLY),
+        # Only the hint that differs from the protocol's default (not read-only) is sent.
+        annotations=ToolAnnotations(read_only_hint=True) if name in READ_ONLY else None,
     )
 
 
@@ -266,7 +295,7 @@ class _Tools:
     async def call(self, ctx: Any, params: CallToolRequestParams) -> CallToolResult:
         name = params.name
         if name not in self.schemas:
-            return _failed(f"Unknown tool: {name}")
+            return _failed(unknown_tool_text(name))
         try:
             text = await self.run(name, ctx, params.arguments or {})
         except ToolError as e:
@@ -284,6 +313,9 @@ class _Tools:
         args = self.arguments.get(name)
         if args is None:
             args = self.arguments[name] = _arguments(name)
+        unknown = [a for a in arguments if a not in self.schemas[name].get("properties", {})]
+        if unknown:  # the SDK's argument model would drop them: a recipient lost, say
+            raise ToolError(unknown_text(name, unknown, self.schemas[name]))
         try:
             kwargs = args.validate_arguments(arguments)
         except ValidationError as e:
@@ -316,6 +348,44 @@ def _failed(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
+def unknown_tool_text(name: str) -> str:
+    """Return what the model reads for a tool that does not exist: the nearest, and all."""
+    near = difflib.get_close_matches(name, TOOL_NAMES, n=1, cutoff=0.5)
+    guess = f"; did you mean {near[0]}?" if near else ""
+    return f"Unknown tool: {name}{guess} The tools are: {', '.join(TOOL_NAMES)}"
+
+
+def unknown_text(tool: str, unknown: list[str], schema: dict[str, Any]) -> str:
+    """Return what the model reads for arguments a tool does not take: the closest real name
+    of each, and that nothing was done."""
+    props = list(schema.get("properties", {}))
+    problems = []
+    for arg in unknown:
+        near = _closest(arg, props)
+        problems.append(f"unknown argument '{arg}'" + (f": did you mean '{near}'?" if near else ""))
+    return f"{'; '.join(problems)} Nothing was done. {_usage(tool, schema)}"
+
+
+def _closest(arg: str, props: list[str]) -> str | None:
+    """Return the property of props that arg most likely meant, or None."""
+    # afterSeq and reply-to read as after_seq and reply_to (difflib then finds them).
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", arg).replace("-", "_").lower().strip()
+    for prop, names in SYNONYMS.items():
+        if prop in props and snake in names:
+            return prop
+    near = difflib.get_close_matches(snake, props, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+def _usage(tool: str, schema: dict[str, Any]) -> str:
+    props: dict[str, Any] = schema.get("properties", {})
+    if not props:
+        return f"{tool} takes no arguments: call {tool}() again"
+    required = [p for p in schema.get("required", [])]
+    usage = ", ".join([*required, *(f"{p}?" for p in props if p not in required)])
+    return f"Call {tool}({usage}) again with that fixed"
+
+
 def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> str:
     """Return what the model reads for arguments that do not fit: what, what is allowed, next."""
     props: dict[str, Any] = schema.get("properties", {})
@@ -324,9 +394,7 @@ def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> 
         param = str(item["loc"][0]) if item["loc"] else "arguments"
         spec = props.get(param, {})
         problems.append(f"'{param}' {_what_is_wrong(item, spec, param)}")
-    required = [p for p in schema.get("required", [])]
-    usage = ", ".join([*required, *(f"{p}?" for p in props if p not in required)])
-    return f"{'; '.join(problems)}. Call {tool}({usage}) again with that fixed"
+    return f"{'; '.join(problems)}. {_usage(tool, schema)}"
 
 
 def _what_is_wrong(item: Any, spec: dict[str, Any], param: str) -> str:
@@ -339,9 +407,15 @@ def _what_is_wrong(item: Any, spec: dict[str, Any], param: str) -> str:
         return f"must be one of {', '.join(map(str, choices))}, not {got!r}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return f"must be {_bounds(spec)}, not {got!r}"
+    example = {"to": '["bob"]', "paths": '["src/app/**"]'}.get(param, "[...]")
     if kind == "list_type":
-        example = '["bob"]' if param == "to" else "[...]"
         return f"must be a list, e.g. {example}, not {got!r}"
+    if kind == "too_short":
+        least = item.get("ctx", {}).get("min_length", 1)
+        return f"needs at least {least} item{'s' * (least != 1)}{about}, e.g. {example}"
+    if kind == "too_long":
+        most = item.get("ctx", {}).get("max_length")
+        return f"takes at most {most} items, not {len(got)}; pass fewer (a folder or a glob)"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number, not {got!r}"
     if kind in ("float_parsing", "float_type"):
@@ -524,10 +598,23 @@ def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
     props = out.get("properties")
     if isinstance(props, dict):
         out["properties"] = {  # a null default says nothing a non-required property does not
-            name: {k: v for k, v in spec.items() if k != "title" and (k, v) != ("default", None)}
+            name: _not_null(
+                {k: v for k, v in spec.items() if k != "title" and (k, v) != ("default", None)}
+            )
             for name, spec in props.items()
         }
     return out
+
+
+def _not_null(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return spec without its "or null" (anyOf [X, null] becomes X): a property that is not
+    required can be left out, which is what a model does; a null sent anyway is still taken
+    (validation is the argument model's, not the schema's). A third of tools/list saved."""
+    options = spec.get("anyOf")
+    if not isinstance(options, list) or len(options) != 2 or {"type": "null"} not in options:
+        return spec
+    [other] = [o for o in options if o != {"type": "null"}]
+    return {**other, **{k: v for k, v in spec.items() if k != "anyOf"}}
 
 
 def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> None:

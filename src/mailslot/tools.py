@@ -77,7 +77,7 @@ Content = Annotated[str, Field(description="The message, usually Markdown")]
 To = Annotated[list[str] | None, Field(description="Agents addressed (see agent_list)")]
 ReplyTo = Annotated[int | None, Field(ge=1, description="Seq of the message answered")]
 Key = Annotated[str | None, Field(description="A retry with the same key is stored once")]
-AfterSeq = Annotated[int, Field(ge=0)]
+AfterSeq = Annotated[int, Field(ge=0, description="Seq to read past; 0: from the start")]
 WaitThread = Annotated[
     str | None, Field(description="Thread id or topic; omit to wait on your inbox (any thread)")
 ]
@@ -85,7 +85,10 @@ ThreadId = Annotated[str, Field(description="Thread id (or its topic)")]
 WaitAfter = Annotated[
     int | None, Field(ge=0, description="Seq to wait past: next_after_seq of the last call")
 ]
-WaitTimeout = Annotated[float | None, Field(gt=0, description="Seconds; default 50")]
+WaitTimeout = Annotated[
+    float | None,
+    Field(gt=0, description="Seconds; default 50, capped at 600; many clients cut calls at 60"),
+]
 AgentName = Annotated[str | None, Field(description="Stable lowercase name; omit to keep yours")]
 Description = Annotated[str | None, Field(description="What you do, for the other agents")]
 TaskSeq = Annotated[int, Field(ge=1, description="Seq of the task message")]
@@ -93,7 +96,12 @@ LeaseS = Annotated[
     float | None,
     Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
 ]
-TaskStatus = Literal["open", "claimed", "done", "dead", "all"]
+TaskStatus = Annotated[
+    Literal["open", "claimed", "done", "dead", "all"] | None,
+    Field(description="Default: all but done"),
+]
+Mine = Annotated[bool, Field(description="Only tasks you hold or can take")]
+Agent = Annotated[str | None, Field(description="An agent's name")]
 Paths = Annotated[
     list[str],
     Field(min_length=1, max_length=100, description="Repository-relative files, folders or globs"),
@@ -181,9 +189,15 @@ class TaskBoard:
     questions: list[Question]
 
 
-def task_board(box: Mailbox, threads: list[str], status: str | None = None) -> TaskBoard:
+def task_board(
+    box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
+) -> TaskBoard:
     """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
-    the count of each status, and the questions nobody has answered; skip vanished threads."""
+    the count of each status, and the questions nobody has answered; skip vanished threads.
+
+    mine: only the tasks that agent holds or can take now and the questions others asked it
+    or anyone (counted so too).
+    """
     tasks: list[Task] = []
     questions: list[Question] = []
     for name in threads:
@@ -193,6 +207,9 @@ def task_board(box: Mailbox, threads: list[str], status: str | None = None) -> T
             continue  # removed while listing
         tasks += board.tasks.values()
         questions += board.questions.values()
+    if mine is not None:
+        tasks = [t for t in tasks if (t.status == CLAIMED and t.holder == mine) or t.open_to(mine)]
+        questions = [q for q in questions if q.sender != mine and (not q.to or mine in q.to)]
     counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
     if status == "all":
         wanted = list(STATUSES)
@@ -481,8 +498,8 @@ class Session:
 
     def thread_list(
         self,
-        state: State | None = None,
-        include_archived: bool = False,
+        state: Annotated[State | None, Field(description="Only threads in this state")] = None,
+        include_archived: Annotated[bool, Field(description="Archived ones too")] = False,
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
         """List threads, most recently active first (mailslot's own file-reservations last):
@@ -521,7 +538,7 @@ class Session:
         to: To = None,
         reply_to: ReplyTo = None,
         priority: Priority = "normal",
-        meta: dict[str, Any] | None = None,
+        meta: Annotated[dict[str, Any] | None, Field(description="JSON kept as is")] = None,
         idempotency_key: Key = None,
     ) -> dict[str, Any]:
         """Post a message to a thread; returns its seq and id."""
@@ -637,6 +654,9 @@ class Session:
             else "msg_wait() again"
         )
         out["waited_s"] = round(time.monotonic() - begun, 1)
+        if timeout_s is not None and timeout_s > self.wait_max:  # said, never silently cut
+            cap = f"timeout_s capped at {self.wait_max:g} (this server's maximum wait)"
+            out["note"] = f"{out['note']}; {cap}" if "note" in out else cap
         if not out["messages"]:
             out["hint"] = f"no new message yet; call {again}"
         else:
@@ -854,7 +874,8 @@ class Session:
     def task_list(
         self,
         thread: ListThread = None,
-        status: TaskStatus | None = None,
+        status: TaskStatus = None,
+        mine: Mine = False,
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
         """List tasks (open, claimed by whom until when, done, dead) and unanswered questions."""
@@ -864,7 +885,7 @@ class Session:
             self.box.thread(threads[0])  # a missing thread fails here, with its readable error
         if self.box.read_only is None:
             self.box.settle_tasks(threads, noticed_by=me, stale_after=self.stale_after)
-        board = task_board(self.box, threads, status)
+        board = task_board(self.box, threads, status, mine=me if mine else None)
         shown, questions = board.tasks, board.questions
         out: dict[str, Any] = {
             "tasks": [task_view(self.box, t) for t in shown[:limit]],
@@ -883,9 +904,11 @@ class Session:
     def files_reserve(
         self,
         paths: Paths,
-        exclusive: bool = True,
-        ttl_s: Annotated[float | None, Field(ge=1, le=604800)] = None,
-        reason: str | None = None,
+        exclusive: Annotated[bool, Field(description="False: others may share them")] = True,
+        ttl_s: Annotated[
+            float | None, Field(ge=1, le=604800, description="Seconds without work before it ends")
+        ] = None,
+        reason: Annotated[str | None, Field(description="Shown to others")] = None,
     ) -> dict[str, Any]:
         """Reserve paths you will edit (e.g. src/x/**); on overlap, refused with who holds them."""
         me = self.me()
@@ -934,9 +957,9 @@ class Session:
         self,
         query: Annotated[str, Field(description='Words, "a phrase", prefix*, OR, NOT')],
         thread: ListThread = None,
-        sender: str | None = None,
+        sender: Agent = None,
         type: MsgType | None = None,
-        to: str | None = None,
+        to: Agent = None,
         since: Annotated[
             str | None,
             Field(
@@ -973,7 +996,7 @@ class Session:
     def agent_register(
         self,
         name: AgentName = None,
-        model: str | None = None,
+        model: Annotated[str | None, Field(description="e.g. claude-sonnet-4")] = None,
         description: Description = None,
     ) -> dict[str, Any]:
         """Choose your agent name and describe yourself to the other agents."""
