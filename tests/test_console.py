@@ -462,3 +462,29 @@ def test_a_large_mailbox_lists_whole_and_pages(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
+    """`mailslot claim T SEQ --release --holder bob` opens bob's task again as dave's own act."""
+    root = tmp_path / "box"
+    with Mailbox.init(root) as box:
+        box.create_thread("work", creator="alice")
+        box.post("work", "Write the changelog", sender="alice", type="task")
+        assert box.claim_task("work", 1, agent="bob").won
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mailslot", *args, "--root", str(root), "--as", "dave"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    mine = run("claim", "work", "1", "--release")
+    assert mine.returncode == 1 and "you do not hold task 1" in mine.stderr
+    took = run("claim", "work", "1", "--release", "--holder", "bob")
+    assert took.returncode == 0 and "took task 1 back from bob as dave" in took.stdout
+    with Mailbox(root) as box:
+        event = box.get("work", 3)
+        assert (event.sender, event.meta["task"]) == (
+            "dave", {"event": "release", "holder": "bob", "claim": 2}
+        )  # fmt: skip
+        assert box.task("work", 1).status == "open"
+    again = run("claim", "work", "1", "--release", "--holder", "bob")
+    assert again.returncode == 1 and "bob does not hold task 1" in again.stderr

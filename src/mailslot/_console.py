@@ -35,17 +35,21 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from mailslot import __version__
-from mailslot._errors import MailslotError, NotFound
-from mailslot._format import STATES, Message
+from mailslot._errors import MailslotError, NotFound, TaskError
+from mailslot._format import STATES, Message, ThreadInfo
 from mailslot._reading import Reading
-from mailslot._wait import Arrivals
 from mailslot._reservations import held_view
+from mailslot._threads import BOOKKEEPING
 from mailslot._transcript import markdown_html
+from mailslot._wait import Arrivals
 from mailslot.mailbox import Mailbox
 from mailslot.tools import Session, question_view, task_board, task_view, thread_view
 
 COOKIE = "mailslot_token_{port}"  # by port: a browser sends 127.0.0.1's cookies to every port
 PAGE = 50
+# Unread counts read the messages after the person's position to leave out their own; past this
+# many only the newest are looked at (older ones count as unread: a count, never a loss).
+UNREAD_LOOK = 2000
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -72,6 +76,8 @@ class Console:
         self.reading = Reading(box)
         self.lock = threading.Lock()  # Reading is not thread-safe; endpoints run in threads
         self.people = Session(box)  # for agent_list: takes no name
+        #: thread -> (created_at, looked at up to seq, the person's own seqs after some seq)
+        self.own: dict[str, tuple[str, int, set[int]]] = {}
         self.closing = asyncio.Event()  # set when the server stops: event streams end
 
     # ------------------------------------------------------------------ security
@@ -140,17 +146,42 @@ class Console:
             {"person": self.person, "root": str(self.box.root), "version": __version__}
         )
 
-    def _unread(self, thread: str, head: int) -> int:
+    def _unread(self, info: ThreadInfo) -> int:
+        """Return how many messages after the person's read position others wrote."""
         with self.lock:
-            pos = self.reading.position(thread, self.person)
-        return max(0, head - (pos.read or 0))
+            pos = self.reading.position(info.id, self.person)
+            read = pos.read or 0
+            if info.head <= read:
+                return 0
+            start = max(read, info.head - UNREAD_LOOK)
+            born, upto, mine = self.own.get(info.id, ("", 0, set()))
+            if born != info.created_at or upto < start:
+                upto, mine = start, set()  # a new thread of that name, or looked at too long ago
+            while upto < info.head:
+                page = self.box.read(info.id, upto, 200)
+                mine |= {m.seq for m in page.messages if m.sender == self.person}
+                if page.cursor <= upto:
+                    break  # a message still arriving: the rest counts as unread for now
+                upto = page.cursor
+            self.own[info.id] = (info.created_at, upto, {s for s in mine if s > read})
+            return info.head - read - sum(1 for s in mine if read < s <= info.head)
+
+    def thread_row(self, info: ThreadInfo) -> dict[str, Any]:
+        """Return a thread as the page lists it: mailslot's own bookkeeping marked as such."""
+        out = thread_view(info) | {"unread": self._unread(info)}
+        if info.id in BOOKKEEPING:
+            out["bookkeeping"] = True
+        return out
 
     async def threads(self, request: Request) -> Response:
         state = request.query_params.get("state") or None
         archived = request.query_params.get("archived") in ("1", "true")
-        infos = await asyncio.to_thread(self.box.threads, state=state, include_archived=archived)
-        out = [thread_view(t) | {"unread": self._unread(t.id, t.head)} for t in infos]
-        return JSONResponse({"threads": out})
+
+        def rows() -> list[dict[str, Any]]:
+            infos = self.box.threads(state=state, include_archived=archived)
+            return [self.thread_row(t) for t in infos]
+
+        return JSONResponse({"threads": await asyncio.to_thread(rows)})
 
     def message_view(self, m: Message) -> dict[str, Any]:
         view = {
@@ -169,9 +200,10 @@ class Console:
         start = max(0, end - limit)
         page = await asyncio.to_thread(self.box.read, thread, start, max(1, end - start))
         messages = [m for m in page.messages if m.seq <= end]
+        row = await asyncio.to_thread(self.thread_row, info)
         return JSONResponse(
             {
-                "thread": thread_view(info) | {"unread": self._unread(thread, info.head)},
+                "thread": row,
                 "messages": [self.message_view(m) for m in messages],
                 "has_before": start > 0,
             }
@@ -234,11 +266,46 @@ class Console:
 
         return JSONResponse(await asyncio.to_thread(board))
 
+    async def task(self, request: Request) -> Response:
+        """Claim, give back or reopen (take from its holder) a task, as the person."""
+        thread, seq = request.path_params["thread"], int(request.path_params["seq"])
+        action = (await request.json()).get("action")
+
+        def act() -> dict[str, Any]:
+            if action == "claim":
+                got = self.box.claim_task(thread, seq, agent=self.person)
+                if not got.won:
+                    raise TaskError(f"{got.task.holder} holds task {seq}; reopen it to take it")
+                return {"event_seq": got.seq, "holder": self.person}
+            if action in ("release", "reopen"):
+                holder = None
+                if action == "reopen":  # whoever holds it: recorded as the person's act
+                    holder = self.box.task(thread, seq).holder
+                event = self.box.release_task(thread, seq, agent=self.person, holder=holder)
+                return {"event_seq": event.seq}
+            raise TaskError(f"action must be claim, release or reopen, not {action!r}")
+
+        return JSONResponse(await asyncio.to_thread(act))
+
     async def reservations(self, request: Request) -> Response:
         def held() -> list[dict[str, Any]]:
             return [held_view(h, self.box.reservation_until(h)) for h in self.box.reservations()]
 
         return JSONResponse({"reservations": await asyncio.to_thread(held)})
+
+    async def free(self, request: Request) -> Response:
+        """Free a holder's reservation of a path as the person (recorded as theirs)."""
+        doc = await request.json()
+        holder, path = str(doc.get("holder") or ""), doc.get("path")
+        if not holder or not isinstance(path, str):
+            return JSONResponse({"error": "send the holder and the path to free"}, 400)
+        released, _ = await asyncio.to_thread(
+            self.box.release, [path], agent=self.person,
+            holder=None if holder == self.person else holder,
+        )  # fmt: skip
+        if not released:
+            return JSONResponse({"error": f"{holder} holds no reservation of {path} now"}, 409)
+        return JSONResponse({"released": sorted({h.pattern for h in released})})
 
     async def search(self, request: Request) -> Response:
         query = request.query_params.get("q", "")
@@ -265,7 +332,7 @@ class Console:
                     return  # the server is stopping: an open tab must not keep it running
                 cursor = got.cursor
                 for m in got.messages:
-                    data = json.dumps({"thread": m.thread, "seq": m.seq})
+                    data = json.dumps({"thread": m.thread, "seq": m.seq, "from": m.sender})
                     yield f"event: message\ndata: {data}\n\n"
                 agents = json.dumps(await asyncio.to_thread(self.people.agent_list))
                 if agents != seen:
@@ -324,7 +391,9 @@ def app(console: Console) -> Starlette:
         Route("/api/threads/{thread}/state", w(console.state), methods=["POST"]),
         Route("/api/agents", w(console.agents)),
         Route("/api/tasks", w(console.tasks)),
+        Route("/api/tasks/{thread}/{seq:int}", w(console.task), methods=["POST"]),
         Route("/api/reservations", w(console.reservations)),
+        Route("/api/reservations/release", w(console.free), methods=["POST"]),
         Route("/api/search", w(console.search)),
         Route("/api/events", w(console.events)),
     ]

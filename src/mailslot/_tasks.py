@@ -4,7 +4,9 @@ A task is a message of type ``task``. Everything that happens to it is a message
 that replies to it (``reply_to`` = the task's seq), so the transcript shows who took what:
 
 - a claim, a release, a reopen or a dead notice is a ``status`` message whose ``meta.task``
-  says which (``{"event": "claim", "lease_s": 300, "pid": 4242, "host": "box"}``);
+  says which (``{"event": "claim", "lease_s": 300, "pid": 4242, "host": "box"}``); a release
+  naming a holder and its claim (``{"event": "release", "holder": "bob", "claim": 7}``) is a
+  person taking that claim back as themselves: the task is open again, no attempt failed;
 - a ``result`` reply closes the task; an ``error`` reply from its holder is a failed attempt.
 
 A task's state is a fold of those messages in seq order (``Board``), so every process on every
@@ -249,7 +251,10 @@ class Board:
             task.claim_lease_s = _num(ev.get("lease_s"), 1, 86400)
             task.claimed_at = at
         elif event == "release":
-            if task.status == CLAIMED and task.holder == m.sender:
+            named = ev.get("holder")
+            own = named is None and task.holder == m.sender
+            taken_back = named == task.holder and ev.get("claim") == task.claim  # that claim only
+            if task.status == CLAIMED and (own or taken_back):
                 task.status = OPEN
                 task.holder = task.claim = task.pid = task.host = None
         elif event in ("reopen", "dead") and m.sender == SYSTEM:  # no agent can take that name
@@ -517,28 +522,46 @@ class Tasks:
                 "task to retry it"
             )
 
-    def release(self, thread: str, seq: int, agent: str, *, reason: str | None = None) -> Message:
+    def release(
+        self,
+        thread: str,
+        seq: int,
+        agent: str,
+        *,
+        reason: str | None = None,
+        holder: str | None = None,
+    ) -> Message:
         """Give task seq back (it is open again, and no attempt failed); return the event.
 
-        Raise TaskError unless agent holds it.
+        With holder (a person taking another's claim back), the event is agent's and names
+        holder and its claim. Raise TaskError unless agent (or holder) holds it.
         """
         task = self.task(thread, seq)
-        if task.status != CLAIMED or task.holder != agent:
+        whose = holder or agent
+        if task.status != CLAIMED or task.holder != whose:
             held = f"{task.holder} holds it" if task.status == CLAIMED else f"it is {task.status}"
-            raise TaskError(
-                f"you do not hold task {seq} of {thread!r} ({held}); nothing to give back"
-            )
+            who = "you do not" if whose == agent else f"{whose} does not"
+            raise TaskError(f"{who} hold task {seq} of {thread!r} ({held}); nothing to give back")
+        claim = task.claim
 
         def guard() -> None:
             now = self.board(thread).tasks[seq]
-            if now.status != CLAIMED or now.holder != agent:
-                raise TaskError(f"task {seq} of {thread!r} was taken from you meanwhile")
+            if now.status != CLAIMED or now.holder != whose or now.claim != claim:
+                raise TaskError(f"task {seq} of {thread!r} changed hands meanwhile; look again")
 
-        text = f"gave task {seq} back" + (f": {reason}" if reason else "")
+        ev: dict[str, Any] = {"event": "release"}
+        if whose == agent:
+            text = f"gave task {seq} back"
+            to = task.to
+        else:  # said as the person's own act, never written in the holder's name
+            ev |= {"holder": whose, "claim": claim}
+            text = f"took task {seq} back from {whose}; it is open again"
+            to = tuple(dict.fromkeys((*task.to, whose)))
+        text += f": {reason}" if reason else ""
         return self.writer.append(
-            thread, self.files.thread_dir(thread), sender=agent, to=task.to, type_="status",
-            priority="normal", reply_to=seq, content=text, meta={"task": {"event": "release"}},
-            key=None, guard=guard,
+            thread, self.files.thread_dir(thread), sender=agent, to=to, type_="status",
+            priority="normal", reply_to=seq, content=text, meta={"task": ev}, key=None,
+            guard=guard,
         )  # fmt: skip
 
     def settle(

@@ -571,18 +571,30 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             "--lease", type=float, metavar="S", help="seconds it stays yours without a sign of work"
         ),
         arg("--release", action="store_true", help="give back a task you hold instead"),
+        arg(
+            "--holder",
+            metavar="NAME",
+            help="with --release: take the task back from NAME, recorded as yours",
+        ),
     ],
     who=True,
 )
 def cmd_claim(args: argparse.Namespace) -> int:
     box = _open(args)
     me = _sender(args)
+    if args.holder is not None and not args.release:
+        raise UsageError("--holder goes with --release (take NAME's claim back)")
     if args.release:
-        event = box.release_task(args.thread, args.seq, agent=me)
+        holder = args.holder if args.holder not in (None, me) else None
+        event = box.release_task(args.thread, args.seq, agent=me, holder=holder)
         if args.json:
             _print_json(
                 {"released": True, "thread": args.thread, "seq": args.seq, "event_seq": event.seq}
+                | ({"holder": holder} if holder else {})
             )
+        elif holder:
+            print(f"took task {args.seq} back from {holder} as {me} (event {event.seq}); "
+                  "it is open again")  # fmt: skip
         else:
             print(f"gave task {args.seq} back (event {event.seq}); it is open again")
         return EXIT_OK

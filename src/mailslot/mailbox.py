@@ -368,11 +368,18 @@ class Mailbox:
         )
 
     def release_task(
-        self, thread: str, seq: int, *, agent: str, reason: str | None = None
+        self,
+        thread: str,
+        seq: int,
+        *,
+        agent: str,
+        reason: str | None = None,
+        holder: str | None = None,
     ) -> Message:
-        """Give task seq back without failing it; return the event. Raise TaskError unless
-        agent holds it."""
-        return self._tasks.release(thread, seq, agent, reason=reason)
+        """Give task seq back without failing it; return the event. With holder, agent (a
+        person) takes holder's claim back, recorded as agent's and naming holder. Raise
+        TaskError unless agent (or holder) holds it."""
+        return self._tasks.release(thread, seq, agent, reason=reason, holder=holder)
 
     def task_until(self, task: Task) -> float | None:
         """Return when task's lease runs out without a sign of work (epoch seconds), if held."""

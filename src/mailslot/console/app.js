@@ -167,14 +167,24 @@
     const list = $("threads");
     clear(list);
     $("no-threads").hidden = S.threads.length > 0;
-    for (const t of S.threads) {
+    // mailslot's own bookkeeping (the file reservations) is listed apart, after every
+    // conversation, without an unread count: it is a record, not something to catch up on.
+    const talk = S.threads.filter((t) => !t.bookkeeping);
+    const own = S.threads.filter((t) => t.bookkeeping);
+    for (const t of talk.concat(own)) {
+      if (t === own[0]) {
+        list.append(el("li", { class: "thread-group muted small", "data-test": "bookkeeping-head",
+          text: "kept by mailslot", role: "presentation" }));
+      }
+      const unread = t.bookkeeping ? 0 : t.unread || 0;
       const item = el("li", {
         "data-test": "thread-item",
         "data-thread": t.thread,
         "data-state": t.state,
-        "data-unread": t.unread || 0,
+        "data-unread": unread,
+        "data-bookkeeping": t.bookkeeping ? "1" : null,
         class: "thread-item" + (t.thread === S.current ? " selected" : "") +
-          (t.unread ? " has-unread" : ""),
+          (unread ? " has-unread" : "") + (t.bookkeeping ? " bookkeeping" : ""),
         "aria-current": t.thread === S.current ? "true" : null,
         tabindex: "0",
         role: "button",
@@ -182,7 +192,7 @@
       const top = el("div", { class: "row" },
         el("span", { class: "badge state state-" + t.state, "data-test": "thread-state", text: t.state }),
         el("span", { class: "topic", "data-test": "thread-topic", text: t.topic || t.thread }),
-        t.unread ? el("span", { class: "unread", "data-test": "unread", title: "unread", text: t.unread }) : null);
+        unread ? el("span", { class: "unread", "data-test": "unread", title: "unread", text: unread }) : null);
       const bottom = el("div", { class: "row muted small" },
         el("span", { "data-test": "thread-head", text: "#" + t.head }),
         timeEl(t.last_activity, relative(t.last_activity)),
@@ -620,10 +630,12 @@
       list.append(item);
     }
     $("search-results").hidden = false;
+    $("threads").hidden = true; // the results use the panel's height; Close gives it back
   }
 
   function closeSearch() {
     $("search-results").hidden = true;
+    $("threads").hidden = false;
     clear($("search-hits"));
   }
 
@@ -724,6 +736,8 @@
         extra.append(sep(), link);
       }
       if (extra.childNodes.length) item.append(extra);
+      const actions = taskActions(t, status);
+      if (actions.childNodes.length) item.append(actions);
       box.append(item);
     }
     const questions = doc.questions || [];
@@ -740,6 +754,36 @@
           q.from ? el("span", { text: "from " + q.from }) : null,
           q.to && q.to.length ? el("span", { text: "to " + names(q.to) }) : null)));
     }
+  }
+
+  // What the person may do with a task, as themselves (the transcript records it as theirs):
+  // take an open one, give back their own, reopen one someone else holds.
+  function taskActions(t, status) {
+    const row = el("div", { class: "row actions" });
+    const mayTake = !t.to || !t.to.length || t.to.includes(S.person);
+    const act = (action, label, title) => {
+      const b = el("button", { type: "button", class: "small-button", "data-test": "task-" + action,
+        title, text: label });
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try {
+          await api("POST", "/api/tasks/" + encodeURIComponent(t.thread) + "/" + t.seq, { action });
+          hideError();
+        } catch (e) {
+          showError(e.message);
+        } finally {
+          b.disabled = false;
+          loadTasks();
+        }
+      });
+      row.append(b);
+    };
+    if (status === "open" && mayTake) act("claim", "Claim", "take it as " + S.person);
+    if (status === "claimed" && t.holder === S.person) act("release", "Give back", "open it again");
+    if (status === "claimed" && t.holder !== S.person) {
+      act("reopen", "Reopen", "take it back from " + t.holder + " (recorded as done by " + S.person + ")");
+    }
+    return row;
   }
 
   async function loadReservations() {
@@ -767,6 +811,22 @@
           r.since ? el("span", {}, "since ", timeEl(r.since, relative(r.since))) : null,
           r.until ? el("span", {}, "until ", timeEl(r.until, clock(r.until) + " (" + relative(r.until) + ")")) : null));
       if (r.reason) item.append(el("div", { class: "small reason", text: r.reason }));
+      const mine = r.holder === S.person;
+      const free = el("button", { type: "button", class: "small-button", "data-test": "reservation-free",
+        title: mine ? "give it back" : "free it (recorded as freed by " + S.person + ", naming " + r.holder + ")",
+        text: mine ? "Release" : "Free" });
+      free.addEventListener("click", async () => {
+        free.disabled = true;
+        try {
+          await api("POST", "/api/reservations/release", { holder: r.holder, path: r.path });
+          hideError();
+        } catch (e) {
+          showError(e.message);
+        } finally {
+          loadReservations();
+        }
+      });
+      item.append(el("div", { class: "row actions" }, free));
       box.append(item);
     }
   }
@@ -823,7 +883,7 @@
       } else {
         const t = S.threads.find((x) => x.thread === data.thread);
         if (t && data.seq > (t.head || 0)) {
-          t.unread = (t.unread || 0) + 1;
+          if (data.from !== S.person) t.unread = (t.unread || 0) + 1; // one's own is not news
           t.head = data.seq;
         }
         renderThreads();
@@ -899,7 +959,7 @@
     connect();
     await Promise.all([loadThreads(), loadAgents()]);
     const wanted = decodeURIComponent(location.hash.slice(1));
-    const pick = S.threads.find((t) => t.thread === wanted) || S.threads[0];
+    const pick = S.threads.find((t) => t.thread === wanted) || S.threads.find((t) => !t.bookkeeping);
     if (pick && !S.current) await openThread(pick.thread);
     document.body.dataset.ready = "1";
   }
