@@ -170,10 +170,10 @@ def test_command_reports_deep_files_and_never_crashes(hurt: Path) -> None:
     assert good.returncode == 0 and "good two" in good.stdout and good.stderr == ""
     threads = mailslot(hurt, "threads", "--json")
     assert threads.returncode == 0
-    assert {t["id"] for t in json.loads(threads.stdout)} == {"good", "bad", "rec"}
+    assert {t["id"] for t in json.loads(threads.stdout)["threads"]} == {"good", "bad", "rec"}
     agents = mailslot(hurt, "agents", "--json")
     assert agents.returncode == 0
-    assert [a["agent"] for a in json.loads(agents.stdout)] == ["alice", "bob"]
+    assert [a["agent"] for a in json.loads(agents.stdout)["agents"]] == ["alice", "bob"]
     waited = mailslot(hurt, "wait", "bad", "--after", "1", "--timeout", "5")
     assert waited.returncode == 0 and "bad three" in waited.stdout
     inbox = mailslot(hurt, "wait", "--to", "alice", "--timeout", "0.5")

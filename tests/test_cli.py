@@ -114,11 +114,11 @@ def test_a_conversation(env_root: Path, capsys: pytest.CaptureFixture[str]) -> N
     doc = json.loads(out)
     assert [m["seq"] for m in doc["messages"]] == [2] and doc["has_more"] and doc["cursor"] == 2
     code, out, _ = run(capsys, "threads", "--json")
-    assert json.loads(out)[0]["state"] == "closed"
+    assert json.loads(out)["threads"][0]["state"] == "closed"
     code, out, _ = run(capsys, "threads")
     assert "release-2-0" in out and "closed" in out
     code, out, _ = run(capsys, "agents", "--json")
-    assert [a["agent"] for a in json.loads(out)] == ["bob"]
+    assert [a["agent"] for a in json.loads(out)["agents"]] == ["bob"]
 
 
 def test_post_from_stdin(env_root: Path) -> None:

@@ -163,7 +163,7 @@ def test_agents_show_presence(env_root: Path, capsys: pytest.CaptureFixture[str]
     box.set_presence("idler", "online", last_active=time.time() - 3600)
     box.register_agent("ghost")
     code, out, _ = run(capsys, "agents", "--json")
-    status = {a["agent"]: a["status"] for a in json.loads(out)}
+    status = {a["agent"]: a["status"] for a in json.loads(out)["agents"]}
     assert status == {"bob": "online", "idler": "idle", "ghost": "offline"}
     box.set_presence("bob", "waiting", waiting_on="t")
     code, out, _ = run(capsys, "agents")
@@ -171,7 +171,7 @@ def test_agents_show_presence(env_root: Path, capsys: pytest.CaptureFixture[str]
     box.release_name(hold)
     code, out, _ = run(capsys, "agents", "--json")
     assert code == 0
-    assert {a["agent"]: a["status"] for a in json.loads(out)}["bob"] == "offline"
+    assert {a["agent"]: a["status"] for a in json.loads(out)["agents"]}["bob"] == "offline"
 
 
 # ---------------------------------------------------------------- export

@@ -159,4 +159,4 @@ def test_the_latest_summary_is_kept_and_an_old_one_is_marked(root: Path) -> None
     assert json.loads(
         subprocess.run([*SERVE[:-1], "threads", "--json", "--root", str(root)],
                        capture_output=True, text=True, timeout=30, check=True).stdout
-    )[0]["summary_state"] == "closed"  # fmt: skip
+    )["threads"][0]["summary_state"] == "closed"  # fmt: skip

@@ -82,8 +82,8 @@ def test_json_means_json(
     assert code == 0, out
     if name == "tail":  # JSON lines: one message a line
         assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]
-    else:
-        json.loads(out)
+    else:  # one document, an object: a list's items under a named key, as in the tools
+        assert isinstance(json.loads(out), dict), out
 
 
 def test_export_and_mcp_config_json(env_root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -172,3 +172,64 @@ def test_a_second_ctrl_c_stops_it_quietly(root: Path) -> None:
     assert err == ""  # before: some 60 lines of uvicorn's traceback
     # 0, or the status of a process that Ctrl-C ended, if the second one lands after the clean-up
     assert proc.returncode in (0, -signal.SIGINT)
+
+
+# ---------------------------------------------------------------- item 13: as the tools take it
+
+
+def run(root: Path, script: str) -> subprocess.CompletedProcess[str]:
+    p = shell(script, root)
+    out, err = p.communicate(timeout=120)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [("threads", "threads"), ("agents", "agents"), ("reservations", "reservations")],
+)
+def test_a_list_in_json_is_an_object_with_its_items_under_a_named_key(
+    tmp_path: Path, command: str, key: str
+) -> None:
+    root = tmp_path / "box"
+    box = Mailbox.init(root, fsync=False)
+    box.create_thread("t", creator="alice")
+    box.register_agent("bob")
+    box.reserve(["docs/"], agent="bob")
+    script = (f"{MAILSLOT} {command} --json | {shlex.quote(sys.executable)} -c "
+              f"'import json, sys; print(sorted(json.load(sys.stdin)[\"{key}\"][0]))'")  # fmt: skip
+    got = run(root, script)
+    assert got.returncode == 0 and got.stderr == "", got.stderr
+    assert got.stdout.startswith("[")  # the first item's keys
+
+
+def test_every_thread_argument_takes_a_topic(tmp_path: Path) -> None:
+    # `mailslot post "Add login page" ...` resolves the topic as the tools' thread arguments do
+    root = tmp_path / "box"
+    box = Mailbox.init(root, fsync=False)
+    box.create_thread("Add login page", creator="alice")
+    topic = shlex.quote("Add login page")
+    posted = run(root, f"{MAILSLOT} post {topic} 'the form is done' --type task")
+    assert (posted.returncode, posted.stdout, posted.stderr) == (0, "1\n", "")
+    assert [m.content for m in box.messages("add-login-page")] == ["the form is done"]
+    for command in [
+        f"read {topic}",
+        f"tail {topic}",
+        f"wait {topic} --after 0 --timeout 5",
+        f"export {topic}",
+        f"search form --thread {topic}",
+        f"tasks {topic}",
+    ]:
+        got = run(root, f"{MAILSLOT} {command}")
+        assert got.returncode == 0 and got.stderr == "", (command, got.stderr)
+        assert "the form is done" in got.stdout or "form" in got.stdout, (command, got.stdout)
+    claimed = run(root, f"{MAILSLOT} claim {topic} 1 --json")
+    assert claimed.returncode == 0 and '"claimed": true' in claimed.stdout, claimed.stderr
+    moved = run(root, f"{MAILSLOT} state {topic} review")
+    assert moved.returncode == 0, moved.stderr
+    assert box.thread("add-login-page").state == "review"
+    # a topic of no thread: what to do, not "invalid thread id"
+    missing = run(root, f"{MAILSLOT} post 'Add logout page' hi")
+    assert missing.returncode == 1
+    assert "no thread has the id or topic 'Add logout page'" in missing.stderr
+    assert "mailslot thread 'Add logout page'" in missing.stderr
+    assert box.threads() and [t.id for t in box.threads()] == ["add-login-page"]  # none made

@@ -248,7 +248,7 @@ def test_the_commands(tmp_path: Path) -> None:
     assert "(release prep)" in lost.stderr
     table = run(root, "reservations").stdout
     assert "src/**" in table and "bob" in table and "release prep" in table
-    doc = json.loads(run(root, "reservations", "--json").stdout)
+    doc = json.loads(run(root, "reservations", "--json").stdout)["reservations"]
     assert [(h["path"], h["holder"], h["exclusive"]) for h in doc] == [
         ("src/**", "bob", True), ("README.md", "bob", True)
     ]  # fmt: skip

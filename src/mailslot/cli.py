@@ -34,11 +34,12 @@ from mailslot._errors import (
     TaskError,
 )
 from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot._names import slugify
 from mailslot._reservations import held_view
 from mailslot._tasks import STATUSES, iso
 from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
 from mailslot.mailbox import Mailbox, default_root, find_root
-from mailslot.tools import question_view, task_board, task_view
+from mailslot.tools import question_view, task_board, task_view, thread_id
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -159,7 +160,15 @@ def command_text(e: MailslotError) -> str:
     if isinstance(e, NoSuchMessage):
         return f"{e}; `mailslot read {e.thread}` shows them"
     if isinstance(e, InvalidName) and e.kind == "thread id":
-        return f"{e}; `mailslot threads` lists the thread ids"
+        try:
+            topic = bool(slugify(str(e.name))) and not re.search(r"[/\\]", str(e.name))
+        except InvalidName:
+            topic = False  # neither an id nor a topic (a path is not one either)
+        if not topic:
+            return f"{e}; `mailslot threads` lists the thread ids"
+        return (f"no thread has the id or topic {e.name!r}; give a thread id or the topic of a "
+                f"thread (`mailslot threads` lists them), or start one with "
+                f"`mailslot thread {shlex.quote(str(e.name))}`")  # fmt: skip
     if isinstance(e, TaskError):
         return f"{e}; `mailslot tasks` shows the tasks and their status"
     return str(e)
@@ -348,7 +357,7 @@ def cmd_threads(args: argparse.Namespace) -> int:
     box = _open(args)
     infos = box.threads(state=args.state, include_archived=args.all)
     if args.json:
-        _print_json([t.to_dict() for t in infos])
+        _print_json({"threads": [t.to_dict() for t in infos]})
         return EXIT_OK
     if not infos:
         print("no threads yet")
@@ -371,6 +380,7 @@ def cmd_threads(args: argparse.Namespace) -> int:
 )
 def cmd_read(args: argparse.Namespace) -> int:
     box = _open(args)
+    args.thread = thread_id(box, args.thread)  # an id or a topic, as the tools take
     after = args.after
     if args.last is not None:
         after = max(after, box.head(args.thread) - args.last)
@@ -425,8 +435,9 @@ def cmd_post(args: argparse.Namespace) -> int:
             meta = loads(args.meta)  # bounded: a hostile depth is a ValueError, not a crash
         except ValueError as e:
             raise MailslotError(f"--meta is not JSON: {e}") from None
+    thread = thread_id(box, args.thread)  # an id or a topic, as the tools take
     message = box.publish(
-        args.thread, content, sender=_sender(args), to=args.to or [], type=args.type,
+        thread, content, sender=_sender(args), to=args.to or [], type=args.type,
         priority=args.priority, reply_to=args.reply_to, meta=meta, idempotency_key=args.key,
     )  # fmt: skip
     if args.json:
@@ -447,7 +458,8 @@ def cmd_post(args: argparse.Namespace) -> int:
 )
 def cmd_tail(args: argparse.Namespace) -> int:
     box = _open(args)
-    names = args.threads or list(box)
+    chosen = [thread_id(box, t) for t in args.threads]
+    names = chosen or list(box)
     cursor: dict[str, int] = {}
     backlog: list[Message] = []
     for t in names:
@@ -460,7 +472,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         while True:  # blocks in wait(): no busy polling; new threads are followed too
-            got = box.wait(args.threads or None, cursor, timeout=3600)
+            got = box.wait(chosen or None, cursor, timeout=3600)
             cursor = got.cursor
             _emit(got.messages, args, thread=True)
             trouble(got.skipped, got.pending, args.told)
@@ -484,6 +496,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     box = _open(args)
     after: int | None = args.after
+    if args.thread is not None:
+        args.thread = thread_id(box, args.thread)
     try:
         got = box.wait(args.thread, after, to=args.to, timeout=args.timeout, limit=args.limit)
     finally:
@@ -508,6 +522,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 )
 def cmd_state(args: argparse.Namespace) -> int:
     box = _open(args)
+    args.thread = thread_id(box, args.thread)
     seq = box.set_state(args.thread, args.state, sender=_sender(args), summary=args.summary)
     if args.json:
         _print_json(box.thread(args.thread).to_dict())
@@ -527,9 +542,9 @@ def cmd_state(args: argparse.Namespace) -> int:
 )
 def cmd_tasks(args: argparse.Namespace) -> int:
     box = _open(args)
-    threads = [args.thread] if args.thread else list(box)
+    threads = [thread_id(box, args.thread)] if args.thread else list(box)
     if args.thread:
-        box.thread(args.thread)  # a missing thread fails here, with its readable error
+        box.thread(threads[0])  # a missing thread fails here, with its readable error
     if box.read_only is None:  # holders that died or stalled let go before we show them
         box.settle_tasks(threads, noticed_by=_sender(args))
     board = task_board(box, threads, args.status)
@@ -581,6 +596,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 )
 def cmd_claim(args: argparse.Namespace) -> int:
     box = _open(args)
+    args.thread = thread_id(box, args.thread)
     me = _sender(args)
     if args.holder is not None and not args.release:
         raise UsageError("--holder goes with --release (take NAME's claim back)")
@@ -618,7 +634,7 @@ def cmd_reservations(args: argparse.Namespace) -> int:
     box = _open(args)
     held = box.reservations()
     if args.json:
-        _print_json([held_view(h, box.reservation_until(h)) for h in held])
+        _print_json({"reservations": [held_view(h, box.reservation_until(h)) for h in held]})
         return EXIT_OK
     if not held:
         print("no reservations")
@@ -820,7 +836,8 @@ def cmd_hook(args: argparse.Namespace) -> int:
 )
 def cmd_search(args: argparse.Namespace) -> int:
     box = _open(args)
-    found = box.search(args.query, thread=args.thread, sender=args.sender, type=args.type,
+    thread = thread_id(box, args.thread) if args.thread is not None else None
+    found = box.search(args.query, thread=thread, sender=args.sender, type=args.type,
                        to=args.to, since=args.since, limit=args.limit)  # fmt: skip
     if args.json:
         _print_json({"hits": [m.message.to_dict() | {"snippet": m.snippet} for m in found.hits],
@@ -900,7 +917,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
     agents = Session(_open(args)).agent_list()["agents"]
     if args.json:
-        _print_json(agents)
+        _print_json({"agents": agents})
         return EXIT_OK
     if not agents:
         print("no agents yet")
@@ -939,6 +956,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--json asks for JSON and --format for {args.format}: give one")
     form = "json" if args.json else args.format or "md"
     box = _open(args)
+    args.thread = thread_id(box, args.thread)
     if form == "md":
         sys.stdout.write(transcript_markdown(box, args.thread))
     elif form == "html":

@@ -191,6 +191,31 @@ class TaskBoard:
 
 def task_board(
     box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
+def thread_id(box: Mailbox, thread: str) -> str:
+    """Return the thread id meant by thread: an id, or a topic (resolved as thread_create
+    resolves it, without creating). Raise InvalidName if it is neither a valid id nor the
+    topic of a thread; a valid id of no thread is returned as is (its reader says so).
+    """
+    threads = box.root / "threads"
+    try:
+        check_name(thread, "thread id")
+    except InvalidName as e:
+        invalid: InvalidName | None = e
+    else:
+        invalid = None
+        if (threads / thread).is_dir():
+            return thread
+    try:
+        slug = slugify(thread)
+    except InvalidName:
+        slug = thread
+    if slug != thread and (threads / slug).is_dir():
+        return slug
+    if invalid is not None:
+        raise invalid  # neither an id nor the topic of a thread
+    return thread
+
+
 ) -> TaskBoard:
     """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
     the count of each status, and the questions nobody has answered; skip vanished threads.
@@ -351,27 +376,7 @@ class Session:
         raise NameTaken(base, "and 98 numbered variants")
 
     def _tid(self, thread: str) -> str:
-        """Return the thread id meant by thread: an id, or a topic (resolved as thread_create
-        resolves it, without creating). Raise NoSuchThread if neither names a thread.
-        """
-        threads = self.box.root / "threads"
-        try:
-            check_name(thread, "thread id")
-        except InvalidName as e:
-            invalid: InvalidName | None = e
-        else:
-            invalid = None
-            if (threads / thread).is_dir():
-                return thread
-        try:
-            slug = slugify(thread)
-        except InvalidName:
-            slug = thread
-        if slug != thread and (threads / slug).is_dir():
-            return slug
-        if invalid is not None:
-            raise invalid  # neither an id nor the topic of a thread
-        return thread
+        return thread_id(self.box, thread)
 
     def heartbeat(self) -> None:
         """Refresh this agent's presence (call every stale_after/3 seconds)."""
