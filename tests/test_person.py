@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import shlex
@@ -233,3 +234,52 @@ def test_every_thread_argument_takes_a_topic(tmp_path: Path) -> None:
     assert "no thread has the id or topic 'Add logout page'" in missing.stderr
     assert "mailslot thread 'Add logout page'" in missing.stderr
     assert box.threads() and [t.id for t in box.threads()] == ["add-login-page"]  # none made
+
+
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Return a git project with a mailbox, and an environment whose HOME is a scratch folder."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    Mailbox.init(repo / ".mailslot", fsync=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    env.pop("MAILSLOT_ROOT", None)
+    return repo, env
+
+
+def mailslot(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailslot", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_init_says_what_to_do_next(tmp_path: Path) -> None:
+    repo, env = project(tmp_path)
+    got = mailslot(repo, env, "init", str(tmp_path / "other" / ".mailslot"))
+    assert got.returncode == 0, got.stderr
+    assert "next: connect an agent, e.g. `mailslot mcp-config claude-code --install`" in got.stdout
+
+
+def test_hooks_without_agent_use_the_server_entrys_name(tmp_path: Path) -> None:
+    repo, env = project(tmp_path)
+    got = mailslot(repo, env, "mcp-config", "claude-code", "--hooks", "--json")
+    assert got.returncode == 0, got.stderr  # before: "--hooks needs the agent's name"
+    doc = json.loads(got.stdout)
+    commands = [h["command"] for groups in doc["hooks"]["hooks"].values() for g in groups
+                for h in g["hooks"]]  # fmt: skip
+    assert doc["agent"] == "claude" and commands
+    assert all(re.search(r"--as '?claude'?( |$)", c) for c in commands), commands
+
+
+def test_an_install_that_changes_nothing_says_so(tmp_path: Path) -> None:
+    repo, env = project(tmp_path)
+    first = mailslot(repo, env, "mcp-config", "cursor", "--install")
+    assert first.returncode == 0 and first.stdout.startswith("added mailslot"), first.stderr
+    written = (repo / ".cursor" / "mcp.json").stat()
+    again = mailslot(repo, env, "mcp-config", "cursor", "--install")
+    assert again.returncode == 0, again.stderr
+    assert "is already in" in again.stdout and "nothing changed" in again.stdout
+    assert (repo / ".cursor" / "mcp.json").stat().st_mtime_ns == written.st_mtime_ns
+    as_json = mailslot(repo, env, "mcp-config", "cursor", "--install", "--json")
+    assert json.loads(as_json.stdout)["result"] == "unchanged"

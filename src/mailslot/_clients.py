@@ -205,7 +205,8 @@ def install(
     at: Place | None = None,
     where: list[str] | None = None,
 ) -> str:
-    """Merge mailslot's entry into the config file at path; return 'added' or 'updated'.
+    """Merge mailslot's entry into the config file at path; return 'added', 'updated' or
+    'unchanged' (the file already says it all: nothing is written).
 
     where is the entry's place in a JSON file (default: under the servers key). Other servers
     and settings in the file are kept as they are. Raise MailslotError if the file cannot be
@@ -252,6 +253,8 @@ def install(
                 f"could not merge into {path} safely, so nothing was written: add the entry "
                 f"`mailslot mcp-config {client}` prints to it by hand"
             )
+    if had and new == text:
+        return "unchanged"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.mailslot-tmp")
     tmp.write_text(new, encoding="utf-8")

@@ -276,6 +276,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"mailbox ready at {box.root}")
         for line in box.shared_changes:
             print(f"  {line}")
+        print("next: connect an agent, e.g. `mailslot mcp-config claude-code --install` "
+              "(or cursor, vscode, codex, gemini, claude-desktop); `mailslot demo` shows three "
+              "agents at work, `mailslot ui` the mailbox in your browser")  # fmt: skip
     return EXIT_OK
 
 
@@ -994,7 +997,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         arg("--path", help="install into this file instead"),
         arg("--hooks", action="store_true",
             help="also the hooks that bring mail into the agent's turns "
-                 "(claude-code, codex, gemini; needs --agent)"),
+                 "(claude-code, codex, gemini; for the agent of the server entry)"),
         arg("--channel", action="store_true",
             help="claude-code: serve --channel, which pushes new messages to an idle session"),
     ],
@@ -1002,9 +1005,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_mcp_config(args: argparse.Namespace) -> int:
     root = _root(args).resolve()
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
+    agent = args.agent or _clients.AGENT_NAMES[args.client]  # the hooks' too: one name
     if args.hooks:
-        _clients.hook_groups(args.client, args.agent)  # refuse before anything is written
-    agent = args.agent or _clients.AGENT_NAMES[args.client]
+        _clients.hook_groups(args.client, agent)  # refuse before anything is written
     project = root.parent if root.name == ".mailslot" else Path.cwd()
     home = Path.home()
     at = _clients.place(args.client, root, project)  # what may be left to the machine
@@ -1043,7 +1046,10 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
                      "hooks": done, "notes": notes,
                      "launch": _clients.CHANNEL_LAUNCH if args.channel else None})  # fmt: skip
     else:
-        print(f"{how} mailslot (agent {agent!r}, root {root}) in {path}")
+        if how == "unchanged":
+            print(f"mailslot (agent {agent!r}, root {root}) is already in {path}: nothing changed")
+        else:
+            print(f"{how} mailslot (agent {agent!r}, root {root}) in {path}")
         for line in done + notes:
             print(line)
         if args.channel:
