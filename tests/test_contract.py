@@ -230,3 +230,23 @@ def test_a_null_for_an_optional_argument_is_still_taken(root: Path, tool: str) -
 
     got = anyio.run(main)
     assert got["seq"] == 1 if tool == "msg_post" else got["status"] == "timeout"
+
+
+def test_a_huge_wrong_argument_is_not_repeated_back_whole(root: Path) -> None:
+    """A 100 KB value of the wrong type is named, not echoed: the error stays a few hundred
+    characters, so the model's mistake does not fill its context."""
+    Mailbox(root).create_thread("t", creator="bob")
+    huge = "bob " * 25_000
+
+    async def main() -> list[str]:
+        async with agent(root, "alice") as c:
+            return [
+                await error(c, "msg_post", {"thread": "t", "content": "hi", "to": huge}),
+                await error(c, "msg_wait", {"thread": "t", "after_seq": huge}),
+                await error(c, "files_reserve", {"paths": ["x"], "exclusive": huge}),
+            ]
+
+    for text in anyio.run(main):
+        assert len(text) < 1000, text[:300]
+        assert "'bob bob" in text and f"({len(repr(huge))} characters)" in text, text
+    assert Mailbox(root).head("t") == 0

@@ -404,12 +404,12 @@ def _what_is_wrong(item: Any, spec: dict[str, Any], param: str) -> str:
     if kind == "missing":
         return f"is required{about}"
     if choices:
-        return f"must be one of {', '.join(map(str, choices))}, not {got!r}"
+        return f"must be one of {', '.join(map(str, choices))}, not {_shown(got)}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return f"must be {_bounds(spec)}, not {got!r}"
+        return f"must be {_bounds(spec)}, not {_shown(got)}"
     example = {"to": '["bob"]', "paths": '["src/app/**"]'}.get(param, "[...]")
     if kind == "list_type":
-        return f"must be a list, e.g. {example}, not {got!r}"
+        return f"must be a list, e.g. {example}, not {_shown(got)}"
     if kind == "too_short":
         least = item.get("ctx", {}).get("min_length", 1)
         return f"needs at least {least} item{'s' * (least != 1)}{about}, e.g. {example}"
@@ -417,16 +417,23 @@ def _what_is_wrong(item: Any, spec: dict[str, Any], param: str) -> str:
         most = item.get("ctx", {}).get("max_length")
         return f"takes at most {most} items, not {len(got)}; pass fewer (a folder or a glob)"
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be a whole number, not {got!r}"
+        return f"must be a whole number, not {_shown(got)}"
     if kind in ("float_parsing", "float_type"):
-        return f"must be a number, not {got!r}"
+        return f"must be a number, not {_shown(got)}"
     if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, not {got!r}"
+        return f"must be true or false, not {_shown(got)}"
     if kind in ("string_type",):
-        return f"must be text, not {got!r}"
+        return f"must be text, not {_shown(got)}"
     if kind in ("dict_type", "model_type"):
-        return f"must be a JSON object, not {got!r}"
-    return f"is not valid: {item['msg'].lower()} (got {got!r})"
+        return f"must be a JSON object, not {_shown(got)}"
+    return f"is not valid: {item['msg'].lower()} (got {_shown(got)})"
+
+
+def _shown(value: Any, most: int = 80) -> str:
+    """Return value as the model sent it, cut to most characters: an error that repeats a
+    100 KB argument back would fill the model's context with its own mistake."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[: most - 20]}... ({len(text)} characters)"
 
 
 def _choices(spec: dict[str, Any]) -> list[Any]:
