@@ -380,7 +380,7 @@ def test_events_tell_of_messages_from_other_processes(ui: UI) -> None:
             event = json.loads(r.readline().decode().removeprefix("data: "))
             break
     con.close()
-    assert event == {"thread": "release", "seq": 2}
+    assert event == {"thread": "release", "seq": 2, "from": "bob"}  # the page skips its own
 
 
 def start_ui(args: list[str]) -> tuple[subprocess.Popen[str], UI]:
