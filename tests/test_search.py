@@ -905,6 +905,23 @@ def test_a_message_rewritten_in_the_middle_is_never_a_wrong_hit(tmp_path: Path) 
                                          (3, "ferret sighted")]  # fmt: skip
 
 
+def test_two_messages_rewritten_in_the_middle_are_both_found_at_once(tmp_path: Path) -> None:
+    """Two files below the newest are rewritten in place: the one search that meets both stale
+    hits indexes the thread again from below the lower one, so it returns both new messages
+    (going back only below the higher one would leave the lower one out of this answer)."""
+    box = mailbox(tmp_path / "box")
+    box.create_thread("t", creator="alice")
+    for word in ("ibis", "jackal", "koala", "lemur", "marmot"):
+        box.post("t", f"{word} sighted", sender="alice")
+    assert len(hit_texts(box, "sighted")) == 5
+    write_message(box.root / "threads" / "t" / "000002.json", "newt sighted instead")
+    write_message(box.root / "threads" / "t" / "000004.json", "otter sighted instead")
+    assert hit_texts(box, "sighted") == [
+        (1, "ibis sighted"), (2, "newt sighted instead"), (3, "koala sighted"),
+        (4, "otter sighted instead"), (5, "marmot sighted"),
+    ]  # fmt: skip
+
+
 def test_a_thread_deleted_and_created_again_is_searched_afresh(tmp_path: Path) -> None:
     box = mailbox(tmp_path / "box")
     box.create_thread("t", creator="alice")
