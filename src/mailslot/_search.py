@@ -38,11 +38,11 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mailslot._errors import InvalidMessage, MailslotError, NotFound, RootError
 from mailslot._files import exists
@@ -628,6 +628,7 @@ class Search:
             self._warned = True
             log.warning("this Python's SQLite has no FTS5: searching by reading every message")
         words = [w.lower() for w in terms(query)]
+        matches = scan_matcher(query)
         rows: list[tuple[str, int, str, float]] = []
         skipped: list[Damage] = []
         names = [thread] if thread is not None else self.threads.files.thread_ids()
@@ -649,8 +650,8 @@ class Search:
                         created = instant(m.created_at)
                         if created is not None and created < after:
                             continue  # one that is no time cannot be placed: kept
-                    text = m.content.lower()
-                    if words and all(w in text for w in words):
+                    text = " ".join(m.content.lower().split())
+                    if matches(text):
                         rank = -float(sum(text.count(w) for w in words))
                         rows.append((m.thread, m.seq, m.id, rank))
         rows.sort(key=lambda r: (r[3], r[0], r[1]))
@@ -682,7 +683,17 @@ def query_problem(query: str) -> str | None:
         return 'a double quote is not closed: quote a phrase whole ("merge conflict") or drop it'
     bare = re.sub(r'"[^"]*"', ' "" ', query)  # phrases are words whatever they hold
     if bare.count("(") != bare.count(")"):
-        return "a parenthesis is not closed: (schema OR migration) deploy, or drop them"
+        return "a parenthesis is not closed: (schema OR migration) AND deploy, or drop them"
+    parts = re.findall(r'""|[()]|[^\s()]+', bare)
+    for left, right in itertools.pairwise(parts):
+        bare_join = (left not in (*OPERATORS, "(") and right == "(") or (
+            left == ")" and right not in (*OPERATORS, ")")
+        )
+        if bare_join:  # FTS5 joins a group to its neighbour only with an operator
+            return (
+                "put AND (or OR, NOT) between a group in parentheses and what stands beside "
+                "it, e.g. (schema OR migration) AND deploy"
+            )
     words = re.findall(r'""|[^\s()]+', bare)
     for at, word in enumerate(words):
         if word in OPERATORS:
@@ -698,6 +709,78 @@ def query_problem(query: str) -> str | None:
         elif "^" in word:
             return '^ is search syntax; write the word in double quotes, e.g. "^x"'
     return None
+
+
+def scan_matcher(query: str) -> Callable[[str], bool]:
+    """Return a test of a message's text (lowercased, spaces collapsed) for query as FTS5 reads
+    it, for the scan where SQLite has no FTS5: words and "phrases" (each must occur), prefix*,
+    NOT (binding tightest: ``a NOT b``), AND, OR (binding loosest), parentheses. Without a
+    tokenizer a word matches where its text occurs. Raise InvalidMessage for a query it cannot
+    read."""
+    tokens = [t for t in re.findall(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+', query) if t != "NEAR"]
+    at = 0
+    if (problem := query_problem(query)) is not None:  # what the index refuses, refused alike
+        raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
+
+    def refuse(what: str) -> NoReturn:  # in the words the index's refusal uses, where it can
+        problem = query_problem(query) or what
+        raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
+
+    def peek() -> str | None:
+        return tokens[at] if at < len(tokens) else None
+
+    def take() -> str | None:
+        nonlocal at
+        at += 1
+        return tokens[at - 1] if at <= len(tokens) else None
+
+    def either() -> Callable[[str], bool]:
+        parts = [both()]
+        while peek() == "OR":
+            take()
+            parts.append(both())
+        return parts[0] if len(parts) == 1 else lambda t: any(p(t) for p in parts)
+
+    def both() -> Callable[[str], bool]:
+        parts = [without()]
+        while peek() not in (None, ")", "OR"):
+            if peek() == "AND":
+                take()
+            parts.append(without())
+        return parts[0] if len(parts) == 1 else lambda t: all(p(t) for p in parts)
+
+    def without() -> Callable[[str], bool]:
+        kept, dropped = one(), []
+        while peek() == "NOT":
+            take()
+            dropped.append(one())
+        return kept if not dropped else lambda t: kept(t) and not any(d(t) for d in dropped)
+
+    def one() -> Callable[[str], bool]:
+        token = take()
+        if token is None:
+            refuse("it ends where a word was expected")
+        if token in ("AND", "OR", "NOT", ")"):
+            refuse(f"{token} stands where a word was expected")
+        if token == "(":  # noqa: S105 (a word of the query, not a password)
+            inner = either()
+            if take() != ")":
+                refuse("a parenthesis is not closed")
+            return inner
+        if token.startswith('"'):
+            if len(token) < 2 or not token.endswith('"'):
+                refuse("a double quote is not closed")
+            phrase = " ".join(token[1:-1].replace('""', '"').lower().split())
+            return lambda t: phrase in t
+        word = token.lstrip("^").rstrip("*").lower()
+        if not word:
+            refuse(f"{token!r} is no word")
+        return lambda t: word in t
+
+    match = either()
+    if at < len(tokens):
+        refuse(f"{tokens[at]} stands where no word was expected")
+    return match
 
 
 def terms(query: str) -> list[str]:
