@@ -189,16 +189,24 @@ def test_python_dash_m_and_version() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "byte"),
     [
-        [b"search", b"\xff"],
-        [b"search", b"hi", b"--from", b"ab\xffc"],
-        [b"search", b"hi", b"--to", b"\xfe"],
-        [b"post", b"t", b"caf\xe9"],
-        [b"read", b"t", b"--as", b"\xff"],
+        ([b"search", b"\xff"], 0xFF),
+        ([b"search", b"hi", b"--from", b"ab\xffc"], 0xFF),
+        ([b"search", b"hi", b"--to", b"\xfe"], 0xFE),
+        ([b"post", b"t", b"caf\xe9"], 0xE9),
+        ([b"read", b"t", b"--as", b"\xff"], 0xFF),
+        # after characters of more than one byte: the byte named is the bad one itself
+        ([b"post", b"t", b"\xc3\xa9t\xc3\xa9 \xff"], 0xFF),
+        # a --root on the line excuses only its own value
+        ([b"post", b"--root", b"{root}", b"t", b"caf\xe9"], 0xE9),
+        ([b"post", b"--root={root}", b"t", b"caf\xe9"], 0xE9),
     ],
 )
-def test_arguments_that_are_not_utf8_are_a_usage_error(env_root: Path, argv: list[bytes]) -> None:
+def test_arguments_that_are_not_utf8_are_a_usage_error(
+    env_root: Path, argv: list[bytes], byte: int
+) -> None:
+    argv = [a.replace(b"{root}", os.fsencode(env_root)) for a in argv]
     box = Mailbox(env_root)
     box.create_thread("t", creator="alice")
     box.post("t", "hi there", sender="alice")
@@ -208,13 +216,16 @@ def test_arguments_that_are_not_utf8_are_a_usage_error(env_root: Path, argv: lis
                        capture_output=True, env=env, check=False)  # fmt: skip
     err = p.stderr.decode()
     assert p.returncode == 2, err
-    assert "Traceback" not in err and "is not valid UTF-8 (byte 0x" in err and "UTF-8 text" in err
+    assert "Traceback" not in err and f"is not valid UTF-8 (byte 0x{byte:02x})" in err
+    assert "UTF-8 text" in err
     assert sorted(q.name for q in (env_root / "threads" / "t").iterdir()) == before
 
 
-def test_a_root_path_that_is_not_utf8_works(tmp_path: Path) -> None:
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_root_path_that_is_not_utf8_works(tmp_path: Path, joined: bool) -> None:
     root = os.fsencode(tmp_path) + b"/box\xff"
-    p = subprocess.run([sys.executable.encode(), b"-m", b"mailslot", b"init", b"--root", root],
+    given = [b"--root=" + root] if joined else [b"--root", root]
+    p = subprocess.run([sys.executable.encode(), b"-m", b"mailslot", b"init", *given],
                        capture_output=True, check=False)  # fmt: skip
     assert p.returncode == 0, p.stderr.decode()
     assert os.path.isdir(root + b"/threads")
