@@ -614,3 +614,20 @@ def test_codex_runs_the_configured_notify_program_with_its_payload(
     )  # fmt: skip
     assert (got.returncode, got.stdout, got.stderr) == (0, "", "")
     assert log.read_text().splitlines() == ["mailslot", "1 new for bob"]
+
+
+def test_news_the_agent_read_in_the_thread_is_not_reported(mailbox: Path) -> None:
+    """Messages to the agent that it read with msg_list (a read of the thread, no inbox wait)
+    were shown: only what comes after them is news."""
+    post(mailbox, "first")
+    post(mailbox, "second")
+    with Mailbox(mailbox) as box:
+        s = Session(box, agent="bob")
+        try:
+            assert [m["seq"] for m in s.msg_list("t")["messages"]] == [1, 2]
+        finally:
+            s.close()
+    assert hook(mailbox, "prompt") == ""
+    post(mailbox, "third")
+    text = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert "third" in text and "first" not in text and "second" not in text
