@@ -399,21 +399,22 @@ def test_news_left_out_of_a_long_look_is_pushed_next_and_each_once(box: Mailbox)
     anyio.run(main)
 
 
-def test_a_task_owed_since_joining_is_pushed(box: Mailbox) -> None:
-    """Joining a thread the inbox already looked at owes its open tasks for anyone (the next
-    inbox wait hands them out): they are news for the pushes too."""
+def test_a_task_for_anyone_in_a_thread_never_joined_is_pushed(box: Mailbox) -> None:
+    """A task for anyone is for every agent (issue 27, item 3): in a thread the agent never
+    joined or read, from before its server started and after, it is news for the pushes as
+    its inbox wait hands it out."""
     box.create_thread("u", creator="alice")
     task = box.post("u", "write the changelog", sender="alice", type="task")
 
     async def main() -> None:
         async with channel_agent(box.root, "bob") as (bob, ext):
-            got = await call(bob, "msg_wait", timeout_s=0.1)  # the inbox looks at every thread
-            assert got["status"] == "timeout"
-            await call(bob, "thread_create", topic="u")
             sentinel = box.post("t", "ping", sender="alice", to=["bob"])
             assert await pushed(ext, "t", sentinel) == [("t", sentinel), ("u", task)]
             got = await call(bob, "msg_wait", timeout_s=60)  # as the inbox hands it out
             assert ("u", task) in [(m["thread"], m["seq"]) for m in got["messages"]]
+            box.create_thread("v", creator="alice")  # created after bob's server started
+            later = box.post("v", "tag the release", sender="alice", type="task")
+            assert ("v", later) in await pushed(ext, "v", later)
 
     anyio.run(main)
 

@@ -287,6 +287,18 @@ def test_tasks_for_anyone_in_a_thread_joined_but_never_read_are_news(mailbox: Pa
     assert hook(mailbox, "prompt") == ""
 
 
+def test_a_task_for_anyone_in_a_thread_never_joined_is_news(mailbox: Path) -> None:
+    """A task for anyone is for every agent (issue 27, item 3), as its inbox wait hands it
+    out: news though the agent never joined, read or wrote the thread; once."""
+    with Mailbox(mailbox) as b:
+        b.create_thread("t4", creator="alice")
+        seq = b.publish("t4", "port the parser", sender="alice", type="task").seq
+    first = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert f"[t4 #{seq}] alice (task): port the parser" in first
+    assert first.rstrip().splitlines()[1].endswith(f"task_claim(thread='t4', seq={seq})")
+    assert hook(mailbox, "prompt") == ""
+
+
 def test_urgent_news_comes_first_whatever_its_thread_and_age(mailbox: Path) -> None:
     with Mailbox(mailbox) as b:
         b.create_thread("a", creator="alice")

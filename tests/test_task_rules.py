@@ -6,8 +6,10 @@ a clean exit gives a task back without failing it, a result must reply to the ta
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ def a_task(root: Path, thread: str = "jobs", to: list[str] | None = None) -> int
     """Post a task for anyone (or for to) in thread as the person 'lead'; return its seq."""
     with Mailbox(root) as box:
         box.create_thread(thread, creator="lead")
+        for name in to or []:
+            box.register_agent(name)
         return box.publish(thread, "Build it", sender="lead", type="task", to=to or []).seq
 
 
@@ -138,3 +142,177 @@ def test_a_sigkilled_holder_still_counts_a_failed_attempt(root: Path) -> None:
         task = box.board("jobs").tasks[seq]
     assert (task.status, task.failures) == ("open", 1)
     assert events(root, "jobs", seq) == ["claim", "reopen"]
+
+
+# ---------------------------------------------------------------- a task for anyone
+
+
+def waiting(root: Path, name: str) -> bool:
+    """Return True if agent name's serve says it is blocked in an inbox wait."""
+    try:
+        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
+
+
+def test_a_task_for_anyone_reaches_every_waiting_agent_joined_or_not(root: Path) -> None:
+    """Two agents wait in their inboxes; only alice created the thread. A task with no `to`
+    reaches both, and so does one in a thread created during the wait; both can take it."""
+    with Mailbox(root) as box:
+        box.create_thread("jobs", creator="lead")
+
+    async def inbox_of_both(post: Any) -> dict[str, list[tuple[str, int]]]:
+        got: dict[str, list[tuple[str, int]]] = {}
+        async with agent(root, "alice") as a, agent(root, "bob") as b:
+            await call(a, "thread_create", topic="jobs")
+            await call(b, "msg_wait", timeout_s=0.1)  # bob's inbox looks, joining nothing
+
+            async def wait(name: str, c: Client) -> None:
+                out = await call(c, "msg_wait", timeout_s=60)
+                got[name] = [(m["thread"], m["seq"]) for m in out["messages"]]
+                for m in out["messages"]:
+                    assert m["task"]["take_it"] == (
+                        f"task_claim(thread='{m['thread']}', seq={m['seq']})"
+                    )
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, "alice", a)
+                tg.start_soon(wait, "bob", b)
+                for name in ("alice", "bob"):
+                    await anyio.to_thread.run_sync(
+                        until, f"{name} waiting", lambda n=name: waiting(root, n)
+                    )
+                await anyio.to_thread.run_sync(post)
+        return got
+
+    def in_jobs() -> None:
+        with Mailbox(root) as box:
+            box.publish("jobs", "Build it", sender="lead", type="task")
+
+    got = anyio.run(inbox_of_both, in_jobs)
+    assert got == {"alice": [("jobs", 1)], "bob": [("jobs", 1)]}, got
+
+    def in_a_new_thread() -> None:
+        with Mailbox(root) as box:
+            box.create_thread("later", creator="lead")
+            box.publish("later", "Tag it", sender="lead", type="task")
+
+    got = anyio.run(inbox_of_both, in_a_new_thread)
+    assert got == {"alice": [("later", 1)], "bob": [("later", 1)]}, got
+
+
+# ---------------------------------------------------------------- a result closes its task
+
+
+def heads(root: Path, thread: str) -> list[tuple[int, str, str]]:
+    """Return (seq, sender, type) of every message of thread."""
+    return [(m.seq, m.sender, m.type) for m in Mailbox(root).messages(thread)]
+
+
+def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path) -> None:
+    seq = a_task(root)  # 1
+
+    async def main() -> None:
+        async with agent(root, "bob") as b:
+            claim = await call(b, "task_claim", thread="jobs", seq=seq)
+            assert claim["claimed"] is True
+            before = heads(root, "jobs")  # the task and bob's claim (seq 2)
+            for kind in ("result", "error"):
+                text = await refused(b, "msg_post", thread="jobs", content="done", type=kind)
+                assert f"reply_to={seq} for task {seq} (Build it)" in text, text
+                assert "type='message'" in text, text
+                text = await refused(
+                    b, "msg_post", thread="jobs", content="done", type=kind, reply_to=2
+                )
+                assert "message 2 of 'jobs' is a status message (claim of task 1)" in text, text
+                assert f"reply_to={seq}" in text, text
+            assert heads(root, "jobs") == before, "a refused post stored something"
+            task = Mailbox(root).board("jobs").tasks[seq]
+            assert (task.status, task.holder) == ("claimed", "bob")
+            # Told what to do, bob does it.
+            done = await call(b, "msg_post", thread="jobs", content="done", type="result",
+                              reply_to=seq)  # fmt: skip
+            assert "note" not in done
+            assert Mailbox(root).board("jobs").tasks[seq].status == "done"
+            # No unfinished task left: a result about no task is an ordinary message.
+            await call(b, "msg_post", thread="jobs", content="summary", type="result")
+
+    anyio.run(main)
+
+
+def test_a_result_to_a_reply_of_no_task_is_an_ordinary_message(root: Path) -> None:
+    seq = a_task(root)
+    with Mailbox(root) as box:
+        asked = box.publish("jobs", "Can you look at the logs?", sender="lead").seq
+        answer_ = box.publish("jobs", "which ones?", sender="carol", reply_to=asked).seq
+
+    async def main() -> None:
+        async with agent(root, "bob") as b:
+            for target in (asked, answer_):
+                await call(b, "msg_post", thread="jobs", content="found it", type="result",
+                           reply_to=target)  # fmt: skip
+
+    anyio.run(main)
+    assert Mailbox(root).board("jobs").tasks[seq].status == "open"
+
+
+def test_a_result_from_another_agent_closes_a_held_task_and_tells_its_holder(root: Path) -> None:
+    seq = a_task(root)
+
+    async def main() -> None:
+        async with agent(root, "bob") as b, agent(root, "carol") as c:
+            assert (await call(b, "task_claim", thread="jobs", seq=seq))["claimed"] is True
+            await call(b, "msg_wait", timeout_s=0.1)  # bob's inbox has looked
+            posted = await call(c, "msg_post", thread="jobs", content="did it myself",
+                                type="result", reply_to=seq)  # fmt: skip
+            assert posted["note"].startswith(f"bob held task {seq}: your result closes it"), posted
+            stored = Mailbox(root).get("jobs", posted["seq"])
+            assert list(stored.to) == ["bob"], stored
+            told = await call(b, "msg_wait", timeout_s=60)
+            assert [(m["seq"], m["from"]) for m in told["messages"]] == [(posted["seq"], "carol")]
+
+    anyio.run(main)
+    task = Mailbox(root).board("jobs").tasks[seq]
+    assert (task.status, task.done_by) == ("done", "carol")
+
+
+def test_a_task_for_others_is_closed_only_by_them_or_its_sender(root: Path) -> None:
+    seq = a_task(root, to=["bob"])
+
+    async def main() -> None:
+        async with agent(root, "carol") as c, agent(root, "lead") as lead:
+            text = await refused(c, "msg_post", thread="jobs", content="done", type="result",
+                                 reply_to=seq)  # fmt: skip
+            assert f"task {seq} of 'jobs' is for bob, not for carol" in text, text
+            assert heads(root, "jobs") == [(1, "lead", "task")]
+            await call(lead, "msg_post", thread="jobs", content="not needed", type="result",
+                       reply_to=seq)  # fmt: skip
+
+    anyio.run(main)
+    assert Mailbox(root).board("jobs").tasks[seq].status == "done"
+
+
+def test_the_command_follows_the_same_rules(root: Path) -> None:
+    seq = a_task(root)
+    env = {**os.environ, "MAILSLOT_AGENT": "bob"}
+
+    def post(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailslot", "post", "--root", str(root), "jobs", *args],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    claimed = subprocess.run(
+        [sys.executable, "-m", "mailslot", "claim", "--root", str(root), "jobs", str(seq)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert claimed.returncode == 0, claimed.stderr
+    for args in (["done", "--type", "result"], ["done", "--type", "result", "--reply-to", "2"]):
+        got = post(*args)
+        assert got.returncode == 1 and f"reply_to={seq}" in got.stderr, (args, got)
+        assert "Traceback" not in got.stderr
+    assert [s for s, _, _ in heads(root, "jobs")] == [1, 2]
+    got = post("done", "--type", "result", "--reply-to", str(seq))
+    assert got.returncode == 0, got.stderr
+    assert Mailbox(root).board("jobs").tasks[seq].status == "done"

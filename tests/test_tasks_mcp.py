@@ -610,7 +610,9 @@ def test_bad_task_claims_are_tool_errors_that_say_what_to_do(root: Path) -> None
 
     anyio.run(main)
     assert not (root / "threads" / "doomed").exists(), "a claim does not bring a thread back"
-    assert Mailbox(root).head("jobs") == mine + 1
+    # bravo's claim, and its release when its server ended (a clean exit gives tasks back).
+    assert Mailbox(root).head("jobs") == mine + 2
+    assert event(Mailbox(root).get("jobs", mine + 2)) == "release"
 
 
 # ---------------------------------------------------------------- 7. activity keeps short holds

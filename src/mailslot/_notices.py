@@ -3,7 +3,7 @@
 An agent blocked in ``msg_wait`` learns of new messages at once; one whose turn has ended
 learns of nothing until something tells it. Hooks (run by its client between turns) and
 channel pushes (sent by its server) both tell it what is new: messages addressed to it, and
-open tasks for anyone in the threads it takes part in (again when one is reopened, released or
+open tasks for anyone in any thread (again when one is reopened, released or
 failed), past its inbox position (what it has been shown, the one truth) and past what was
 already reported to it. What was reported is kept per agent in ``.state/notified/<agent>.json``
 (thread -> seq), shared by hooks and pushes, so neither repeats the other. A report is a hint:
@@ -129,7 +129,6 @@ class Notices:
             # inbox position is unknown, as it is on disk then (Reading.save).
             inbox = None if self.reading.owes_in(thread) else pos.inbox
             floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))
-            joined = pos.joined or pos.read is not None
             seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
             start = floor  # where reading the thread's messages begins
             judged = 0  # messages to the agent up to here were judged by the thread index
@@ -146,9 +145,9 @@ class Notices:
                                 out.append(News(m, task is not None and task.status == OPEN))
                                 seen[s] = len(out) - 1
                 # Tasks for anyone are not in that index, and the inbox's first look hands out
-                # every open one of a thread the agent joined: while it could take one, read
-                # on from the floor to find each where it was last offered.
-                if not (joined and any(t.open_to(me) and t.sender != me for t in tasks.values())):
+                # every open one (in any thread): while it could take one, read on from the
+                # floor to find each where it was last offered.
+                if not any(t.open_to(me) and t.sender != me for t in tasks.values()):
                     start = max(floor, judged)
             with contextlib.suppress(MailslotError):
                 for m in self.box.messages(thread, start):
@@ -161,7 +160,7 @@ class Notices:
                         open_task = task is not None and task.status == OPEN
                         out.append(News(m, open_task))
                         seen[m.seq] = len(out) - 1
-                    elif joined and not m.to:
+                    elif not m.to:
                         offered = self._offered(thread, m, tasks)
                         if offered is None:
                             continue

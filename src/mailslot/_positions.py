@@ -41,8 +41,8 @@ class Position:
     start: int = 0
     #: The last rewind by `mailslot doctor --fix` this position went through (its token).
     rewound: str = ""
-    #: The agent takes part in the thread (joined, read or wrote it): its inbox gets the
-    #: thread's tasks for anyone.
+    #: The agent takes part in the thread (joined, read or wrote it): joining owes its inbox
+    #: the thread's open tasks for anyone at once (every inbox gets new ones as they come).
     joined: bool = False
 
     @classmethod

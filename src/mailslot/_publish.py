@@ -92,6 +92,7 @@ class Writer:
         reply_to: int | None = None,
         meta: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> Message:
         """Store a message in thread and return it as stored (with its seq and id).
 
@@ -99,7 +100,7 @@ class Writer:
         returns. With an idempotency_key, a retry by the same sender with the same key returns
         the first message instead of storing a duplicate. Raise NoSuchThread,
         NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
-        error nothing is stored.
+        error nothing is stored. guard: as for append.
         """
         tdir = self.files.thread_dir(thread)
         if type == "state":
@@ -122,6 +123,7 @@ class Writer:
             content=content,
             meta=meta,
             key=idempotency_key,
+            guard=guard,
         )
 
     def append(

@@ -122,8 +122,7 @@ class Reading:
         """
         seqs, upto = self.box.unanswered(thread, me)
         self._backlog += [(thread, s) for s in seqs if not pos.was_shown(s)]
-        if pos.joined:  # joined before its inbox first looked: the open tasks are due too
-            self._owe_open_tasks(thread, me, pos)
+        self._owe_open_tasks(thread, me, pos)  # a task for anyone is for this agent too
         pos.inbox_shown(upto)
 
     def join(self, thread: str, me: str) -> bool:
@@ -147,10 +146,6 @@ class Reading:
             for t in board.tasks.values()
             if t.status == "open" and not t.to and t.sender != me and not pos.was_shown(t.seq)
         ]
-
-    def joined(self) -> set[str]:
-        """Return the threads (among those looked at) the agent takes part in."""
-        return {t for t, p in self._positions.items() if p.joined or p.read is not None}
 
     def owed(self, me: str) -> list[Message]:
         """Return the owed inbox messages that can still be read (dropping the others)."""

@@ -564,6 +564,59 @@ class Tasks:
             guard=guard,
         )  # fmt: skip
 
+    def check_reply(
+        self, thread: str, sender: str, type_: str, reply_to: int | None
+    ) -> tuple[str, ...]:
+        """Return who must also be told of sender's result or error (the holder of the task a
+        result closes under it); raise TaskError if it breaks a task rule, saying the fix.
+
+        The rules: in a thread with unfinished tasks, a result or error replies to one of them
+        (reply_to); one that replies to a task's claim, release or other reply means the task
+        itself; a task addressed to others is closed only by them or its sender.
+        """
+        board = self.board(thread)
+        did = "closes" if type_ == "result" else "fails an attempt of"
+        if reply_to is None:
+            unfinished = [t for t in board.tasks.values() if t.status in (OPEN, CLAIMED)]
+            if not unfinished:
+                return ()  # a result in a conversation about no task
+            likely = (
+                [t for t in unfinished if t.holder == sender]
+                or [t for t in unfinished if t.may_take(sender)]
+                or unfinished
+            )
+            t = likely[0]
+            named = f"task {t.seq}" + (f" ({t.title})" if t.title else "")
+            raise TaskError(
+                f"a {type_} without reply_to {did} no task, and {thread!r} has {len(unfinished)} "
+                f"unfinished: post it again with reply_to=<the task's seq> (reply_to={t.seq} for "
+                f"{named}), or as type='message' if it is about no task"
+            )
+        task = board.tasks.get(reply_to)
+        if task is None:
+            try:
+                m = self.log.get(thread, reply_to)
+            except MailslotError:
+                return ()  # unreadable now: the writer reports what it cannot store
+            parent = board.tasks.get(m.reply_to) if m.reply_to is not None else None
+            if parent is None:
+                return ()  # a reply to a message that belongs to no task
+            event = event_of(m)
+            what = f"a status message ({event} of task {parent.seq})" if event else f"a {m.type}"
+            raise TaskError(
+                f"message {reply_to} of {thread!r} is {what}, not the task; a {type_} {did} a "
+                f"task only as a reply to the task itself: post it again with "
+                f"reply_to={parent.seq}"
+            )
+        if sender != task.sender and not task.may_take(sender):
+            raise TaskError(
+                f"task {task.seq} of {thread!r} is for {', '.join(task.to)}, not for {sender}; "
+                f"to tell them, post type='message' with reply_to={task.seq}"
+            )
+        if type_ == "result" and task.status == CLAIMED and task.holder not in (None, sender):
+            return (task.holder,)  # closed under its holder: it is told
+        return ()
+
     def settle(
         self,
         thread: str,

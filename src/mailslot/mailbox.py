@@ -252,9 +252,17 @@ class Mailbox:
         NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
         error nothing is stored.
         """
+        guard = None
+        if type in ("result", "error"):  # the task rules (Tasks.check_reply), under the lock
+            told = self._tasks.check_reply(thread, sender, type, reply_to)
+            to = [*to, *(a for a in told if a not in to)]
+
+            def guard() -> None:
+                self._tasks.check_reply(thread, sender, type, reply_to)
+
         message = self._writer.post(
             thread, content, sender=sender, to=to, type=type, priority=priority,
-            reply_to=reply_to, meta=meta, idempotency_key=idempotency_key,
+            reply_to=reply_to, meta=meta, idempotency_key=idempotency_key, guard=guard,
         )  # fmt: skip
         if message.type == "error" and message.reply_to is not None:
             # A failed attempt may have been a task's last: tell its sender now.

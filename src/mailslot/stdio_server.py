@@ -473,9 +473,10 @@ def instructions(
         "Join or start a thread with thread_create(topic), catch up with msg_list, introduce "
         "yourself with msg_post, then keep calling msg_wait(thread, after_seq=next_after_seq): "
         "it returns new messages, or status 'timeout' after about 50 s; then call it again. "
-        "Delegate with msg_post(type='task', to=[agent]); report with type='result'. "
-        "A task for anyone comes through msg_wait(): take it with task_claim before working on "
-        "it; your result reply closes it. Before editing files others may edit, "
+        "Delegate with msg_post(type='task', to=[agent]); answer a task with type='result' "
+        "(or 'error') and reply_to=<the task's seq>. A task without `to` is for every agent: "
+        "your inbox msg_wait() brings it, whatever threads you joined; take it with task_claim "
+        "before working on it; your result reply closes it. Before editing files others may edit, "
         "files_reserve(paths); files_release when done. "
         "Move the thread with thread_set_state and close it with a summary."
     )

@@ -75,7 +75,9 @@ Limit = Annotated[int, Field(ge=1, le=200)]
 Summary = Annotated[str | None, Field(description="Markdown; typically when closing")]
 Content = Annotated[str, Field(description="The message, usually Markdown")]
 To = Annotated[list[str] | None, Field(description="Agents addressed (see agent_list)")]
-ReplyTo = Annotated[int | None, Field(ge=1, description="Seq of the message answered")]
+ReplyTo = Annotated[
+    int | None, Field(ge=1, description="Seq of the message answered; a result/error: the task's")
+]
 Key = Annotated[str | None, Field(description="A retry with the same key is stored once")]
 AfterSeq = Annotated[int, Field(ge=0, description="Seq to read past; 0: from the start")]
 WaitThread = Annotated[
@@ -115,8 +117,8 @@ PROTOCOL = (
     "after about 50 s, and then you simply call it again. Delegate work with msg_post(type="
     "'task', to=[agent]); answer with type='result' and reply_to=<seq>. Move the thread along "
     "discuss -> implement -> review -> done -> closed with thread_set_state; close it with a "
-    "summary. A task without `to` is for anyone: take it with task_claim before working on it; "
-    "your result reply closes it."
+    "summary. A task without `to` is for every agent (each inbox msg_wait() brings it): take it "
+    "with task_claim before working on it; your result reply closes it."
 )
 
 
@@ -189,8 +191,6 @@ class TaskBoard:
     questions: list[Question]
 
 
-def task_board(
-    box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
 def thread_id(box: Mailbox, thread: str) -> str:
     """Return the thread id meant by thread: an id, or a topic (resolved as thread_create
     resolves it, without creating). Raise InvalidName if it is neither a valid id nor the
@@ -216,6 +216,8 @@ def thread_id(box: Mailbox, thread: str) -> str:
     return thread
 
 
+def task_board(
+    box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
 ) -> TaskBoard:
     """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
     the count of each status, and the questions nobody has answered; skip vanished threads.
@@ -557,7 +559,13 @@ class Session:
             self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
-        return {"thread": thread, "seq": msg.seq, "id": msg.id}
+        out: dict[str, Any] = {"thread": thread, "seq": msg.seq, "id": msg.id}
+        if told := [a for a in msg.to if a not in (to or [])]:
+            out["note"] = (
+                f"{', '.join(told)} held task {reply_to}: your result closes it, and {told[0]} "
+                "is told (added to `to`)"
+            )
+        return out
 
     def save_positions(self, *, now: bool = True) -> None:
         """Write read positions changed since the last save to .state/cursors/ (best effort).
@@ -702,14 +710,13 @@ class Session:
 
     async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
         cursor = self._reading.inbox_cursor(me)
-        joined = self._reading.joined()
 
         def match(m: Message) -> bool:  # what an inbox wait wakes for
             if me in m.to:
                 return True
-            if m.to or m.thread not in joined:
+            if m.to:
                 return False
-            return offer_of(m, me) is not None
+            return offer_of(m, me) is not None  # a task for anyone, in any thread
 
         def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open
             return m.sender != me and self._offered(me, m)
@@ -722,7 +729,7 @@ class Session:
             messages = owed
         else:
             got, messages = await self._waiting(
-                None, cursor, me, timeout, keep, match=match, settle=joined
+                None, cursor, me, timeout, keep, match=match, settle=set(cursor)
             )
         views, cut = self._page(messages, lambda m: self._inbox_view(me, m))
         shown = {(m.thread, m.seq) for m in messages[: len(views)]} | gone
