@@ -285,3 +285,40 @@ def test_transcript_markdown(sessions: tuple[Session, Session]) -> None:
     assert "state **closed**" in md and "> **Summary:** Released." in md
     assert "**#1 alice** → bob · task · " in md and "**#2 bob** · result · re #1 · " in md
     assert "*state: discuss → closed*" in md and "Tagged **v2.0**." in md
+
+
+def test_an_inbox_wait_reads_again_only_the_boards_that_can_have_changed(
+    sessions: tuple[Session, Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another agent holds a task bob could take, bob's inbox wait looks at its holder
+    twice a second; it reads every thread's task board once, then only boards whose thread got
+    a message or where others hold tasks, not all of them at every look."""
+    a, b = sessions
+    quiet = 100
+    for i in range(quiet):
+        a.thread_create(f"quiet {i}")
+    a.thread_create("jobs")
+    seq = a.msg_post("jobs", "a job for anyone", type="task")["seq"]
+    carol = Session(Mailbox(a.box.root, fsync=False), agent="carol")
+    try:
+        assert carol.task_claim("jobs", seq)["claimed"] is True
+        reads: list[str] = []
+        board = b.box.board
+
+        def counted(thread: str) -> object:
+            reads.append(thread)
+            return board(thread)
+
+        monkeypatch.setattr(b.box, "board", counted)
+        got = asyncio.run(b.msg_wait(timeout_s=4))
+        assert got["status"] == "timeout"
+        looks = reads.count("jobs")
+        assert looks >= 6, "the held task's holder is looked at every half second"
+        # Every board at the first look and once more when the wait's cursor first fills in;
+        # after that only jobs' (about 8 looks would read every board 8 times).
+        assert len(reads) - looks <= 2 * quiet + 5, (
+            f"{len(reads)} board reads for {quiet + 1} threads in {looks} looks"
+        )
+    finally:
+        carol.close()
+        carol.box.close()

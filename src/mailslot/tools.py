@@ -315,6 +315,10 @@ class Session:
         self.progress_every = progress_every
         self.last_active = time.time()  # when a tool was last called (see touch)
         self._activity = Activity()  # this process's holds: when touch() writes presence
+        # What _settle knows of each thread's board: the head it was read at, and whether others
+        # held tasks this agent could take there. A board changes only with a message of its
+        # thread, so a quiet thread without such a task is not read again.
+        self._boards: dict[str, tuple[int, bool]] = {}
         self._reading = Reading(box)
         self._joined: set[str] = set()  # threads this session has joined (see _join)
         self._hold: NameHold | None = None
@@ -348,6 +352,7 @@ class Session:
             self.save_positions()
             self._reading.forget()
             self._joined.clear()  # the new name has joined nothing yet
+            self._boards.clear()  # what it may take differs too
             self._activity.holds.clear()  # and holds nothing
             self.box.release_name(self._hold)
         self._hold = hold
@@ -509,8 +514,7 @@ class Session:
         include_archived: Annotated[bool, Field(description="Archived ones too")] = False,
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
-        """List threads, most recently active first (mailslot's own file-reservations last):
-        id, topic, state, head seq, participants."""
+        """List threads, newest activity first (mailslot's file-reservations last), with heads."""
         infos = self.box.threads(state=state, include_archived=include_archived)
         out: dict[str, Any] = {
             "threads": [thread_view(t) for t in infos[:limit]],
@@ -771,19 +775,30 @@ class Session:
         view["task"] = info
         return view
 
-    def _settle(self, me: str, threads: set[str]) -> bool:
+    def _settle(self, me: str, threads: set[str], heads: dict[str, int]) -> bool:
         """Hand out again the tasks in threads whose holders died or stalled; return True if
-        tasks me could take are held by others (so that their holders are watched)."""
+        tasks me could take are held by others (so that their holders are watched).
+
+        heads: how far the caller has seen each thread; a board is read again only where that
+        moved or others held tasks (O(threads) dict look-ups, not board reads, per call).
+        """
         held = []
         for thread in sorted(threads):
+            at = heads.get(thread, -1)
+            known = self._boards.get(thread)
+            if known is not None and known == (at, False):
+                continue  # nothing new there, and nothing held by others to watch
             try:
                 board = self.box.board(thread)
             except MailslotError:
+                self._boards.pop(thread, None)
                 continue
-            if any(
+            others = any(
                 t.status == CLAIMED and t.holder != me and t.may_take(me)
                 for t in board.tasks.values()
-            ):
+            )
+            self._boards[thread] = (at, others)
+            if others:
                 held.append(thread)
         if held and self.box.read_only is None:
             self.box.settle_tasks(held, noticed_by=me, stale_after=self.stale_after)
@@ -811,7 +826,7 @@ class Session:
         reported = begun
         skipped = []
         while True:
-            watch = bool(settle) and self._settle(self.me(), settle or set())
+            watch = bool(settle) and self._settle(self.me(), settle or set(), cursor)
             left = timeout - (time.monotonic() - begun)
             step = min(left, self.progress_every, SETTLE_EVERY_S if watch else left)
             if (every := self._activity.every()) is not None:
