@@ -735,6 +735,48 @@ def test_a_short_lease_holds_while_its_holder_is_blocked_in_a_wait(root: Path) -
     assert "no sign of work for 3 s" in reopen.meta["task"]["reason"], reopen.meta
 
 
+@pytest.mark.parametrize("hold", ["task", "files"])
+def test_calls_spaced_under_the_lease_keep_it_each_one_written(root: Path, hold: str) -> None:
+    """alpha holds one thing for 3 s (a claim with lease_s=3, or a reservation with ttl_s=3)
+    and calls a cheap tool every 1.4 s: more than a quarter of the hold apart, so each call
+    writes its activity, and bravo is refused all along. (A call that wrote only when the
+    written activity was a whole hold old would leave bravo a second-long opening.)"""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seq = box.post("jobs", "a short job", sender="boss", type="task")
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            if hold == "task":
+                assert (await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3))["claimed"]
+            else:
+                assert (await call(a, "files_reserve", paths=["src/**"], ttl_s=3))["granted"]
+            stop = anyio.Event()
+            calls = 0
+
+            async def work() -> None:
+                nonlocal calls
+                while not stop.is_set():
+                    await call(a, "thread_list")
+                    calls += 1
+                    with anyio.move_on_after(1.4):
+                        await stop.wait()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(work)
+                while calls < 8:
+                    if hold == "task":
+                        lost = await call(b, "task_claim", thread="jobs", seq=seq)
+                        assert (lost["claimed"], lost.get("holder")) == (False, "alpha"), lost
+                    else:
+                        refused = await call(b, "files_reserve", paths=["src/x.py"], ttl_s=3)
+                        assert refused["granted"] is False, refused
+                    await anyio.sleep(0.1)
+                stop.set()
+
+    anyio.run(main)
+
+
 def test_a_heartbeat_without_work_does_not_keep_a_lease(root: Path) -> None:
     """alpha's serve heartbeats every second (--heartbeat-timeout 3) but is asked nothing after
     its claim and reservation: its presence stays fresh, its lease and TTL run out."""
