@@ -248,3 +248,12 @@ def spawn_call(function: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def waiting(root: Path, name: str) -> bool:
+    """Return True if agent name's serve says it is blocked in an inbox wait."""
+    try:
+        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from helpers import agent, answer, call, raw_serve, until
+from helpers import agent, answer, call, raw_serve, until, waiting
 from mcp import types
 from mcp.client import Client
 
@@ -145,15 +145,6 @@ def test_a_sigkilled_holder_still_counts_a_failed_attempt(root: Path) -> None:
 
 
 # ---------------------------------------------------------------- a task for anyone
-
-
-def waiting(root: Path, name: str) -> bool:
-    """Return True if agent name's serve says it is blocked in an inbox wait."""
-    try:
-        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
 
 
 def test_a_task_for_anyone_reaches_every_waiting_agent_joined_or_not(root: Path) -> None:

@@ -22,7 +22,16 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, finish, params, spawn_call, start_together, until
+from helpers import (
+    agent,
+    call,
+    finish,
+    params,
+    spawn_call,
+    start_together,
+    until,
+    waiting,
+)
 from mcp import types
 from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
@@ -97,15 +106,6 @@ def replay(messages: list[Message]) -> dict[int, list[tuple[str, int, int | None
         if held is not None:
             out[task].append((held[0], held[1], None))
     return out
-
-
-def waiting(root: Path, name: str) -> bool:
-    """Return True if agent name's serve says it is blocked in an inbox wait."""
-    try:
-        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
 
 
 def kill(pid: int) -> None:
