@@ -812,6 +812,7 @@ def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path
     box.create_thread("jobs", creator="boss")
     long_job = box.post("jobs", "a long job", sender="boss", type="task")
     short_job = box.post("jobs", "a short job", sender="boss", type="task")
+    failing_job = box.post("jobs", "a job that fails", sender="boss", type="task")
 
     async def burst(a: Client) -> tuple[int, int, float]:
         """Call a cheap tool 30 times over ~3 s; return how many calls, how many presence
@@ -853,6 +854,11 @@ def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path
             assert got["claimed"] is True
             await call(a, "msg_post", thread="jobs", type="result", reply_to=short_job,
                        content="done")  # fmt: skip
+            got = await call(a, "task_claim", thread="jobs", seq=failing_job, lease_s=3)
+            assert got["claimed"] is True
+            # a failed attempt holds it no more
+            await call(a, "msg_post", thread="jobs", type="error", reply_to=failing_job,
+                       content="it failed")  # fmt: skip
             calls, writes, took = await burst(a)  # what is given back or closed needs nothing
             assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
 
