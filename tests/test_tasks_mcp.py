@@ -927,6 +927,9 @@ def test_a_hold_lost_to_another_is_forgotten_at_the_next_heartbeat(root: Path) -
             assert (await call(a, "task_claim", thread="jobs", seq=seq, lease_s=3))["claimed"]
             assert (await call(a, "files_reserve", paths=["src/**"], ttl_s=3))["granted"]
             await rival_wins(b, seq)
+            # bravo now holds alpha's very pattern: a hold is alpha's by holder and process,
+            # not by its pattern alone
+            assert (await call(b, "files_reserve", paths=["src/**"], ttl_s=300))["granted"]
             beat = presence_doc(root, "alpha")["last_seen_epoch"]
             await anyio.to_thread.run_sync(
                 until, "alpha's next heartbeat",
