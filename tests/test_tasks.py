@@ -455,6 +455,10 @@ FOLDS = [
     ("an error from someone else while it is held is a remark",
      [("alice", "task", {}), (B, "claim", {}), (C, "error", {})],
      ("claimed", B, 2, 1, 0)),
+    ("an error from anyone while nobody holds it is a failed attempt",
+     [("alice", "task", {"max_attempts": 2}), (C, "error", {}), (B, "claim", {}),
+      (B, "release", {}), (C, "error", {})],
+     ("dead", None, None, 1, 2)),
 ]
 # fmt: on
 
