@@ -473,6 +473,19 @@ def test_the_fold_of_events_as_clones_leave_them(
     assert (task.status, task.holder, task.claim, task.attempts, task.failures) == want, rule
 
 
+def test_a_lost_claim_leaves_the_holders_process_and_lease(root: Path) -> None:
+    """A second claim, from another agent's process, loses and changes nothing of the hold:
+    its pid, host and lease are not the holder's (or the holder would be judged by them)."""
+    Mailbox(root).create_thread("t", creator="alice")
+    write_messages(root, "t", [
+        ("alice", "task", {}),
+        (C, "claim", {"pid": 1111, "host": "carols-box", "lease_s": 600}),
+        (B, "claim", {"pid": 2222, "host": "bobs-box", "lease_s": 5}),
+    ])  # fmt: skip
+    task = Mailbox(root).board("t").tasks[1]
+    assert (task.holder, task.pid, task.host, task.claim_lease_s) == (C, 1111, "carols-box", 600)
+
+
 def test_the_last_attempt_lost_is_a_dead_notice_to_the_sender(box: Mailbox) -> None:
     """A holder that loses the last attempt is not reopened: the task is dead, and the event
     that says so goes to the task's sender, not to the agents it was for."""
