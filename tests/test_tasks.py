@@ -486,6 +486,18 @@ def test_a_lost_claim_leaves_the_holders_process_and_lease(root: Path) -> None:
     assert (task.holder, task.pid, task.host, task.claim_lease_s) == (C, 1111, "carols-box", 600)
 
 
+def test_a_stale_dead_event_does_not_count_as_the_senders_notice(root: Path) -> None:
+    """A dead event of an earlier claim leaves the task held; when the task dies later, its
+    sender has not been told yet (that stale event told nothing), so a dead notice is owed."""
+    Mailbox(root).create_thread("t", creator="alice")
+    write_messages(root, "t", [
+        ("alice", "task", {"max_attempts": 2}), (B, "claim", {}), (M, "reopen", {"claim": 2}),
+        (C, "claim", {}), (M, "dead", {"claim": 2}), (M, "reopen", {"claim": 4}),
+    ])  # fmt: skip
+    task = Mailbox(root).board("t").tasks[1]
+    assert (task.status, task.failures, task.notified) == ("dead", 2, False)
+
+
 def test_the_last_attempt_lost_is_a_dead_notice_to_the_sender(box: Mailbox) -> None:
     """A holder that loses the last attempt is not reopened: the task is dead, and the event
     that says so goes to the task's sender, not to the agents it was for."""
