@@ -417,7 +417,7 @@ def write_messages(root: Path, thread: str, events: list[tuple[str, str, dict]])
         (tdir / f"{seq:06d}.json").write_bytes(dumps(doc))
 
 
-B, C, M = "bob", "carol", SYSTEM
+B, C, D, M = "bob", "carol", "dave", SYSTEM  # dave: a person at the console
 #: (rule, the thread's messages in seq order, the task as folded: status, holder, claim,
 #: attempts, failures). Each row fails when the rule it names is broken in Board.add.
 # fmt: off
@@ -442,6 +442,16 @@ FOLDS = [
     ("the holder's release frees the task without failing it",
      [("alice", "task", {}), (B, "claim", {}), (B, "release", {})],
      ("open", None, None, 1, 0)),
+    ("a person's take-back of the current claim frees the task without failing it",
+     [("alice", "task", {}), (B, "claim", {}), (D, "release", {"holder": B, "claim": 2})],
+     ("open", None, None, 1, 0)),
+    ("a take-back counts only for the claim it names, not the holder's next one",
+     [("alice", "task", {}), (B, "claim", {}), (B, "release", {}), (B, "claim", {}),
+      (D, "release", {"holder": B, "claim": 2})],
+     ("claimed", B, 4, 2, 0)),
+    ("a take-back naming another holder than the claim's frees nothing",
+     [("alice", "task", {}), (B, "claim", {}), (D, "release", {"holder": C, "claim": 2})],
+     ("claimed", B, 2, 1, 0)),
     ("when the last attempt is lost the task is dead, not open",
      [("alice", "task", {"max_attempts": 2}), (B, "claim", {}), (M, "reopen", {"claim": 2}),
       (C, "claim", {}), (M, "reopen", {"claim": 4})],
