@@ -50,6 +50,7 @@ WRONG = [
     ("thread_set_state", {"thread": "t", "status": "done"}, "status", "state"),
     ("task_list", {"state": "open"}, "state", "status"),
     ("agent_register", {"agent_name": "zed"}, "agent_name", "name"),
+    ("msg_post", {"thread": "t", "content": "hi", "messageType": "task"}, "messageType", "type"),
 ]  # fmt: skip
 
 
@@ -112,20 +113,22 @@ def test_a_wait_capped_says_so(root: Path) -> None:
     """timeout_s above the server's maximum waits the maximum and the result says it capped it;
     a timeout within the maximum says nothing of a cap."""
 
-    async def main() -> tuple[dict, dict, dict]:
+    async def main() -> tuple[dict, dict, dict, dict]:
         async with Client(params(root, "--agent", "alice", "--wait-default", "0.5",
                                  "--wait-max", "1"), cache=None) as c:  # fmt: skip
             await call(c, "thread_create", topic="t")
             capped = await call(c, "msg_wait", thread="t", timeout_s=5000)
             above = await call(c, "msg_wait", thread="t", timeout_s=1.5)
             within = await call(c, "msg_wait", thread="t", timeout_s=0.2)
-            return capped, above, within
+            at_max = await call(c, "msg_wait", thread="t", timeout_s=1)
+            return capped, above, within, at_max
 
-    capped, above, within = anyio.run(main)
+    capped, above, within, at_max = anyio.run(main)
     assert capped["status"] == "timeout"
     assert "timeout_s capped at 1 " in capped["note"], capped
     assert "timeout_s capped at 1 " in above["note"], above
     assert "note" not in within, within
+    assert "note" not in at_max, "the maximum itself is no cap"
 
 
 def test_the_schema_says_every_parameter_bound_and_read_only_tool(root: Path) -> None:
@@ -197,6 +200,7 @@ def test_task_list_mine_shows_what_i_hold_and_what_i_can_take(root: Path) -> Non
     box.post("t", "for anyone, still open", sender="carol", type="task")  # 3
     box.post("t", "for alice", sender="carol", type="task", to=["alice"])  # 4
     box.post("t", "which port?", sender="carol", type="question", to=["bob"])  # 5
+    box.post("t", "who reviews?", sender="alice", type="question")  # 6: alice's own
 
     async def main() -> tuple[dict, dict, dict]:
         async with agent(root, "alice") as a, agent(root, "bob") as b:
@@ -211,7 +215,7 @@ def test_task_list_mine_shows_what_i_hold_and_what_i_can_take(root: Path) -> Non
     assert mine_a["counts"]["claimed"] == 1 and mine_a["counts"]["open"] == 2
     assert mine_a["questions"] == []
     assert [t["seq"] for t in mine_b["tasks"]] == [2, 3], "not the one alice holds"
-    assert [q["seq"] for q in mine_b["questions"]] == [5]
+    assert [q["seq"] for q in mine_b["questions"]] == [5, 6]
     assert [(t["seq"], t["holder"]) for t in held["tasks"]] == [(1, "alice")]
 
 
