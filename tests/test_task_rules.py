@@ -193,6 +193,28 @@ def test_a_task_for_anyone_reaches_every_waiting_agent_joined_or_not(root: Path)
     assert got == {"alice": [("later", 1)], "bob": [("later", 1)]}, got
 
 
+def test_an_inbox_wait_returns_a_new_threads_task_with_everything_else_waiting(root: Path) -> None:
+    """A task for anyone in a thread the inbox never looked at was returned alone, at once:
+    a message to the agent posted as well (say, "stop, not that way") waited for its next
+    msg_wait, maybe an hour of work later. One wait returns both."""
+    with Mailbox(root) as box:
+        box.create_thread("talk", creator="lead")
+        box.register_agent("lead")
+
+    async def main() -> list[tuple[str, int]]:
+        async with agent(root, "bob") as b:
+            await call(b, "msg_wait", timeout_s=0.1)  # bob's inbox has looked at 'talk'
+            with Mailbox(root) as box:
+                box.create_thread("later", creator="lead")
+                box.publish("later", "Tag it", sender="lead", type="task")
+                box.publish("talk", "not that way", sender="lead", to=["bob"], priority="urgent")
+            out = await call(b, "msg_wait", timeout_s=60)
+            return [(m["thread"], m["seq"]) for m in out["messages"]]
+
+    got = anyio.run(main)
+    assert sorted(got) == [("later", 1), ("talk", 1)], got
+
+
 # ---------------------------------------------------------------- a result closes its task
 
 

@@ -728,9 +728,11 @@ class Session:
         owed = self._reading.owed(me)
         gone = {(m.thread, m.seq) for m in owed if not keep(m)}  # claimed or closed meanwhile
         owed = [m for m in owed if (m.thread, m.seq) not in gone]
-        if owed:  # due from before this agent's first look: return them at once
-            got = Arrivals([], cursor, False)
-            messages = owed
+        if owed:  # due from before this agent's first look: return them at once, with
+            # whatever else is there now (a look, no wait), not a call later
+            got, now = await self._waiting(None, cursor, me, 0, keep, match=match)
+            due = {(m.thread, m.seq) for m in owed}
+            messages = owed + [m for m in now if (m.thread, m.seq) not in due]
         else:
             got, messages = await self._waiting(
                 None, cursor, me, timeout, keep, match=match, settle=set(cursor)
