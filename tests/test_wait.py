@@ -304,3 +304,49 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
     from_now = _looked_per_poll_tick(root, "erin", False, monkeypatch)
     assert many <= few, f"a tick looked at {few} of 300 threads but {many} of 2,000"
     assert many <= from_now, f"{many} threads per tick from {{}}, {from_now} from cursor()"
+
+
+def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a few hundred threads a poll tick looks at a slice of them, plus the busy ones: a
+    thread that got news during the wait (here a message to someone else) is looked at on
+    every tick after, so the next message there, to the waiter, ends the wait on the next tick
+    or the one after, not when the slice comes round to it again (10 ticks at 640 threads)."""
+    box = Mailbox(root, fsync=False)
+    for name in ("alice", "bob", "carol"):
+        box.register_agent(name)
+    threads = [box.create_thread(f"quiet {i}", creator="alice").id for i in range(640)]
+    for thread in threads:
+        box.post(thread, "old news for someone else", sender="alice", to=["bob"])
+    busy = threads[5]
+    waiter = Mailbox(root, wait_mode="poll", poll_interval=0.01)
+    ticks = 0
+    seen_past_news = False  # the wait has read the news to bob in the busy thread
+    posted_at: int | None = None
+    real_exists, real_tick = _wait.exists, _wait.Waiting.tick
+
+    def counting_exists(tdir: Path, seq: int) -> bool:
+        nonlocal seen_past_news
+        if tdir.name == busy and seq == 3:
+            seen_past_news = True
+        return real_exists(tdir, seq)
+
+    def counting_tick(self: _wait.Waiting, plan: _wait._WaitPlan) -> float:
+        nonlocal ticks, posted_at
+        ticks += 1
+        with Mailbox(root, fsync=False) as other:
+            if ticks == 3:  # past the first look: news, but not for the waiter
+                other.post(busy, "news for bob", sender="alice", to=["bob"])
+            elif seen_past_news and posted_at is None:
+                other.post(busy, "news for carol", sender="alice", to=["carol"])
+                posted_at = ticks
+        return real_tick(self, plan)
+
+    with monkeypatch.context() as m:
+        m.setattr(_wait, "exists", counting_exists)
+        m.setattr(_wait.Waiting, "tick", counting_tick)
+        got = waiter.wait(None, waiter.cursor(), to="carol", timeout=120)
+    assert [m.content for m in got.messages] == ["news for carol"] and not got.timed_out
+    assert posted_at is not None
+    assert ticks - posted_at <= 1, f"seen {ticks - posted_at} ticks after it was posted"
