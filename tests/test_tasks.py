@@ -6,6 +6,7 @@ replay it: whatever processes raced, exactly one claim won each round, and every
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import until
+from helpers import require, until
 
 from mailslot import Mailbox
 from mailslot._errors import NoSuchMessage, NoSuchThread, RootError, StorageError, TaskError
@@ -354,6 +355,52 @@ def test_the_command_gives_a_task_back(box: Mailbox, root: Path) -> None:
     assert "tasks: 1 open" in run(root, "tasks").stdout
     bad = run(root, "tasks", "nope")
     assert bad.returncode == 1 and "no thread 'nope'" in bad.stderr
+
+
+def blocked_on(pid: int, lock: Path) -> bool:
+    """Tell whether process pid waits for the flock of the file lock (/proc/locks: '->')."""
+    inode = os.stat(lock).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and str(pid) in fields and any(f.endswith(f":{inode}") for f in fields):
+            return True
+    return False
+
+
+def test_a_take_back_that_lost_a_race_says_so_and_frees_nothing(box: Mailbox, root: Path) -> None:
+    """dave takes bob's claim back, but bob gives it back and claims again while dave's
+    command waits for the thread's lock: the command names the claim it saw, so it says the
+    task changed hands and stores nothing, rather than report a take-back that frees nothing
+    (the event would name a claim no longer current) or one of a claim dave never saw."""
+    if not Path("/proc/locks").exists():
+        require("needs /proc/locks to see a process wait for a lock")
+    seq = box.post("t", "Write the changelog", sender="alice", type="task")  # 1
+    assert box.claim_task("t", seq, agent="bob").won  # claim 2
+    lock = root / ".state" / "locks" / "t.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the thread's writers wait from here
+        took = subprocess.Popen(
+            [sys.executable, "-m", "mailslot", "claim", "t", str(seq), "--release",
+             "--holder", "bob", "--root", str(root), "--as", "dave"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        until("dave's command waits for the lock", lambda: blocked_on(took.pid, lock))
+        # Meanwhile bob gives it back and claims it again (written as another machine's
+        # mailslot leaves them: this process holds the lock its own writes would wait for).
+        for n, event in ((3, "release"), (4, "claim")):
+            doc = dict(zip(MESSAGE_KEYS, (
+                uuid.uuid4().hex, "bob", [], "status", "normal", seq,
+                f"2026-01-01T00:00:{n:02d}.000Z", f"{event} by bob", {"task": {"event": event}},
+            ), strict=True))  # fmt: skip
+            (root / "threads" / "t" / f"{n:06d}.json").write_bytes(dumps(doc))
+    finally:
+        os.close(fd)  # lets the command go on
+    out, err = took.communicate(timeout=60)
+    assert took.returncode == 1 and "changed hands meanwhile" in err, (out, err)
+    assert box.head("t") == 4, "the refused take-back stored nothing"
+    task = box.task("t", seq)
+    assert (task.status, task.holder, task.claim) == ("claimed", "bob", 4)
 
 
 def test_a_killed_holder_not_yet_reaped_has_lost_its_task(box: Mailbox) -> None:
