@@ -8,12 +8,13 @@ Real `mailslot serve` processes driven by the official MCP client.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, params, require
+from helpers import SERVE, agent, call, params, require
 from mcp import types
 from mcp.client import Client
 
@@ -107,6 +108,24 @@ def test_a_list_too_short_or_long_says_which_argument_and_what_to_pass(root: Pat
     assert "after validation" not in empty
     assert "'paths' takes at most 100 items, not 101" in many, many
     assert Mailbox(root).reservations() == []
+
+
+def test_a_lower_wait_max_lowers_the_default_wait(root: Path) -> None:
+    """`serve --wait-max 30` (a client that cuts calls at 30 s) refused to start: the default
+    wait stayed 50. It now waits at most the maximum; a default above it names both values."""
+
+    async def main() -> dict[str, Any]:
+        async with Client(params(root, "--agent", "alice", "--wait-max", "1"), cache=None) as c:
+            return dict((await call(c, "bus_get_config"))["wait"])
+
+    wait = anyio.run(main)
+    assert (wait["default_s"], wait["max_s"]) == (1, 1), wait
+    done = subprocess.run([*SERVE, "--root", str(root), "--agent", "bob", "--wait-default", "5",
+                           "--wait-max", "1"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode != 0 and done.stdout == ""
+    assert "default wait (5 s)" in done.stderr and "maximum wait (1 s)" in done.stderr, done.stderr
+    assert "--wait-default" in done.stderr, done.stderr
 
 
 def test_a_wait_capped_says_so(root: Path) -> None:

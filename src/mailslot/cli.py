@@ -1064,8 +1064,9 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
     args=[
         arg("--agent", help="this agent's name (default: $MAILSLOT_AGENT, else from the client)"),
         arg("--lang", help="preferred language of messages, e.g. English or Chinese"),
-        arg("--wait-default", type=float, default=50.0, metavar="S",
-            help="msg_wait timeout when the model gives none (default 50)"),
+        arg("--wait-default", type=float, metavar="S",
+            help="msg_wait timeout when the model gives none (default 50, or --wait-max "
+                 "if lower)"),
         arg("--wait-max", type=float, default=600.0, metavar="S",
             help="longest msg_wait a model may ask for (default 600)"),
         arg("--heartbeat-timeout", type=float, default=30.0, metavar="S",
@@ -1087,7 +1088,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         str(_root(args)),
         agent=agent,
         lang=lang,
-        wait_default=args.wait_default,
+        wait_default=min(50.0, args.wait_max) if args.wait_default is None else args.wait_default,
         wait_max=args.wait_max,
         stale_after=args.heartbeat_timeout,
         wait_mode="poll" if args.poll else None,

@@ -305,7 +305,10 @@ class Session:
         within save_every.
         """
         if not 0 < wait_default <= wait_max:
-            raise InvalidMessage("the default wait must be > 0 and at most the maximum wait")
+            raise InvalidMessage(
+                f"the default wait ({wait_default:g} s) must be above 0 and at most the maximum "
+                f"wait ({wait_max:g} s): give `mailslot serve` a --wait-default within --wait-max"
+            )
         self.box = box
         self.client = client
         self.lang = lang
