@@ -86,12 +86,14 @@ def test_an_argument_a_tool_does_not_take_is_refused_with_the_real_name(root: Pa
 
 
 def test_an_unknown_tool_names_the_nearest_and_lists_them_all(root: Path) -> None:
-    async def main() -> str:
+    async def main() -> tuple[str, str]:
         async with agent(root, "alice") as c:
-            return await error(c, "msg_send", {"thread": "t", "content": "hi"})
+            near = await error(c, "msg_send", {"thread": "t", "content": "hi"})
+            return near, await error(c, "frobnicate", {})
 
-    text = anyio.run(main)
+    text, far = anyio.run(main)
     assert text.startswith("Unknown tool: msg_send; did you mean msg_")
+    assert far.startswith("Unknown tool: frobnicate. The tools are: "), far
     assert all(name in text for name in TOOL_NAMES), text
 
 

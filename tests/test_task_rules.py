@@ -239,6 +239,7 @@ def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path
                     b, "msg_post", thread="jobs", content="done", type=kind, reply_to=2
                 )
                 assert "message 2 of 'jobs' is a status message (claim of task 1)" in text, text
+                assert f"not the task; {'an' if kind == 'error' else 'a'} {kind} " in text, text
                 assert f"reply_to={seq}" in text, text
             assert heads(root, "jobs") == before, "a refused post stored something"
             task = Mailbox(root).board("jobs").tasks[seq]

@@ -603,8 +603,9 @@ class Tasks:
                 return ()  # a reply to a message that belongs to no task
             event = event_of(m)
             what = f"a status message ({event} of task {parent.seq})" if event else f"a {m.type}"
+            kind = f"an {type_}" if type_ == "error" else f"a {type_}"
             raise TaskError(
-                f"message {reply_to} of {thread!r} is {what}, not the task; a {type_} {did} a "
+                f"message {reply_to} of {thread!r} is {what}, not the task; {kind} {did} a "
                 f"task only as a reply to the task itself: post it again with "
                 f"reply_to={parent.seq}"
             )

@@ -351,7 +351,7 @@ def _failed(text: str) -> CallToolResult:
 def unknown_tool_text(name: str) -> str:
     """Return what the model reads for a tool that does not exist: the nearest, and all."""
     near = difflib.get_close_matches(name, TOOL_NAMES, n=1, cutoff=0.5)
-    guess = f"; did you mean {near[0]}?" if near else ""
+    guess = f"; did you mean {near[0]}?" if near else "."
     return f"Unknown tool: {name}{guess} The tools are: {', '.join(TOOL_NAMES)}"
 
 
