@@ -230,7 +230,8 @@ def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path
         async with agent(root, "bob") as b:
             claim = await call(b, "task_claim", thread="jobs", seq=seq)
             assert claim["claimed"] is True
-            before = heads(root, "jobs")  # the task and bob's claim (seq 2)
+            await call(b, "msg_post", thread="jobs", content="on it", reply_to=seq)  # 3
+            before = heads(root, "jobs")  # the task, bob's claim (seq 2) and his note
             for kind in ("result", "error"):
                 text = await refused(b, "msg_post", thread="jobs", content="done", type=kind)
                 assert f"reply_to={seq} for task {seq} (Build it)" in text, text
@@ -240,6 +241,11 @@ def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path
                 )
                 assert "message 2 of 'jobs' is a status message (claim of task 1)" in text, text
                 assert f"not the task; {'an' if kind == 'error' else 'a'} {kind} " in text, text
+                assert f"reply_to={seq}" in text, text
+                text = await refused(
+                    b, "msg_post", thread="jobs", content="done", type=kind, reply_to=3
+                )
+                assert "message 3 of 'jobs' is a message, not the task" in text, text
                 assert f"reply_to={seq}" in text, text
             assert heads(root, "jobs") == before, "a refused post stored something"
             task = Mailbox(root).board("jobs").tasks[seq]
@@ -253,6 +259,26 @@ def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path
             await call(b, "msg_post", thread="jobs", content="summary", type="result")
 
     anyio.run(main)
+
+
+def test_a_result_without_reply_to_is_pointed_at_the_task_its_sender_means(root: Path) -> None:
+    """Of several unfinished tasks, the refusal names the one the sender holds, else the first
+    it may take (not one addressed to others)."""
+    a_task(root, to=["zed"])  # 1: zed's alone
+    with Mailbox(root) as box:
+        box.publish("jobs", "Ship it", sender="lead", type="task")  # 2
+        box.publish("jobs", "Tag it", sender="lead", type="task")  # 3
+
+    async def main() -> tuple[str, str]:
+        async with agent(root, "bob") as b, agent(root, "carol") as c:
+            assert (await call(b, "task_claim", thread="jobs", seq=3))["claimed"] is True
+            bob = await refused(b, "msg_post", thread="jobs", content="done", type="result")
+            carol = await refused(c, "msg_post", thread="jobs", content="done", type="result")
+            return bob, carol
+
+    bob, carol = anyio.run(main)
+    assert "'jobs' has 3 unfinished" in bob and "reply_to=3 for task 3 (Tag it)" in bob, bob
+    assert "reply_to=2 for task 2 (Ship it)" in carol, carol
 
 
 def test_a_result_to_a_reply_of_no_task_is_an_ordinary_message(root: Path) -> None:
