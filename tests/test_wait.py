@@ -302,8 +302,12 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
     grow_to(2000)
     many = _looked_per_poll_tick(root, "dave", True, monkeypatch)
     from_now = _looked_per_poll_tick(root, "erin", False, monkeypatch)
-    assert many <= few, f"a tick looked at {few} of 300 threads but {many} of 2,000"
-    assert many <= from_now, f"{many} threads per tick from {{}}, {from_now} from cursor()"
+    # A slice of the quiet ones, plus the one thread that got news during the wait (unless
+    # the slice already held it: which tick first sees it depends on the machine's load).
+    bound = _wait.POLL_SLICE + 1
+    assert few <= bound, f"a tick looked at {few} of 300 threads"
+    assert many <= bound, f"a tick looked at {few} of 300 threads but {many} of 2,000"
+    assert from_now <= bound, f"{many} threads per tick from {{}}, {from_now} from cursor()"
 
 
 def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
