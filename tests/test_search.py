@@ -189,7 +189,8 @@ def test_found_through_mcp_after_another_serve_posts(tmp_path: Path) -> None:
 
 
 # (query, the seqs it finds among OPERATOR_TEXTS), alike from the index and from the scan
-OPERATOR_TEXTS = ["deploy to prod", "deploy to staging", "rollback staging", "auth.py fixed"]
+OPERATOR_TEXTS = ["deploy to prod", "deploy to staging", "rollback staging", "auth.py fixed",
+                  "NEAR the edge"]  # fmt: skip
 OPERATOR_QUERIES = [
     ("deploy", {1, 2}),
     ("deploy staging", {2}),
@@ -204,6 +205,10 @@ OPERATOR_QUERIES = [
     ("roll*", {3}),
     ("auth.py", {4}),
     ("deploy or prod", set()),  # lowercase: a word that must occur, not an operator
+    ("NEAR", {5}),  # a word, unless a group follows it (the scan refused it as no word)
+    ("edge NOT NEAR", set()),
+    ("edge NOT prod", {5}),
+    ("NEAR(deploy prod)", {1}),
 ]
 
 

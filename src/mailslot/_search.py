@@ -686,7 +686,7 @@ def query_problem(query: str) -> str | None:
         return "a parenthesis is not closed: (schema OR migration) AND deploy, or drop them"
     parts = re.findall(r'""|[()]|[^\s()]+', bare)
     for left, right in itertools.pairwise(parts):
-        bare_join = (left not in (*OPERATORS, "(") and right == "(") or (
+        bare_join = (left not in (*OPERATORS, "(", "NEAR") and right == "(") or (
             left == ")" and right not in (*OPERATORS, ")")
         )
         if bare_join:  # FTS5 joins a group to its neighbour only with an operator
@@ -717,7 +717,10 @@ def scan_matcher(query: str) -> Callable[[str], bool]:
     NOT (binding tightest: ``a NOT b``), AND, OR (binding loosest), parentheses. Without a
     tokenizer a word matches where its text occurs. Raise InvalidMessage for a query it cannot
     read."""
-    tokens = [t for t in re.findall(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+', query) if t != "NEAR"]
+    found = re.findall(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+', query)
+    # NEAR before a group is FTS5's (its words near each other: here, both occur); else a word
+    pairs = zip(found, [*found[1:], None], strict=True)
+    tokens = [t for t, nxt in pairs if (t, nxt) != ("NEAR", "(")]
     at = 0
     if (problem := query_problem(query)) is not None:  # what the index refuses, refused alike
         raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
