@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import until, watching
+from helpers import inotify_watches, until, watching
 
 from mailslot import Mailbox
 
@@ -234,6 +234,33 @@ def test_every_thread_argument_takes_a_topic(tmp_path: Path) -> None:
     assert "no thread has the id or topic 'Add logout page'" in missing.stderr
     assert "mailslot thread 'Add logout page'" in missing.stderr
     assert box.threads() and [t.id for t in box.threads()] == ["add-login-page"]  # none made
+
+
+def test_tail_follow_takes_a_topic(tmp_path: Path) -> None:
+    """`mailslot tail -f "Add login page"` follows that thread, as `tail` without -f reads it."""
+    root = tmp_path / "box"
+    box = Mailbox.init(root, fsync=False)
+    box.create_thread("Add login page", creator="alice")
+    box.create_thread("other", creator="alice")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mailslot", "tail", "-f", "-n", "0", "Add login page",
+         "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        folders = {(root / "threads" / t).stat().st_ino for t in ("", "add-login-page")}
+        until("tail -f watching or gone",
+              lambda: p.poll() is not None or bool(folders & inotify_watches(p.pid)))  # fmt: skip
+        assert p.poll() is None, p.communicate(timeout=60)
+        box.post("other", "elsewhere", sender="bob")
+        box.post("add-login-page", "the form is done", sender="bob")
+        assert p.stdout is not None
+        heading, text = p.stdout.readline(), p.stdout.readline()
+        assert heading.startswith("add-login-page #1 bob"), heading  # not other's
+        assert text.strip() == "the form is done", text
+    finally:
+        p.kill()
+        p.communicate()
 
 
 def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
