@@ -137,6 +137,29 @@ def test_thread_waits_and_the_inbox_share_one_position(root: Path) -> None:
     anyio.run(main)
 
 
+def test_a_thread_wait_from_now_leaves_the_inbox_what_came_before_it(root: Path) -> None:
+    """The inbox looked at 'build'; then a task for anyone and a question to the worker landed
+    there, and the worker's first thread wait started from now, past them. The inbox then took
+    them as shown and never handed them out: the task reached everyone but this agent. What
+    the thread wait did return is not handed out again."""
+    box = setup(root)
+
+    async def main() -> None:
+        async with agent(root, "worker") as worker:
+            await call(worker, "msg_wait", timeout_s=0.1)  # the inbox's first look
+            task = box.post("build", "anyone: tag it", sender="boss", type="task")
+            ask = box.post("build", "which tag?", sender="boss", type="question", to=["worker"])
+            waited = await call(worker, "msg_wait", thread="build", timeout_s=0.5)  # from now
+            assert waited["messages"] == [] and waited["next_after_seq"] == ask
+            ping = box.post("build", "ping", sender="boss", to=["worker"])
+            got = await drain(worker, thread="build")
+            assert [s for _, s, _ in got] == [ping]
+            inbox = once(await drain(worker))
+            assert inbox == {("build", task), ("build", ask)}, inbox
+
+    anyio.run(main)
+
+
 def test_a_thread_created_again_starts_fresh(root: Path) -> None:
     box = setup(root)
     for i in range(5):

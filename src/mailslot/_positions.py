@@ -84,8 +84,11 @@ class Position:
 
     @property
     def inbox_seen(self) -> int:
-        """Return the seq up to which every message to the agent has been shown."""
-        return max(self.inbox or 0, self.read or 0)
+        """Return the seq up to which every message to the agent has been shown: a thread
+        read counts only where it joins the inbox's mark (one from now skipped what is before
+        it; the inbox still owes those)."""
+        inbox = self.inbox or 0
+        return max(inbox, self.read) if self.read is not None and self.start <= inbox else inbox
 
     def shown(self, start: int, upto: int) -> None:
         """Record that the messages after start up to upto were shown, in one piece.

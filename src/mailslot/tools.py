@@ -725,8 +725,13 @@ class Session:
                 return False
             return offer_of(m, me) is not None  # a task for anyone, in any thread
 
-        def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open
-            return m.sender != me and self._offered(me, m)
+        def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open,
+            # nothing a thread wait returned
+            try:
+                shown = self._reading.position(m.thread, self.agent).was_shown(m.seq)
+            except MailslotError:  # removed meanwhile: the wait reports what it meets
+                shown = False
+            return m.sender != me and not shown and self._offered(me, m)
 
         owed = self._reading.owed(me)
         gone = {(m.thread, m.seq) for m in owed if not keep(m)}  # claimed or closed meanwhile
