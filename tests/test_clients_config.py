@@ -100,6 +100,27 @@ def test_without_mailslot_on_path_claude_gets_the_local_files(
     )
 
 
+def test_a_mailbox_outside_the_project_keeps_claudes_files_local(
+    project: Path, tmp_path: Path
+) -> None:
+    """mailslot on PATH, but the mailbox is not the project's .mailslot/: the entry and the
+    hooks name its absolute root, so they go to this user's files, and the hooks keep it."""
+    env = environ(tmp_path, on_path=True)
+    box = tmp_path / "shared-box"
+    Mailbox.init(box)
+    out = install(project, env, "claude-code", "--agent", "dev", "--hooks", "--root", str(box))
+    assert not (project / ".mcp.json").exists()
+    assert not (project / ".claude" / "settings.json").exists()
+    local = json.loads((Path(env["HOME"]) / ".claude.json").read_text())
+    server = local["projects"][str(project.resolve())]["mcpServers"]["mailslot"]
+    assert [server["command"], *server["args"]] == ["mailslot", "serve"]
+    assert server["env"] == {"MAILSLOT_ROOT": str(box.resolve()), "MAILSLOT_AGENT": "dev"}
+    hooks = json.loads((project / ".claude" / "settings.local.json").read_text())["hooks"]
+    command = hooks["Stop"][0]["hooks"][0]["command"]
+    assert command.startswith("mailslot hook stop") and str(box.resolve()) in command, command
+    assert "MAILSLOT_ROOT is its absolute path" in out, out
+
+
 @pytest.mark.parametrize("client", ["gemini", "codex"])
 def test_without_mailslot_on_path_a_project_file_says_it_holds_this_machine(
     client: str, project: Path, tmp_path: Path
