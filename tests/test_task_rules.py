@@ -317,6 +317,25 @@ def test_a_result_from_another_agent_closes_a_held_task_and_tells_its_holder(roo
     assert (task.status, task.done_by) == ("done", "carol")
 
 
+def test_an_error_from_another_agent_while_held_is_a_remark_for_the_thread(root: Path) -> None:
+    """Only a result closes a task under its holder (and is addressed to it); carol's error
+    while bob holds it fails no attempt and is not turned into a message to bob."""
+    seq = a_task(root)
+
+    async def main() -> dict:
+        async with agent(root, "bob") as b, agent(root, "carol") as c:
+            assert (await call(b, "task_claim", thread="jobs", seq=seq))["claimed"] is True
+            posted = await call(c, "msg_post", thread="jobs", content="it fails for me too",
+                                type="error", reply_to=seq)  # fmt: skip
+            task = Mailbox(root).board("jobs").tasks[seq]  # while bob's serve runs
+            assert (task.status, task.holder, task.failures) == ("claimed", "bob", 0)
+            return posted
+
+    posted = anyio.run(main)
+    assert "note" not in posted, posted
+    assert list(Mailbox(root).get("jobs", posted["seq"]).to) == []
+
+
 def test_a_task_for_others_is_closed_only_by_them_or_its_sender(root: Path) -> None:
     seq = a_task(root, to=["bob"])
 
