@@ -643,3 +643,25 @@ def test_news_the_agent_read_in_the_thread_is_not_reported(mailbox: Path) -> Non
     post(mailbox, "third")
     text = context(hook(mailbox, "prompt"), "UserPromptSubmit")
     assert "third" in text and "first" not in text and "second" not in text
+
+
+def test_a_thread_wait_from_now_leaves_what_came_before_it_as_news(mailbox: Path) -> None:
+    """bob's inbox looked at t; a task for anyone and a question to bob landed; bob's first
+    msg_wait(t) started from now, past them. The hook took them as read and never told him;
+    what that thread wait returned stays read."""
+    with Mailbox(mailbox) as box:
+        s = Session(box, agent="bob")
+        try:
+            anyio.run(lambda: s.msg_wait(timeout_s=0.1))  # the inbox's first look
+            task = post(mailbox, "anyone: tag the release", to=None, type="task")
+            ask = post(mailbox, "which tag?", type="question")
+            waited = anyio.run(lambda: s.msg_wait(thread="t", timeout_s=0.2))  # from now
+            assert waited["messages"] == [] and waited["next_after_seq"] == ask
+            post(mailbox, "ping")
+            got = anyio.run(lambda: s.msg_wait(thread="t", timeout_s=5))
+            assert [m["content"] for m in got["messages"]] == ["ping"]
+        finally:
+            s.close()
+    text = context(hook(mailbox, "prompt"), "UserPromptSubmit")
+    assert f"[t #{task}]" in text and f"[t #{ask}]" in text, text
+    assert "ping" not in text, text

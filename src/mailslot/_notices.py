@@ -128,7 +128,10 @@ class Notices:
             # While inbox messages from before a first look are still owed in the thread, its
             # inbox position is unknown, as it is on disk then (Reading.save).
             inbox = None if self.reading.owes_in(thread) else pos.inbox
-            floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))
+            # A thread read counts only where it joins the inbox's mark: one from now skipped
+            # what came before it, which is still news (what it returned is not: was_shown).
+            read = pos.read if pos.read is not None and pos.start <= (inbox or 0) else None
+            floor = max(inbox or 0, read or 0, reported.get(thread, 0))
             seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
             start = floor  # where reading the thread's messages begins
             judged = 0  # messages to the agent up to here were judged by the thread index
@@ -151,7 +154,7 @@ class Notices:
                     start = max(floor, judged)
             with contextlib.suppress(MailslotError):
                 for m in self.box.messages(thread, start):
-                    if m.seq in seen or m.sender == me:
+                    if m.seq in seen or m.sender == me or pos.was_shown(m.seq):
                         continue
                     task = tasks.get(m.seq)
                     if me in m.to:
