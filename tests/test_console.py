@@ -478,6 +478,8 @@ def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
 
     mine = run("claim", "work", "1", "--release")
     assert mine.returncode == 1 and "you do not hold task 1" in mine.stderr
+    alone = run("claim", "work", "1", "--holder", "bob")  # a claim, not a take-back: refused
+    assert alone.returncode == 2 and "--holder goes with --release" in alone.stderr
     took = run("claim", "work", "1", "--release", "--holder", "bob")
     assert took.returncode == 0 and "took task 1 back from bob as dave" in took.stdout
     with Mailbox(root) as box:
@@ -485,6 +487,8 @@ def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
         assert (event.sender, event.meta["task"]) == (
             "dave", {"event": "release", "holder": "bob", "claim": 2}
         )  # fmt: skip
+        assert list(event.to) == ["bob"], "the holder is told"
+        assert box.head("work") == 3, "nothing but the take-back was stored"
         assert box.task("work", 1).status == "open"
     again = run("claim", "work", "1", "--release", "--holder", "bob")
     assert again.returncode == 1 and "bob does not hold task 1" in again.stderr
