@@ -303,6 +303,69 @@ MUTANTS = [
             "tests/test_wait.py::test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick",
         ),
     ),
+    # ------------------------------------------ issue 27, from its mutation audit (one per area)
+    Mutant(
+        "takeback-frees-any-claim",
+        "Tasks: a person's take-back counts only for the claim it names (meta.task.claim)",
+        "_tasks.py",
+        'taken_back = named == task.holder and ev.get("claim") == task.claim',
+        "taken_back = named == task.holder",
+        ("tests/test_tasks.py::test_the_fold_of_events_as_clones_leave_them",),
+    ),
+    Mutant(
+        "takeback-guard-ignores-claim",
+        "Tasks: a take-back whose claim changed hands while it waited for the lock is refused",
+        "_tasks.py",
+        "or now.holder != whose or now.claim != claim:",
+        "or now.holder != whose:",
+        ("tests/test_tasks.py::test_a_take_back_that_lost_a_race_says_so_and_frees_nothing",),
+    ),
+    Mutant(
+        "result-hint-not-the-held-task",
+        "Task rules: a result without reply_to is pointed at the task its sender holds",
+        "_tasks.py",
+        "                [t for t in unfinished if t.holder == sender]\n                or ",
+        "                ",
+        (
+            "tests/test_task_rules.py::test_a_result_without_reply_to_is_pointed_at_the_task_its_sender_means",
+        ),
+    ),
+    Mutant(
+        "error-addressed-to-holder",
+        "Task rules: only a result that closes a task under its holder is addressed to the holder",
+        "_tasks.py",
+        'if type_ == "result" and task.status == CLAIMED and task.holder',
+        "if task.status == CLAIMED and task.holder",
+        (
+            "tests/test_task_rules.py::test_an_error_from_another_agent_while_held_is_a_remark_for_the_thread",
+        ),
+    ),
+    Mutant(
+        "claude-hooks-committed-with-a-root",
+        "mcp-config: hooks naming this machine's root go to .claude/settings.local.json",
+        "_clients.py",
+        '"settings.json" if at is None or at.shared else',
+        '"settings.json" if at is None or at.bare else',
+        (
+            "tests/test_clients_config.py::test_a_mailbox_outside_the_project_keeps_claudes_files_local",
+        ),
+    ),
+    Mutant(
+        "tail-follow-ignores-topic",
+        "The command takes a thread's topic wherever it takes THREAD (tail -f too)",
+        "cli.py",
+        "got = box.wait(chosen or None, cursor, timeout=3600)",
+        "got = box.wait(args.threads or None, cursor, timeout=3600)",
+        ("tests/test_person.py::test_tail_follow_takes_a_topic",),
+    ),
+    Mutant(
+        "mine-lists-own-questions",
+        "task_list(mine=true): the questions others asked you or anyone, not your own",
+        "tools.py",
+        "if q.sender != mine and (not q.to or mine in q.to)]",
+        "if (not q.to or mine in q.to)]",
+        ("tests/test_contract.py::test_task_list_mine_shows_what_i_hold_and_what_i_can_take",),
+    ),
 ]
 
 
