@@ -626,7 +626,12 @@ class Search:
         """Search without an index (no FTS5 here): every word of the query must occur."""
         if not self._warned:
             self._warned = True
-            log.warning("this Python's SQLite has no FTS5: searching by reading every message")
+            why = (
+                "MAILSLOT_SEARCH_ENGINE=scan"
+                if os.environ.get("MAILSLOT_SEARCH_ENGINE") == "scan"
+                else "this Python's SQLite has no FTS5"
+            )
+            log.warning("%s: searching by reading every message, without an index", why)
         words = [w.lower() for w in terms(query)]
         matches = scan_matcher(query)
         rows: list[tuple[str, int, str, float]] = []
@@ -725,6 +730,15 @@ def scan_matcher(query: str) -> Callable[[str], bool]:
     if (problem := query_problem(query)) is not None:  # what the index refuses, refused alike
         raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
 
+    def whole(text: str, *, prefix: bool) -> Callable[[str], bool]:
+        """Match text as the index's tokens do: whole words (a prefix* may end inside one),
+        except in scripts written without spaces, whose characters are words of their own."""
+        if not text or _CJK.search(text):
+            return lambda t: text in t
+        edge = r"(?<![^\W_])"  # no letter or digit just before: a word starts here
+        found = re.compile(edge + re.escape(text) + ("" if prefix else r"(?![^\W_])")).search
+        return lambda t: found(t) is not None
+
     def refuse(what: str) -> NoReturn:  # in the words the index's refusal uses, where it can
         problem = query_problem(query) or what
         raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
@@ -774,11 +788,11 @@ def scan_matcher(query: str) -> Callable[[str], bool]:
             if len(token) < 2 or not token.endswith('"'):
                 refuse("a double quote is not closed")
             phrase = " ".join(token[1:-1].replace('""', '"').lower().split())
-            return lambda t: phrase in t
+            return whole(phrase, prefix=False)
         word = token.lstrip("^").rstrip("*").lower()
         if not word:
             refuse(f"{token!r} is no word")
-        return lambda t: word in t
+        return whole(word, prefix=token.endswith("*"))
 
     match = either()
     if at < len(tokens):
