@@ -350,6 +350,12 @@ def test_a_person_frees_an_agents_reservation_as_themselves(tmp_path: Path) -> N
             assert json.loads(gone.stdout) == {"released": [], "not_held": ["src/**"],
                                                "holder": "bob"}  # fmt: skip
             assert (await call(bob, "files_reserve", paths=["docs/x.md"]))["granted"]
+            every = run(root, "release", "--holder", "bob", who="dave")  # all of bob's
+            assert every.returncode == 0, every.stderr
+            with Mailbox(root) as box:
+                assert box.reservations() == []
+                event = box.get(THREAD, box.head(THREAD))
+                assert (event.sender, event.content) == ("dave", "freed all of bob's reservations")
 
     anyio.run(main)
 

@@ -319,7 +319,11 @@ class Reservations:
         text = f"released {what}"
         if whose != agent:  # a person frees someone's: said as theirs, never in the holder's name
             back, to = {"paths": named, "holder": whose}, (whose,)
-            text = f"freed {whose}'s reservation of {what}"
+            text = (
+                f"freed {whose}'s reservation of {what}"
+                if named
+                else f"freed all of {whose}'s reservations"
+            )
         message = self.writer.append(
             THREAD, self.files.thread_dir(THREAD), sender=agent, to=to, type_="status",
             priority="normal", reply_to=None, content=text, meta={"release": back}, key=None,
