@@ -549,6 +549,32 @@ def test_a_released_task_goes_to_a_waiting_worker(root: Path) -> None:
     anyio.run(main)
 
 
+def test_a_task_taken_by_a_gone_process_between_two_waits_goes_to_the_next_wait(
+    root: Path,
+) -> None:
+    """bob's inbox looked at jobs while nothing was held there; then a task was posted and
+    claimed by a process that then died holding it. bob's next wait reads the board of the
+    thread that moved, notices the dead holder and hands the task out."""
+    Mailbox(root).create_thread("jobs", creator="boss")
+
+    async def main() -> None:
+        async with agent(root, "bob") as b:
+            assert (await call(b, "msg_wait", timeout_s=0.1))["messages"] == []
+            seq = Mailbox(root).post("jobs", "job", sender="boss", type="task")
+            claim = (  # carol's process claims the task and ends without giving it back
+                "import os, sys; from mailslot import Mailbox; "
+                "assert Mailbox(sys.argv[1]).claim_task('jobs', int(sys.argv[2]), "
+                "agent='carol', pid=os.getpid()).won"
+            )
+            claimed = subprocess.run([sys.executable, "-c", claim, str(root), str(seq)],
+                                     capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert claimed.returncode == 0, claimed.stderr
+            _, view = await wait_for_task(b, "jobs", seq, 30)
+            assert view["task"]["status"] == "open", view
+
+    anyio.run(main)
+
+
 # ---------------------------------------------------------------- 6. bad input
 
 
