@@ -186,7 +186,8 @@ def wait_woken_by(
     team: Team, waiter: User, poster: User, root: Path, thread: str, umask: str
 ) -> None:
     """Check that waiter's `mailslot wait` on thread blocks, and wakes on poster's post."""
-    head = json.loads(team.cli(waiter, umask, "threads", "--root", str(root), "--json").stdout)
+    listing = team.cli(waiter, umask, "threads", "--root", str(root), "--json").stdout
+    head = json.loads(listing)["threads"]
     after = next(t["head"] for t in head if t["id"] == thread)
     argv = team.argv(waiter, umask, sys.executable, "-m", "mailslot", "wait", thread, "--after",
                      str(after), "--timeout", "60", "--json", "--root", str(root))  # fmt: skip
