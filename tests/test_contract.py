@@ -275,3 +275,27 @@ def test_a_huge_wrong_argument_is_not_repeated_back_whole(root: Path) -> None:
         assert len(text) < 1000, text[:300]
         assert "'bob bob" in text and f"({len(repr(huge))} characters)" in text, text
     assert Mailbox(root).head("t") == 0
+
+
+def test_true_or_false_for_a_number_is_refused(root: Path) -> None:
+    """pydantic reads true as 1: task_claim(seq=true) claimed task 1, msg_list(after_seq=false)
+    read from the start. A number must be a number; nothing is claimed or stored."""
+    box = Mailbox(root)
+    box.create_thread("t", creator="bob")
+    box.post("t", "a job", sender="bob", type="task")
+
+    async def main() -> list[str]:
+        async with agent(root, "alice") as c:
+            return [
+                await error(c, "task_claim", {"thread": "t", "seq": True}),
+                await error(c, "msg_list", {"thread": "t", "after_seq": False}),
+                await error(c, "msg_wait", {"thread": "t", "timeout_s": True}),
+                await error(c, "msg_post", {"thread": "t", "content": "re", "reply_to": True}),
+            ]
+
+    claim, listed, waited, posted = anyio.run(main)
+    assert "'seq' must be a number, not true" in claim and "Call task_claim(" in claim, claim
+    assert "'after_seq' must be a number, not false" in listed, listed
+    assert "'timeout_s' must be a number, not true" in waited, waited
+    assert "'reply_to' must be a number, not true" in posted, posted
+    assert Mailbox(root).head("t") == 1 and Mailbox(root).board("t").tasks[1].status == "open"

@@ -316,6 +316,11 @@ class _Tools:
         unknown = [a for a in arguments if a not in self.schemas[name].get("properties", {})]
         if unknown:  # the SDK's argument model would drop them: a recipient lost, say
             raise ToolError(unknown_text(name, unknown, self.schemas[name]))
+        props = self.schemas[name].get("properties", {})
+        flags = [a for a, v in arguments.items() if isinstance(v, bool) and _numeric(props[a])]
+        if flags:  # pydantic reads true as 1: task_claim(seq=true) would claim task 1
+            wrong = [f"'{a}' must be a number, not {str(arguments[a]).lower()}" for a in flags]
+            raise ToolError(f"{'; '.join(wrong)}. {_usage(name, self.schemas[name])}")
         try:
             kwargs = args.validate_arguments(arguments)
         except ValidationError as e:
@@ -384,6 +389,12 @@ def _usage(tool: str, schema: dict[str, Any]) -> str:
     required = [p for p in schema.get("required", [])]
     usage = ", ".join([*required, *(f"{p}?" for p in props if p not in required)])
     return f"Call {tool}({usage}) again with that fixed"
+
+
+def _numeric(spec: dict[str, Any]) -> bool:
+    """Return True if a parameter's schema takes a number (alone or beside null)."""
+    kinds = [spec.get("type"), *(o.get("type") for o in spec.get("anyOf", []))]
+    return "integer" in kinds or "number" in kinds
 
 
 def argument_text(tool: str, error: ValidationError, schema: dict[str, Any]) -> str:
