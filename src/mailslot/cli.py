@@ -210,7 +210,14 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def _open(args: argparse.Namespace) -> Mailbox:
-    return Mailbox(_root(args))
+    """Return the command's mailbox, with its THREAD arguments (an id or a topic, as the tools
+    take) made thread ids."""
+    box = Mailbox(_root(args))
+    if getattr(args, "thread", None):
+        args.thread = thread_id(box, args.thread)
+    if getattr(args, "threads", None):
+        args.threads = [thread_id(box, t) for t in args.threads]
+    return box
 
 
 def _sender(args: argparse.Namespace) -> str:
@@ -383,7 +390,6 @@ def cmd_threads(args: argparse.Namespace) -> int:
 )
 def cmd_read(args: argparse.Namespace) -> int:
     box = _open(args)
-    args.thread = thread_id(box, args.thread)  # an id or a topic, as the tools take
     after = args.after
     if args.last is not None:
         after = max(after, box.head(args.thread) - args.last)
@@ -438,7 +444,7 @@ def cmd_post(args: argparse.Namespace) -> int:
             meta = loads(args.meta)  # bounded: a hostile depth is a ValueError, not a crash
         except ValueError as e:
             raise MailslotError(f"--meta is not JSON: {e}") from None
-    thread = thread_id(box, args.thread)  # an id or a topic, as the tools take
+    thread = args.thread
     message = box.publish(
         thread, content, sender=_sender(args), to=args.to or [], type=args.type,
         priority=args.priority, reply_to=args.reply_to, meta=meta, idempotency_key=args.key,
@@ -461,8 +467,7 @@ def cmd_post(args: argparse.Namespace) -> int:
 )
 def cmd_tail(args: argparse.Namespace) -> int:
     box = _open(args)
-    chosen = [thread_id(box, t) for t in args.threads]
-    names = chosen or list(box)
+    names = args.threads or list(box)
     cursor: dict[str, int] = {}
     backlog: list[Message] = []
     for t in names:
@@ -475,7 +480,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         while True:  # blocks in wait(): no busy polling; new threads are followed too
-            got = box.wait(chosen or None, cursor, timeout=3600)
+            got = box.wait(args.threads or None, cursor, timeout=3600)
             cursor = got.cursor
             _emit(got.messages, args, thread=True)
             trouble(got.skipped, got.pending, args.told)
@@ -499,8 +504,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     box = _open(args)
     after: int | None = args.after
-    if args.thread is not None:
-        args.thread = thread_id(box, args.thread)
     try:
         got = box.wait(args.thread, after, to=args.to, timeout=args.timeout, limit=args.limit)
     finally:
@@ -525,7 +528,6 @@ def cmd_wait(args: argparse.Namespace) -> int:
 )
 def cmd_state(args: argparse.Namespace) -> int:
     box = _open(args)
-    args.thread = thread_id(box, args.thread)
     seq = box.set_state(args.thread, args.state, sender=_sender(args), summary=args.summary)
     if args.json:
         _print_json(box.thread(args.thread).to_dict())
@@ -545,7 +547,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 )
 def cmd_tasks(args: argparse.Namespace) -> int:
     box = _open(args)
-    threads = [thread_id(box, args.thread)] if args.thread else list(box)
+    threads = [args.thread] if args.thread else list(box)
     if args.thread:
         box.thread(threads[0])  # a missing thread fails here, with its readable error
     if box.read_only is None:  # holders that died or stalled let go before we show them
@@ -599,7 +601,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 )
 def cmd_claim(args: argparse.Namespace) -> int:
     box = _open(args)
-    args.thread = thread_id(box, args.thread)
     me = _sender(args)
     if args.holder is not None and not args.release:
         raise UsageError("--holder goes with --release (take NAME's claim back)")
@@ -839,8 +840,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
 )
 def cmd_search(args: argparse.Namespace) -> int:
     box = _open(args)
-    thread = thread_id(box, args.thread) if args.thread is not None else None
-    found = box.search(args.query, thread=thread, sender=args.sender, type=args.type,
+    found = box.search(args.query, thread=args.thread, sender=args.sender, type=args.type,
                        to=args.to, since=args.since, limit=args.limit)  # fmt: skip
     if args.json:
         _print_json({"hits": [m.message.to_dict() | {"snippet": m.snippet} for m in found.hits],
@@ -959,7 +959,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--json asks for JSON and --format for {args.format}: give one")
     form = "json" if args.json else args.format or "md"
     box = _open(args)
-    args.thread = thread_id(box, args.thread)
     if form == "md":
         sys.stdout.write(transcript_markdown(box, args.thread))
     elif form == "html":
