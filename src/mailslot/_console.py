@@ -300,9 +300,8 @@ class Console:
         if not holder or not isinstance(path, str):
             return JSONResponse({"error": "send the holder and the path to free"}, 400)
         released, _ = await asyncio.to_thread(
-            self.box.release, [path], agent=self.person,
-            holder=None if holder == self.person else holder,
-        )  # fmt: skip
+            self.box.release, [path], agent=self.person, holder=holder
+        )  # one's own holder is one's own release (Reservations.release)
         if not released:
             return JSONResponse({"error": f"{holder} holds no reservation of {path} now"}, 409)
         return JSONResponse({"released": sorted({h.pattern for h in released})})

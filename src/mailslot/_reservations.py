@@ -41,10 +41,11 @@ from mailslot._log import ThreadLog
 from mailslot._presence import DEFAULT_STALE_AFTER
 from mailslot._publish import Writer
 from mailslot._tasks import SYSTEM, _epoch, folded_through, iso
+from mailslot._threads import RESERVATIONS
 
 log = logging.getLogger("mailslot")
 
-THREAD = "file-reservations"
+THREAD = RESERVATIONS
 TOPIC = "File reservations"
 MAX_PATHS = 100
 MAX_REASON = 500

@@ -739,9 +739,8 @@ def scan_matcher(query: str) -> Callable[[str], bool]:
         found = re.compile(edge + re.escape(text) + ("" if prefix else r"(?![^\W_])")).search
         return lambda t: found(t) is not None
 
-    def refuse(what: str) -> NoReturn:  # in the words the index's refusal uses, where it can
-        problem = query_problem(query) or what
-        raise InvalidMessage(f"cannot read the query {query[:80]!r}: {problem}; {EXAMPLES}")
+    def refuse(what: str) -> NoReturn:  # what query_problem above did not already refuse
+        raise InvalidMessage(f"cannot read the query {query[:80]!r}: {what}; {EXAMPLES}")
 
     def peek() -> str | None:
         return tokens[at] if at < len(tokens) else None

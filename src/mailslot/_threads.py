@@ -31,9 +31,11 @@ INDEX_PAGE = 256
 # newest messages backwards for this long; the rest is indexed over the next looks.
 INDEX_BUDGET_S = 0.02
 TAIL_BUDGET_S = 0.01
-#: Threads mailslot keeps for its own bookkeeping (the file reservations, `_reservations.THREAD`):
-#: listed after every conversation, however recent, and readable by id like any thread.
-BOOKKEEPING = frozenset({"file-reservations"})
+#: The thread of file reservations (`_reservations` keeps it).
+RESERVATIONS = "file-reservations"
+#: Threads mailslot keeps for its own bookkeeping: listed after every conversation, however
+#: recent, and readable by id like any thread.
+BOOKKEEPING = frozenset({RESERVATIONS})
 
 
 @dataclass(slots=True)

@@ -313,10 +313,10 @@ class _Tools:
         args = self.arguments.get(name)
         if args is None:
             args = self.arguments[name] = _arguments(name)
-        unknown = [a for a in arguments if a not in self.schemas[name].get("properties", {})]
+        props = self.schemas[name].get("properties", {})
+        unknown = [a for a in arguments if a not in props]
         if unknown:  # the SDK's argument model would drop them: a recipient lost, say
             raise ToolError(unknown_text(name, unknown, self.schemas[name]))
-        props = self.schemas[name].get("properties", {})
         flags = [a for a, v in arguments.items() if isinstance(v, bool) and _numeric(props[a])]
         if flags:  # pydantic reads true as 1: task_claim(seq=true) would claim task 1
             wrong = [f"'{a}' must be a number, not {str(arguments[a]).lower()}" for a in flags]
