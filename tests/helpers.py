@@ -208,6 +208,13 @@ def run_git(env: dict[str, str], repo: Path, *args: str, ok: bool = True) -> str
     return done.stdout
 
 
+def git_init(env: dict[str, str], repo: Path, who: str) -> None:
+    """Make repo (an existing folder) a git repository on main that commits as who."""
+    run_git(env, repo, "init", "-q", "-b", "main")
+    run_git(env, repo, "config", "user.name", who)
+    run_git(env, repo, "config", "user.email", f"{who}@example.org")
+
+
 SERVE = [sys.executable, "-m", "mailslot", "serve"]
 
 

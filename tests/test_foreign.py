@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, finish, run_git, spawn
+from helpers import agent, call, finish, git_init, run_git, spawn
 
 from mailslot import Mailbox, Pending
 from mailslot._format import MESSAGE_KEYS, dumps
@@ -64,9 +64,7 @@ def test_waiter_gets_every_message_a_git_pull_brings(
 ) -> None:
     a = tmp_path / "a"
     a.mkdir()
-    run_git(git, a, "init", "-q", "-b", "main")
-    run_git(git, a, "config", "user.email", "a@example.invalid")
-    run_git(git, a, "config", "user.name", "a")
+    git_init(git, a, "a")
     box = Mailbox.init(a / ".mailslot", fsync=False)
     box.create_thread("t", creator="alice")
     box.post("t", "first", sender="alice")
@@ -96,9 +94,7 @@ def test_a_branch_switch_leaves_the_index_and_readers_right(
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    run_git(git, repo, "init", "-q", "-b", "main")
-    run_git(git, repo, "config", "user.email", "r@example.invalid")
-    run_git(git, repo, "config", "user.name", "r")
+    git_init(git, repo, "r")
     box = Mailbox.init(repo / ".mailslot")
     box.create_thread("t", creator="alice")
     box.post("t", "one", sender="alice")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_git
+from helpers import git_init, run_git
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,9 +44,7 @@ def clone(env: dict[str, str], origin: Path, dest: Path, user: str) -> Path:
 def origin_repo(env: dict[str, str], path: Path, thread: bool = True) -> Path:
     """Return a repository holding a mailbox (with thread t of two messages, if asked)."""
     path.mkdir()
-    run_git(env, path, "init", "-q", "-b", "main")
-    run_git(env, path, "config", "user.name", "origin")
-    run_git(env, path, "config", "user.email", "origin@example.org")
+    git_init(env, path, "origin")
     (path / "README").write_text("a project\n")
     with Mailbox.init(path / ".mailslot") as box:
         if thread:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_git
+from helpers import git_init, run_git
 
 from mailslot import Mailbox
 from mailslot._guard import (
@@ -45,9 +45,7 @@ def env(git: dict[str, str]) -> dict[str, str]:
 def make_repo(env: dict[str, str], path: Path, mailbox: bool = True) -> Path:
     """Return a repository with a first commit of src/a.py, src/b.py and (if asked) a mailbox."""
     (path / "src").mkdir(parents=True)
-    run_git(env, path, "init", "-q", "-b", "main")
-    run_git(env, path, "config", "user.name", "tester")
-    run_git(env, path, "config", "user.email", "tester@example.org")
+    git_init(env, path, "tester")
     (path / "src" / "a.py").write_text("a = 1\n")
     (path / "src" / "b.py").write_text("b = 1\n")
     (path / "README").write_text("a project\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, run_git
+from helpers import agent, call, git_init, run_git
 from mcp import types
 from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
@@ -1048,9 +1048,7 @@ def test_git_checkout_between_branches_changes_what_is_found(
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    run_git(git, repo, "init", "-q", "-b", "main")
-    run_git(git, repo, "config", "user.name", "x")
-    run_git(git, repo, "config", "user.email", "x@example.org")
+    git_init(git, repo, "x")
     box = mailbox(repo / ".mailslot")
     box.create_thread("t", creator="alice")
     box.post("t", "shared jackal", sender="alice")
@@ -1118,9 +1116,7 @@ def test_doctor_fix_after_a_merge_conflict_is_searched_as_it_now_is(
 def repo_with_thread(env: dict[str, str], path: Path) -> Path:
     """Return a git repository holding a mailbox with thread t of two messages."""
     path.mkdir()
-    run_git(env, path, "init", "-q", "-b", "main")
-    run_git(env, path, "config", "user.name", "origin")
-    run_git(env, path, "config", "user.email", "origin@example.org")
+    git_init(env, path, "origin")
     box = mailbox(path / ".mailslot")
     box.create_thread("t", creator="alice")
     box.post("t", "hello from the shared history", sender="alice")

@@ -831,6 +831,20 @@ def test_a_heartbeat_without_work_does_not_keep_a_lease(root: Path) -> None:
     assert "no sign of work for 3 s" in reopen.meta["task"]["reason"], reopen.meta
 
 
+async def presence_writes(root: Path, a: Client) -> tuple[int, int, float]:
+    """As alpha, call a cheap tool 30 times over ~3 s; return how many calls, how many presence
+    writes were seen (its last_seen_epoch changed), and how long it took."""
+    seen = presence_doc(root, "alpha")["last_seen_epoch"]
+    writes, begun = 0, time.monotonic()
+    for _ in range(30):
+        await call(a, "thread_list")
+        now = presence_doc(root, "alpha")["last_seen_epoch"]
+        writes += now != seen
+        seen = now
+        await anyio.sleep(0.1)
+    return 30, writes, time.monotonic() - begun
+
+
 def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path) -> None:
     """Calls made while holding nothing, a long lease, or holds already closed or given back
     write no presence beyond the heartbeat's; a short hold's writes are spaced out."""
@@ -840,39 +854,30 @@ def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path
     short_job = box.post("jobs", "a short job", sender="boss", type="task")
     failing_job = box.post("jobs", "a job that fails", sender="boss", type="task")
 
-    async def burst(a: Client) -> tuple[int, int, float]:
-        """Call a cheap tool 30 times over ~3 s; return how many calls, how many presence
-        writes were seen (its last_seen_epoch changed), and how long it took."""
-        seen = presence_doc(root, "alpha")["last_seen_epoch"]
-        writes, begun = 0, time.monotonic()
-        for _ in range(30):
-            await call(a, "thread_list")
-            now = presence_doc(root, "alpha")["last_seen_epoch"]
-            writes += now != seen
-            seen = now
-            await anyio.sleep(0.1)
-        return 30, writes, time.monotonic() - begun
-
     def beats(elapsed: float) -> int:
         """Return how many heartbeats (every 30/3 s) can fall into elapsed seconds."""
         return int(elapsed / 10) + 1
 
     async def main() -> None:
         async with agent(root, "alpha") as a:
-            calls, writes, took = await burst(a)  # holding nothing
+            # holding nothing
+            calls, writes, took = await presence_writes(root, a)
             assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
 
             got = await call(a, "task_claim", thread="jobs", seq=long_job, lease_s=300)
             assert got["claimed"] is True
-            calls, writes, took = await burst(a)  # a lease of 300 s: the heartbeat suffices
+            # a lease of 300 s: the heartbeat suffices
+            calls, writes, took = await presence_writes(root, a)
             assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
 
             assert (await call(a, "files_reserve", paths=["docs/**"], ttl_s=4))["granted"]
-            calls, writes, took = await burst(a)  # a TTL of 4 s: a write a second at most
+            # a TTL of 4 s: a write a second at most
+            calls, writes, took = await presence_writes(root, a)
             assert 1 <= writes <= took / 1 + beats(took) + 1, f"{writes} writes in {took:.1f} s"
 
             assert (await call(a, "files_reserve", paths=["notes/**"], ttl_s=1))["granted"]
-            calls, writes, took = await burst(a)  # 1 s: two writes a second, no more
+            # 1 s: two writes a second, no more
+            calls, writes, took = await presence_writes(root, a)
             assert writes <= took / 0.5 + beats(took) + 1, f"{writes} writes in {took:.1f} s"
 
             await call(a, "files_release")
@@ -885,7 +890,8 @@ def test_activity_is_written_only_as_often_as_the_shortest_hold_needs(root: Path
             # a failed attempt holds it no more
             await call(a, "msg_post", thread="jobs", type="error", reply_to=failing_job,
                        content="it failed")  # fmt: skip
-            calls, writes, took = await burst(a)  # what is given back or closed needs nothing
+            # what is given back or closed needs nothing
+            calls, writes, took = await presence_writes(root, a)
             assert writes <= beats(took), f"{writes} presence writes for {calls} calls"
 
     anyio.run(main)
@@ -961,14 +967,8 @@ def test_a_hold_lost_to_another_is_forgotten_at_the_next_heartbeat(root: Path) -
                 until, "alpha's next heartbeat",
                 lambda: presence_doc(root, "alpha")["last_seen_epoch"] != beat,
             )  # fmt: skip
-            seen, writes, begun = presence_doc(root, "alpha")["last_seen_epoch"], 0, time.time()
-            for _ in range(30):
-                await call(a, "thread_list")
-                now = presence_doc(root, "alpha")["last_seen_epoch"]
-                writes += now != seen
-                seen = now
-                await anyio.sleep(0.1)
-            beats = int((time.time() - begun) / 5) + 1
+            _, writes, took = await presence_writes(root, a)
+            beats = int(took / 5) + 1
             assert writes <= beats, f"{writes} presence writes for 30 calls holding nothing"
 
     anyio.run(main)

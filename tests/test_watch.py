@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import require, run_git, watching
+from helpers import git_init, require, run_git, watching
 
 from mailslot import Mailbox
 from mailslot._watch import Watcher
@@ -171,9 +171,7 @@ def test_branch_switch_that_recreates_threads_keeps_waking(
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    run_git(git, repo, "init", "-q", "-b", "main")
-    for key, value in (("user.name", "test"), ("user.email", "test@example.com")):
-        run_git(git, repo, "config", key, value)
+    git_init(git, repo, "test")
     root = repo / ".mailslot"
     with Mailbox.init(root) as box:
         box.create_thread("t", creator="alice")
