@@ -153,6 +153,10 @@ class Task:
         """Return True if agent can take this task now: it is open, and agent may claim it."""
         return self.status == OPEN and self.may_take(agent)
 
+    def held_by(self, agent: str | None, pid: int | None) -> bool:
+        """Return True if agent's process pid on this machine holds this task now."""
+        return (self.status, self.holder, self.pid, self.host) == (CLAIMED, agent, pid, HOST)
+
     def to_json(self) -> dict[str, Any]:
         """Return the task as cached on disk."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -451,7 +455,7 @@ class Tasks:
                 self._claimable(task, agent)
                 if task.status == CLAIMED and task.holder != agent:
                     return Claim(False, task, until)
-            if task.status == CLAIMED and task.pid == pid and task.host == HOST and not lease_s:
+            if task.held_by(agent, pid) and not lease_s:
                 return Claim(True, task, until)  # this process holds it already
             got = self._write_claim(thread, task, agent, pid, lease_s)
             if got is not None:

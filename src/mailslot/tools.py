@@ -420,8 +420,7 @@ class Session:
             try:
                 if key[0] == "task":
                     t = self.box.board(key[1]).tasks.get(key[2])
-                    held = (t.status, t.holder, t.pid, t.host) if t is not None else None
-                    ours = held == (CLAIMED, me, pid, HOST)
+                    ours = t is not None and t.held_by(me, pid)
                 else:
                     if files is None:
                         files = self.box.reservations(stale_after=self.stale_after)
@@ -474,8 +473,7 @@ class Session:
             thread, seq = str(key[1]), int(key[2])
             with contextlib.suppress(MailslotError):
                 t = self.box.board(thread).tasks.get(seq)
-                ours = (CLAIMED, me, os.getpid(), HOST)
-                if t is not None and (t.status, t.holder, t.pid, t.host) == ours:
+                if t is not None and t.held_by(me, os.getpid()):
                     self.box.release_task(thread, seq, agent=me, reason="its server stopped")
             self._activity.drop(key)
 
