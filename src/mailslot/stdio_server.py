@@ -761,7 +761,7 @@ async def _push_news(
     while session.agent is None:  # named on first use when no --agent was given
         await anyio.sleep(0.5)
     # Arrivals after this cursor wake the loop; what came before it, the first look finds.
-    cursor: dict[str, int] | None = (await box.wait_async(None, None, timeout=0, limit=1)).cursor
+    cursor: dict[str, int] | None = box.cursor()
     look = False  # news was held back while the agent waited: look again at the next wake
     now = True  # look before waiting: news from before the start, or left out of the last look
     while True:
@@ -782,7 +782,6 @@ async def _push_news(
         # be on disk yet (they are written once a second), and must not be pushed again.
         notices = Notices(box, me, session.reading)
         try:
-            before = notices.reported()
             cards = {c.name for c in box.agents()}
             found = notices.new(senders=cards)
         except MailslotError as e:
@@ -791,7 +790,7 @@ async def _push_news(
             continue
         news = [n for n in found if not session.waiting_for(n.message)]
         look = len(news) < len(found)
-        every, pushed = news, []
+        every, pushed, marked = news, [], []
         while news:
             batch, news = news[:PUSH_MAX_LINES], news[PUSH_MAX_LINES:]
             first = batch[0].message
@@ -812,9 +811,10 @@ async def _push_news(
             )  # fmt: skip
             await write.send(SessionMessage(note))
             pushed += batch
-            notices.mark(reportable(every, pushed))  # stopped here, the rest comes next time
+            marked = reportable(every, pushed)
+            notices.mark(marked)  # stopped here, the rest comes next time
         # Left out of this look (too many at once): look again now, if this one got anywhere.
-        now = notices.more and not look and notices.reported() != before
+        now = notices.more and not look and bool(marked)
 
 
 def serve(
