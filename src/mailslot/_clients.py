@@ -154,7 +154,7 @@ def render(
     server = entry(client, root, agent, channel=channel, at=at)
     if client == "codex":
         return _toml_table(server)
-    key = "servers" if client == "vscode" else "mcpServers"
+    key = _servers_key(client)
     return json.dumps({key: {"mailslot": server}}, indent=2) + "\n"
 
 
@@ -192,7 +192,12 @@ def keys(client: str, path: Path, project: Path, home: Path) -> list[str]:
     local scope in ~/.claude.json, else under the servers key."""
     if client == "claude-code" and path == home / ".claude.json":
         return ["projects", str(project), "mcpServers", "mailslot"]
-    return ["servers" if client == "vscode" else "mcpServers", "mailslot"]
+    return [_servers_key(client), "mailslot"]
+
+
+def _servers_key(client: str) -> str:
+    """Return the key client's JSON file holds its MCP servers under."""
+    return "servers" if client == "vscode" else "mcpServers"
 
 
 def install(
@@ -215,7 +220,7 @@ def install(
     import tomllib  # only configuring a client needs it
 
     server = entry(client, root, agent, channel=channel, at=at)
-    where = where or ["servers" if client == "vscode" else "mcpServers", "mailslot"]
+    where = where or [_servers_key(client), "mailslot"]
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if client == "codex":
         try:
@@ -317,10 +322,8 @@ def _codex_global(home: Path) -> list[str]:
     path = codex_home(home) / "config.toml"
     try:
         server = tomllib.loads(path.read_text(encoding="utf-8"))["mcp_servers"]["mailslot"]
-    except FileNotFoundError:
-        return []
-    except (KeyError, TypeError):
-        return []
+    except (FileNotFoundError, KeyError, TypeError):
+        return []  # no file, or no mailslot server in it
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return [f"could not read {path} ({e}) to see whether it has a mailslot server too"]
     env = server.get("env") if isinstance(server, dict) else None
