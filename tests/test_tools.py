@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import until_async
@@ -319,6 +320,41 @@ def test_an_inbox_wait_reads_again_only_the_boards_that_can_have_changed(
         assert len(reads) - looks <= 2 * quiet + 5, (
             f"{len(reads)} board reads for {quiet + 1} threads in {looks} looks"
         )
+    finally:
+        carol.close()
+        carol.box.close()
+
+
+def test_a_task_in_a_thread_that_came_during_an_inbox_wait_moves_on_from_a_stalled_holder(
+    sessions: tuple[Session, Session],
+) -> None:
+    """bob waits in his inbox; a thread is created meanwhile with a task for anyone that carol
+    claims (lease 1 s) before bob's wait runs again, and carol goes silent: bob's wait looks at
+    the holders in that new thread too, reopens the task and returns it."""
+    a, b = sessions
+    a.thread_create("old")
+    carol = Session(Mailbox(a.box.root, fsync=False), agent="carol")
+    try:
+
+        async def scenario() -> dict[str, Any]:
+            waiting = asyncio.create_task(b.msg_wait(timeout_s=20))
+
+            async def blocked() -> bool:
+                return b.box.presence(str(b.agent)).status == "waiting"
+
+            await until_async("bob's inbox wait has blocked", blocked)
+            # No await from here to the claim: bob's wait cannot look in between, so it first
+            # meets the task already held.
+            a.thread_create("new")
+            seq = a.msg_post("new", "a job for anyone", type="task")["seq"]
+            assert carol.task_claim("new", seq, lease_s=1)["claimed"] is True
+            return await waiting
+
+        got = asyncio.run(scenario())
+        assert [(m["thread"], m["content"]) for m in got["messages"]] == [
+            ("new", "a job for anyone")
+        ], got
+        assert got["messages"][0]["task"]["reopened"], got
     finally:
         carol.close()
         carol.box.close()

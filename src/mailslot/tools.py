@@ -741,7 +741,7 @@ class Session:
             messages = owed + [m for m in now if (m.thread, m.seq) not in due]
         else:
             got, messages = await self._waiting(
-                None, cursor, me, timeout, keep, match=match, settle=set(cursor)
+                None, cursor, me, timeout, keep, match=match, settle=True
             )
         views, cut = self._page(messages, lambda m: self._inbox_view(me, m))
         shown = {(m.thread, m.seq) for m in messages[: len(views)]} | gone
@@ -783,16 +783,17 @@ class Session:
         view["task"] = info
         return view
 
-    def _settle(self, me: str, threads: set[str], heads: dict[str, int]) -> bool:
-        """Hand out again the tasks in threads whose holders died or stalled; return True if
-        tasks me could take are held by others (so that their holders are watched).
+    def _settle(self, me: str, heads: dict[str, int]) -> bool:
+        """Hand out again the tasks in the threads of heads whose holders died or stalled;
+        return True if tasks me could take are held by others (so that their holders are
+        watched).
 
-        heads: how far the caller has seen each thread; a board is read again only where that
-        moved or others held tasks (O(threads) dict look-ups, not board reads, per call).
+        heads: how far the caller has seen each thread (threads that came during a wait
+        included); a board is read again only where that moved or others held tasks
+        (O(threads) dict look-ups, not board reads, per call).
         """
         held = []
-        for thread in sorted(threads):
-            at = heads.get(thread, -1)
+        for thread, at in sorted(heads.items()):
             known = self._boards.get(thread)
             if known is not None and known == (at, False):
                 continue  # nothing new there, and nothing held by others to watch
@@ -821,20 +822,20 @@ class Session:
         keep: Callable[[Message], bool],
         *,
         match: Callable[[Message], bool] | None = None,
-        settle: set[str] | None = None,
+        settle: bool = False,
     ) -> tuple[Arrivals, list[Message]]:
         """Wait until messages that keep() accepts arrive; return the last arrivals and them.
 
-        settle: threads whose tasks this agent could take; while others hold some, their
-        holders are looked at every SETTLE_EVERY_S, and a dead or stalled one's task is
-        reopened (an event that ends this wait with the task).
+        settle: while others hold tasks this agent could take in the threads of the cursor
+        (as it grows), their holders are looked at every SETTLE_EVERY_S, and a dead or stalled
+        one's task is reopened (an event that ends this wait with the task).
         """
         report = PROGRESS.get()
         begun = time.monotonic()
         reported = begun
         skipped = []
         while True:
-            watch = bool(settle) and self._settle(self.me(), settle or set(), cursor)
+            watch = settle and self._settle(self.me(), cursor)
             left = timeout - (time.monotonic() - begun)
             step = min(left, self.progress_every, SETTLE_EVERY_S if watch else left)
             if (every := self._activity.every()) is not None:
