@@ -369,7 +369,11 @@ def test_the_reservations_thread_is_listed_after_every_conversation(tmp_path: Pa
     root = tmp_path / "box"
     with Mailbox.init(root) as box:
         box.create_thread("Plan the release", creator="alice")
-        box.post("plan-the-release", "who takes the changelog?", sender="alice")
+        seq = box.post("plan-the-release", "who takes the changelog?", sender="alice")
+        posted = box.get("plan-the-release", seq).created_at
+        # Times have milliseconds: the newer thread must not share the post's, or the order
+        # between the two falls to their ids.
+        until("the clock moved past the post", lambda: now_iso() > posted)
         box.create_thread("Fix the flaky test", creator="carol")
     assert run(root, "reserve", "src/", who="bob").returncode == 0
     listed = run(root, "threads", "--json").stdout
