@@ -264,3 +264,10 @@ def waiting(root: Path, name: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
+
+
+def documentation() -> str:
+    """Return the README and every docs/ page as one text, README first: all the docs promise."""
+    repo = Path(__file__).resolve().parent.parent
+    pages = [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+    return "\n\n".join(page.read_text(encoding="utf-8") for page in pages)

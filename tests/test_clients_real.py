@@ -24,11 +24,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import documentation
 
 from mailslot import Mailbox
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README = documentation()  # the README and the docs/ pages it links
 BIN = REPO / ".ci" / "node" / "node_modules" / ".bin"
 SCRIPT = str(Path(sys.executable).parent / "mailslot")
 

@@ -1,4 +1,5 @@
-"""The README tells the truth: its commands and its example run, every command is documented."""
+"""The README and docs/ tell the truth: their commands and examples run, every command is
+documented, every link leads somewhere."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import documentation
 
 from mailslot.cli import parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TEXT = README.read_text(encoding="utf-8")
+README_TEXT = README.read_text(encoding="utf-8")
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]
+TEXT = documentation()  # the README and every docs/ page
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", TEXT, flags=re.S)
+def blocks(lang: str, text: str = TEXT) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
@@ -38,7 +42,7 @@ def test_python_examples_run_and_print_what_they_say(tmp_path: Path, index: int)
 
 
 def test_run_command_works(tmp_path: Path) -> None:
-    run = next(b for b in blocks("bash") if "mailslot demo" in b).strip()
+    run = next(b for b in blocks("bash", README_TEXT) if "mailslot demo" in b).strip()
     prefix = "python3 -m venv .venv && .venv/bin/pip install . && "
     assert run.startswith(prefix)
     bindir = Path(sys.executable).parent
@@ -79,7 +83,7 @@ def test_run_command_works(tmp_path: Path) -> None:
     local = json.loads((tmp_path / "home" / ".claude.json").read_text())
     assert "mailslot" in local["projects"][str(project.resolve())]["mcpServers"]
     assert (project / ".mailslot" / "mailslot.json").exists()
-    # Every file the README's tree shows exists in the root the demo made.
+    # Every file the folder's tree (docs/format.md) shows exists in the root the demo made.
     tree = next(b for b in blocks("text") if "mailslot.json" in b)
     for name in (
         "mailslot.json",
@@ -95,14 +99,14 @@ def test_run_command_works(tmp_path: Path) -> None:
 
 
 def test_test_command_is_what_ci_runs() -> None:
-    test_cmd = next(b for b in blocks("bash") if "pytest" in b).strip()
+    test_cmd = next(b for b in blocks("bash", README_TEXT) if "pytest" in b).strip()
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert test_cmd in ci
 
 
 @pytest.mark.parametrize("command", sorted(parser()._subparsers._group_actions[0].choices))  # type: ignore[union-attr]
 def test_every_command_is_documented(command: str) -> None:
-    assert f"`mailslot {command}" in TEXT, f"README lacks `mailslot {command}`"
+    assert f"`mailslot {command}" in TEXT, f"README and docs/ lack `mailslot {command}`"
 
 
 def _snippets() -> list[tuple[str, dict]]:
@@ -166,3 +170,60 @@ def test_claude_mcp_add_matches_the_json() -> None:
     assert words[:6] == ["claude", "mcp", "add-json", "--scope", "project", "mailslot"]
     _, entry = _snippets()[0]
     assert json.loads(words[6]) == entry and entry["timeout"] == 600_000
+
+
+def test_connect_three_agents_writes_each_clients_file(tmp_path: Path) -> None:
+    """The README's three `mcp-config --install` lines, run in a project with mailslot on PATH,
+    leave one entry per client, each naming its agent and `mailslot`, with no root in it."""
+    import tomllib
+
+    block = next(b for b in blocks("sh", README_TEXT) if "mcp-config" in b)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mailslot").symlink_to(Path(sys.executable).parent / "mailslot")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAILSLOT_ROOT", "MAILSLOT_AGENT")}
+    env |= {"PATH": f"{bindir}{os.pathsep}{env['PATH']}", "HOME": str(tmp_path / "home")}
+    project = tmp_path / "project"
+    project.mkdir()
+    done = subprocess.run(["bash", "-ec", block], cwd=project, capture_output=True, text=True,
+                          check=False, env=env, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (project / ".mailslot" / "mailslot.json").exists()
+    claude = json.loads((project / ".mcp.json").read_text())["mcpServers"]["mailslot"]
+    codex = tomllib.loads((project / ".codex" / "config.toml").read_text())["mcp_servers"]
+    gemini = json.loads((project / ".gemini" / "settings.json").read_text())["mcpServers"]
+    for entry, agent in ((claude, "planner"), (codex["mailslot"], "coder"),
+                         (gemini["mailslot"], "reviewer")):  # fmt: skip
+        assert entry["command"] == "mailslot" and entry["args"] == ["serve"]
+        assert entry["env"] == {"MAILSLOT_AGENT": agent}
+
+
+def _prose(text: str) -> str:
+    """Return text without its code blocks and inline code, where brackets are not links."""
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.S))
+
+
+def _anchors(text: str) -> set[str]:
+    """Return the anchors GitHub gives text's headings."""
+    titles = re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    linked = {target.partition("#")[0] for target in re.findall(r"\]\(([^)]+)\)", README_TEXT)}
+    assert len(PAGES) > 1
+    for page in PAGES[1:]:
+        assert f"docs/{page.name}" in linked, f"the README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target} leads to no file"
+        if anchor:
+            headings = _anchors(linked.read_text(encoding="utf-8"))
+            assert anchor in headings, f"{page.name}: {target} leads to no heading"
