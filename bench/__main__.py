@@ -20,7 +20,7 @@ if "--dir" in sys.argv:
 
 from bench import cold, console, mcp, peer, publish, scale, search, server, tasks, wake
 from bench._util import SCRATCH
-from mailslot._watch import filesystem_type
+from mailslot.store.watch import filesystem_type
 
 quick = "--quick" in sys.argv
 SCRATCH.mkdir(parents=True, exist_ok=True)

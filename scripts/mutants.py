@@ -49,7 +49,7 @@ MUTANTS = [
     Mutant(
         "watch-handler-silent",
         "Waiting: wakes the moment another process publishes (the observer's handler signals)",
-        "_watch.py",
+        "store/watch.py",
         "                watcher.folder_event(event)\n            watcher.notify()\n",
         "                watcher.folder_event(event)\n",
         (
@@ -60,7 +60,7 @@ MUTANTS = [
     Mutant(
         "watcher-notify-noop",
         "Waiting: the watcher signals every subscriber",
-        "_watch.py",
+        "store/watch.py",
         "            callbacks = list(self._subscribers.values())\n",
         "            callbacks = []\n",
         ("tests/test_wait.py::test_waiter_in_another_process_wakes",),
@@ -68,7 +68,7 @@ MUTANTS = [
     Mutant(
         "fsync-temp-file-skipped",
         "Stored means stored: the message file is fsynced before it is published",
-        "_files.py",
+        "store/files.py",
         "                os.fsync(fd)\n        finally:\n            os.close(fd)\n\n"
         "    def write_tmp",
         "                pass\n        finally:\n            os.close(fd)\n\n    def write_tmp",
@@ -77,7 +77,7 @@ MUTANTS = [
     Mutant(
         "fsync-folder-skipped",
         "Stored means stored: the folder is fsynced before post returns",
-        "_publish.py",
+        "store/publish.py",
         "                    fsync_dir(tdir)\n",
         "                    pass\n",
         ("tests/test_durability.py",),
@@ -85,7 +85,7 @@ MUTANTS = [
     Mutant(
         "fsync-false-ignored",
         'Durability: "fsync": false syncs neither file nor folder',
-        "_publish.py",
+        "store/publish.py",
         "            if self.files.settings.fsync:\n                try:\n"
         "                    fsync_dir",
         "            if True:\n                try:\n                    fsync_dir",
@@ -112,7 +112,7 @@ MUTANTS = [
     Mutant(
         "hold-name-ignores-other-hosts",
         "Presence: a name live on another machine (fresh presence file) cannot be taken",
-        "_agents.py",
+        "store/agents.py",
         'if hold is None or (current.status != "offline" and current.host != HOST):',
         "if hold is None:",
         ("tests/test_presence.py",),
@@ -120,7 +120,7 @@ MUTANTS = [
     Mutant(
         "saved-position-ignored",
         "Read positions: a restarted agent continues from its saved position",
-        "_reading.py",
+        "coordination/reading.py",
         "stored = self.box.load_cursor(agent, thread) if agent else None",
         "stored = None",
         ("tests/test_positions.py::test_a_restarted_agent_continues_from_its_saved_position",),
@@ -128,7 +128,7 @@ MUTANTS = [
     Mutant(
         "saved-position-not-read",
         "Read positions: a position saved for this incarnation of the thread is used",
-        "_positions.py",
+        "store/positions.py",
         '_seq(doc.get("read")), _seq(doc.get("inbox")),',
         "None, None,",
         ("tests/test_positions.py::test_a_restarted_agent_continues_from_its_saved_position",),
@@ -136,7 +136,7 @@ MUTANTS = [
     Mutant(
         "killed-server-reads-online",
         "Presence: a killed server reads as offline at once on its own machine",
-        "_presence.py",
+        "store/presence.py",
         'elif doc.get("host") == host and pid is not None and not pid_alive(pid):',
         "elif False:",
         ("tests/test_e2e.py::test_killed_server_reads_offline",),
@@ -162,7 +162,7 @@ MUTANTS = [
     Mutant(
         "library-wait-drops-damage",
         "Damage on disk is reported to every reader (Arrivals.skipped)",
-        "_wait.py",
+        "store/wait.py",
         "                    self.skipped.extend(page.skipped)\n",
         "                    pass\n",
         ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
@@ -171,7 +171,7 @@ MUTANTS = [
     Mutant(
         "link-becomes-replace",
         "Exactly once: publish with a no-replace link (os.replace overwrites)",
-        "_files.py",
+        "store/files.py",
         "                os.link(tmp, target)\n",
         "                os.replace(tmp, target)\n",
         (
@@ -182,7 +182,7 @@ MUTANTS = [
     Mutant(
         "lock-dropped",
         "The per-thread lock is taken while claiming a seq",
-        "_files.py",
+        "store/files.py",
         "                _flock.lock(fd)\n",
         "                pass\n",
         ("tests/test_concurrency.py::test_dead_lock_holder_does_not_block_writers",),
@@ -199,7 +199,7 @@ MUTANTS = [
     Mutant(
         "doctor-always-healthy",
         "mailslot doctor reports what is wrong",
-        "_doctor.py",
+        "store/doctor.py",
         "        return not any(f.outstanding for f in self.findings)\n",
         "        return True\n",
         ("tests/test_commands.py::test_doctor_finds_and_fixes",),
@@ -207,7 +207,7 @@ MUTANTS = [
     Mutant(
         "idempotency-keys-never-match",
         "Idempotency: a retried post with the same key returns the first seq",
-        "_publish.py",
+        "store/publish.py",
         "        seen = self._find_keyed(thread, tdir, marker, message.id)\n",
         "        seen = None\n",
         ("tests/test_store.py::test_idempotency_key_stores_once",),
@@ -224,7 +224,7 @@ MUTANTS = [
     Mutant(
         "search-repair-from-highest-stale",
         "Search: a hit that is not what was indexed has its thread indexed again from below it",
-        "_search.py",
+        "coordination/search.py",
         "lowest[thread] = min(seq, lowest.get(thread, seq))",
         "lowest[thread] = max(seq, lowest.get(thread, seq))",
         ("tests/test_search.py::test_two_messages_rewritten_in_the_middle_are_both_found_at_once",),
@@ -232,7 +232,7 @@ MUTANTS = [
     Mutant(
         "notices-ignore-thread-reads",
         "Hooks: what msg_wait or msg_list showed the agent is not reported again",
-        "_notices.py",
+        "coordination/notices.py",
         "floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))",
         "floor = max(inbox or 0, reported.get(thread, 0))",
         ("tests/test_hooks.py::test_news_the_agent_read_in_the_thread_is_not_reported",),
@@ -248,7 +248,7 @@ MUTANTS = [
     Mutant(
         "activity-written-per-whole-hold",
         "Leases: a call writes its activity when it is older than a quarter of the shortest hold",
-        "_leases.py",
+        "coordination/leases.py",
         "return every is not None and active - self.written >= every",
         "return every is not None and active - self.written >= every * 4",
         ("tests/test_tasks_mcp.py::test_calls_spaced_under_the_lease_keep_it_each_one_written",),
@@ -256,7 +256,7 @@ MUTANTS = [
     Mutant(
         "task-lost-claim-takes-process",
         "Tasks: a claim that loses changes nothing of the hold (its process is the holder's)",
-        "_tasks.py",
+        "coordination/tasks.py",
         "elif not (task.status == CLAIMED and task.holder == m.sender):",
         "elif task.status != CLAIMED:",
         ("tests/test_tasks.py::test_a_lost_claim_leaves_the_holders_process_and_lease",),
@@ -264,7 +264,7 @@ MUTANTS = [
     Mutant(
         "reservation-expiry-by-anyone",
         "Reservations: only mailslot ends a reservation as expired",
-        "_reservations.py",
+        "coordination/reservations.py",
         "elif isinstance(end, dict) and m.sender == SYSTEM:",
         "elif isinstance(end, dict):",
         ("tests/test_reservations.py::test_the_ledger_of_events_as_clones_leave_them",),
@@ -272,7 +272,7 @@ MUTANTS = [
     Mutant(
         "guard-report-raw-name",
         "Guard: a file name with a newline or tab is shown quoted, not breaking the report's lines",
-        "_guard.py",
+        "clients/guard.py",
         "path = c.path if c.path.isprintable() else json.dumps(c.path, ensure_ascii=False)",
         "path = c.path",
         ("tests/test_guard.py::test_the_guard_reads_names_git_quotes",),
@@ -280,7 +280,7 @@ MUTANTS = [
     Mutant(
         "console-token-logs-in-anywhere",
         "Console: ?token= is exchanged for the cookie at / only, never a login elsewhere",
-        "_console.py",
+        "console/server.py",
         'if request.url.path == "/" and "token" in request.query_params:\n            return None',
         'if "token" in request.query_params:\n            return None',
         ("tests/test_console.py::test_the_token_in_the_address_logs_in_only_on_the_page",),
@@ -296,7 +296,7 @@ MUTANTS = [
     Mutant(
         "wait-nothing-ever-hot",
         "Waiting: a poll tick looks at the threads that got news during the wait every time",
-        "_wait.py",
+        "store/wait.py",
         "        self.looked = True\n",
         "",
         (
@@ -307,7 +307,7 @@ MUTANTS = [
     Mutant(
         "takeback-frees-any-claim",
         "Tasks: a person's take-back counts only for the claim it names (meta.task.claim)",
-        "_tasks.py",
+        "coordination/tasks.py",
         'taken_back = named == task.holder and ev.get("claim") == task.claim',
         "taken_back = named == task.holder",
         ("tests/test_tasks.py::test_the_fold_of_events_as_clones_leave_them",),
@@ -315,7 +315,7 @@ MUTANTS = [
     Mutant(
         "takeback-guard-ignores-claim",
         "Tasks: a take-back whose claim changed hands while it waited for the lock is refused",
-        "_tasks.py",
+        "coordination/tasks.py",
         "or now.holder != whose or now.claim != claim:",
         "or now.holder != whose:",
         ("tests/test_tasks.py::test_a_take_back_that_lost_a_race_says_so_and_frees_nothing",),
@@ -323,7 +323,7 @@ MUTANTS = [
     Mutant(
         "result-hint-not-the-held-task",
         "Task rules: a result without reply_to is pointed at the task its sender holds",
-        "_tasks.py",
+        "coordination/tasks.py",
         "                [t for t in unfinished if t.holder == sender]\n                or ",
         "                ",
         (
@@ -333,7 +333,7 @@ MUTANTS = [
     Mutant(
         "error-addressed-to-holder",
         "Task rules: only a result that closes a task under its holder is addressed to the holder",
-        "_tasks.py",
+        "coordination/tasks.py",
         'if type_ == "result" and task.status == CLAIMED and task.holder',
         "if task.status == CLAIMED and task.holder",
         (
@@ -343,7 +343,7 @@ MUTANTS = [
     Mutant(
         "claude-hooks-committed-with-a-root",
         "mcp-config: hooks naming this machine's root go to .claude/settings.local.json",
-        "_clients.py",
+        "clients/configs.py",
         '"settings.json" if at is None or at.shared else',
         '"settings.json" if at is None or at.bare else',
         (

@@ -24,8 +24,9 @@ from mcp import StdioServerParameters, types
 from mcp.client import Client
 
 from mailslot import InvalidMessage, Mailbox, RootError
-from mailslot._doctor import diagnose
-from mailslot._format import (
+from mailslot.mailbox import DEFAULT_MAX_CONTENT
+from mailslot.store.doctor import diagnose
+from mailslot.store.format import (
     MAX_JSON_DEPTH,
     MAX_META_BYTES,
     MAX_META_DEPTH,
@@ -33,7 +34,6 @@ from mailslot._format import (
     loads,
     max_message_file_bytes,
 )
-from mailslot.mailbox import DEFAULT_MAX_CONTENT
 
 DEPTH = 100_000
 DEEP = b"[" * DEPTH + b"]" * DEPTH  # valid JSON, only too deep

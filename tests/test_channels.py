@@ -25,10 +25,10 @@ from mcp.client.extension import ClientExtension, NotificationBinding
 from pydantic import BaseModel
 
 from mailslot import Mailbox
-from mailslot._format import loads
-from mailslot._hooks import run
-from mailslot._notices import MAX_NEWS
+from mailslot.clients.hooks import run
+from mailslot.coordination.notices import MAX_NEWS
 from mailslot.stdio_server import PUSH_MAX_LINES
+from mailslot.store.format import loads
 
 METHOD = "notifications/claude/channel"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mailslot import _clients
-from mailslot._clients import (
+from mailslot.clients import configs
+from mailslot.clients.configs import (
     MailslotError,
     hook_argv,
     hooks_snippet,
@@ -54,7 +54,7 @@ def program(event: str, client: str, agent: str) -> list[str]:
 
 def load(client: str, path: Path) -> dict:
     text = path.read_text()
-    return json.loads(_clients._strip_comments(text) if client == "gemini" else text)
+    return json.loads(configs._strip_comments(text) if client == "gemini" else text)
 
 
 def ours(client: str, doc: dict, event: str) -> list[dict]:
@@ -146,7 +146,7 @@ def test_gemini_keeps_comments_and_the_server_entry(project: Path, home: Path) -
     path = project / ".gemini" / "settings.json"
     path.parent.mkdir()
     path.write_text('{\n  // my theme\n  "ui": {"theme": "x"}, /* kept */\n}\n')
-    _clients.install("gemini", path, project / ".mailslot", "gemini")
+    configs.install("gemini", path, project / ".mailslot", "gemini")
     install_hooks("gemini", "gemini", project, home)
     install_hooks("gemini", "gemini", project, home)
     text = path.read_text()
@@ -212,7 +212,7 @@ def test_codex_notify_goes_above_the_tables(project: Path, home: Path) -> None:
     install_hooks("codex", "cx", project, home)
     assert config.read_text() == text and text.count("notify =") == 1
     # With the server entry installed after it, and for another name: one notify, replaced.
-    _clients.install("codex", config, project / ".mailslot", "cx")
+    configs.install("codex", config, project / ".mailslot", "cx")
     done = install_hooks("codex", "cy", project, home)
     assert any(line.startswith("updated Codex's notify") for line in done), done
     text = config.read_text()
@@ -289,29 +289,29 @@ def test_hooks_need_an_agent(agent: str | None, project: Path, home: Path) -> No
 
 def test_channel_adds_the_flag_for_claude_code(project: Path) -> None:
     root = project / ".mailslot"
-    server = _clients.entry("claude-code", root, "c", channel=True)
+    server = configs.entry("claude-code", root, "c", channel=True)
     assert server["args"][-2:] == ["serve", "--channel"]
     assert server["command"] == serve_command()[0]
-    assert _clients.entry("claude-code", root, "c")["args"][-1] == "serve"
-    rendered = json.loads(_clients.render("claude-code", root, "c", channel=True))
+    assert configs.entry("claude-code", root, "c")["args"][-1] == "serve"
+    rendered = json.loads(configs.render("claude-code", root, "c", channel=True))
     assert rendered["mcpServers"]["mailslot"] == server
     path = project / ".mcp.json"
     path.write_text('{"mcpServers": {"other": {"command": "x"}}}')
-    _clients.install("claude-code", path, root, "c", channel=True)
+    configs.install("claude-code", path, root, "c", channel=True)
     doc = json.loads(path.read_text())
     assert doc["mcpServers"]["mailslot"]["args"][-1] == "--channel"
     assert doc["mcpServers"]["other"] == {"command": "x"}
     assert "claude --dangerously-load-development-channels server:mailslot" in (
-        _clients.channel_hint()
+        configs.channel_hint()
     )
 
 
 @pytest.mark.parametrize("client", ["cursor", "vscode", "codex", "gemini", "claude-desktop"])
 def test_channel_for_other_clients_is_refused(client: str, project: Path) -> None:
     with pytest.raises(MailslotError, match="--channel is for claude-code only"):
-        _clients.render(client, project / ".mailslot", "x", channel=True)
+        configs.render(client, project / ".mailslot", "x", channel=True)
     with pytest.raises(MailslotError, match="--channel is for claude-code only"):
-        _clients.install(client, project / "f.json", project / ".mailslot", "x", channel=True)
+        configs.install(client, project / "f.json", project / ".mailslot", "x", channel=True)
     assert not (project / "f.json").exists()
 
 

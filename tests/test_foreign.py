@@ -23,7 +23,7 @@ import pytest
 from helpers import agent, call, finish, git_init, run_git, spawn
 
 from mailslot import Mailbox, Pending
-from mailslot._format import MESSAGE_KEYS, dumps
+from mailslot.store.format import MESSAGE_KEYS, dumps
 from mailslot.tools import Session
 
 

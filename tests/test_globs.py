@@ -16,8 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mailslot._errors import InvalidName
-from mailslot._globs import covers_whole_repo, matches, normalize, overlaps
+from mailslot.coordination.globs import covers_whole_repo, matches, normalize, overlaps
+from mailslot.store.errors import InvalidName
 
 # --- normalize -------------------------------------------------------------------------------
 

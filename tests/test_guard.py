@@ -18,7 +18,7 @@ import pytest
 from helpers import git_init, run_git
 
 from mailslot import Mailbox
-from mailslot._guard import (
+from mailslot.clients.guard import (
     BEGIN,
     CHAINED,
     END,

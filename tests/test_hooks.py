@@ -17,7 +17,7 @@ import pytest
 from helpers import agent, call, until_async
 
 from mailslot import Mailbox
-from mailslot._hooks import CLIENT_EVENTS, CLIENTS, MAX_TEXT, hook_argv, hook_commands, run
+from mailslot.clients.hooks import CLIENT_EVENTS, CLIENTS, MAX_TEXT, hook_argv, hook_commands, run
 from mailslot.tools import Session
 
 INPUTS = Path(__file__).parent / "hook_inputs"
@@ -609,10 +609,10 @@ def test_codex_runs_the_configured_notify_program_with_its_payload(
 ) -> None:
     """Codex appends the payload to the configured argv: argparse takes it only right after
     EVENT, so the notify program must end with `notify` (options before it)."""
-    from mailslot import _clients
+    from mailslot.clients import configs
 
     if source == "_clients":
-        argv = _clients.notify_argv("bob", root=mailbox)
+        argv = configs.notify_argv("bob", root=mailbox)
     else:
         argv = hook_argv("codex", "notify", "bob", mailbox)
     assert argv[-1] == "notify", f"{argv}: Codex appends its payload after `notify`"

@@ -19,7 +19,7 @@ from helpers import call, params, until_async
 from mcp.client import Client
 
 from mailslot import Mailbox, NameTaken
-from mailslot._agents import HOST
+from mailslot.store.agents import HOST
 
 TIMEOUT = 2.0  # --heartbeat-timeout: the server refreshes its presence every 0.67 s
 

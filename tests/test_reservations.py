@@ -20,10 +20,10 @@ from mcp import types
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
 
 from mailslot import Mailbox
-from mailslot._errors import InvalidMessage, InvalidName
-from mailslot._format import MESSAGE_KEYS, dumps, now_iso
-from mailslot._globs import overlaps
-from mailslot._reservations import THREAD
+from mailslot.coordination.globs import overlaps
+from mailslot.coordination.reservations import THREAD
+from mailslot.store.errors import InvalidMessage, InvalidName
+from mailslot.store.format import MESSAGE_KEYS, dumps, now_iso
 
 RACER = """
 import json, os, random, sys, time

@@ -86,8 +86,9 @@ def test_serving_loads_neither_search_nor_guard_nor_hooks_nor_the_watcher() -> N
     loads with the first wait)."""
     code = (
         "import sys, mailslot.cli, mailslot.stdio_server; "
-        "print(' '.join(m for m in ('sqlite3', 'mailslot._search', 'mailslot._guard', "
-        "'mailslot._hooks', 'mailslot._console', 'portalocker', 'watchdog', 'tomllib') "
+        "print(' '.join(m for m in ('sqlite3', 'mailslot.coordination.search', "
+        "'mailslot.clients.guard', 'mailslot.clients.hooks', 'mailslot.console.server', "
+        "'portalocker', 'watchdog', 'tomllib') "
         "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

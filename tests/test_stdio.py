@@ -1,4 +1,4 @@
-"""The stdio transport of `mailslot serve` (mailslot._stdio), driven through real pipes.
+"""The stdio transport of `mailslot serve` (mailslot.server.transport), driven through real pipes.
 
 Requests split across writes, many in one write, lines far past one read, blank lines, CRLF,
 bytes that are not UTF-8 and lines that are not JSON; a stdin that is a file rather than a pipe

@@ -64,7 +64,7 @@ def test_message_file_is_canonical_json(box: Mailbox) -> None:
 
 
 def test_file_names_widen_past_999999() -> None:
-    from mailslot._format import MESSAGE_NAME_RE, message_name
+    from mailslot.store.format import MESSAGE_NAME_RE, message_name
 
     assert [message_name(s) for s in (1, 42, 999_999, 1_000_000)] == [
         "000001.json",

@@ -20,9 +20,9 @@ import pytest
 from helpers import require, until
 
 from mailslot import Mailbox
-from mailslot._errors import NoSuchMessage, NoSuchThread, RootError, StorageError, TaskError
-from mailslot._format import MESSAGE_KEYS, dumps
-from mailslot._tasks import SYSTEM, event_of
+from mailslot.coordination.tasks import SYSTEM, event_of
+from mailslot.store.errors import NoSuchMessage, NoSuchThread, RootError, StorageError, TaskError
+from mailslot.store.format import MESSAGE_KEYS, dumps
 
 
 def events(box: Mailbox, thread: str, task: int) -> list[tuple[str, str]]:

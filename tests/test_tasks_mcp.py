@@ -37,8 +37,8 @@ from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
 
 from mailslot import Mailbox
-from mailslot._files import HOST
-from mailslot._format import Message
+from mailslot.store.files import HOST
+from mailslot.store.format import Message
 
 # ---------------------------------------------------------------- helpers
 

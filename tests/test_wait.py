@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from helpers import finish, spawn, until, until_async
 
-from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError, _wait
-from mailslot._watch import Watcher, filesystem_type, is_network_fs
+from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError
+from mailslot.store import wait as _wait
+from mailslot.store.watch import Watcher, filesystem_type, is_network_fs
 
 
 def start_waiter(

@@ -25,7 +25,7 @@ import pytest
 from helpers import git_init, require, run_git, watching
 
 from mailslot import Mailbox
-from mailslot._watch import Watcher
+from mailslot.store.watch import Watcher
 
 # A waiter process: waits `rounds` times from a cursor, saying "blocked" when each wait first
 # sleeps and then what woke it. Only file events, the keeper or polls can wake it (see
@@ -44,7 +44,8 @@ if limit != "-":
 sys.path.insert(0, tests)
 from workers import only_woken_by_events
 only_woken_by_events()
-from mailslot import Mailbox, _wait
+from mailslot import Mailbox
+from mailslot.store import wait as _wait
 if say_pending == "1":
     _wait.PENDING_RECHECK_S = 3600.0
     tick, said = _wait.Waiting.tick, set()

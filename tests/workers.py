@@ -72,7 +72,7 @@ def only_woken_by_events() -> None:
     """
     import threading
 
-    from mailslot import _wait
+    from mailslot.store import wait as _wait
 
     _wait.SAFETY_RECHECK_S = 3600.0
     tick = _wait.Waiting.tick

@@ -1,18 +1,5 @@
 """mailslot: a mailbox for AI agents that is nothing but a folder."""
 
-from mailslot._errors import (
-    InvalidMessage,
-    InvalidName,
-    InvalidState,
-    MailslotError,
-    NameTaken,
-    NoSuchAgent,
-    NoSuchMessage,
-    NoSuchThread,
-    NotFound,
-    RootError,
-    StorageError,
-)
 from mailslot.mailbox import (
     FORMAT,
     PRIORITIES,
@@ -33,6 +20,19 @@ from mailslot.mailbox import (
     ThreadInfo,
     default_root,
     find_root,
+)
+from mailslot.store.errors import (
+    InvalidMessage,
+    InvalidName,
+    InvalidState,
+    MailslotError,
+    NameTaken,
+    NoSuchAgent,
+    NoSuchMessage,
+    NoSuchThread,
+    NotFound,
+    RootError,
+    StorageError,
 )
 
 __version__ = "0.1.0"

@@ -24,8 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mailslot import __version__, _clients
-from mailslot._errors import (
+from mailslot import __version__
+from mailslot.clients import configs
+from mailslot.commands.terminal import agents_table, doctor_report, show, table, trouble, when
+from mailslot.coordination.reservations import held_view
+from mailslot.coordination.tasks import STATUSES, iso
+from mailslot.mailbox import Mailbox, default_root, find_root
+from mailslot.store.errors import (
     InvalidName,
     MailslotError,
     NoSuchAgent,
@@ -33,12 +38,8 @@ from mailslot._errors import (
     NoSuchThread,
     TaskError,
 )
-from mailslot._format import PRIORITIES, STATES, TYPES, Message, loads
-from mailslot._names import slugify
-from mailslot._reservations import held_view
-from mailslot._tasks import STATUSES, iso
-from mailslot._terminal import agents_table, doctor_report, show, table, trouble, when
-from mailslot.mailbox import Mailbox, default_root, find_root
+from mailslot.store.format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot.store.names import slugify
 from mailslot.tools import question_view, task_board, task_view, thread_id
 
 EXIT_OK = 0
@@ -734,7 +735,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     who=True,
 )
 def cmd_guard(args: argparse.Namespace) -> int:
-    from mailslot import _guard  # only this command loads it
+    from mailslot.clients import guard as _guard  # only this command loads it
 
     repo = Path.cwd()
     if args.action == "install":
@@ -809,7 +810,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     ],
 )  # fmt: skip
 def cmd_hook(args: argparse.Namespace) -> int:
-    from mailslot import _hooks  # only this command loads it
+    from mailslot.clients import hooks as _hooks  # only this command loads it
 
     # Never exit non-zero, even for an unknown event or client: exit 2 would block the user's
     # prompt in Claude Code. _hooks.run says what is wrong on stderr and exits 0.
@@ -880,7 +881,7 @@ def _serve_ui(box: Mailbox, person: str, port: int, open_it: bool) -> int:
     import socket
     import webbrowser
 
-    from mailslot._console import Console, run
+    from mailslot.console.server import Console, run
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -976,7 +977,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     args=[arg("--fix", action="store_true")],
 )
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from mailslot._doctor import diagnose
+    from mailslot.store.doctor import diagnose
 
     report = diagnose(_root(args), fix=args.fix)
     if args.json:
@@ -990,7 +991,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     "mcp-config",
     help="print (or --install) a client's MCP config",
     args=[
-        arg("client", choices=_clients.CLIENTS),
+        arg("client", choices=configs.CLIENTS),
         arg("--agent", help="the agent's name (default: one per client, e.g. claude)"),
         arg("--install", action="store_true", help="merge it into the file the client reads"),
         arg("--path", help="install into this file instead"),
@@ -1004,46 +1005,46 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_mcp_config(args: argparse.Namespace) -> int:
     root = _root(args).resolve()
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
-    agent = args.agent or _clients.AGENT_NAMES[args.client]  # the hooks' too: one name
+    agent = args.agent or configs.AGENT_NAMES[args.client]  # the hooks' too: one name
     if args.hooks:
-        _clients.hook_groups(args.client, agent)  # refuse before anything is written
+        configs.hook_groups(args.client, agent)  # refuse before anything is written
     project = root.parent if root.name == ".mailslot" else Path.cwd()
     home = Path.home()
-    at = _clients.place(args.client, root, project)  # what may be left to the machine
-    hooked = _clients.hook_options(at, root)
-    path = Path(args.path) if args.path else _clients.target(args.client, project, home, at)
+    at = configs.place(args.client, root, project)  # what may be left to the machine
+    hooked = configs.hook_options(at, root)
+    path = Path(args.path) if args.path else configs.target(args.client, project, home, at)
     if not args.install:
-        text = _clients.render(args.client, root, agent, channel=args.channel, at=at)
+        text = configs.render(args.client, root, agent, channel=args.channel, at=at)
         if args.json:  # the entry as JSON, and the file's text (TOML for codex) as a string
             doc = {"client": args.client, "agent": agent, "root": str(root), "path": str(path),
-                   "server": _clients.entry(args.client, root, agent, channel=args.channel,
+                   "server": configs.entry(args.client, root, agent, channel=args.channel,
                                             at=at),
                    "text": text}  # fmt: skip
             if args.hooks:
-                doc["hooks"] = _clients.hooks_doc(args.client, agent, **hooked)
-                targets = _clients.hooks_targets(args.client, project, home, at)
+                doc["hooks"] = configs.hooks_doc(args.client, agent, **hooked)
+                targets = configs.hooks_targets(args.client, project, home, at)
                 doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
             if args.channel:
-                doc["launch"] = _clients.CHANNEL_LAUNCH
+                doc["launch"] = configs.CHANNEL_LAUNCH
             _print_json(doc)
         else:
             sys.stdout.write(text)
             if args.hooks:
-                snippet = _clients.hooks_snippet(args.client, agent, project, home, at=at, **hooked)
+                snippet = configs.hooks_snippet(args.client, agent, project, home, at=at, **hooked)
                 sys.stdout.write(snippet)
             if args.channel:
-                sys.stderr.write(_clients.channel_hint())
+                sys.stderr.write(configs.channel_hint())
         return EXIT_OK
-    where = _clients.keys(args.client, path, project, home)
-    how = _clients.install(args.client, path, root, agent, channel=args.channel, at=at,
+    where = configs.keys(args.client, path, project, home)
+    how = configs.install(args.client, path, root, agent, channel=args.channel, at=at,
                            where=where)  # fmt: skip
-    done = (_clients.install_hooks(args.client, agent, project, home, at=at, **hooked)
+    done = (configs.install_hooks(args.client, agent, project, home, at=at, **hooked)
             if args.hooks else [])  # fmt: skip
-    notes = _clients.install_notes(args.client, path, at, project, home)
+    notes = configs.install_notes(args.client, path, at, project, home)
     if args.json:
         _print_json({"client": args.client, "path": str(path), "result": how, "agent": agent,
                      "hooks": done, "notes": notes,
-                     "launch": _clients.CHANNEL_LAUNCH if args.channel else None})  # fmt: skip
+                     "launch": configs.CHANNEL_LAUNCH if args.channel else None})  # fmt: skip
     else:
         if how == "unchanged":
             print(f"mailslot (agent {agent!r}, root {root}) is already in {path}: nothing changed")
@@ -1052,7 +1053,7 @@ def cmd_mcp_config(args: argparse.Namespace) -> int:
         for line in done + notes:
             print(line)
         if args.channel:
-            sys.stdout.write(_clients.channel_hint())
+            sys.stdout.write(configs.channel_hint())
     return EXIT_OK
 
 

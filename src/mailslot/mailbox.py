@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailslot import _positions
-from mailslot._agents import Agents
-from mailslot._errors import Damaged, InvalidState, MailslotError, RootError
-from mailslot._files import Files
-from mailslot._format import (
+from mailslot.coordination.reservations import Grant, Held, Reservations
+from mailslot.coordination.tasks import Board, Claim, Question, Task, Tasks
+from mailslot.store import positions
+from mailslot.store.agents import Agents
+from mailslot.store.errors import Damaged, InvalidState, MailslotError, RootError
+from mailslot.store.files import Files
+from mailslot.store.format import (
     FORMAT,
     PRIORITIES,
     STATES,
@@ -43,19 +45,17 @@ from mailslot._format import (
     ThreadInfo,
     check_content,
 )
-from mailslot._log import MAX_PAGE, ThreadLog
-from mailslot._presence import DEFAULT_STALE_AFTER, NameHold, Presence
-from mailslot._publish import Writer
-from mailslot._reservations import Grant, Held, Reservations
-from mailslot._roots import ROOT_DIRNAME, create, default_root, find_root, share
-from mailslot._settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
-from mailslot._tasks import Board, Claim, Question, Task, Tasks
-from mailslot._threads import Threads
-from mailslot._wait import Arrivals, Waiting
-from mailslot._watch import Watcher
+from mailslot.store.log import MAX_PAGE, ThreadLog
+from mailslot.store.presence import DEFAULT_STALE_AFTER, NameHold, Presence
+from mailslot.store.publish import Writer
+from mailslot.store.roots import ROOT_DIRNAME, create, default_root, find_root, share
+from mailslot.store.settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
+from mailslot.store.threads import Threads
+from mailslot.store.wait import Arrivals, Waiting
+from mailslot.store.watch import Watcher
 
 if TYPE_CHECKING:
-    from mailslot._search import Hit, Results, Search
+    from mailslot.coordination.search import Hit, Results, Search
 
 __all__ = [
     "DEFAULT_MAX_CONTENT",
@@ -94,7 +94,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Hand out the search module's types on first use (it loads sqlite3)."""
     if name in ("Hit", "Results"):
-        from mailslot import _search
+        from mailslot.coordination import search as _search
 
         return getattr(_search, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -435,7 +435,9 @@ class Mailbox:
         be read, with examples of what can.
         """
         if self._search is None:
-            from mailslot._search import Search  # sqlite3: loaded by the first search only
+            from mailslot.coordination.search import (
+                Search,  # sqlite3: loaded by the first search only
+            )
 
             self._search = Search(self.root, self._log, self._threads)
         return self._search.search(
@@ -561,11 +563,11 @@ class Mailbox:
 
     def load_cursor(self, agent: str, key: str) -> Any:
         """Return what save_cursor stored for agent under key, or None."""
-        return _positions.load(self._files, agent, key)
+        return positions.load(self._files, agent, key)
 
     def save_cursor(self, agent: str, key: str, value: Any) -> None:
         """Remember a read position of agent under key (a thread id); never fails."""
-        _positions.save(self._files, agent, key, value)
+        positions.save(self._files, agent, key, value)
 
     # ------------------------------------------------------------------ waiting
 

@@ -46,7 +46,11 @@ from mcp.types import Tool as MCPTool
 from pydantic import ValidationError
 
 from mailslot import __version__
-from mailslot._errors import (
+from mailslot.coordination.notices import Notices, reportable
+from mailslot.coordination.reservations import held_view
+from mailslot.mailbox import Mailbox
+from mailslot.server.transport import on_event_loop, stdio
+from mailslot.store.errors import (
     InvalidName,
     MailslotError,
     NameTaken,
@@ -55,11 +59,7 @@ from mailslot._errors import (
     NoSuchThread,
     TaskError,
 )
-from mailslot._format import Message
-from mailslot._notices import Notices, reportable
-from mailslot._reservations import held_view
-from mailslot._stdio import on_event_loop, stdio
-from mailslot.mailbox import Mailbox
+from mailslot.store.format import Message
 from mailslot.tools import PROGRESS, TOOL_NAMES, Session, thread_view, transcript_markdown
 
 log = logging.getLogger("mailslot.serve")

@@ -20,7 +20,17 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from mailslot import __version__
-from mailslot._errors import (
+
+# Re-exported: tools is the public home of the agent-facing operations, and the front doors
+# (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
+from mailslot.console.transcript import transcript_html as transcript_html
+from mailslot.console.transcript import transcript_markdown as transcript_markdown
+from mailslot.coordination.leases import Activity
+from mailslot.coordination.reading import Reading
+from mailslot.coordination.reservations import Held, held_view
+from mailslot.coordination.tasks import CLAIMED, STATUSES, Question, Task, iso, offer_of
+from mailslot.mailbox import Arrivals, Mailbox
+from mailslot.store.errors import (
     InvalidMessage,
     InvalidName,
     MailslotError,
@@ -28,20 +38,10 @@ from mailslot._errors import (
     NoSuchAgent,
     NotFound,
 )
-from mailslot._files import HOST
-from mailslot._format import Damage, Message, Pending, ThreadInfo
-from mailslot._leases import Activity
-from mailslot._names import check_name, slugify
-from mailslot._presence import DEFAULT_STALE_AFTER, NameHold
-from mailslot._reading import Reading
-from mailslot._reservations import Held, held_view
-from mailslot._tasks import CLAIMED, STATUSES, Question, Task, iso, offer_of
-
-# Re-exported: tools is the public home of the agent-facing operations, and the front doors
-# (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
-from mailslot._transcript import transcript_html as transcript_html
-from mailslot._transcript import transcript_markdown as transcript_markdown
-from mailslot.mailbox import Arrivals, Mailbox
+from mailslot.store.files import HOST
+from mailslot.store.format import Damage, Message, Pending, ThreadInfo
+from mailslot.store.names import check_name, slugify
+from mailslot.store.presence import DEFAULT_STALE_AFTER, NameHold
 
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",

@@ -1,0 +1,1 @@
+"""What agents share on top of the store: tasks, leases, reservations, notices, reading, search."""

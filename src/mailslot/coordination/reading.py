@@ -1,0 +1,187 @@
+"""One agent's reading of a mailbox: its position in each thread, and what its inbox owes it.
+
+A ``Session`` keeps one ``Reading``. Positions (``_positions.Position``) are loaded once per
+thread from ``.state/cursors/`` and saved when they changed. The first time the agent's inbox
+looks at a thread, what is addressed to the agent there and not answered by it becomes owed:
+those messages are returned by the next inbox wait, even though they arrived before it began.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from mailslot.mailbox import Mailbox
+from mailslot.store.errors import MailslotError
+from mailslot.store.format import Message, loads
+from mailslot.store.positions import Position
+
+
+class Reading:
+    """What one agent was shown of each thread of box, and the inbox messages owed to it."""
+
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+        self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
+        self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
+        self._rewound: dict[str, int] = {}  # thread -> the rewind mark last looked at (mtime)
+        self._planned: dict[str, str] = {}  # thread -> its incarnation when the inbox wait began
+
+    @property
+    def owes(self) -> bool:
+        """Return True while inbox messages from before a first look are still owed."""
+        return bool(self._backlog)
+
+    def owes_in(self, thread: str) -> bool:
+        """Return True while inbox messages of thread from before a first look are owed."""
+        return any(t == thread for t, _ in self._backlog)
+
+    def forget(self) -> None:
+        """Drop every position and what is owed (the agent took another name)."""
+        self._positions.clear()
+        self._backlog.clear()
+
+    def position(self, thread: str, agent: str | None) -> Position:
+        """Return what agent was shown of thread (this incarnation of it), loading it once.
+
+        Raise NoSuchThread.
+        """
+        incarnation = self.box.incarnation(thread)
+        pos = self._positions.get(thread)
+        if pos is not None and not pos.incarnation and incarnation:
+            pos.incarnation = incarnation  # its thread.json arrived after its messages
+            pos.dirty = True
+        if pos is None or pos.incarnation != incarnation:
+            if pos is not None:  # deleted and created again while we ran
+                pos = Position.reborn(incarnation)
+            else:
+                stored = self.box.load_cursor(agent, thread) if agent else None
+                pos = Position.from_json(stored, incarnation)
+            self._backlog = [(t, s) for t, s in self._backlog if t != thread]
+            self._positions[thread] = pos
+        head = self.box.head(thread)
+        if max(pos.read or 0, pos.inbox or 0) > head:
+            pos.clamp(self.box.head(thread, exact=True))  # beyond the cheap head: look closely
+        self._rewind(thread, pos)
+        return pos
+
+    def _rewind(self, thread: str, pos: Position) -> None:
+        """Go back to where `mailslot doctor --fix` rewrote seqs after a git merge conflict.
+
+        Doctor leaves .state/rewound/<thread>.json ({"from": seq, "token": ...}); a position
+        past that seq goes back before it, once per token, so the messages that took those
+        seqs are shown (and the moved ones again, at the end of the thread).
+        """
+        path = self.box.root / ".state" / "rewound" / f"{thread}.json"
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            return
+        if self._rewound.get(thread) == stamp:
+            return
+        self._rewound[thread] = stamp
+        try:
+            mark = loads(path.read_bytes())
+            start, token = int(mark["from"]), str(mark["token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        pos.rewind(start - 1, token)
+
+    def save(self, agent: str) -> None:
+        """Write the positions changed since the last save to .state/cursors/ (best effort)."""
+        owed = {t for t, _ in self._backlog}
+        # .state/ deleted (git clean -fdX): write every position again, not only changed ones.
+        lost = not (self.box.root / ".state" / "cursors" / agent).is_dir()
+        for thread, pos in sorted(self._positions.items()):
+            if pos.dirty or lost:
+                # While inbox messages from before the first look are still owed, the saved
+                # inbox position stays unknown, so a restart derives them again.
+                self.box.save_cursor(agent, thread, pos.to_json(owed=thread in owed))
+                pos.dirty = False
+
+    def inbox_cursor(self, me: str) -> dict[str, int]:
+        """Return where me's inbox continues in each thread, taking a first look where needed."""
+        cursor: dict[str, int] = {}
+        for thread in list(self.box):
+            try:
+                pos = self.position(thread, me)
+                if pos.inbox is None:
+                    self._first_look(me, thread, pos)
+            except MailslotError:
+                continue  # removed, or unreadable: the wait reports what it meets
+            cursor[thread] = pos.inbox_seen
+            self._planned[thread] = pos.incarnation
+        return cursor
+
+    def _first_look(self, me: str, thread: str, pos: Position) -> None:
+        """Start the inbox position of a thread this agent's inbox never looked at.
+
+        What is addressed to the agent and not yet answered (no reply_to from it) is owed to
+        it: tasks and questions sent before it started. Read from the thread index, so this
+        costs one look per thread, not a read of every message.
+        """
+        seqs, upto = self.box.unanswered(thread, me)
+        self._backlog += [(thread, s) for s in seqs if not pos.was_shown(s)]
+        self._owe_open_tasks(thread, me, pos)  # a task for anyone is for this agent too
+        pos.inbox_shown(upto)
+
+    def join(self, thread: str, me: str) -> bool:
+        """Record that me takes part in thread; return True if it had not before.
+
+        Joining makes the thread's tasks for anyone due to me's inbox: those open now and not
+        shown to it yet are owed at once (the inbox sees the ones posted later as they come;
+        tasks addressed to me come to it as any message addressed to it).
+        """
+        pos = self.position(thread, me)
+        if pos.joined:
+            return False
+        pos.joined = pos.dirty = True
+        self._owe_open_tasks(thread, me, pos)
+        return True
+
+    def _owe_open_tasks(self, thread: str, me: str, pos: Position) -> None:
+        board = self.box.board(thread)
+        self._backlog += [
+            (thread, t.seq)
+            for t in board.tasks.values()
+            if t.status == "open" and not t.to and t.sender != me and not pos.was_shown(t.seq)
+        ]
+
+    def owed(self, me: str) -> list[Message]:
+        """Return the owed inbox messages that can still be read (dropping the others)."""
+        out: list[Message] = []
+        keep: list[tuple[str, int]] = []
+        for thread, seq in sorted(set(self._backlog)):
+            try:
+                if self.position(thread, me).was_shown(seq):
+                    continue  # a thread wait returned it meanwhile
+                m = self.box.get(thread, seq)
+            except MailslotError:
+                continue  # gone or unreadable since the index saw it
+            if m.sender != me:
+                out.append(m)
+                keep.append((thread, seq))
+        self._backlog = keep
+        return out
+
+    def inbox_shown(
+        self,
+        messages: list[Message],
+        shown: set[tuple[str, int]],
+        cursor: dict[str, int],
+        agent: str | None,
+    ) -> None:
+        """Record that an inbox wait returned shown of messages, and got as far as cursor."""
+        self._backlog = [item for item in self._backlog if item not in shown]
+        # A cut page never moves a position past what was returned: each thread's inbox
+        # position stops before its first message that did not fit.
+        held: dict[str, int] = {}
+        for m in messages:
+            if (m.thread, m.seq) not in shown and (m.thread, m.seq) not in self._backlog:
+                held.setdefault(m.thread, m.seq - 1)
+        for thread, seq in cursor.items():
+            with contextlib.suppress(MailslotError):
+                pos = self.position(thread, agent)
+                if pos.incarnation != self._planned.get(thread, pos.incarnation):
+                    continue  # created again during the wait: the cursor was the old thread's
+                pos.inbox_shown(held.get(thread, seq))

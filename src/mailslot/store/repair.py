@@ -1,0 +1,118 @@
+"""How doctor writes into a mailbox it repairs: its own temp files, puts, locks and notes.
+
+Shared by the checks of ``_doctor`` and the merge-conflict repair of ``_conflict``. Every write
+goes through a fsynced temp file; a put either replaces a file (a repair of a file that is
+already broken) or claims a free name with the same no-replace link as a post. What doctor
+creates in a folder of a shared mailbox is given group access as a post's files are (``_modes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mailslot.store import flock, modes
+from mailslot.store.files import HOST
+from mailslot.store.format import MESSAGE_KEYS, dumps, now_iso
+
+DOCTOR = "mailslot"
+
+
+def temp_path(tmpdir: Path, what: str, *, pid: int | None = None) -> Path:
+    """Return a fresh name for a temp file of doctor's (pid: the writing process, default us).
+
+    Named ``<host>.<pid>.doctor-<what>.<hex>`` like the store's own temp files, so that when
+    doctor is killed mid-write the next sweep (Mailbox.sweep_tmp) sees a dead writer of this
+    host and removes the file, instead of reporting it for an hour.
+    """
+
+    pid = os.getpid() if pid is None else pid
+    return tmpdir / f"{HOST}.{pid}.doctor-{what}.{secrets.token_hex(6)}"
+
+
+def note(message_id: str, detail: str, meta: dict[str, Any]) -> bytes:
+    """Return the file of an ``error`` message from doctor with this id, text and meta."""
+    doc: dict[str, Any] = dict(
+        zip(
+            MESSAGE_KEYS,
+            (message_id, DOCTOR, [], "error", "normal", None, now_iso(), detail, meta),
+            strict=True,
+        )
+    )
+    return dumps(doc)
+
+
+def placeholder(detail: str, meta: dict[str, Any]) -> bytes:
+    """Return the file of a note from doctor with a fresh id."""
+    return note("doctor-" + secrets.token_hex(13), detail, meta)
+
+
+def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool) -> bool:
+    """Write data at path via a fsynced temp file: replacing it, or only if the name is free.
+
+    Return False if replace is off and the name is taken (another writer has it).
+    """
+    tmp = temp_path(tmpdir, "put")
+    try:
+        with tmp.open("xb") as out:
+            if modes.shared_folder(tmpdir):
+                modes.share_fd(out.fileno(), tmp)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except PermissionError:
+                if os.path.lexists(path):  # sshfs reports a lost link race as EPERM
+                    return False
+                raise
+        with contextlib.suppress(OSError):
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def thread_lock(locks: Path, thread: str) -> Iterator[None]:
+    """Hold the thread's lock file, as Mailbox._locked does, so local writers wait for us."""
+    # Lock files are never deleted: a writer blocked on a deleted file's lock would hold a lock
+    # nobody else sees. If the lock cannot be opened, go on: the no-replace link claim is what
+    # keeps seqs unique, the lock only keeps this machine's writers orderly.
+    try:
+        fd = os.open(locks / f"{thread}.lock", os.O_RDWR | os.O_CREAT, modes.FILE_MODE)
+    except OSError:
+        yield
+        return
+    if modes.shared_folder(locks):
+        modes.share_fd(fd, locks / f"{thread}.lock")
+    try:
+        flock.lock(fd)
+        try:
+            yield
+        finally:
+            flock.unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def keep_copy(path: Path, quarantine: Path, thread: str) -> Path:
+    """Keep a copy of path under .state/quarantine/<thread>/ and return where it went."""
+    modes.makedirs(quarantine / thread, None)
+    kept = quarantine / thread / f"{path.name}.{secrets.token_hex(4)}"
+    os.link(path, kept)
+    return kept
