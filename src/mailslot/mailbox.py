@@ -1,16 +1,20 @@
-"""The store's one public front: a mailbox root of threads, each a folder of numbered messages.
+"""The library's one public front: a mailbox root of threads, each a folder of numbered messages.
 
-``Mailbox`` is a thin facade; each concept lives in its own private module, and dependencies
-point one way (this front → concepts → file primitives and the format):
+``Mailbox`` holds the everyday verbs (post, read, wait, threads) and hands out the other
+concepts as objects: ``box.tasks`` (``coordination/tasks.py``), ``box.reservations``
+(``coordination/reservations.py``) and ``box.agents`` (``store/agents.py``), each documented
+once, where it lives. Dependencies point one way (this front → coordination → the store):
 
-- ``_files``: temp files, fsync, the thread lock and the no-replace claim of a seq; the one
-  place that knows how bytes become a message on disk. ``_roots`` finds and creates roots,
-  ``_settings`` reads ``mailslot.json``.
-- ``_log``: reading a thread in seq order, its head, files still arriving and gaps.
-- ``_publish``: validating and publishing a message, idempotency keys.
-- ``_threads``: creating threads, their record, incarnation and the index of their state.
-- ``_agents``: cards, presence and name holds. ``_positions``: what an agent has been shown.
-- ``_wait``: waiting for new messages; ``_watch``: the watcher that wakes waiters.
+- ``store/files``: temp files, fsync, the thread lock and the no-replace claim of a seq; the
+  one place that knows how bytes become a message on disk. ``store/roots`` finds and creates
+  roots, ``store/settings`` reads ``mailslot.json``.
+- ``store/log``: reading a thread in seq order, its head, files still arriving and gaps.
+- ``store/publish``: validating and publishing a message, idempotency keys.
+- ``store/threads``: creating threads, their record, incarnation and the index of their state.
+- ``store/agents``: cards, presence and name holds. ``store/positions``: what an agent has
+  been shown.
+- ``store/wait``: waiting for new messages; ``store/watch``: the watcher that wakes waiters.
+- ``coordination/search``: the full-text index, loaded by the first search.
 
 Contract (design.md §2-3): a message is written and fsynced to a temp file under
 ``.state/tmp/``, then published with ``os.link`` onto the next free ``<seq>.json`` of its thread.
@@ -26,8 +30,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailslot.coordination.board import Board, Question, Task
 from mailslot.coordination.reservations import Grant, Held, Reservations
-from mailslot.coordination.tasks import Board, Claim, Question, Task, Tasks
+from mailslot.coordination.tasks import Claim, Tasks
 from mailslot.store import positions
 from mailslot.store.agents import Agents
 from mailslot.store.errors import Damaged, InvalidState, MailslotError, RootError
@@ -46,7 +51,7 @@ from mailslot.store.format import (
     check_content,
 )
 from mailslot.store.log import MAX_PAGE, ThreadLog
-from mailslot.store.presence import DEFAULT_STALE_AFTER, NameHold, Presence
+from mailslot.store.presence import NameHold, Presence
 from mailslot.store.publish import Writer
 from mailslot.store.roots import ROOT_DIRNAME, create, default_root, find_root, share
 from mailslot.store.settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
@@ -107,7 +112,8 @@ class Mailbox:
     instance is safe to use from several threads. Opening sweeps temp files that dead writers
     left (``sweep=False`` to only look). Keyword arguments override the root's settings for
     this instance only (benchmarks and tests use ``fsync=False``, and
-    ``lock=False`` to behave as on a network mount where locks do not reach).
+    ``lock=False`` to behave as on a network mount where locks do not reach). Tasks, file
+    reservations and agents are the attributes ``tasks``, ``reservations`` and ``agents``.
     """
 
     def __init__(
@@ -139,15 +145,18 @@ class Mailbox:
         self.shared_changes: list[str] = []
         self._log = ThreadLog(self._files)
         self._threads = Threads(self._files, self._log)
-        self._agents = Agents(self._files)
-        self._writer = Writer(self._files, self._log, self._agents, self._participants)
+        #: The agents: cards, presence, and the names this process holds.
+        self.agents = Agents(self._files)
+        self._writer = Writer(self._files, self._log, self.agents, self._participants)
         self._waiting = Waiting(self._files, self._log)
-        self._tasks = Tasks(
-            self._files, self._log, self._agents, self._writer, self._threads.incarnation
+        #: The task boards: claim, release, settle (see coordination/tasks.py).
+        self.tasks = Tasks(
+            self._files, self._log, self.agents, self._writer, self._threads.incarnation
         )
         self._search: Search | None = None
-        self._reservations = Reservations(
-            self._files, self._log, self._agents, self._writer, self._threads.create,
+        #: The file reservations: reserve, release, live (see coordination/reservations.py).
+        self.reservations = Reservations(
+            self._files, self._log, self.agents, self._writer, self._threads.create,
             self._threads.incarnation,
         )  # fmt: skip
         for sub in ("threads", "agents", ".state"):
@@ -254,11 +263,11 @@ class Mailbox:
         """
         guard = None
         if type in ("result", "error"):  # the task rules (Tasks.check_reply), under the lock
-            told = self._tasks.check_reply(thread, sender, type, reply_to)
+            told = self.tasks.check_reply(thread, sender, type, reply_to)
             to = [*to, *(a for a in told if a not in to)]
 
             def guard() -> None:
-                self._tasks.check_reply(thread, sender, type, reply_to)
+                self.tasks.check_reply(thread, sender, type, reply_to)
 
         message = self._writer.post(
             thread, content, sender=sender, to=to, type=type, priority=priority,
@@ -267,7 +276,7 @@ class Mailbox:
         if message.type == "error" and message.reply_to is not None:
             # A failed attempt may have been a task's last: tell its sender now.
             with contextlib.suppress(MailslotError):
-                self._tasks.settle(thread, noticed_by=sender)
+                self.tasks.settle([thread], noticed_by=sender)
         return message
 
     # ------------------------------------------------------------------ threads
@@ -338,82 +347,6 @@ class Mailbox:
         )  # fmt: skip
         return message.seq
 
-    # ------------------------------------------------------------------ tasks
-
-    def board(self, thread: str) -> Board:
-        """Return the tasks and unanswered questions of thread, as its messages say now.
-
-        Folded from the messages, cached under .state/index/ and brought up to date on each
-        look, so it costs only the messages new since the last one. Raise NoSuchThread.
-        """
-        return self._tasks.board(thread)
-
-    def task(self, thread: str, seq: int) -> Task:
-        """Return task seq of thread; raise NoSuchMessage, or TaskError if it is not a task."""
-        return self._tasks.task(thread, seq)
-
-    def claim_task(
-        self,
-        thread: str,
-        seq: int,
-        *,
-        agent: str,
-        pid: int | None = None,
-        lease_s: float | None = None,
-        stale_after: float = DEFAULT_STALE_AFTER,
-    ) -> Claim:
-        """Make agent the one holder of task seq, or say who holds it and until when.
-
-        The claim is a message of the thread (a `status` replying to the task), decided by the
-        thread's order: the first claim while the task is open wins, on any number of
-        machines. pid is the holder's process: when it dies the task is open again (at once on
-        this machine, after stale_after elsewhere); without a pid (a person, a script) the
-        claim lasts its lease. A claim by the holder renews it. Raise TaskError if the task is
-        done, dead, not a task, or for other agents.
-        """
-        return self._tasks.claim(
-            thread, seq, agent, pid=pid, lease_s=lease_s, stale_after=stale_after
-        )
-
-    def release_task(
-        self,
-        thread: str,
-        seq: int,
-        *,
-        agent: str,
-        reason: str | None = None,
-        holder: str | None = None,
-    ) -> Message:
-        """Give task seq back without failing it; return the event. With holder, agent (a
-        person) takes holder's claim back, recorded as agent's and naming holder. Raise
-        TaskError unless agent (or holder) holds it."""
-        return self._tasks.release(thread, seq, agent, reason=reason, holder=holder)
-
-    def task_until(self, task: Task) -> float | None:
-        """Return when task's lease runs out without a sign of work (epoch seconds), if held."""
-        return self._tasks.until(task, self._tasks.board(task.thread))
-
-    def task_gone(self, task: Task, *, stale_after: float = DEFAULT_STALE_AFTER) -> str | None:
-        """Return why task's holder has lost it (dead, silent, out of lease), or None."""
-        return self._tasks.gone(task, self._tasks.board(task.thread), stale_after=stale_after)
-
-    def settle_tasks(
-        self,
-        threads: Iterable[str] | None = None,
-        *,
-        noticed_by: str | None = None,
-        stale_after: float = DEFAULT_STALE_AFTER,
-    ) -> list[Message]:
-        """Reopen the tasks whose holders died or stalled (default: in every thread).
-
-        Each becomes a `reopen` event signed "mailslot" (`dead`, addressed to the task's sender,
-        once its failed attempts reach the maximum), which wakes the agents waiting for work.
-        Return the events written; on one machine each is written once, however many
-        processes notice at the same time.
-        """
-        names = self._files.thread_ids() if threads is None else threads
-        return self._tasks.settle_all(names, noticed_by=noticed_by, stale_after=stale_after)
-
     # ------------------------------------------------------------------ search
 
     def search(
@@ -430,9 +363,9 @@ class Mailbox:
         """Return the messages that match query (FTS5 syntax: words, "phrases", prefix*, AND,
         OR, NOT), best first, read back from their files; filters narrow it.
 
-        The index is a cache (see _search) brought up to date with the folder first, so a
-        message stored before the call is found. Raise InvalidMessage for a query that cannot
-        be read, with examples of what can.
+        The index is a cache (see coordination/search) brought up to date with the folder
+        first, so a message stored before the call is found. Raise InvalidMessage for a query
+        that cannot be read, with examples of what can.
         """
         if self._search is None:
             from mailslot.coordination.search import (
@@ -444,122 +377,7 @@ class Mailbox:
             query, thread=thread, sender=sender, type_=type, to=to, since=since, limit=limit
         )
 
-    # ------------------------------------------------------------------ file reservations
-
-    def reserve(
-        self,
-        paths: list[str] | tuple[str, ...] | str,
-        *,
-        agent: str,
-        exclusive: bool = True,
-        ttl_s: float | None = None,
-        reason: str | None = None,
-        pid: int | None = None,
-        stale_after: float = DEFAULT_STALE_AFTER,
-    ) -> Grant:
-        """Reserve repository-relative paths or globs for agent: all of them, or none.
-
-        Granted unless another agent holds an overlapping exclusive reservation (or, for an
-        exclusive request, any overlapping one); otherwise refused with those reservations.
-        Decided by the order of the `file-reservations` thread (under its lock on one
-        machine), so two agents can never both hold overlapping paths. pid is the holder's
-        process: it holds while that process lives and works (a sign of work within ttl_s);
-        without one (a person, a script) for ttl_s. Reserving a pattern again renews it.
-        Raise InvalidName for a path that leaves the repository, InvalidMessage for bad input.
-        """
-        return self._reservations.reserve(
-            paths, agent, exclusive=exclusive, ttl_s=ttl_s, reason=reason, pid=pid,
-            stale_after=stale_after,
-        )  # fmt: skip
-
-    def release(
-        self,
-        paths: list[str] | tuple[str, ...] | str | None = None,
-        *,
-        agent: str,
-        holder: str | None = None,
-    ) -> tuple[list[Held], list[str]]:
-        """Give back agent's reservations of paths (all of them if None); with holder, free
-        holder's reservations as agent (recorded as agent's, naming holder).
-
-        Return (what was released, the paths asked for that the holder did not hold).
-        """
-        released, not_held, _ = self._reservations.release(paths, agent, holder=holder)
-        return released, not_held
-
-    def reservations(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Held]:
-        """Return the reservations held now, oldest first (those of holders that are gone are
-        left out; nothing is written)."""
-        return self._reservations.live(stale_after=stale_after)
-
-    def reservation_until(self, held: Held) -> float:
-        """Return when held runs out without a sign of work from its holder (epoch seconds)."""
-        return self._reservations.until(held)
-
-    def settle_reservations(
-        self, *, noticed_by: str | None = None, stale_after: float = DEFAULT_STALE_AFTER
-    ) -> list[Message]:
-        """Record the end of each reservation whose holder died or went silent; return the
-        events written."""
-        return self._reservations.settle(noticed_by=noticed_by, stale_after=stale_after)
-
-    # ------------------------------------------------------------------ agents
-
-    def register_agent(
-        self,
-        name: str,
-        *,
-        client: str | None = None,
-        model: str | None = None,
-        description: str | None = None,
-    ) -> AgentCard:
-        """Create or update the card of agent name and return it; None keeps a field as is."""
-        return self._agents.register(name, client=client, model=model, description=description)
-
-    def agent(self, name: str) -> AgentCard:
-        """Return the card of agent name; raise NoSuchAgent or Damaged."""
-        return self._agents.card(name)
-
-    def agents(self) -> list[AgentCard]:
-        """Return every readable agent card, by name; damaged cards are logged and skipped."""
-        return self._agents.cards()
-
-    def hold_name(
-        self, name: str, *, client: str | None = None, stale_after: float = DEFAULT_STALE_AFTER
-    ) -> NameHold:
-        """Take agent name for this process and mark it online; return the hold.
-
-        The name stays held until the hold is released (release_name) or the process dies.
-        Raise NameTaken if a live process on this machine holds it, or a process on another
-        machine refreshed it within stale_after seconds.
-        """
-        return self._agents.hold_name(name, client=client, stale_after=stale_after)
-
-    def release_name(self, hold: NameHold) -> None:
-        """Mark the held name offline (a clean exit) and let it go."""
-        self._agents.release_name(hold)
-
-    def set_presence(
-        self,
-        name: str,
-        status: str,
-        *,
-        waiting_on: str | None = None,
-        last_active: float | None = None,
-    ) -> None:
-        """Write this process's presence for name (a heartbeat); status online/waiting/offline.
-
-        last_active is when the agent last did something (epoch seconds; default now).
-        """
-        self._agents.set_presence(name, status, waiting_on=waiting_on, last_active=last_active)
-
-    def presence(self, name: str, *, stale_after: float = DEFAULT_STALE_AFTER) -> Presence:
-        """Return what is known of agent name's presence (offline if never seen or gone)."""
-        return self._agents.presence(name, stale_after=stale_after)
-
-    def presences(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Presence]:
-        """Return the presence of every agent that ever had a presence file, by name."""
-        return self._agents.presences(stale_after=stale_after)
+    # ------------------------------------------------------------------ positions
 
     def load_cursor(self, agent: str, key: str) -> Any:
         """Return what save_cursor stored for agent under key, or None."""

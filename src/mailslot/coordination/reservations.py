@@ -205,10 +205,10 @@ class Reservations:
             self._ledger = ledger
             return ledger
 
-    def until(self, h: Held, ledger: Ledger | None = None) -> float:
-        """Return when h runs out without a sign of work (epoch seconds)."""
-        sign = (ledger or self.ledger()).last_post.get(h.holder, 0.0)
-        return leases.until(self.agents, h.lease(), sign)
+    def until(self, held: Held) -> float:
+        """Return when held runs out without a sign of work from its holder (epoch seconds)."""
+        sign = self.ledger().last_post.get(held.holder, 0.0)
+        return leases.until(self.agents, held.lease(), sign)
 
     def gone(
         self, h: Held, ledger: Ledger | None = None, *, stale_after: float = DEFAULT_STALE_AFTER
@@ -218,7 +218,8 @@ class Reservations:
         return leases.gone(self.agents, h.lease(), sign, stale_after=stale_after)
 
     def live(self, *, stale_after: float = DEFAULT_STALE_AFTER) -> list[Held]:
-        """Return the reservations whose holders still hold them (writes nothing)."""
+        """Return the reservations held now, oldest first (those of holders that are gone are
+        left out; nothing is written)."""
         ledger = self.ledger()
         return [h for h in ledger.held if self.gone(h, ledger, stale_after=stale_after) is None]
 
@@ -226,16 +227,25 @@ class Reservations:
 
     def reserve(
         self,
-        paths: object,
-        agent: str,
+        paths: list[str] | tuple[str, ...] | str,
         *,
+        agent: str,
         exclusive: bool = True,
         ttl_s: float | None = None,
         reason: str | None = None,
         pid: int | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
     ) -> Grant:
-        """Reserve paths for agent, all of them or none; see the module docstring."""
+        """Reserve repository-relative paths or globs for agent: all of them, or none.
+
+        Granted unless another agent holds an overlapping exclusive reservation (or, for an
+        exclusive request, any overlapping one); otherwise refused with those reservations.
+        Decided by the order of the `file-reservations` thread (under its lock on one
+        machine), so two agents can never both hold overlapping paths. pid is the holder's
+        process: it holds while that process lives and works (a sign of work within ttl_s);
+        without one (a person, a script) for ttl_s. Reserving a pattern again renews it.
+        Raise InvalidName for a path that leaves the repository, InvalidMessage for bad input.
+        """
         patterns = self._patterns(paths)
         if ttl_s is not None and not (type(ttl_s) in (int, float) and 1 <= ttl_s <= 7 * 86400):
             raise InvalidMessage(
@@ -296,13 +306,16 @@ class Reservations:
         return list(dict.fromkeys(normalize(p) for p in paths))
 
     def release(
-        self, paths: object, agent: str, *, holder: str | None = None
-    ) -> tuple[list[Held], list[str], int | None]:
+        self,
+        paths: list[str] | tuple[str, ...] | str | None = None,
+        *,
+        agent: str,
+        holder: str | None = None,
+    ) -> tuple[list[Held], list[str]]:
         """Give back agent's reservations of paths (all of them if None); with holder, free
-        holder's as agent (the event is agent's, addressed to holder, and names holder).
+        holder's reservations as agent (recorded as agent's, naming holder).
 
-        Return (released, not held: the paths asked for that the holder did not hold, the
-        event's seq or None if nothing was held).
+        Return (what was released, the paths asked for that the holder did not hold).
         """
         patterns = None if paths is None else self._patterns(paths)
         whose = agent if holder is None else holder
@@ -312,7 +325,7 @@ class Reservations:
             [] if patterns is None else [p for p in patterns if p not in {h.pattern for h in mine}]
         )
         if not released:
-            return [], not_held, None
+            return [], not_held
         named = None if patterns is None else sorted({h.pattern for h in released})
         what = ", ".join(named) if named else "all its reservations"
         back: dict[str, Any] | None = None if named is None else {"paths": named}
@@ -325,11 +338,11 @@ class Reservations:
                 if named
                 else f"freed all of {whose}'s reservations"
             )
-        message = self.writer.append(
+        self.writer.append(
             THREAD, self.files.thread_dir(THREAD), sender=agent, to=to, type_="status",
             priority="normal", reply_to=None, content=text, meta={"release": back}, key=None,
         )  # fmt: skip
-        return released, not_held, message.seq
+        return released, not_held
 
     def _expire(self, h: Held, why: str, noticed_by: str | None) -> Message | None:
         def guard() -> None:
@@ -359,7 +372,8 @@ class Reservations:
     def settle(
         self, *, noticed_by: str | None = None, stale_after: float = DEFAULT_STALE_AFTER
     ) -> list[Message]:
-        """Write an expiry for each reservation whose holder died or went silent."""
+        """Record the end of each reservation whose holder died or went silent; return the
+        events written."""
         out = []
         ledger = self.ledger()
         seen: set[int] = set()

@@ -341,7 +341,11 @@ class Tasks:
     # ------------------------------------------------------------------ the fold
 
     def board(self, thread: str) -> Board:
-        """Return thread's board brought up to date with the folder; raise NoSuchThread."""
+        """Return the tasks and unanswered questions of thread, as its messages say now.
+
+        Folded from the messages, cached under .state/index/ and brought up to date on each
+        look, so it costs only the messages new since the last one. Raise NoSuchThread.
+        """
         tdir = self.files.thread_dir(thread)
         incarnation = self.incarnation(thread)
         with self._lock:
@@ -381,7 +385,7 @@ class Tasks:
             return board
 
     def task(self, thread: str, seq: int) -> Task:
-        """Return task seq of thread; raise NoSuchMessage, or TaskError if it is no task."""
+        """Return task seq of thread; raise NoSuchMessage, or TaskError if it is not a task."""
         board = self.board(thread)
         task = board.tasks.get(seq)
         if task is not None:
@@ -409,15 +413,23 @@ class Tasks:
         assert task.holder is not None
         return Lease(task.holder, task.pid, task.host, task.claimed_at, self.lease_of(task))
 
-    def until(self, task: Task, board: Board | None = None) -> float | None:
+    def until(self, task: Task) -> float | None:
+        """Return when task's lease runs out without a sign of work (epoch seconds), if held."""
+        return self._until(task, self.board(task.thread))
+
+    def gone(self, task: Task, *, stale_after: float = DEFAULT_STALE_AFTER) -> str | None:
+        """Return why task's holder has lost it (dead, silent, out of lease), or None."""
+        return self._gone(task, self.board(task.thread), stale_after=stale_after)
+
+    def _until(self, task: Task, board: Board | None) -> float | None:
         """Return when task's lease runs out without a new sign of work (epoch), if held."""
         if task.status != CLAIMED or task.holder is None:
             return None
         sign = board.last_post.get(task.holder, 0.0) if board is not None else 0.0
         return _leases.until(self.agents, self._lease(task), sign)
 
-    def gone(
-        self, task: Task, board: Board | None = None, *, stale_after: float = DEFAULT_STALE_AFTER
+    def _gone(
+        self, task: Task, board: Board | None, *, stale_after: float = DEFAULT_STALE_AFTER
     ) -> str | None:
         """Return why task's holder has lost it (its process ended, no heartbeat, its lease
         ran out), or None while the claim holds."""
@@ -432,17 +444,20 @@ class Tasks:
         self,
         thread: str,
         seq: int,
-        agent: str,
         *,
+        agent: str,
         pid: int | None = None,
         lease_s: float | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
     ) -> Claim:
-        """Make agent the holder of task seq, or say who holds it.
+        """Make agent the one holder of task seq, or say who holds it and until when.
 
-        pid is the holder's process (its death frees the task at once on this machine); None
-        for a person or a script, whose claim lasts its lease. Raise TaskError if the task is
-        not one agent may claim (not a task, done, dead, for other agents).
+        The claim is a message of the thread (a `status` replying to the task), decided by the
+        thread's order: the first claim while the task is open wins, on any number of
+        machines. pid is the holder's process: when it dies the task is open again (at once on
+        this machine, after stale_after elsewhere); without a pid (a person, a script) the
+        claim lasts its lease. A claim by the holder renews it. Raise TaskError if the task is
+        done, dead, not a task, or for other agents.
         """
         if lease_s is not None and _num(lease_s, 1, 86400) is None:
             raise TaskError(f"lease_s must be a number of seconds from 1 to 86400, not {lease_s!r}")
@@ -450,7 +465,7 @@ class Tasks:
             task, until = self._snapshot(thread, seq)
             self._claimable(task, agent)
             if task.status == CLAIMED and task.holder != agent:
-                self.settle(thread, stale_after=stale_after)  # a dead or stalled holder lets go
+                self._settle(thread, stale_after=stale_after)  # a dead or stalled holder lets go
                 task, until = self._snapshot(thread, seq)
                 self._claimable(task, agent)
                 if task.status == CLAIMED and task.holder != agent:
@@ -471,7 +486,7 @@ class Tasks:
                 self.task(thread, seq)  # raises if there is no such task, else folds it in
                 board = self.board(thread)
             task = replace(board.tasks[seq])
-            return task, self.until(task, board)
+            return task, self._until(task, board)
 
     def _write_claim(
         self, thread: str, task: Task, agent: str, pid: int | None, lease_s: float | None
@@ -530,16 +545,14 @@ class Tasks:
         self,
         thread: str,
         seq: int,
-        agent: str,
         *,
+        agent: str,
         reason: str | None = None,
         holder: str | None = None,
     ) -> Message:
-        """Give task seq back (it is open again, and no attempt failed); return the event.
-
-        With holder (a person taking another's claim back), the event is agent's and names
-        holder and its claim. Raise TaskError unless agent (or holder) holds it.
-        """
+        """Give task seq back without failing it; return the event. With holder, agent (a
+        person) takes holder's claim back, recorded as agent's and naming holder. Raise
+        TaskError unless agent (or holder) holds it."""
         task = self.task(thread, seq)
         whose = holder or agent
         if task.status != CLAIMED or task.holder != whose:
@@ -622,7 +635,7 @@ class Tasks:
             return (task.holder,)  # closed under its holder: it is told
         return ()
 
-    def settle(
+    def _settle(
         self,
         thread: str,
         *,
@@ -636,7 +649,7 @@ class Tasks:
         out: list[Message] = []
         for task in list(board.tasks.values()):
             if task.status == CLAIMED:
-                reason = self.gone(task, board, stale_after=stale_after)
+                reason = self._gone(task, board, stale_after=stale_after)
                 if reason is not None:
                     out += self._event(thread, task, reason, noticed_by)
             elif task.status == DEAD and not task.notified:
@@ -697,20 +710,26 @@ class Tasks:
             return []
         return [message]
 
-    def settle_all(
+    def settle(
         self,
-        threads: Iterable[str],
+        threads: Iterable[str] | None = None,
         *,
         noticed_by: str | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
     ) -> list[Message]:
-        """Settle each of threads that has held or dead tasks; skip threads that vanished."""
+        """Reopen the tasks whose holders died or stalled (default: in every thread).
+
+        Each becomes a `reopen` event signed "mailslot" (`dead`, addressed to the task's sender,
+        once its failed attempts reach the maximum), which wakes the agents waiting for work.
+        Return the events written; on one machine each is written once, however many
+        processes notice at the same time. Threads that vanished are skipped.
+        """
         out: list[Message] = []
-        for thread in threads:
+        for thread in self.files.thread_ids() if threads is None else threads:
             try:
                 board = self.board(thread)
                 if any(t.status in (CLAIMED, DEAD) for t in board.tasks.values()):
-                    out += self.settle(thread, noticed_by=noticed_by, stale_after=stale_after)
+                    out += self._settle(thread, noticed_by=noticed_by, stale_after=stale_after)
             except MailslotError:
                 continue
         return out
