@@ -84,7 +84,7 @@ def idle_poll(counts: list[int], seconds: float) -> list[list[str]]:
     for n in counts:
         with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
             box = Mailbox.init(Path(d) / "box", fsync=False)
-            box.register_agent("other")
+            box.agents.register("other")
             for i in range(n):
                 t = box.create_thread(f"t{i}", creator="bench").id
                 if i % 10 == 0:  # quiet threads with old news for someone else

@@ -143,7 +143,7 @@ def _footprint(root: Path, seconds: float) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with Client(_params(root, "footprint"), mode=MODE, cache=None) as c:
             await _call(c, "thread_create", topic="quiet")
-            pid = Mailbox(root).presence("footprint").pid
+            pid = Mailbox(root).agents.presence("footprint").pid
             assert pid is not None
             await anyio.sleep(0.5)
             idle, _ = _proc_stat(pid)

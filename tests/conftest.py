@@ -27,8 +27,8 @@ def root(tmp_path: Path) -> Path:
 def box(root: Path) -> Iterator[Mailbox]:
     """Return an open mailbox on a fresh root, with a thread 't' and agents alice and bob."""
     with Mailbox(root) as b:
-        b.register_agent("alice")
-        b.register_agent("bob")
+        b.agents.register("alice")
+        b.agents.register("bob")
         b.create_thread("t", creator="alice")
         yield b
 

@@ -112,8 +112,8 @@ def hurt(tmp_path: Path) -> Path:
     Mailbox.init(root)
     set_config(root, grace_s=0)  # report damage at once, without waiting for a slow writer
     with Mailbox(root) as box:
-        box.register_agent("alice")
-        box.register_agent("bob")
+        box.agents.register("alice")
+        box.agents.register("bob")
         for thread in ("good", "bad", "rec"):
             box.create_thread(thread, creator="alice")
         box.post("good", "good one", sender="alice")
@@ -155,8 +155,8 @@ def test_library_reports_deep_files_where_they_lie(hurt: Path) -> None:
         assert set(threads) == {"good", "bad", "rec"}
         assert threads["rec"].topic == "rec", "the id stands in for an unreadable topic"
         assert threads["good"].head == 2 and threads["bad"].head == 3
-        assert [a.name for a in box.agents()] == ["alice", "bob"]
-        assert box.presence("bob").status == "offline"
+        assert [a.name for a in box.agents.cards()] == ["alice", "bob"]
+        assert box.agents.presence("bob").status == "offline"
         assert box.load_cursor("alice", "good") is None
         assert box.post("bad", "still writable", sender="bob") == 4
 
@@ -386,9 +386,9 @@ def test_the_largest_message_is_accepted_and_readable(root: Path) -> None:
     assert MAX_META_BYTES - 1000 < len(json.dumps(meta, ensure_ascii=False)) <= MAX_META_BYTES
     with Mailbox(root) as box:
         for name in ("alice", *(f"agent-{i:03d}-{'x' * 50}" for i in range(100))):
-            box.register_agent(name)
+            box.agents.register(name)
         box.create_thread("t", creator="alice")
-        to = [a.name for a in box.agents()]
+        to = [a.name for a in box.agents.cards()]
         seq = box.post("t", content, sender="alice", to=to, meta=meta)
         size = (root / "threads" / "t" / "000001.json").stat().st_size
         assert 6 * DEFAULT_MAX_CONTENT < size <= max_message_file_bytes(DEFAULT_MAX_CONTENT)

@@ -66,7 +66,7 @@ async def channel_agent(root: Path, name: str) -> AsyncIterator[tuple[Client, Ch
 def box(tmp_path: Path) -> Mailbox:
     b = Mailbox.init(tmp_path / "box")
     for name in ("alice", "bob", "carol"):
-        b.register_agent(name)
+        b.agents.register(name)
     b.create_thread("t", creator="alice")
     return b
 
@@ -194,7 +194,7 @@ def test_a_message_a_wait_returns_is_not_pushed(box: Mailbox) -> None:
 
 
 async def _status(box: Mailbox, agent: str, status: str) -> bool:
-    return box.presence(agent).status == status
+    return box.agents.presence(agent).status == status
 
 
 def test_a_burst_is_pushed_in_a_few_notifications_that_name_it_all(box: Mailbox) -> None:
@@ -307,10 +307,10 @@ def test_a_released_task_is_pushed_again_to_an_idle_agent(box: Mailbox) -> None:
             await call(bob, "msg_list", thread="t")  # bob takes part in t
             seq = box.post("t", "fix the flaky test", sender="alice", type="task")
             assert await pushes(ext, 1) == [("t", seq)]
-            box.claim_task("t", seq, agent="carol")
+            box.tasks.claim("t", seq, agent="carol")
             held = box.post("t", "carol has it", sender="alice", to=["bob"])
             assert await pushed(ext, "t", held) == [("t", seq), ("t", held)], "held: not news"
-            box.release_task("t", seq, agent="carol", reason="out of time")
+            box.tasks.release("t", seq, agent="carol", reason="out of time")
             assert await pushes(ext, 3) == [("t", seq), ("t", held), ("t", seq)]
             assert f"task_claim(thread='t', seq={seq})" in ext.got[2].content
 
@@ -334,7 +334,7 @@ def test_what_a_quick_wait_returned_is_not_pushed(box: Mailbox) -> None:
             assert texts(await call(bob, "msg_wait", timeout_s=60)) == ["first"]
             box.post("t", "second", sender="dave", to=["bob"])
             assert texts(await call(bob, "msg_wait", timeout_s=60)) == ["second"]
-            box.register_agent("dave")  # what dave sent would be pushed now, were it news
+            box.agents.register("dave")  # what dave sent would be pushed now, were it news
             seq = box.post("t", "third", sender="alice", to=["bob"])
             assert await pushed(ext, "t", seq) == [("t", seq)]
 

@@ -105,13 +105,13 @@ def test_claude_code_runs_the_readme_line_and_connects(project: Path, env: dict[
     settings.write_text('{"enableAllProjectMcpServers": true}')
     listed = run([claude, "mcp", "list"], project, env)
     assert re.search(r"mailslot: .*Connected", listed.stdout), listed.stdout + listed.stderr
-    assert Mailbox(root).agent("claude").name == "claude", "the server ran as the named agent"
+    assert Mailbox(root).agents.card("claude").name == "claude", "the server ran as the named agent"
 
     # What `mailslot mcp-config --install` writes there connects too.
     mailslot("mcp-config", "claude-code", "--install", "--agent", "claude-2", cwd=project, env=env)
     listed = run([claude, "mcp", "list"], project, env)
     assert re.search(r"mailslot: .*Connected", listed.stdout), listed.stdout + listed.stderr
-    assert Mailbox(root).agent("claude-2").name == "claude-2"
+    assert Mailbox(root).agents.card("claude-2").name == "claude-2"
 
 
 def test_gemini_reads_an_installed_config_with_comments(project: Path, env: dict[str, str]) -> None:
@@ -129,7 +129,7 @@ def test_gemini_reads_an_installed_config_with_comments(project: Path, env: dict
     listed = run([gemini, "mcp", "list"], project, env)
     out = listed.stdout + listed.stderr
     assert listed.returncode == 0 and re.search(r"mailslot: .*Connected", out), out
-    assert Mailbox(root).agent("gemini").name == "gemini", "the server ran as the named agent"
+    assert Mailbox(root).agents.card("gemini").name == "gemini", "the server ran as the named agent"
 
 
 def test_codex_reads_an_installed_config_and_the_readme_form(
@@ -191,7 +191,7 @@ def test_a_teammates_clone_connects_to_its_own_mailbox(
         out = listed.stdout + listed.stderr
         assert re.search(r"mailslot: .*Connected", out), out
     for name in ("c1", "g1"):
-        assert Mailbox(clone / ".mailslot").agent(name).name == name
+        assert Mailbox(clone / ".mailslot").agents.card(name).name == name
         assert not (project / ".mailslot" / "agents" / f"{name}.json").exists()
 
 

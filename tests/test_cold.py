@@ -36,7 +36,7 @@ def test_a_long_thread_seen_first_is_right_at_once_and_complete_soon(root: Path)
 
 def test_unanswered_reads_a_long_thread_to_the_end(root: Path) -> None:
     box = Mailbox(root, fsync=False)
-    box.register_agent("bob")
+    box.agents.register("bob")
     box.create_thread("big", creator="alice")
     task = box.post("big", "an old task", sender="alice", to=["bob"], type="task")
     for i in range(2000):

@@ -23,7 +23,7 @@ from mailslot.cli import EXIT_TIMEOUT, main
 def env_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "box"
     box = Mailbox.init(root)
-    box.register_agent("bob")
+    box.agents.register("bob")
     box.create_thread("t", creator="alice")
     monkeypatch.setenv("MAILSLOT_ROOT", str(root))
     monkeypatch.setenv("MAILSLOT_AGENT", "alice")
@@ -157,18 +157,18 @@ def test_wait_on_an_inbox(env_root: Path) -> None:
 
 def test_agents_show_presence(env_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     box = Mailbox(env_root)
-    hold = box.hold_name("bob", client="cli-test")
-    box.register_agent("idler")
-    box.hold_name("idler")
-    box.set_presence("idler", "online", last_active=time.time() - 3600)
-    box.register_agent("ghost")
+    hold = box.agents.hold_name("bob", client="cli-test")
+    box.agents.register("idler")
+    box.agents.hold_name("idler")
+    box.agents.set_presence("idler", "online", last_active=time.time() - 3600)
+    box.agents.register("ghost")
     code, out, _ = run(capsys, "agents", "--json")
     status = {a["agent"]: a["status"] for a in json.loads(out)["agents"]}
     assert status == {"bob": "online", "idler": "idle", "ghost": "offline"}
-    box.set_presence("bob", "waiting", waiting_on="t")
+    box.agents.set_presence("bob", "waiting", waiting_on="t")
     code, out, _ = run(capsys, "agents")
     assert re.search(r"bob\s+waiting on t\s+\d{4}-", out)
-    box.release_name(hold)
+    box.agents.release_name(hold)
     code, out, _ = run(capsys, "agents", "--json")
     assert code == 0
     assert {a["agent"]: a["status"] for a in json.loads(out)["agents"]}["bob"] == "offline"
@@ -358,7 +358,7 @@ def test_demo_runs_three_agents(tmp_path: Path) -> None:
     (info,) = box.threads()
     assert info.state == "closed" and info.summary and "--version" in info.summary
     assert [m.seq for m in box.messages(info.id)] == list(range(1, 10))
-    assert {p.agent: p.status for p in box.presences()} == {
+    assert {p.agent: p.status for p in box.agents.presences()} == {
         "planner": "offline", "coder": "offline", "reviewer": "offline"}  # fmt: skip
 
 

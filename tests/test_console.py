@@ -74,7 +74,7 @@ def launch(root: Path) -> Iterator[UI]:
     """Yield `mailslot ui --as dave` running over a mailbox with one question in 'release'."""
     box = Mailbox.init(root)
     for name in ("alice", "bob"):
-        box.register_agent(name)
+        box.agents.register(name)
     box.create_thread("release", creator="alice")
     box.post("release", "Ship **1.2** today?", sender="alice", to=["bob"], type="question")
     proc = subprocess.Popen(
@@ -470,7 +470,7 @@ def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
     with Mailbox.init(root) as box:
         box.create_thread("work", creator="alice")
         box.post("work", "Write the changelog", sender="alice", type="task")
-        assert box.claim_task("work", 1, agent="bob").won
+        assert box.tasks.claim("work", 1, agent="bob").won
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "mailslot", *args, "--root", str(root), "--as", "dave"]
@@ -489,6 +489,6 @@ def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
         )  # fmt: skip
         assert list(event.to) == ["bob"], "the holder is told"
         assert box.head("work") == 3, "nothing but the take-back was stored"
-        assert box.task("work", 1).status == "open"
+        assert box.tasks.task("work", 1).status == "open"
     again = run("claim", "work", "1", "--release", "--holder", "bob")
     assert again.returncode == 1 and "bob does not hold task 1" in again.stderr

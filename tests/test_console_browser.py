@@ -215,7 +215,7 @@ def no_page_errors(driver: Any) -> None:
 def seed(root: Path) -> Mailbox:
     box = Mailbox(root)
     for name in ("alice", "bob", "carol"):
-        box.register_agent(name)
+        box.agents.register(name)
     return box
 
 
@@ -443,8 +443,8 @@ def test_presence_follows_a_serve_process(root: Path, ui: str, browser: Any) -> 
 
 def test_long_thread_pages_backwards(root: Path, ui: str, browser: Any) -> None:
     with Mailbox(root, fsync=False) as box:
-        box.register_agent("alice")
-        box.register_agent("bob")
+        box.agents.register("alice")
+        box.agents.register("bob")
         box.create_thread("long", creator="alice")
         for i in range(1, 300):
             box.post("long", f"message number {i}", sender="alice" if i % 2 else "bob")
@@ -518,12 +518,12 @@ def test_phone_size(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
 def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
     """A small realistic conversation, as the README shows it."""
     with seed(root) as box:
-        box.register_agent("alice", client="claude-code", model="claude-opus-4",
+        box.agents.register("alice", client="claude-code", model="claude-opus-4",
                            description="plans the work and delegates it")  # fmt: skip
-        box.register_agent(
+        box.agents.register(
             "bob", client="codex", model="gpt-5-codex", description="writes the code"
         )
-        box.register_agent("carol", client="gemini-cli", model="gemini-2.5-pro",
+        box.agents.register("carol", client="gemini-cli", model="gemini-2.5-pro",
                            description="reviews changes")  # fmt: skip
         box.create_thread("Wire the config loader", creator="bob")
         box.post("wire-the-config-loader", "Config loader is merged; thanks all.", sender="bob")
@@ -531,18 +531,18 @@ def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
         box.post(t, "Hi both. I'll split this up: bob codes, carol reviews.", sender="alice")
         task = box.post(t, "Please add `--version` to the CLI, with a test.", sender="alice",
                         type="task", to=["bob"], priority="high")  # fmt: skip
-        box.claim_task(t, task, agent="bob")
+        box.tasks.claim(t, task, agent="bob")
         box.set_state(t, "implement", sender="bob")
-        box.reserve(["src/tool/cli.py", "tests/test_cli.py"], agent="bob",
+        box.reservations.reserve(["src/tool/cli.py", "tests/test_cli.py"], agent="bob",
                     reason="adding --version")  # fmt: skip
         box.post(t, DIFF, sender="bob", type="result", reply_to=task)
         ask = box.post(t, "Thanks! Carol, over to you.", sender="alice", to=["carol"])
         box.set_state(t, "review", sender="carol")
         box.post(t, "Looks good: ran `tool --version`, checked the test. One nit: mention it "
                     "in the **README**.", sender="carol", reply_to=ask)  # fmt: skip
-        box.set_presence("alice", "waiting", waiting_on=t)
-        box.set_presence("carol", "online")
-        box.set_presence("bob", "online")
+        box.agents.set_presence("alice", "waiting", waiting_on=t)
+        box.agents.set_presence("carol", "online")
+        box.agents.set_presence("bob", "online")
     open_console(browser, ui, t)
     assert browser.execute_script("return [innerWidth, innerHeight]") == [1280, 800]
     until("the agents shown", lambda: len(css(browser, "[data-test=agent]")) == 3)
@@ -596,7 +596,7 @@ def test_the_bookkeeping_thread_stays_out_of_the_way(root: Path, ui: str, browse
         box.create_thread("Fix the flaky test", creator="carol")
         box.post("fix-the-flaky-test", "it fails one run in ten", sender="carol")
         for i in range(3):
-            assert box.reserve([f"src/part{i}/"], agent="bob").granted
+            assert box.reservations.reserve([f"src/part{i}/"], agent="bob").granted
     size(browser, 390, 844, mobile=True)
     open_console(browser, ui)
     until("a thread open", lambda: bool(css(browser, "[data-test=thread-item].selected")))
@@ -670,8 +670,8 @@ def test_the_person_steps_in_as_themselves(root: Path, ui: str, browser: Any) ->
     with seed(root) as box:
         box.create_thread("work", creator="alice")
         box.post("work", "Write the changelog", sender="alice", type="task")
-        assert box.claim_task("work", 1, agent="bob").won
-        assert box.reserve(["src/store/"], agent="bob", reason="splitting it").granted
+        assert box.tasks.claim("work", 1, agent="bob").won
+        assert box.reservations.reserve(["src/store/"], agent="bob", reason="splitting it").granted
     open_console(browser, ui, "work")
     one(browser, "[data-test=tab-tasks]").click()
     one(browser, "[data-test=task][data-status=claimed] [data-test=task-reopen]").click()
@@ -689,9 +689,9 @@ def test_the_person_steps_in_as_themselves(root: Path, ui: str, browser: Any) ->
             ("dave", {"event": "claim", "lease_s": 300.0}),
             ("dave", {"event": "release"}),
         ]
-        assert "bob" in events[0].to and box.task("work", 1).status == "open"
+        assert "bob" in events[0].to and box.tasks.task("work", 1).status == "open"
         freed = box.get("file-reservations", box.head("file-reservations"))
         assert (freed.sender, freed.to) == ("dave", ["bob"])
         assert freed.meta["release"] == {"paths": ["src/store/**"], "holder": "bob"}
-        assert box.reservations() == []
+        assert box.reservations.live() == []
     no_page_errors(browser)

@@ -81,8 +81,8 @@ def test_an_argument_a_tool_does_not_take_is_refused_with_the_real_name(root: Pa
     anyio.run(main)
     stored = box.read("t", 0, 50).messages
     assert [(m.seq, m.sender, m.to) for m in stored] == [(1, "bob", []), (2, "alice", ["bob"])]
-    assert box.board("t").tasks[1].status == "open"  # task_claim(task_id=1) claimed nothing
-    assert box.reservations() == []  # files_reserve(path=...) reserved nothing
+    assert box.tasks.board("t").tasks[1].status == "open"  # task_claim(task_id=1) claimed nothing
+    assert box.reservations.live() == []  # files_reserve(path=...) reserved nothing
 
 
 def test_an_unknown_tool_names_the_nearest_and_lists_them_all(root: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_list_too_short_or_long_says_which_argument_and_what_to_pass(root: Pat
     assert 'e.g. ["src/app/**"]' in empty and "Call files_reserve(paths" in empty
     assert "after validation" not in empty
     assert "'paths' takes at most 100 items, not 101" in many, many
-    assert Mailbox(root).reservations() == []
+    assert Mailbox(root).reservations.live() == []
 
 
 def test_a_lower_wait_max_lowers_the_default_wait(root: Path) -> None:
@@ -215,7 +215,7 @@ def test_task_list_mine_shows_what_i_hold_and_what_i_can_take(root: Path) -> Non
     box = Mailbox(root)
     box.create_thread("t", creator="carol")
     for name in ("alice", "bob"):
-        box.register_agent(name)
+        box.agents.register(name)
     box.post("t", "for anyone, alice takes it", sender="carol", type="task")  # 1
     box.post("t", "for bob", sender="carol", type="task", to=["bob"])  # 2
     box.post("t", "for anyone, still open", sender="carol", type="task")  # 3
@@ -298,4 +298,4 @@ def test_true_or_false_for_a_number_is_refused(root: Path) -> None:
     assert "'after_seq' must be a number, not false" in listed, listed
     assert "'timeout_s' must be a number, not true" in waited, waited
     assert "'reply_to' must be a number, not true" in posted, posted
-    assert Mailbox(root).head("t") == 1 and Mailbox(root).board("t").tasks[1].status == "open"
+    assert Mailbox(root).head("t") == 1 and Mailbox(root).tasks.board("t").tasks[1].status == "open"

@@ -18,7 +18,7 @@ from mailslot import Mailbox
 
 
 def status_of(root: Path, name: str) -> str:
-    return Mailbox(root).presence(name).status
+    return Mailbox(root).agents.presence(name).status
 
 
 def _status(root: Path, name: str, status: str) -> Callable[[], Awaitable[bool]]:
@@ -134,7 +134,7 @@ def test_killed_server_reads_offline(root: Path) -> None:
             victim = await victim_client.__aenter__()
             try:
                 await call(victim, "thread_create", topic="t")
-                pid = Mailbox(root).presence("victim").pid
+                pid = Mailbox(root).agents.presence("victim").pid
                 assert pid and status_of(root, "victim") == "online"
                 assert not await victim_offline()
                 os.kill(pid, signal.SIGKILL)

@@ -128,7 +128,7 @@ def test_the_config_names_the_agent_before_any_other_call(root: Path) -> None:
 
 def test_mailslot_is_not_a_name_an_agent_can_take(root: Path) -> None:
     with pytest.raises(InvalidName, match="reserved"):
-        Mailbox(root).register_agent("mailslot")
+        Mailbox(root).agents.register("mailslot")
 
     async def main() -> None:
         async with agent(root, "someone") as c:

@@ -24,7 +24,7 @@ from mailslot.cli import COMMANDS, EXIT_USAGE, _command_here, main
 def env_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "box"
     box = Mailbox.init(root)
-    box.register_agent("bob")
+    box.agents.register("bob")
     box.create_thread("t", creator="alice")
     box.post("t", "**PR 7** is ready", sender="alice", to=["bob"], type="task")
     box.post("t", "Approved.", sender="bob", reply_to=1)

@@ -211,7 +211,7 @@ def test_a_writer_with_a_stale_hint_posts_past_a_gap(root: Path) -> None:
 
 def test_the_model_is_told_what_was_stepped_over_and_what_is_pending(root: Path) -> None:
     box = Mailbox(root, grace_s=0.3)
-    box.register_agent("alice")
+    box.agents.register("alice")
     box.create_thread("t", creator="alice")
     box.post("t", "one", sender="alice")
     tdir = root / "threads" / "t"
@@ -343,7 +343,7 @@ def test_doctor_keeps_both_sides_with_the_same_sender_and_text(
 
 def test_a_thread_wait_tells_the_model_what_it_stopped_before(root: Path) -> None:
     box = Mailbox(root)  # the default grace: an empty file may still be arriving
-    box.register_agent("alice")
+    box.agents.register("alice")
     for thread in ("arriving", "conflicted"):
         box.create_thread(thread, creator="alice")
         box.post(thread, "one", sender="alice")

@@ -365,7 +365,7 @@ def test_an_agent_that_read_past_the_merge_gets_the_other_clones_messages(
     a = clone(git, origin, tmp_path / "a", "alice")
     b = clone(git, origin, tmp_path / "b", "bob")
     for repo in (a, b):
-        Mailbox(repo / ".mailslot").register_agent("worker")
+        Mailbox(repo / ".mailslot").agents.register("worker")
     with Mailbox(a / ".mailslot") as box:
         a_tasks = [box.post("t", f"a's task {i}", sender="alice", to=["worker"], type="task")
                    for i in range(2)]  # fmt: skip
@@ -410,7 +410,7 @@ def test_a_task_claimed_in_both_clones_has_one_holder_after_the_merge(
     b = clone(git, origin, tmp_path / "b", "bob")
     for repo, who in ((a, "carol"), (b, "dave")):  # each clone's worker takes it and does it
         with Mailbox(repo / ".mailslot") as box:
-            assert box.claim_task("t", task, agent=who).won
+            assert box.tasks.claim("t", task, agent=who).won
             box.post("t", f"built by {who}", sender=who, type="result", reply_to=task)
         run_git(git, repo, "add", "-A")
         run_git(git, repo, "commit", "-q", "-m", f"{who} builds")
@@ -420,7 +420,7 @@ def test_a_task_claimed_in_both_clones_has_one_holder_after_the_merge(
     code, out = doctor(root, "--fix")
     assert code == 0, out
     with Mailbox(root) as box:
-        done = box.task("t", task)
+        done = box.tasks.task("t", task)
         assert (done.status, done.attempts, done.done_by) == ("done", 1, "carol")
         claims = [(m.sender, m.seq) for m in box.messages("t") if m.reply_to == task]
         # Both claims and both results are kept; dave's came back after carol's, so his

@@ -192,7 +192,7 @@ def test_the_check_runs_before_a_hook_that_ends_in_exec(
     hook.chmod(0o755)
     install(repo, env=env)
     with Mailbox(repo / ".mailslot") as box:
-        assert box.reserve(["src/b.py"], agent="bob", pid=holder.pid).granted
+        assert box.reservations.reserve(["src/b.py"], agent="bob", pid=holder.pid).granted
     change(env, repo, "src/b.py")
     refused = commit(env, repo, MAILSLOT_AGENT="alice")
     assert refused.returncode == 1 and "bob" in refused.stderr
@@ -230,7 +230,7 @@ def test_core_hooks_path_is_honoured(
     assert blocks(repo / ".githooks" / "pre-commit") == 1
     assert not (repo / ".git" / "hooks" / "pre-commit").exists()
     with Mailbox(repo / ".mailslot") as box:
-        assert box.reserve(["src/"], agent="bob", pid=holder.pid).granted
+        assert box.reservations.reserve(["src/"], agent="bob", pid=holder.pid).granted
     change(env, repo, "src/a.py")
     refused = commit(env, repo, MAILSLOT_AGENT="alice")
     assert refused.returncode == 1 and "bob" in refused.stderr
@@ -270,8 +270,10 @@ def test_check_reads_who_commits_and_reports(
     env: dict[str, str], repo: Path, holder: subprocess.Popen[bytes]
 ) -> None:
     with Mailbox(repo / ".mailslot") as box:
-        assert box.reserve(["src/*.py"], agent="bob", pid=holder.pid, reason="refactor").granted
-        assert box.reserve(["README"], agent="carol", exclusive=False).granted
+        assert box.reservations.reserve(
+            ["src/*.py"], agent="bob", pid=holder.pid, reason="refactor"
+        ).granted
+        assert box.reservations.reserve(["README"], agent="carol", exclusive=False).granted
     change(env, repo, "src/b.py")
     change(env, repo, "README")
     nobody = check(repo, env=env)
@@ -318,7 +320,9 @@ def test_the_guard_between_two_worktrees(
     alice = {"MAILSLOT_AGENT": "alice"}
     root = repo / ".mailslot"
     with Mailbox(root) as box:
-        grant = box.reserve(["src/b.py"], agent="bob", pid=holder.pid, reason="splitting b")
+        grant = box.reservations.reserve(
+            ["src/b.py"], agent="bob", pid=holder.pid, reason="splitting b"
+        )
         assert grant.granted
 
     # Alice, in the other worktree, may not commit bob's file.
@@ -357,14 +361,14 @@ def test_the_guard_between_two_worktrees(
     change(env, wt, "src/b.py")
     assert commit(env, wt, **alice).returncode == 1
     with Mailbox(root) as box:
-        released, _ = box.release(agent="bob")
+        released, _ = box.reservations.release(agent="bob")
         assert [h.pattern for h in released] == ["src/b.py"]
     done = commit(env, wt, **alice)
     assert done.returncode == 0, done.stderr
 
     # A reservation ends with its holder's process.
     with Mailbox(root) as box:
-        assert box.reserve(["src/"], agent="bob", pid=holder.pid).granted
+        assert box.reservations.reserve(["src/"], agent="bob", pid=holder.pid).granted
     change(env, wt, "src/b.py")
     assert commit(env, wt, **alice).returncode == 1
     holder.kill()
@@ -374,14 +378,16 @@ def test_the_guard_between_two_worktrees(
 
     # A shared reservation keeps others from reserving exclusively, not from committing.
     with Mailbox(root) as box:
-        assert box.reserve(["src/b.py"], agent="bob", exclusive=False, ttl_s=600).granted
+        assert box.reservations.reserve(
+            ["src/b.py"], agent="bob", exclusive=False, ttl_s=600
+        ).granted
     change(env, wt, "src/b.py")
     done = commit(env, wt, **alice)
     assert done.returncode == 0, done.stderr
 
     # Without a name, every exclusive reservation counts, a person's (no process) too.
     with Mailbox(root) as box:
-        assert box.reserve(["src/a.py"], agent="carol", ttl_s=600).granted
+        assert box.reservations.reserve(["src/a.py"], agent="carol", ttl_s=600).granted
     change(env, wt, "src/a.py")
     assert commit(env, wt).returncode == 1
     assert commit(env, wt, MAILSLOT_AGENT="carol").returncode == 0
@@ -414,7 +420,7 @@ def test_the_guard_reads_names_git_quotes(
         (repo / name).write_text("x = 1\n")
     run_git(env, repo, "add", "--", "odd", free)
     with Mailbox(repo / ".mailslot") as box:
-        assert box.reserve(list(ODD.values()), agent="bob", pid=holder.pid).granted
+        assert box.reservations.reserve(list(ODD.values()), agent="bob", pid=holder.pid).granted
     assert sorted(staged(repo, env=env)) == sorted([*ODD, free])
     verdict = check(repo, "alice", env=env)
     assert sorted(c.path for c in verdict.conflicts) == sorted(ODD)

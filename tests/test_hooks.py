@@ -155,15 +155,15 @@ def test_a_task_given_back_or_failed_is_news_again(mailbox: Path) -> None:
     assert f"[t #{seq}] alice (task): triage" in first
     assert hook(mailbox, "prompt") == ""
     with Mailbox(mailbox) as b:
-        b.claim_task("t", seq, agent="carol")
+        b.tasks.claim("t", seq, agent="carol")
         assert hook(mailbox, "prompt") == "", "held by carol: nothing to take"
-        b.release_task("t", seq, agent="carol")
+        b.tasks.release("t", seq, agent="carol")
     again = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
     assert again[1].startswith(f"[t #{seq}] alice (task): triage")
     assert again[1].endswith(f"task_claim(thread='t', seq={seq})")
     assert hook(mailbox, "prompt") == "", "reported once"
     with Mailbox(mailbox) as b:
-        b.claim_task("t", seq, agent="carol")
+        b.tasks.claim("t", seq, agent="carol")
         b.publish("t", "it does not reproduce", sender="carol", type="error", reply_to=seq)
     failed = context(hook(mailbox, "prompt"), "UserPromptSubmit")
     assert f"[t #{seq}] alice (task): triage" in failed
@@ -181,8 +181,8 @@ def test_a_task_released_before_the_look_is_reported_once(mailbox: Path) -> None
     _join(mailbox)
     seq = post(mailbox, "please do X", to=None, type="task")
     with Mailbox(mailbox) as b:
-        b.claim_task("t", seq, agent="carol")
-        b.release_task("t", seq, agent="carol")
+        b.tasks.claim("t", seq, agent="carol")
+        b.tasks.release("t", seq, agent="carol")
     first = context(hook(mailbox, "prompt"), "UserPromptSubmit")
     assert first.count(f"[t #{seq}]") == 1
     assert hook(mailbox, "prompt") == "", "its release was part of what was reported"
@@ -195,10 +195,10 @@ def test_a_reoffered_task_shown_first_never_hides_what_is_left_for_later(mailbox
     seq = post(mailbox, "task for anyone", to=None, type="task")
     assert hook(mailbox, "prompt")
     with Mailbox(mailbox) as b:
-        b.claim_task("t", seq, agent="carol")
+        b.tasks.claim("t", seq, agent="carol")
     sent = [post(mailbox, f"msg {i} " + "words " * 60) for i in range(80)]
     with Mailbox(mailbox) as b:
-        b.release_task("t", seq, agent="carol")
+        b.tasks.release("t", seq, agent="carol")
     told: list[str] = []
     for _ in range(20):
         out = hook(mailbox, "prompt")
@@ -279,8 +279,8 @@ def test_tasks_for_anyone_in_a_thread_joined_but_never_read_are_news(mailbox: Pa
     assert [ln.split("]")[0] for ln in first[1:-1]] == [f"[t3 #{early}", f"[t3 #{seq}"]
     assert hook(mailbox, "prompt") == ""
     with Mailbox(mailbox) as b:
-        b.claim_task("t3", early, agent="carol")
-        b.release_task("t3", early, agent="carol")
+        b.tasks.claim("t3", early, agent="carol")
+        b.tasks.release("t3", early, agent="carol")
         later = b.publish("t3", "and the printer", sender="alice", type="task").seq
     again = context(hook(mailbox, "prompt"), "UserPromptSubmit").splitlines()
     assert [ln.split("]")[0] for ln in again[1:-1]] == [f"[t3 #{early}", f"[t3 #{later}"]
@@ -438,7 +438,7 @@ def test_the_mailbox_is_found_from_the_hooks_cwd(tmp_path: Path) -> None:
     Mailbox.init(project / ".mailslot")
     (project / "src" / "deep").mkdir(parents=True)
     with Mailbox(project / ".mailslot") as b:
-        b.register_agent("bob")
+        b.agents.register("bob")
         b.create_thread("t", creator="alice")
         b.publish("t", "found you", sender="alice", to=["bob"])
     stdin = recorded("codex", "prompt", project / "src" / "deep")
@@ -519,7 +519,7 @@ def test_claude_code_hooks_as_a_process(tmp_path: Path) -> None:
     project = tmp_path / "project"
     Mailbox.init(project / ".mailslot")
     with Mailbox(project / ".mailslot") as b:
-        b.register_agent("bob")
+        b.agents.register("bob")
         b.create_thread("t", creator="alice")
         b.publish("t", "review my branch", sender="alice", to=["bob"], type="task")
     env = clean_env()

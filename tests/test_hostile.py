@@ -77,7 +77,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Mailbox, Path]]:
     decoy.mkdir()
     (decoy / "secret.txt").write_text("do not touch")
     box = Mailbox.init(tmp_path / "box")
-    box.register_agent("alice")
+    box.agents.register("alice")
     box.create_thread("t", creator="alice")
     box.post("t", "first", sender="alice")
     yield box, tmp_path
@@ -108,9 +108,9 @@ def test_bad_names_in_the_library(world: tuple[Mailbox, Path], name: str) -> Non
         lambda: box.get(name, 1),
         lambda: box.head(name),
         lambda: box.wait(name, 0, timeout=0),
-        lambda: box.register_agent(name),
-        lambda: box.agent(name),
-        lambda: box.hold_name(name),
+        lambda: box.agents.register(name),
+        lambda: box.agents.card(name),
+        lambda: box.agents.hold_name(name),
         lambda: box.create_thread("t2", creator=name),
         lambda: box.set_state(name, "closed", sender="alice"),
     ]
@@ -226,7 +226,7 @@ def test_state_swapped_for_a_symlink_after_open(world: tuple[Mailbox, Path]) -> 
     with pytest.raises(RootError, match="symlink"):
         box.post("t", "x", sender="alice")
     with pytest.raises(RootError, match="symlink"):
-        box.register_agent("bob")
+        box.agents.register("bob")
     assert snapshot(tmp / "outside") == before
 
 
@@ -309,9 +309,9 @@ def test_future_format_reads_but_refuses_to_write(
     for attempt in (
         lambda: newer.post("t", "x", sender="alice"),
         lambda: newer.create_thread("new", creator="alice"),
-        lambda: newer.register_agent("bob"),
+        lambda: newer.agents.register("bob"),
         lambda: newer.set_state("t", "closed", sender="alice"),
-        lambda: newer.hold_name("bob"),
+        lambda: newer.agents.hold_name("bob"),
     ):
         with pytest.raises(RootError, match="format 2.*will not write here: upgrade mailslot"):
             attempt()
@@ -376,10 +376,10 @@ def test_server_killed_while_waiting(world: tuple[Mailbox, Path]) -> None:
     }
     proc.stdin.write((json.dumps(call) + "\n").encode())
     proc.stdin.flush()
-    until("the server waiting", lambda: box.presence("sleeper").status == "waiting")
+    until("the server waiting", lambda: box.agents.presence("sleeper").status == "waiting")
     proc.kill()
     proc.communicate(timeout=10)
-    assert box.presence("sleeper").status == "offline"
+    assert box.agents.presence("sleeper").status == "offline"
     assert box.post("t", "life goes on", sender="alice") == 2
     assert not list((box.root / ".state" / "tmp").iterdir())
     again = raw_serve(box.root, "sleeper")  # its name is free again

@@ -194,8 +194,8 @@ def test_a_list_in_json_is_an_object_with_its_items_under_a_named_key(
     root = tmp_path / "box"
     box = Mailbox.init(root, fsync=False)
     box.create_thread("t", creator="alice")
-    box.register_agent("bob")
-    box.reserve(["docs/"], agent="bob")
+    box.agents.register("bob")
+    box.reservations.reserve(["docs/"], agent="bob")
     script = (f"{MAILSLOT} {command} --json | {shlex.quote(sys.executable)} -c "
               f"'import json, sys; print(sorted(json.load(sys.stdin)[\"{key}\"][0]))'")  # fmt: skip
     got = run(root, script)

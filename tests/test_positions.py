@@ -55,7 +55,7 @@ def post_tasks(box: Mailbox, to: str) -> set[tuple[str, int]]:
 def setup(root: Path) -> Mailbox:
     box = Mailbox(root)
     for name in ("boss", "worker"):
-        box.register_agent(name)
+        box.agents.register(name)
     for topic in ("build", "review"):
         box.create_thread(topic, creator="boss")
     return box
@@ -192,7 +192,7 @@ def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Pa
             shutil.rmtree(root / ".state")  # as `git clean -fdX` does
             # A live name still cannot be taken twice.
             with pytest.raises(NameTaken, match="in use by a live process") as taken:
-                Mailbox(root).hold_name("worker")
+                Mailbox(root).agents.hold_name("worker")
             assert taken.value.agent == "worker"
             second = [
                 (await call(boss, "msg_post", thread="review", content=f"task {i}",

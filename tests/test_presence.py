@@ -34,7 +34,7 @@ async def _watch(root: Path, name: str, seconds: float) -> tuple[set[str], set[f
     statuses, refreshed = set(), set()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        statuses.add(Mailbox(root).presence(name, stale_after=TIMEOUT).status)
+        statuses.add(Mailbox(root).agents.presence(name, stale_after=TIMEOUT).status)
         refreshed.add(_presence_doc(root, name)["last_seen_epoch"])
         await anyio.sleep(0.1)
     return statuses, refreshed
@@ -60,7 +60,7 @@ def test_a_server_stays_present_past_its_heartbeat_timeout(root: Path) -> None:
                     assert [m["content"] for m in got["messages"]] == ["wake up"]
 
                 async def waiting() -> bool:
-                    return Mailbox(root).presence("sleeper", stale_after=TIMEOUT).status == (
+                    return Mailbox(root).agents.presence("sleeper", stale_after=TIMEOUT).status == (
                         "waiting"
                     )
 
@@ -72,7 +72,9 @@ def test_a_server_stays_present_past_its_heartbeat_timeout(root: Path) -> None:
                 Mailbox(root).post("t", "wake up", sender="alice")
 
     anyio.run(main)
-    assert Mailbox(root).presence("sleeper").status == "offline", "and offline once it closed"
+    assert Mailbox(root).agents.presence("sleeper").status == "offline", (
+        "and offline once it closed"
+    )
 
 
 def _foreign(root: Path, name: str, status: str, age: float) -> None:
@@ -93,9 +95,9 @@ def test_a_name_live_on_another_machine_cannot_be_taken(root: Path, status: str)
     box = Mailbox(root)
     _foreign(root, "remote", status, age=1)
     with pytest.raises(NameTaken, match="elsewhere"):
-        box.hold_name("remote")
+        box.agents.hold_name("remote")
     with pytest.raises(NameTaken):
-        box.hold_name("remote", stale_after=TIMEOUT)
+        box.agents.hold_name("remote", stale_after=TIMEOUT)
     assert _presence_doc(root, "remote")["host"] == "elsewhere", "its presence file is kept"
 
 
@@ -105,6 +107,8 @@ def test_a_name_stale_or_gone_on_another_machine_can_be_taken(root: Path) -> Non
     _foreign(root, "quick", "online", age=3)  # past a 2 s timeout
     _foreign(root, "left", "offline", age=1)  # a clean exit, just now
     for name, stale_after in (("stale", 30.0), ("quick", TIMEOUT), ("left", 30.0)):
-        hold = box.hold_name(name, stale_after=stale_after)
-        assert box.presence(name).status == "online" and box.presence(name).host == HOST
-        box.release_name(hold)
+        hold = box.agents.hold_name(name, stale_after=stale_after)
+        assert (
+            box.agents.presence(name).status == "online" and box.agents.presence(name).host == HOST
+        )
+        box.agents.release_name(hold)

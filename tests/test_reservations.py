@@ -42,12 +42,12 @@ for r in range(int(rounds)):
         paths = [f"{name}/r{r}/**"]
     else:
         paths = rng.sample(overlapping, 2)
-    grant = box.reserve(paths, agent=name, pid=os.getpid())
+    grant = box.reservations.reserve(paths, agent=name, pid=os.getpid())
     if grant.granted:
         start = time.monotonic()
         time.sleep(rng.random() * 0.01)
         end = time.monotonic()  # still held: the release below comes after
-        box.release(paths, agent=name)
+        box.reservations.release(paths, agent=name)
         held.append([paths, start, end])
     granted.append([r, grant.granted])
 print(json.dumps({"held": held, "granted": granted}), flush=True)
@@ -77,7 +77,7 @@ def race(roots: list[Path], go: Path, rounds: int, lock: str) -> None:
         assert all(ok for r, ok in rep["granted"] if r % 2), name
     assert any(ok for rep in reports.values() for r, ok in rep["granted"] if r % 2 == 0)
     with Mailbox(roots[0]) as box:
-        assert box.reservations() == []  # everyone released what it held
+        assert box.reservations.live() == []  # everyone released what it held
 
 
 @pytest.mark.parametrize("lock", ["lock", "nolock"])
@@ -102,19 +102,19 @@ def test_racing_on_two_sshfs_mounts_never_double_holds(
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         other = Mailbox(b / "reservations")
-        assert not other.reserve(["src/db.py"], agent="bob", pid=os.getpid()).granted
+        assert not other.reservations.reserve(["src/db.py"], agent="bob", pid=os.getpid()).granted
     finally:
         holder.kill()
         holder.communicate()
     # On one machine the pid says at once; another machine waits out the heartbeat timeout.
-    assert other.reserve(["src/db.py"], agent="bob", pid=os.getpid()).granted
+    assert other.reservations.reserve(["src/db.py"], agent="bob", pid=os.getpid()).granted
 
 
 HOLDER = """
 import os, sys, time
 from mailslot import Mailbox
 box = Mailbox(sys.argv[1])
-assert box.reserve(["src/**"], agent="alice", pid=os.getpid()).granted
+assert box.reservations.reserve(["src/**"], agent="alice", pid=os.getpid()).granted
 print("held", flush=True)
 time.sleep(120)
 """
@@ -124,14 +124,14 @@ def test_a_killed_holder_frees_its_paths_at_once(tmp_path: Path) -> None:
     box = Mailbox.init(tmp_path / "box")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert box.reserve(["src/store/**"], agent="alice", pid=holder.pid).granted
-        refused = box.reserve(["src/store/db.py"], agent="bob", pid=os.getpid())
+        assert box.reservations.reserve(["src/store/**"], agent="alice", pid=holder.pid).granted
+        refused = box.reservations.reserve(["src/store/db.py"], agent="bob", pid=os.getpid())
         assert not refused.granted and [h.holder for h in refused.conflicts] == ["alice"]
     finally:
         holder.kill()
         holder.wait()
-    assert box.reservations() == []  # gone from the live view at once
-    assert box.reserve(["src/store/db.py"], agent="bob", pid=os.getpid()).granted
+    assert box.reservations.live() == []  # gone from the live view at once
+    assert box.reservations.reserve(["src/store/db.py"], agent="bob", pid=os.getpid()).granted
     ended = [m for m in box.messages(THREAD) if "expire" in m.meta]
     assert len(ended) == 1 and ended[0].sender == "mailslot"
     assert f"pid {holder.pid}" in ended[0].content and "src/store/**" in ended[0].content
@@ -139,39 +139,45 @@ def test_a_killed_holder_frees_its_paths_at_once(tmp_path: Path) -> None:
 
 def test_a_silent_holder_loses_its_paths_after_the_ttl(tmp_path: Path) -> None:
     box = Mailbox.init(tmp_path / "box")
-    assert box.reserve(["a.txt"], agent="alice", ttl_s=1).granted  # a person: no process
-    assert not box.reserve(["a.txt"], agent="bob").granted
-    until("the TTL ran out", lambda: box.reservations() == [], within=10)
-    assert box.reserve(["a.txt"], agent="bob").granted
-    assert box.reserve(["a.txt"], agent="bob", ttl_s=600).granted  # renewed by reserving again
-    [held] = box.reservations()
+    assert box.reservations.reserve(
+        ["a.txt"], agent="alice", ttl_s=1
+    ).granted  # a person: no process
+    assert not box.reservations.reserve(["a.txt"], agent="bob").granted
+    until("the TTL ran out", lambda: box.reservations.live() == [], within=10)
+    assert box.reservations.reserve(["a.txt"], agent="bob").granted
+    assert box.reservations.reserve(
+        ["a.txt"], agent="bob", ttl_s=600
+    ).granted  # renewed by reserving again
+    [held] = box.reservations.live()
     assert held.ttl_s == 600 and held.holder == "bob"
 
 
 def test_shared_reservations_keep_out_only_exclusive_ones(tmp_path: Path) -> None:
     box = Mailbox.init(tmp_path / "box")
-    assert box.reserve(["docs/"], agent="alice", exclusive=False).granted
-    assert box.reserve(["docs/intro.md"], agent="bob", exclusive=False).granted
-    refused = box.reserve(["docs/intro.md"], agent="carol")
+    assert box.reservations.reserve(["docs/"], agent="alice", exclusive=False).granted
+    assert box.reservations.reserve(["docs/intro.md"], agent="bob", exclusive=False).granted
+    refused = box.reservations.reserve(["docs/intro.md"], agent="carol")
     assert not refused.granted
     assert sorted(h.holder for h in refused.conflicts) == ["alice", "bob"]
-    assert box.reserve(["src/"], agent="carol").granted
-    assert not box.reserve(["src/x.py"], agent="alice", exclusive=False).granted
+    assert box.reservations.reserve(["src/"], agent="carol").granted
+    assert not box.reservations.reserve(["src/x.py"], agent="alice", exclusive=False).granted
 
 
 def test_all_or_nothing_and_clear_answers(tmp_path: Path) -> None:
     box = Mailbox.init(tmp_path / "box")
-    assert box.reserve(["README.md"], agent="alice").granted
-    refused = box.reserve(["docs/**", "README.md"], agent="bob")
+    assert box.reservations.reserve(["README.md"], agent="alice").granted
+    refused = box.reservations.reserve(["docs/**", "README.md"], agent="bob")
     assert not refused.granted and [h.pattern for h in refused.conflicts] == ["README.md"]
-    assert box.reserve(["docs/guide.md"], agent="carol").granted  # bob got no part of it
-    released, not_held = box.release(["README.md", "src/"], agent="alice")
+    assert box.reservations.reserve(
+        ["docs/guide.md"], agent="carol"
+    ).granted  # bob got no part of it
+    released, not_held = box.reservations.release(["README.md", "src/"], agent="alice")
     assert [h.pattern for h in released] == ["README.md"] and not_held == ["src/**"]
-    assert box.release(agent="alice") == ([], [])
-    whole = box.reserve(["**"], agent="dave")
+    assert box.reservations.release(agent="alice") == ([], [])
+    whole = box.reservations.reserve(["**"], agent="dave")
     assert not whole.granted  # carol holds docs/guide.md
-    box.release(agent="carol")
-    whole = box.reserve(["."], agent="dave")
+    box.reservations.release(agent="carol")
+    whole = box.reservations.reserve(["."], agent="dave")
     assert whole.granted and whole.whole_repo and [h.pattern for h in whole.held] == ["**"]
 
 
@@ -193,8 +199,8 @@ def test_paths_that_leave_the_repository_are_refused(
 ) -> None:
     box = Mailbox.init(tmp_path / "box")
     with pytest.raises(error):
-        box.reserve(paths, agent="alice")  # type: ignore[arg-type]
-    assert box.reservations() == []
+        box.reservations.reserve(paths, agent="alice")  # type: ignore[arg-type]
+    assert box.reservations.live() == []
 
 
 def test_reserve_and_release_through_mcp(tmp_path: Path) -> None:
@@ -226,7 +232,7 @@ def test_reserve_and_release_through_mcp(tmp_path: Path) -> None:
             assert (await call(bob, "files_reserve", paths=["src/store/db.py"]))["granted"]
         # bob's server has exited: its reservation ends with it
         with Mailbox(root) as box:
-            assert box.reservations() == []
+            assert box.reservations.live() == []
 
     anyio.run(main)
 
@@ -317,7 +323,7 @@ def test_the_ledger_of_events_as_clones_leave_them(
         ), strict=True))  # fmt: skip
         (tdir / f"{seq:06d}.json").write_bytes(dumps(doc))
     with Mailbox(tmp_path / "box") as reader:
-        held = reader.reservations()  # by people (no process): each holds for its TTL, 3600 s
+        held = reader.reservations.live()  # by people (no process): each holds for its TTL, 3600 s
     assert sorted((h.holder, h.pattern, h.seq) for h in held) == sorted(want), rule
 
 
@@ -337,7 +343,9 @@ def test_a_person_frees_an_agents_reservation_as_themselves(tmp_path: Path) -> N
             assert freed.returncode == 0, freed.stderr
             assert "freed bob's reservation of src/** (recorded as freed by dave)" in freed.stdout
             with Mailbox(root) as box:
-                assert [(h.holder, h.pattern) for h in box.reservations()] == [("bob", "docs/**")]
+                assert [(h.holder, h.pattern) for h in box.reservations.live()] == [
+                    ("bob", "docs/**")
+                ]
                 event = box.get(THREAD, box.head(THREAD))
                 assert (event.sender, event.to) == ("dave", ["bob"])
                 assert event.meta["release"] == {"paths": ["src/**"], "holder": "bob"}
@@ -353,7 +361,7 @@ def test_a_person_frees_an_agents_reservation_as_themselves(tmp_path: Path) -> N
             every = run(root, "release", "--holder", "bob", who="dave")  # all of bob's
             assert every.returncode == 0, every.stderr
             with Mailbox(root) as box:
-                assert box.reservations() == []
+                assert box.reservations.live() == []
                 event = box.get(THREAD, box.head(THREAD))
                 assert (event.sender, event.content) == ("dave", "freed all of bob's reservations")
 

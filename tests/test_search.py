@@ -82,7 +82,7 @@ print(json.dumps({"queries": queries, "last": last}), flush=True)
 def mailbox(root: Path) -> Mailbox:
     box = Mailbox.init(root)
     for name in ("alice", "bob", "carol"):
-        box.register_agent(name)
+        box.agents.register(name)
     return box
 
 

@@ -145,7 +145,7 @@ def test_a_write_from_another_process_wakes_the_wait(root: Path, mode: str) -> N
                 result.update(text(await c.call_tool("msg_wait", {"thread": "t", "after_seq": 0})))
 
             async def waiting() -> bool:
-                return Mailbox(root).presence("waiter").status == "waiting"
+                return Mailbox(root).agents.presence("waiter").status == "waiting"
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wait)

@@ -259,12 +259,12 @@ def test_shared_mailbox_under_umask_022(team: Team, project: Path) -> None:
     hold = (
         "import sys; from mailslot import Mailbox\n"
         f"box = Mailbox({str(root)!r})\n"
-        "hold = box.hold_name(sys.argv[1])\n"
-        "assert box.presence(sys.argv[1]).status == 'online'\n"
+        "hold = box.agents.hold_name(sys.argv[1])\n"
+        "assert box.agents.presence(sys.argv[1]).status == 'online'\n"
         "box.save_cursor('shared', 'from-a', {'by': sys.argv[1]})\n"
         "box.save_cursor(sys.argv[1], 'from-a', {'by': sys.argv[1]})\n"
         "print(box.load_cursor('shared', 'from-a')['by'], end='')\n"
-        "box.release_name(hold)\n"
+        "box.agents.release_name(hold)\n"
     )
     for user, name in ((a, "alice"), (b, "bob"), (b, "alice")):  # b takes a's name after a
         assert team.run(user, "022", sys.executable, "-c", hold, name).stdout == name
@@ -353,14 +353,14 @@ def test_no_file_mailslot_creates_is_executable(tmp_path: Path) -> None:
         "os.umask(0)\n"
         f"root = {str(root)!r}\n"
         "box = Mailbox.init(root)\n"
-        "box.register_agent('alice', description='a card')\n"
+        "box.agents.register('alice', description='a card')\n"
         "box.create_thread('t', creator='alice')\n"
         "for i in range(4):\n"
         "    box.post('t', f'm{i}', sender='alice', idempotency_key=f'k{i}')\n"
-        "hold = box.hold_name('alice')\n"
+        "hold = box.agents.hold_name('alice')\n"
         "box.save_cursor('alice', 't', {'read': 4})\n"
         "box.threads()\n"
-        "box.release_name(hold)\n"
+        "box.agents.release_name(hold)\n"
         "os.unlink(os.path.join(root, 'threads', 't', '000002.json'))\n"
         "open(os.path.join(root, 'threads', 't', '000003.json'), 'w').write('{not json')\n"
         "for fix in ([], ['--fix']):\n"
@@ -383,8 +383,8 @@ def test_init_shared_as_one_user(tmp_path: Path) -> None:
         f"box = Mailbox.init({str(root)!r}, shared=True)\n"
         "box.create_thread('t', creator='alice')\n"
         "box.post('t', 'hello', sender='alice')\n"
-        "hold = box.hold_name('alice')\n"
-        "box.release_name(hold)\n"
+        "hold = box.agents.hold_name('alice')\n"
+        "box.agents.release_name(hold)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip

@@ -383,7 +383,7 @@ def test_a_client_that_reads_late_gets_every_reply_once_in_order(tmp_path: Path)
 
 
 def _waiting(root: Path) -> bool:
-    return Mailbox(root).presence("alice").status == "waiting"
+    return Mailbox(root).agents.presence("alice").status == "waiting"
 
 
 def test_a_wait_in_flight_at_eof_is_answered_and_does_not_hold_up_the_exit(
@@ -402,7 +402,7 @@ def test_a_wait_in_flight_at_eof_is_answered_and_does_not_hold_up_the_exit(
     _exit(proc)
     assert replies[2]["error"]["message"] == "msg_wait ended: the client closed stdin"
     assert _listed(replies[3]) == contents
-    assert Mailbox(tmp_path / "box").presence("alice").status == "offline"
+    assert Mailbox(tmp_path / "box").agents.presence("alice").status == "offline"
 
 
 def test_a_request_the_client_cancelled_does_not_hold_up_the_exit(tmp_path: Path) -> None:

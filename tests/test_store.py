@@ -410,11 +410,11 @@ def test_missing_thread_json_still_reads(box: Mailbox) -> None:
 
 def test_damaged_agent_card(box: Mailbox) -> None:
     (box.root / "agents" / "bob.json").write_text("{not json")
-    assert [c.name for c in box.agents()] == ["alice"]
+    assert [c.name for c in box.agents.cards()] == ["alice"]
     with pytest.raises(Damaged, match="bob.json"):
-        box.agent("bob")
-    box.register_agent("bob", model="m")
-    assert box.agent("bob").model == "m"
+        box.agents.card("bob")
+    box.agents.register("bob", model="m")
+    assert box.agents.card("bob").model == "m"
 
 
 # ---------------------------------------------------------------- roots
@@ -463,7 +463,7 @@ def test_fsync_can_be_turned_off(tmp_path: Path) -> None:
 
 def test_read_only_root(small_fs: Path) -> None:
     box = Mailbox.init(small_fs / "box")
-    box.register_agent("alice")
+    box.agents.register("alice")
     box.create_thread("t", creator="alice")
     box.post("t", "written before", sender="alice")
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
@@ -475,7 +475,7 @@ def test_read_only_root(small_fs: Path) -> None:
     with pytest.raises(StorageError, match="not writable"):
         ro.create_thread("u", creator="alice")
     with pytest.raises(StorageError, match="not writable"):
-        ro.register_agent("bob")
+        ro.agents.register("bob")
 
 
 def test_full_disk_loses_nothing(small_fs: Path) -> None:
@@ -504,17 +504,17 @@ def test_full_disk_loses_nothing(small_fs: Path) -> None:
 
 def test_agent_cards(root: Path) -> None:
     box = Mailbox(root)
-    card = box.register_agent(
+    card = box.agents.register(
         "coder", client="claude-code", model="opus", description="writes code"
     )
     assert json.loads((root / "agents" / "coder.json").read_text())["model"] == "opus"
-    again = box.register_agent("coder", description="writes and tests code")
+    again = box.agents.register("coder", description="writes and tests code")
     assert (again.model, again.description) == ("opus", "writes and tests code")
     assert again.registered_at == card.registered_at
-    assert [c.name for c in box.agents()] == ["coder"]
+    assert [c.name for c in box.agents.cards()] == ["coder"]
     with pytest.raises(NoSuchAgent, match="known agents: coder"):
-        box.agent("reviewer")
+        box.agents.card("reviewer")
     with pytest.raises(InvalidName):
-        box.register_agent("../../etc/passwd")
+        box.agents.register("../../etc/passwd")
     with pytest.raises(InvalidMessage, match="at most"):
-        box.register_agent("coder", description="x" * 2001)
+        box.agents.register("coder", description="x" * 2001)

@@ -44,7 +44,7 @@ def a_task(root: Path, thread: str = "jobs", to: list[str] | None = None) -> int
     with Mailbox(root) as box:
         box.create_thread(thread, creator="lead")
         for name in to or []:
-            box.register_agent(name)
+            box.agents.register(name)
         return box.publish(thread, "Build it", sender="lead", type="task", to=to or []).seq
 
 
@@ -83,7 +83,7 @@ def _given_back_without_a_failure(root: Path, seq: int) -> None:
     task = anyio.run(look)
     assert events(root, "jobs", seq) == ["claim", "release"], events(root, "jobs", seq)
     assert task["status"] == "open" and not task.get("failed"), task
-    board = Mailbox(root).board("jobs").tasks[seq]
+    board = Mailbox(root).tasks.board("jobs").tasks[seq]
     assert (board.status, board.failures, board.attempts) == ("open", 0, 1)
 
 
@@ -124,7 +124,7 @@ def test_three_restarts_of_a_holder_leave_its_task_alive(root: Path) -> None:
 
     for _ in range(3):
         anyio.run(restart)
-    board = Mailbox(root).board("jobs").tasks[seq]
+    board = Mailbox(root).tasks.board("jobs").tasks[seq]
     assert (board.status, board.failures, board.attempts) == ("open", 0, 3)
 
 
@@ -138,8 +138,8 @@ def test_a_sigkilled_holder_still_counts_a_failed_attempt(root: Path) -> None:
     finally:
         proc.communicate()
     with Mailbox(root) as box:
-        box.settle_tasks(["jobs"], noticed_by="carol")
-        task = box.board("jobs").tasks[seq]
+        box.tasks.settle(["jobs"], noticed_by="carol")
+        task = box.tasks.board("jobs").tasks[seq]
     assert (task.status, task.failures) == ("open", 1)
     assert events(root, "jobs", seq) == ["claim", "reopen"]
 
@@ -199,7 +199,7 @@ def test_an_inbox_wait_returns_a_new_threads_task_with_everything_else_waiting(r
     msg_wait, maybe an hour of work later. One wait returns both."""
     with Mailbox(root) as box:
         box.create_thread("talk", creator="lead")
-        box.register_agent("lead")
+        box.agents.register("lead")
 
     async def main() -> list[tuple[str, int]]:
         async with agent(root, "bob") as b:
@@ -248,13 +248,13 @@ def test_task_mistakes_are_refused_with_the_fix_and_nothing_is_stored(root: Path
                 assert "message 3 of 'jobs' is a message, not the task" in text, text
                 assert f"reply_to={seq}" in text, text
             assert heads(root, "jobs") == before, "a refused post stored something"
-            task = Mailbox(root).board("jobs").tasks[seq]
+            task = Mailbox(root).tasks.board("jobs").tasks[seq]
             assert (task.status, task.holder) == ("claimed", "bob")
             # Told what to do, bob does it.
             done = await call(b, "msg_post", thread="jobs", content="done", type="result",
                               reply_to=seq)  # fmt: skip
             assert "note" not in done
-            assert Mailbox(root).board("jobs").tasks[seq].status == "done"
+            assert Mailbox(root).tasks.board("jobs").tasks[seq].status == "done"
             # No unfinished task left: a result about no task is an ordinary message.
             await call(b, "msg_post", thread="jobs", content="summary", type="result")
 
@@ -294,7 +294,7 @@ def test_a_result_to_a_reply_of_no_task_is_an_ordinary_message(root: Path) -> No
                            reply_to=target)  # fmt: skip
 
     anyio.run(main)
-    assert Mailbox(root).board("jobs").tasks[seq].status == "open"
+    assert Mailbox(root).tasks.board("jobs").tasks[seq].status == "open"
 
 
 def test_a_result_from_another_agent_closes_a_held_task_and_tells_its_holder(root: Path) -> None:
@@ -313,7 +313,7 @@ def test_a_result_from_another_agent_closes_a_held_task_and_tells_its_holder(roo
             assert [(m["seq"], m["from"]) for m in told["messages"]] == [(posted["seq"], "carol")]
 
     anyio.run(main)
-    task = Mailbox(root).board("jobs").tasks[seq]
+    task = Mailbox(root).tasks.board("jobs").tasks[seq]
     assert (task.status, task.done_by) == ("done", "carol")
 
 
@@ -327,7 +327,7 @@ def test_an_error_from_another_agent_while_held_is_a_remark_for_the_thread(root:
             assert (await call(b, "task_claim", thread="jobs", seq=seq))["claimed"] is True
             posted = await call(c, "msg_post", thread="jobs", content="it fails for me too",
                                 type="error", reply_to=seq)  # fmt: skip
-            task = Mailbox(root).board("jobs").tasks[seq]  # while bob's serve runs
+            task = Mailbox(root).tasks.board("jobs").tasks[seq]  # while bob's serve runs
             assert (task.status, task.holder, task.failures) == ("claimed", "bob", 0)
             return posted
 
@@ -349,7 +349,7 @@ def test_a_task_for_others_is_closed_only_by_them_or_its_sender(root: Path) -> N
                        reply_to=seq)  # fmt: skip
 
     anyio.run(main)
-    assert Mailbox(root).board("jobs").tasks[seq].status == "done"
+    assert Mailbox(root).tasks.board("jobs").tasks[seq].status == "done"
 
 
 def test_the_command_follows_the_same_rules(root: Path) -> None:
@@ -374,4 +374,4 @@ def test_the_command_follows_the_same_rules(root: Path) -> None:
     assert [s for s, _, _ in heads(root, "jobs")] == [1, 2]
     got = post("done", "--type", "result", "--reply-to", str(seq))
     assert got.returncode == 0, got.stderr
-    assert Mailbox(root).board("jobs").tasks[seq].status == "done"
+    assert Mailbox(root).tasks.board("jobs").tasks[seq].status == "done"

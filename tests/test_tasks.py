@@ -32,105 +32,105 @@ def events(box: Mailbox, thread: str, task: int) -> list[tuple[str, str]]:
 
 def test_claim_wins_once_and_answers_who_holds_it(box: Mailbox) -> None:
     seq = box.post("t", "build the docs\nwith details", sender="alice", type="task")
-    got = box.claim_task("t", seq, agent="bob", pid=os.getpid())
+    got = box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     assert got.won and got.task.holder == "bob" and got.task.attempts == 1
     assert got.until is not None and got.until > time.time() + 250  # the default lease: 300 s
-    other = box.claim_task("t", seq, agent="carol", pid=os.getpid())
+    other = box.tasks.claim("t", seq, agent="carol", pid=os.getpid())
     assert not other.won and other.task.holder == "bob" and other.seq is None
     # On one machine the loser decided under the lock and wrote nothing.
     assert events(box, "t", seq) == [("bob", "claim")]
-    again = box.claim_task("t", seq, agent="bob", pid=os.getpid())
+    again = box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     assert again.won and again.seq is None  # its own live claim: nothing new to write
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.title, task.sender) == ("claimed", "build the docs", "alice")
 
 
 def test_result_closes_and_a_late_result_changes_nothing(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
-    box.claim_task("t", seq, agent="bob", pid=os.getpid())
+    box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     first = box.post("t", "done", sender="bob", type="result", reply_to=seq)
     late = box.post("t", "done too", sender="carol", type="result", reply_to=seq)
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.closed_by, task.done_by) == ("done", first, "bob")
     assert late > first
     with pytest.raises(TaskError, match="is done: bob posted its result at seq"):
-        box.claim_task("t", seq, agent="carol")
+        box.tasks.claim("t", seq, agent="carol")
 
 
 def test_errors_hand_it_out_again_until_dead_and_the_sender_is_told(box: Mailbox) -> None:
     seq = box.post("t", "flaky job", sender="alice", type="task", meta={"max_attempts": 2})
     for n in (1, 2):
-        assert box.claim_task("t", seq, agent="bob", pid=os.getpid()).won
+        assert box.tasks.claim("t", seq, agent="bob", pid=os.getpid()).won
         box.post("t", f"failed {n}", sender="bob", type="error", reply_to=seq)
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.failures, task.attempts, task.notified) == ("dead", 2, 2, True)
     notice = [m for m in box.messages("t") if event_of(m) == "dead"]
     assert len(notice) == 1
     assert notice[0].sender == SYSTEM and notice[0].to == ["alice"]
     assert "flaky job" in notice[0].content and "2 of 2 attempts failed" in notice[0].content
     with pytest.raises(TaskError, match="dead after 2 failed attempts; post it again"):
-        box.claim_task("t", seq, agent="carol")
-    assert box.settle_tasks() == []  # told once
+        box.tasks.claim("t", seq, agent="carol")
+    assert box.tasks.settle() == []  # told once
 
 
 def test_an_error_from_someone_else_while_held_is_only_a_remark(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
-    box.claim_task("t", seq, agent="bob", pid=os.getpid())
+    box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     box.post("t", "this will never work", sender="carol", type="error", reply_to=seq)
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.holder, task.failures) == ("claimed", "bob", 0)
 
 
 def test_release_gives_back_without_failing(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
     with pytest.raises(TaskError, match="you do not hold task"):
-        box.release_task("t", seq, agent="bob")
-    box.claim_task("t", seq, agent="bob", pid=os.getpid())
+        box.tasks.release("t", seq, agent="bob")
+    box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     with pytest.raises(TaskError, match="bob holds it"):
-        box.release_task("t", seq, agent="carol")
-    box.release_task("t", seq, agent="bob", reason="no time")
-    task = box.task("t", seq)
+        box.tasks.release("t", seq, agent="carol")
+    box.tasks.release("t", seq, agent="bob", reason="no time")
+    task = box.tasks.task("t", seq)
     assert (task.status, task.failures, task.holder) == ("open", 0, None)
-    assert box.claim_task("t", seq, agent="carol", pid=os.getpid()).won
+    assert box.tasks.claim("t", seq, agent="carol", pid=os.getpid()).won
 
 
 def test_a_task_for_named_agents_is_theirs_alone(box: Mailbox) -> None:
     seq = box.post("t", "for bob", sender="alice", type="task", to=["bob"])
     with pytest.raises(TaskError, match="is for bob, not for carol"):
-        box.claim_task("t", seq, agent="carol")
-    assert box.claim_task("t", seq, agent="bob").won
+        box.tasks.claim("t", seq, agent="carol")
+    assert box.tasks.claim("t", seq, agent="bob").won
 
 
 def test_bad_claims_say_what_to_do(box: Mailbox, root: Path) -> None:
     note = box.post("t", "just a note", sender="alice")
     with pytest.raises(TaskError, match="is a 'message', not a task"):
-        box.claim_task("t", note, agent="bob")
+        box.tasks.claim("t", note, agent="bob")
     with pytest.raises(NoSuchMessage, match="no message 99"):
-        box.claim_task("t", 99, agent="bob")
+        box.tasks.claim("t", 99, agent="bob")
     with pytest.raises(NoSuchThread):
-        box.claim_task("nope", 1, agent="bob")
+        box.tasks.claim("nope", 1, agent="bob")
     seq = box.post("t", "task", sender="alice", type="task")
     with pytest.raises(TaskError, match="lease_s must be a number of seconds"):
-        box.claim_task("t", seq, agent="bob", lease_s=0)
+        box.tasks.claim("t", seq, agent="bob", lease_s=0)
     shutil.rmtree(root / "threads" / "t")  # the thread vanished under us
     with pytest.raises(NoSuchThread):
-        box.claim_task("t", seq, agent="bob")
+        box.tasks.claim("t", seq, agent="bob")
 
 
 def test_a_dead_holder_is_reopened_once_however_many_notice(box: Mailbox, root: Path) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert box.claim_task("t", seq, agent="bob", pid=holder.pid).won
-        assert box.settle_tasks() == []  # alive: nothing to do
-        assert box.task_gone(box.task("t", seq)) is None
+        assert box.tasks.claim("t", seq, agent="bob", pid=holder.pid).won
+        assert box.tasks.settle() == []  # alive: nothing to do
+        assert box.tasks.gone(box.tasks.task("t", seq)) is None
     finally:
         holder.kill()
         holder.wait()
     # Four processes notice at once: the thread's lock lets one of them write the reopen.
     code = (
         "import sys; from mailslot import Mailbox; b = Mailbox(sys.argv[1]); "
-        "print(len(b.settle_tasks(noticed_by=sys.argv[2])))"
+        "print(len(b.tasks.settle(noticed_by=sys.argv[2])))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(root), f"w{i}"], stdout=subprocess.PIPE)
@@ -142,37 +142,39 @@ def test_a_dead_holder_is_reopened_once_however_many_notice(box: Mailbox, root: 
     assert len(reopen) == 1 and reopen[0].sender == SYSTEM
     assert f"pid {holder.pid}" in reopen[0].content
     assert "failed attempts: 1 of 3" in reopen[0].content
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.failures) == ("open", 1)
 
 
 def test_a_silent_holder_loses_the_task_after_its_lease(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
-    got = box.claim_task("t", seq, agent="bob", lease_s=1)  # a person: no process to watch
+    got = box.tasks.claim("t", seq, agent="bob", lease_s=1)  # a person: no process to watch
     assert got.won and got.until is not None
-    assert box.task_gone(box.task("t", seq)) is None
-    until("the lease ran out", lambda: box.task_gone(box.task("t", seq)) is not None, within=10)
-    assert "no sign of work for 1 s" in (box.task_gone(box.task("t", seq)) or "")
-    [event] = box.settle_tasks(noticed_by="carol")
+    assert box.tasks.gone(box.tasks.task("t", seq)) is None
+    until(
+        "the lease ran out", lambda: box.tasks.gone(box.tasks.task("t", seq)) is not None, within=10
+    )
+    assert "no sign of work for 1 s" in (box.tasks.gone(box.tasks.task("t", seq)) or "")
+    [event] = box.tasks.settle(noticed_by="carol")
     assert event_of(event) == "reopen" and event.meta["task"]["noticed_by"] == "carol"
-    assert box.claim_task("t", seq, agent="carol", pid=os.getpid()).won
+    assert box.tasks.claim("t", seq, agent="carol", pid=os.getpid()).won
 
 
 def test_a_message_from_the_holder_is_a_sign_of_work(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
-    box.claim_task("t", seq, agent="bob", lease_s=2)
+    box.tasks.claim("t", seq, agent="bob", lease_s=2)
     for _ in range(3):  # 3 s in all, past the lease, but the holder keeps talking
         time.sleep(1)
         box.post("t", "still on it", sender="bob", type="status", reply_to=seq)
-        assert box.task_gone(box.task("t", seq)) is None
+        assert box.tasks.gone(box.tasks.task("t", seq)) is None
 
 
 def test_only_mailslot_can_reopen(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
-    claim = box.claim_task("t", seq, agent="bob", pid=os.getpid()).seq
+    claim = box.tasks.claim("t", seq, agent="bob", pid=os.getpid()).seq
     box.post("t", "reopen!", sender="carol", type="status", reply_to=seq,
              meta={"task": {"event": "reopen", "claim": claim}})  # fmt: skip
-    assert box.task("t", seq).holder == "bob"
+    assert box.tasks.task("t", seq).holder == "bob"
 
 
 CLAIMER = """
@@ -184,7 +186,7 @@ box = Mailbox(root, lock=lock == "lock")
 print("ready", flush=True)
 while not Path(go).exists():
     time.sleep(0.001)
-won = [s for s in json.loads(tasks) if box.claim_task("t", s, agent=name, pid=os.getpid()).won]
+won = [s for s in json.loads(tasks) if box.tasks.claim("t", s, agent=name, pid=os.getpid()).won]
 print(json.dumps(won), flush=True)
 while not Path(done).exists():  # alive until all have claimed: a dead holder's task is reopened
     time.sleep(0.01)
@@ -224,7 +226,7 @@ def test_processes_racing_for_tasks_each_win_once(box: Mailbox, root: Path, lock
     fresh = Mailbox(root)  # a reader that took no part agrees, from the folder alone
     for name, mine in won.items():
         for s in mine:
-            assert fresh.task("t", s).holder == name
+            assert fresh.tasks.task("t", s).holder == name
             first = next(m for m in fresh.messages("t") if m.reply_to == s)
             assert first.sender == name  # the first claim in the log is the winner's
     claims = [m for m in fresh.messages("t") if event_of(m) == "claim"]
@@ -234,32 +236,34 @@ def test_processes_racing_for_tasks_each_win_once(box: Mailbox, root: Path, lock
 
 def test_the_board_is_rebuilt_from_the_messages(box: Mailbox, root: Path) -> None:
     seqs = [box.post("t", f"task {i}", sender="alice", type="task") for i in range(3)]
-    box.claim_task("t", seqs[0], agent="bob", pid=os.getpid())
+    box.tasks.claim("t", seqs[0], agent="bob", pid=os.getpid())
     box.post("t", "done", sender="bob", type="result", reply_to=seqs[0])
-    box.claim_task("t", seqs[1], agent="bob", pid=os.getpid())
+    box.tasks.claim("t", seqs[1], agent="bob", pid=os.getpid())
     box.post("t", "why?", sender="bob", type="question")
-    want = {s: (t.status, t.holder) for s, t in box.board("t").tasks.items()}
-    Mailbox(root).board("t")  # leaves the cache on disk
+    want = {s: (t.status, t.holder) for s, t in box.tasks.board("t").tasks.items()}
+    Mailbox(root).tasks.board("t")  # leaves the cache on disk
     shutil.rmtree(root / ".state")
-    assert {s: (t.status, t.holder) for s, t in Mailbox(root).board("t").tasks.items()} == want
+    assert {
+        s: (t.status, t.holder) for s, t in Mailbox(root).tasks.board("t").tasks.items()
+    } == want
     cache = root / ".state" / "index" / "t.tasks.json"
-    Mailbox(root).board("t")
+    Mailbox(root).tasks.board("t")
     for damage in (b"", b"{not json", json.dumps({"seq": 2, "tasks": 5}).encode()):
         if cache.parent.exists():
             cache.write_bytes(damage)
-        board = Mailbox(root).board("t")
+        board = Mailbox(root).tasks.board("t")
         assert {s: (t.status, t.holder) for s, t in board.tasks.items()} == want
         assert [q.title for q in board.questions.values()] == ["why?"]
 
 
 def test_a_thread_created_again_has_a_new_board(box: Mailbox, root: Path) -> None:
     seq = box.post("t", "old task", sender="alice", type="task")
-    box.claim_task("t", seq, agent="bob", pid=os.getpid())
+    box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
     shutil.rmtree(root / "threads" / "t")
     box.create_thread("t", creator="carol")
-    assert box.board("t").tasks == {}
+    assert box.tasks.board("t").tasks == {}
     new = box.post("t", "new task", sender="carol", type="task")
-    assert new == seq and box.task("t", new).status == "open"
+    assert new == seq and box.tasks.task("t", new).status == "open"
 
 
 def test_a_read_only_folder_lists_tasks_and_refuses_claims(small_fs: Path) -> None:
@@ -269,14 +273,14 @@ def test_a_read_only_folder_lists_tasks_and_refuses_claims(small_fs: Path) -> No
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     held = box.post("t", "held by a process that is gone", sender="alice", type="task")
-    box.claim_task("t", held, agent="bob", pid=gone.pid)
+    box.tasks.claim("t", held, agent="bob", pid=gone.pid)
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     ro = Mailbox(small_fs / "box")
-    assert ro.task("t", seq).status == "open"
-    assert "ended" in (ro.task_gone(ro.task("t", held)) or "")
+    assert ro.tasks.task("t", seq).status == "open"
+    assert "ended" in (ro.tasks.gone(ro.tasks.task("t", held)) or "")
     with pytest.raises(StorageError, match="not writable.*nothing was stored"):
-        ro.claim_task("t", seq, agent="bob")
-    assert ro.settle_tasks() == []  # cannot record the reopen: says so in the log, once
+        ro.tasks.claim("t", seq, agent="bob")
+    assert ro.tasks.settle() == []  # cannot record the reopen: says so in the log, once
 
 
 def test_a_full_disk_stores_no_half_claim(small_fs: Path) -> None:
@@ -290,10 +294,10 @@ def test_a_full_disk_stores_no_half_claim(small_fs: Path) -> None:
         except OSError:
             pass
     with pytest.raises(StorageError, match="no space left.*nothing was stored"):
-        box.claim_task("t", seq, agent="bob", pid=os.getpid())
-    assert box.task("t", seq).status == "open" and box.head("t") == seq
+        box.tasks.claim("t", seq, agent="bob", pid=os.getpid())
+    assert box.tasks.task("t", seq).status == "open" and box.head("t") == seq
     (small_fs / "filler").unlink()
-    assert box.claim_task("t", seq, agent="bob", pid=os.getpid()).won
+    assert box.tasks.claim("t", seq, agent="bob", pid=os.getpid()).won
 
 
 def test_settings_bound_leases_and_attempts(root: Path) -> None:
@@ -307,7 +311,7 @@ def test_settings_bound_leases_and_attempts(root: Path) -> None:
     box = Mailbox(root)
     box.create_thread("t", creator="alice")
     seq = box.post("t", "task", sender="alice", type="task")
-    got = box.claim_task("t", seq, agent="bob")
+    got = box.tasks.claim("t", seq, agent="bob")
     assert got.until is not None and 50 < got.until - time.time() <= 60
 
 
@@ -351,7 +355,7 @@ def test_the_command_gives_a_task_back(box: Mailbox, root: Path) -> None:
     assert refused.returncode == 1 and "you do not hold task" in refused.stderr
     back = run(root, "claim", "t", str(seq), "--release", "--json")
     assert json.loads(back.stdout)["released"] is True
-    assert box.task("t", seq).status == "open"
+    assert box.tasks.task("t", seq).status == "open"
     assert "tasks: 1 open" in run(root, "tasks").stdout
     bad = run(root, "tasks", "nope")
     assert bad.returncode == 1 and "no thread 'nope'" in bad.stderr
@@ -375,7 +379,7 @@ def test_a_take_back_that_lost_a_race_says_so_and_frees_nothing(box: Mailbox, ro
     if not Path("/proc/locks").exists():
         require("needs /proc/locks to see a process wait for a lock")
     seq = box.post("t", "Write the changelog", sender="alice", type="task")  # 1
-    assert box.claim_task("t", seq, agent="bob").won  # claim 2
+    assert box.tasks.claim("t", seq, agent="bob").won  # claim 2
     lock = root / ".state" / "locks" / "t.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     try:
@@ -399,7 +403,7 @@ def test_a_take_back_that_lost_a_race_says_so_and_frees_nothing(box: Mailbox, ro
     out, err = took.communicate(timeout=60)
     assert took.returncode == 1 and "changed hands meanwhile" in err, (out, err)
     assert box.head("t") == 4, "the refused take-back stored nothing"
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.holder, task.claim) == ("claimed", "bob", 4)
 
 
@@ -408,10 +412,12 @@ def test_a_killed_holder_not_yet_reaped_has_lost_its_task(box: Mailbox) -> None:
     seq = box.post("t", "task", sender="alice", type="task")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert box.claim_task("t", seq, agent="bob", pid=holder.pid).won
+        assert box.tasks.claim("t", seq, agent="bob", pid=holder.pid).won
         holder.kill()  # not waited for: a zombie until the finally below
-        until("the zombie seen as gone", lambda: box.task_gone(box.task("t", seq)) is not None)
-        assert "ended" in (box.task_gone(box.task("t", seq)) or "")
+        until(
+            "the zombie seen as gone", lambda: box.tasks.gone(box.tasks.task("t", seq)) is not None
+        )
+        assert "ended" in (box.tasks.gone(box.tasks.task("t", seq)) or "")
     finally:
         holder.wait()
 
@@ -526,7 +532,7 @@ def test_the_fold_of_events_as_clones_leave_them(
 ) -> None:
     Mailbox(root).create_thread("t", creator="alice")
     write_messages(root, "t", events)
-    task = Mailbox(root).board("t").tasks[1]  # a reader that took no part: the folder alone
+    task = Mailbox(root).tasks.board("t").tasks[1]  # a reader that took no part: the folder alone
     assert (task.status, task.holder, task.claim, task.attempts, task.failures) == want, rule
 
 
@@ -539,7 +545,7 @@ def test_a_lost_claim_leaves_the_holders_process_and_lease(root: Path) -> None:
         (C, "claim", {"pid": 1111, "host": "carols-box", "lease_s": 600}),
         (B, "claim", {"pid": 2222, "host": "bobs-box", "lease_s": 5}),
     ])  # fmt: skip
-    task = Mailbox(root).board("t").tasks[1]
+    task = Mailbox(root).tasks.board("t").tasks[1]
     assert (task.holder, task.pid, task.host, task.claim_lease_s) == (C, 1111, "carols-box", 600)
 
 
@@ -551,7 +557,7 @@ def test_a_stale_dead_event_does_not_count_as_the_senders_notice(root: Path) -> 
         ("alice", "task", {"max_attempts": 2}), (B, "claim", {}), (M, "reopen", {"claim": 2}),
         (C, "claim", {}), (M, "dead", {"claim": 2}), (M, "reopen", {"claim": 4}),
     ])  # fmt: skip
-    task = Mailbox(root).board("t").tasks[1]
+    task = Mailbox(root).tasks.board("t").tasks[1]
     assert (task.status, task.failures, task.notified) == ("dead", 2, False)
 
 
@@ -559,12 +565,14 @@ def test_the_last_attempt_lost_is_a_dead_notice_to_the_sender(box: Mailbox) -> N
     """A holder that loses the last attempt is not reopened: the task is dead, and the event
     that says so goes to the task's sender, not to the agents it was for."""
     seq = box.post("t", "once", sender="alice", type="task", to=["bob"], meta={"max_attempts": 1})
-    assert box.claim_task("t", seq, agent="bob", lease_s=1).won  # a person's: lasts its lease
-    until("the lease ran out", lambda: box.task_gone(box.task("t", seq)) is not None, within=10)
-    [event] = box.settle_tasks(noticed_by="carol")
+    assert box.tasks.claim("t", seq, agent="bob", lease_s=1).won  # a person's: lasts its lease
+    until(
+        "the lease ran out", lambda: box.tasks.gone(box.tasks.task("t", seq)) is not None, within=10
+    )
+    [event] = box.tasks.settle(noticed_by="carol")
     assert event_of(event) == "dead" and event.sender == SYSTEM
     assert (event.to, event.priority) == (["alice"], "high")
     assert "is dead: bob lost it" in event.content and "post it again" in event.content
-    task = box.task("t", seq)
+    task = box.tasks.task("t", seq)
     assert (task.status, task.failures, task.notified) == ("dead", 1, True)
-    assert box.settle_tasks() == []  # told once
+    assert box.tasks.settle() == []  # told once

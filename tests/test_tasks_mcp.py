@@ -206,7 +206,7 @@ def test_eight_workers_drain_500_tasks_each_once(
         assert intervals[seq] == [(told[seq][0][0], claim_of[seq], told[seq][0][1])]
 
     # mailslot's own fold agrees.
-    board = Mailbox(root).board("drain")
+    board = Mailbox(root).tasks.board("drain")
     assert sorted(board.tasks) == sorted(tasks)
     for seq, t in board.tasks.items():
         assert (t.status, t.attempts, t.failures) == ("done", 1, 0), t
@@ -332,7 +332,7 @@ def check_handoff(
         )
         assert v["task"]["failed"] == 1 and v["type"] == "task" and v["seq"] == seq
     assert [r.sender for r in results] == [winner]
-    board = Mailbox(root).board(thread)
+    board = Mailbox(root).tasks.board(thread)
     t = board.tasks[seq]
     assert (t.status, t.attempts, t.failures, t.done_by, t.closed_by) == (
         "done", 2, 1, winner, results[0].seq,
@@ -452,7 +452,7 @@ def test_a_silent_holder_loses_its_task_after_its_lease_and_its_late_result_coun
     rs = replies(root, "jobs", seq)
     assert len(of(rs, "reopen")) == 1 and not of(rs, "dead") and not of(rs, "release")
     assert [m.sender for m in of(rs, "result")] == ["alpha", "bravo"]
-    t = Mailbox(root).board("jobs").tasks[seq]
+    t = Mailbox(root).tasks.board("jobs").tasks[seq]
     first = of(rs, "result")[0]
     assert (t.status, t.closed_by, t.done_by, t.attempts, t.failures) == (
         "done", first.seq, "alpha", 2, 1,
@@ -563,7 +563,7 @@ def test_a_task_taken_by_a_gone_process_between_two_waits_goes_to_the_next_wait(
             seq = Mailbox(root).post("jobs", "job", sender="boss", type="task")
             claim = (  # carol's process claims the task and ends without giving it back
                 "import os, sys; from mailslot import Mailbox; "
-                "assert Mailbox(sys.argv[1]).claim_task('jobs', int(sys.argv[2]), "
+                "assert Mailbox(sys.argv[1]).tasks.claim('jobs', int(sys.argv[2]), "
                 "agent='carol', pid=os.getpid()).won"
             )
             claimed = subprocess.run([sys.executable, "-c", claim, str(root), str(seq)],
@@ -588,7 +588,7 @@ def test_bad_task_claims_are_tool_errors_that_say_what_to_do(root: Path) -> None
     mine = box.post("jobs", "for carol", sender="boss", type="task", to=["carol"])
     box.create_thread("doomed", creator="boss")
     doomed = box.post("doomed", "a job soon gone", sender="boss", type="task")
-    assert Mailbox(root).board("doomed").tasks[doomed].status == "open"
+    assert Mailbox(root).tasks.board("doomed").tasks[doomed].status == "open"
 
     async def main() -> None:
         async with agent(root, "alpha") as a, agent(root, "bravo") as b:
@@ -632,7 +632,7 @@ def test_bad_task_claims_are_tool_errors_that_say_what_to_do(root: Path) -> None
             # Nothing above wrote anything, and bravo still holds its task.
             (claim,) = of(replies(root, "jobs", task), "claim")
             assert claim.sender == "bravo"
-            assert Mailbox(root).board("jobs").tasks[task].holder == "bravo"
+            assert Mailbox(root).tasks.board("jobs").tasks[task].holder == "bravo"
 
     anyio.run(main)
     assert not (root / "threads" / "doomed").exists(), "a claim does not bring a thread back"

@@ -62,7 +62,7 @@ def test_derived_names_are_unique_among_live_processes(root: Path) -> None:
     one.close()
     again = Session(Mailbox(root), agent="claude-code")  # a name let go can be taken again
     assert again.me() == "claude-code"
-    assert box.agent("claude-code").client == "claude-code", "a card is written on first use"
+    assert box.agents.card("claude-code").client == "claude-code", "a card is written on first use"
     again.close()
     two.close()
 
@@ -186,7 +186,7 @@ def test_inbox_wait_sees_new_threads(sessions: tuple[Session, Session]) -> None:
         waiting = asyncio.create_task(b.msg_wait(timeout_s=60))
 
         async def blocked() -> bool:  # it has looked: what comes now must wake it
-            return b.box.presence(str(b.agent)).status == "waiting"
+            return b.box.agents.presence(str(b.agent)).status == "waiting"
 
         await until_async("bob's inbox wait has blocked", blocked)
         a.thread_create("other")
@@ -304,13 +304,13 @@ def test_an_inbox_wait_reads_again_only_the_boards_that_can_have_changed(
     try:
         assert carol.task_claim("jobs", seq)["claimed"] is True
         reads: list[str] = []
-        board = b.box.board
+        board = b.box.tasks.board
 
         def counted(thread: str) -> object:
             reads.append(thread)
             return board(thread)
 
-        monkeypatch.setattr(b.box, "board", counted)
+        monkeypatch.setattr(b.box.tasks, "board", counted)
         got = asyncio.run(b.msg_wait(timeout_s=4))
         assert got["status"] == "timeout"
         looks = reads.count("jobs")
@@ -340,7 +340,7 @@ def test_a_task_in_a_thread_that_came_during_an_inbox_wait_moves_on_from_a_stall
             waiting = asyncio.create_task(b.msg_wait(timeout_s=20))
 
             async def blocked() -> bool:
-                return b.box.presence(str(b.agent)).status == "waiting"
+                return b.box.agents.presence(str(b.agent)).status == "waiting"
 
             await until_async("bob's inbox wait has blocked", blocked)
             # No await from here to the claim: bob's wait cannot look in between, so it first

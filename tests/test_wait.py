@@ -269,7 +269,7 @@ def _looked_per_poll_tick(
         looked.append(set())
         if len(looked) == 5:  # past the first ticks: end the wait the way news comes
             with Mailbox(root, fsync=False) as other:
-                other.register_agent(agent)
+                other.agents.register(agent)
                 end = other.create_thread(f"end for {agent}", creator="alice").id
                 other.post(end, "the end", sender="alice", to=[agent])
         return real_tick(self, plan)
@@ -291,7 +291,7 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
     # cursor ({}: every thread from its start) or from cursor() ("from now").
     box = Mailbox(root, fsync=False)
     for agent in ("alice", "bob"):
-        box.register_agent(agent)
+        box.agents.register(agent)
 
     def grow_to(n: int) -> None:
         for i in range(len(box.cursor()), n):
@@ -320,7 +320,7 @@ def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
     or the one after, not when the slice comes round to it again (10 ticks at 640 threads)."""
     box = Mailbox(root, fsync=False)
     for name in ("alice", "bob", "carol"):
-        box.register_agent(name)
+        box.agents.register(name)
     threads = [box.create_thread(f"quiet {i}", creator="alice").id for i in range(640)]
     for thread in threads:
         box.post(thread, "old news for someone else", sender="alice", to=["bob"])

@@ -552,7 +552,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.thread:
         box.thread(threads[0])  # a missing thread fails here, with its readable error
     if box.read_only is None:  # holders that died or stalled let go before we show them
-        box.settle_tasks(threads, noticed_by=_sender(args))
+        box.tasks.settle(threads, noticed_by=_sender(args))
     board = task_board(box, threads, args.status)
     shown, questions, counts = board.tasks, board.questions, board.counts
     if args.json:
@@ -567,7 +567,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if shown:
         rows = []
         for t in shown:
-            until = box.task_until(t)
+            until = box.tasks.until(t)
             holder = t.holder or (t.done_by if t.status == "done" else "") or ""
             tries = f"{t.attempts}" + (f" ({t.failures} failed)" if t.failures else "")
             rows.append([t.thread, str(t.seq), t.status, holder,
@@ -607,7 +607,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
         raise UsageError("--holder goes with --release (take NAME's claim back)")
     if args.release:
         holder = args.holder if args.holder not in (None, me) else None
-        event = box.release_task(args.thread, args.seq, agent=me, holder=holder)
+        event = box.tasks.release(args.thread, args.seq, agent=me, holder=holder)
         if args.json:
             _print_json(
                 {"released": True, "thread": args.thread, "seq": args.seq, "event_seq": event.seq}
@@ -620,7 +620,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
             print(f"gave task {args.seq} back (event {event.seq}); it is open again")
         return EXIT_OK
     # No process of ours stays to hold it: the claim lasts its lease, renewed by claiming again.
-    got = box.claim_task(args.thread, args.seq, agent=me, lease_s=args.lease)
+    got = box.tasks.claim(args.thread, args.seq, agent=me, lease_s=args.lease)
     until = iso(got.until) if got.until else None
     if args.json:
         _print_json({"claimed": got.won, "thread": args.thread, "seq": args.seq,
@@ -637,15 +637,15 @@ def cmd_claim(args: argparse.Namespace) -> int:
 @command("reservations", help="who holds which paths of the repository, until when, and why")
 def cmd_reservations(args: argparse.Namespace) -> int:
     box = _open(args)
-    held = box.reservations()
+    held = box.reservations.live()
     if args.json:
-        _print_json({"reservations": [held_view(h, box.reservation_until(h)) for h in held]})
+        _print_json({"reservations": [held_view(h, box.reservations.until(h)) for h in held]})
         return EXIT_OK
     if not held:
         print("no reservations")
         return EXIT_OK
     rows = [[h.pattern, h.holder, "exclusive" if h.exclusive else "shared", when(iso(h.since)),
-             when(iso(box.reservation_until(h))), h.reason] for h in held]  # fmt: skip
+             when(iso(box.reservations.until(h))), h.reason] for h in held]  # fmt: skip
     print(table(rows, ["PATH", "HOLDER", "KIND", "SINCE", "UNTIL", "WHY"]))
     return EXIT_OK
 
@@ -664,15 +664,15 @@ def cmd_reservations(args: argparse.Namespace) -> int:
 def cmd_reserve(args: argparse.Namespace) -> int:
     box = _open(args)
     # No process of ours stays to hold them: they last their TTL, renewed by reserving again.
-    grant = box.reserve(args.paths, agent=_sender(args), exclusive=not args.shared,
+    grant = box.reservations.reserve(args.paths, agent=_sender(args), exclusive=not args.shared,
                         ttl_s=args.ttl, reason=args.reason)  # fmt: skip
     held = grant.held if grant.granted else grant.conflicts
     if args.json:
         _print_json({"granted": grant.granted,
                      "reserved" if grant.granted else "conflicts":
-                         [held_view(h, box.reservation_until(h)) for h in held]})  # fmt: skip
+                         [held_view(h, box.reservations.until(h)) for h in held]})  # fmt: skip
     elif grant.granted:
-        until = when(iso(box.reservation_until(held[0])))
+        until = when(iso(box.reservations.until(held[0])))
         print(f"reserved {', '.join(h.pattern for h in held)} until {until} "
               "(reserve again to renew; `mailslot release` gives them back)")  # fmt: skip
         if grant.whole_repo:
@@ -681,7 +681,7 @@ def cmd_reserve(args: argparse.Namespace) -> int:
         for h in held:
             why = f" ({h.reason})" if h.reason else ""
             print(f"refused: {h.holder} holds {h.pattern} until "
-                  f"{when(iso(box.reservation_until(h)))}{why}", file=sys.stderr)  # fmt: skip
+                  f"{when(iso(box.reservations.until(h)))}{why}", file=sys.stderr)  # fmt: skip
     return EXIT_OK if grant.granted else EXIT_ERROR
 
 
@@ -703,7 +703,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     box = _open(args)
     me = _sender(args)
     holder = args.holder if args.holder not in (None, me) else None
-    released, not_held = box.release(args.paths or None, agent=me, holder=holder)
+    released, not_held = box.reservations.release(args.paths or None, agent=me, holder=holder)
     if args.json:
         _print_json({"released": sorted({h.pattern for h in released}), "not_held": not_held}
                     | ({"holder": holder} if holder else {}))  # fmt: skip
@@ -937,7 +937,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
 )
 def cmd_register(args: argparse.Namespace) -> int:
     box = _open(args)
-    card = box.register_agent(
+    card = box.agents.register(
         args.name, client=args.client, model=args.model, description=args.description
     )
     if args.json:

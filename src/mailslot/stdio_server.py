@@ -658,7 +658,7 @@ def _add_resources(server: MCPServer[_State], current: Callable[[], _State]) -> 
                      description="Who holds which paths, until when, and why")  # fmt: skip
     def reservations() -> str:
         def held(s: Session) -> list[dict[str, Any]]:
-            return [held_view(h, s.box.reservation_until(h)) for h in s.box.reservations()]
+            return [held_view(h, s.box.reservations.until(h)) for h in s.box.reservations.live()]
 
         return read(held)
 
@@ -700,7 +700,7 @@ def _add_prompts(server: MCPServer[_State], current: Callable[[], _State]) -> No
         """Delegate a task to another agent in a thread, with the context it needs."""
         session = current().session
         try:
-            session.box.agent(to_agent)
+            session.box.agents.card(to_agent)
             session.box.thread(thread)
         except MailslotError as e:
             raise MCPError(INVALID_PARAMS, model_text(e)) from None
@@ -782,7 +782,7 @@ async def _push_news(
         # be on disk yet (they are written once a second), and must not be pushed again.
         notices = Notices(box, me, session.reading)
         try:
-            cards = {c.name for c in box.agents()}
+            cards = {c.name for c in box.agents.cards()}
             found = notices.new(senders=cards)
         except MailslotError as e:
             log.warning("could not look for news to push: %s", e)

@@ -167,7 +167,7 @@ def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
     out["status"] = t.status
     if t.status == CLAIMED:
         out["holder"] = t.holder
-        until = box.task_until(t)
+        until = box.tasks.until(t)
         if until is not None:
             out["until"] = iso(until)
     if t.attempts:
@@ -229,7 +229,7 @@ def task_board(
     questions: list[Question] = []
     for name in threads:
         try:
-            board = box.board(name)
+            board = box.tasks.board(name)
         except MailslotError:
             continue  # removed while listing
         tasks += board.tasks.values()
@@ -349,7 +349,7 @@ class Session:
 
     def _take(self, name: str) -> None:
         taken = time.time()
-        hold = self.box.hold_name(name, client=self.client, stale_after=self.stale_after)
+        hold = self.box.agents.hold_name(name, client=self.client, stale_after=self.stale_after)
         self._activity.written = taken  # its presence says active since (at least) then
         if self._hold is not None:  # a rename: what was read so far belongs to the old name
             self.save_positions()
@@ -357,16 +357,16 @@ class Session:
             self._joined.clear()  # the new name has joined nothing yet
             self._boards.clear()  # what it may take differs too
             self._activity.holds.clear()  # and holds nothing
-            self.box.release_name(self._hold)
+            self.box.agents.release_name(self._hold)
         self._hold = hold
         try:
-            card = self.box.agent(name)
+            card = self.box.agents.card(name)
         except NoSuchAgent:
             card = None
         except MailslotError:
             card = None
         if card is None or (self.client and card.client != self.client):
-            self.box.register_agent(name, client=self.client)
+            self.box.agents.register(name, client=self.client)
 
     def me(self) -> str:
         """Return the agent name, taking one made from the client's name if there is none yet."""
@@ -406,7 +406,7 @@ class Session:
         assert self._hold is not None
         status = "waiting" if self._waits else "online"
         active = self.last_active
-        self.box.set_presence(
+        self.box.agents.set_presence(
             self._hold.name, status, waiting_on=self._waiting_on, last_active=active
         )
         self._status_written = status
@@ -419,11 +419,11 @@ class Session:
         for key in list(self._activity.holds):
             try:
                 if key[0] == "task":
-                    t = self.box.board(key[1]).tasks.get(key[2])
+                    t = self.box.tasks.board(key[1]).tasks.get(key[2])
                     ours = t is not None and t.held_by(me, pid)
                 else:
                     if files is None:
-                        files = self.box.reservations(stale_after=self.stale_after)
+                        files = self.box.reservations.live(stale_after=self.stale_after)
                     ours = any(
                         (h.pattern, h.holder, h.pid, h.host) == (key[1], me, pid, HOST)
                         for h in files
@@ -457,11 +457,11 @@ class Session:
             self.save_positions()
             self._give_back_tasks()
             with contextlib.suppress(MailslotError):
-                mine = [h for h in self.box.reservations() if h.holder == self._hold.name]
+                mine = [h for h in self.box.reservations.live() if h.holder == self._hold.name]
                 if any(h.pid == os.getpid() for h in mine):
-                    self.box.release([h.pattern for h in mine if h.pid == os.getpid()],
+                    self.box.reservations.release([h.pattern for h in mine if h.pid == os.getpid()],
                                      agent=self._hold.name)  # fmt: skip
-            self.box.release_name(self._hold)
+            self.box.agents.release_name(self._hold)
             self._hold = None
 
     def _give_back_tasks(self) -> None:
@@ -472,9 +472,9 @@ class Session:
         for key in [k for k in self._activity.holds if k[0] == "task"]:
             thread, seq = str(key[1]), int(key[2])
             with contextlib.suppress(MailslotError):
-                t = self.box.board(thread).tasks.get(seq)
+                t = self.box.tasks.board(thread).tasks.get(seq)
                 if t is not None and t.held_by(me, os.getpid()):
-                    self.box.release_task(thread, seq, agent=me, reason="its server stopped")
+                    self.box.tasks.release(thread, seq, agent=me, reason="its server stopped")
             self._activity.drop(key)
 
     # ------------------------------------------------------------------ threads
@@ -492,7 +492,7 @@ class Session:
             f"read history with msg_list(thread='{info.id}', after_seq=0), then "
             f"msg_wait(thread='{info.id}', after_seq={info.head})"
         )
-        open_tasks = sum(t.open_to(me) for t in self.box.board(info.id).tasks.values())
+        open_tasks = sum(t.open_to(me) for t in self.box.tasks.board(info.id).tasks.values())
         if open_tasks:
             out["open_tasks"] = open_tasks
             out["hint"] += f"; {open_tasks} open tasks: msg_wait() hands them to you"
@@ -759,7 +759,7 @@ class Session:
         if seq is None:
             return True
         try:
-            task = self.box.task(m.thread, seq)
+            task = self.box.tasks.task(m.thread, seq)
         except MailslotError:
             return m.type == "task"  # unreadable now: show the task itself, as any message
         return task.open_to(me)
@@ -770,7 +770,7 @@ class Session:
         if seq is None:
             return message_view(m)
         try:
-            task = self.box.task(m.thread, seq)
+            task = self.box.tasks.task(m.thread, seq)
             view = message_view(m if m.type == "task" else self.box.get(m.thread, seq))
         except MailslotError:
             return message_view(m)
@@ -798,7 +798,7 @@ class Session:
             if known is not None and known == (at, False):
                 continue  # nothing new there, and nothing held by others to watch
             try:
-                board = self.box.board(thread)
+                board = self.box.tasks.board(thread)
             except MailslotError:
                 self._boards.pop(thread, None)
                 continue
@@ -810,7 +810,7 @@ class Session:
             if others:
                 held.append(thread)
         if held and self.box.read_only is None:
-            self.box.settle_tasks(held, noticed_by=me, stale_after=self.stale_after)
+            self.box.tasks.settle(held, noticed_by=me, stale_after=self.stale_after)
         return bool(held)
 
     async def _waiting(
@@ -875,11 +875,11 @@ class Session:
         thread = self._tid(thread)
         me = self.me()
         if release:
-            event = self.box.release_task(thread, seq, agent=me)
+            event = self.box.tasks.release(thread, seq, agent=me)
             self._activity.drop(("task", thread, seq))
             return {"released": True, "thread": thread, "seq": seq, "event_seq": event.seq}
         self._join(thread)
-        got = self.box.claim_task(
+        got = self.box.tasks.claim(
             thread, seq, agent=me, pid=os.getpid(), lease_s=lease_s, stale_after=self.stale_after
         )
         task = got.task
@@ -920,7 +920,7 @@ class Session:
         if thread is not None:
             self.box.thread(threads[0])  # a missing thread fails here, with its readable error
         if self.box.read_only is None:
-            self.box.settle_tasks(threads, noticed_by=me, stale_after=self.stale_after)
+            self.box.tasks.settle(threads, noticed_by=me, stale_after=self.stale_after)
         board = task_board(self.box, threads, status, mine=me if mine else None)
         shown, questions = board.tasks, board.questions
         out: dict[str, Any] = {
@@ -935,7 +935,7 @@ class Session:
     # ------------------------------------------------------------------ file reservations
 
     def _held(self, held: list[Held]) -> list[dict[str, Any]]:
-        return [held_view(h, self.box.reservation_until(h)) for h in held]
+        return [held_view(h, self.box.reservations.until(h)) for h in held]
 
     def files_reserve(
         self,
@@ -948,7 +948,7 @@ class Session:
     ) -> dict[str, Any]:
         """Reserve paths you will edit (e.g. src/x/**); on overlap, refused with who holds them."""
         me = self.me()
-        grant = self.box.reserve(
+        grant = self.box.reservations.reserve(
             paths, agent=me, exclusive=exclusive, ttl_s=ttl_s, reason=reason,
             pid=os.getpid(), stale_after=self.stale_after,
         )  # fmt: skip
@@ -976,7 +976,7 @@ class Session:
         paths: Annotated[list[str] | None, Field(description="Omit to release all yours")] = None,
     ) -> dict[str, Any]:
         """Give back your reservations of paths (all of yours when omitted)."""
-        released, not_held = self.box.release(paths, agent=self.me())
+        released, not_held = self.box.reservations.release(paths, agent=self.me())
         for h in released:
             self._activity.drop(("files", h.pattern, 0))
         out: dict[str, Any] = {"released": sorted({h.pattern for h in released})}
@@ -1039,13 +1039,15 @@ class Session:
         if name is not None and name != self.agent:
             self._take(name)
         me = self.me()
-        card = self.box.register_agent(me, client=self.client, model=model, description=description)
+        card = self.box.agents.register(
+            me, client=self.client, model=model, description=description
+        )
         return {"agent": me, **{k: v for k, v in card.to_dict().items() if k != "name"}}
 
     def agent_list(self) -> dict[str, Any]:
         """List agents: status (online, waiting, idle, offline), since, and what they wait on."""
-        cards = {c.name: c for c in self.box.agents()}
-        seen = {p.agent: p for p in self.box.presences(stale_after=self.stale_after)}
+        cards = {c.name: c for c in self.box.agents.cards()}
+        seen = {p.agent: p for p in self.box.agents.presences(stale_after=self.stale_after)}
         agents = []
         for name in sorted(set(cards) | set(seen)):
             card, p = cards.get(name), seen.get(name)

@@ -179,8 +179,8 @@ def check(
     conflicts = []
     if paths:
         with Mailbox(root, sweep=False) as box:
-            others = [h for h in box.reservations() if h.exclusive and h.holder != who]
-            ends = {h.seq: box.reservation_until(h) for h in others}
+            others = [h for h in box.reservations.live() if h.exclusive and h.holder != who]
+            ends = {h.seq: box.reservations.until(h) for h in others}
         for p in paths:
             for h in others:
                 with contextlib.suppress(InvalidName):  # a pattern no reservation could hold

@@ -273,15 +273,15 @@ class Console:
 
         def act() -> dict[str, Any]:
             if action == "claim":
-                got = self.box.claim_task(thread, seq, agent=self.person)
+                got = self.box.tasks.claim(thread, seq, agent=self.person)
                 if not got.won:
                     raise TaskError(f"{got.task.holder} holds task {seq}; reopen it to take it")
                 return {"event_seq": got.seq, "holder": self.person}
             if action in ("release", "reopen"):
                 holder = None
                 if action == "reopen":  # whoever holds it: recorded as the person's act
-                    holder = self.box.task(thread, seq).holder
-                event = self.box.release_task(thread, seq, agent=self.person, holder=holder)
+                    holder = self.box.tasks.task(thread, seq).holder
+                event = self.box.tasks.release(thread, seq, agent=self.person, holder=holder)
                 return {"event_seq": event.seq}
             raise TaskError(f"action must be claim, release or reopen, not {action!r}")
 
@@ -289,7 +289,8 @@ class Console:
 
     async def reservations(self, request: Request) -> Response:
         def held() -> list[dict[str, Any]]:
-            return [held_view(h, self.box.reservation_until(h)) for h in self.box.reservations()]
+            reservations = self.box.reservations
+            return [held_view(h, reservations.until(h)) for h in reservations.live()]
 
         return JSONResponse({"reservations": await asyncio.to_thread(held)})
 
@@ -300,7 +301,7 @@ class Console:
         if not holder or not isinstance(path, str):
             return JSONResponse({"error": "send the holder and the path to free"}, 400)
         released, _ = await asyncio.to_thread(
-            self.box.release, [path], agent=self.person, holder=holder
+            self.box.reservations.release, [path], agent=self.person, holder=holder
         )  # one's own holder is one's own release (Reservations.release)
         if not released:
             return JSONResponse({"error": f"{holder} holds no reservation of {path} now"}, 409)

@@ -122,7 +122,7 @@ class Notices:
         for thread in list(self.box):
             try:
                 pos = self.reading.position(thread, me)
-                tasks = self.box.board(thread).tasks
+                tasks = self.box.tasks.board(thread).tasks
             except MailslotError:
                 continue  # removed, or unreadable: the agent's own reads report it
             # While inbox messages from before a first look are still owed in the thread, its
@@ -222,7 +222,7 @@ class Notices:
                         continue
                     m = self.box.get(thread, s)
                     if m.type in ("task", "question"):
-                        task = self.box.board(thread).tasks.get(s)
+                        task = self.box.tasks.board(thread).tasks.get(s)
                         if task is None or task.status in ("open", "claimed"):
                             out.append(m)
         return out

@@ -140,7 +140,7 @@ class Reading:
         return True
 
     def _owe_open_tasks(self, thread: str, me: str, pos: Position) -> None:
-        board = self.box.board(thread)
+        board = self.box.tasks.board(thread)
         self._backlog += [
             (thread, t.seq)
             for t in board.tasks.values()

@@ -515,7 +515,7 @@ def _check_temp_files(box: Mailbox, tmpdir: Path, report: Report, fix: bool) -> 
 def _check_presence(
     box: Mailbox, root: Path, report: Report, fix: bool, stale_after: float, tmpdir: Path
 ) -> None:
-    for p in box.presences(stale_after=stale_after):
+    for p in box.agents.presences(stale_after=stale_after):
         path = root / ".state" / "presence" / f"{p.agent}.json"
         try:
             said = loads(path.read_bytes()).get("status")
@@ -542,7 +542,7 @@ def _check_cards(box: Mailbox, root: Path, report: Report) -> None:
         try:
             if name == entry:
                 raise InvalidName("agent name", entry, "cards are named NAME.json")
-            box.agent(name)
+            box.agents.card(name)
         except (InvalidName, NoSuchAgent) as e:  # not a card at all: a file someone put there
             report.findings.append(Finding("agent card", str(agents / entry),
                                            f"not an agent card ({e}); readers ignore it",
