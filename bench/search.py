@@ -24,7 +24,7 @@ from typing import Any
 
 from bench._util import SCRATCH, percentile, table, timed
 from mailslot import Mailbox
-from mailslot.coordination.search import index_path
+from mailslot.coordination.search_index import index_path
 
 VOCAB = 3000
 WORDS_PER_MESSAGE = (20, 80)

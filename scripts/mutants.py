@@ -224,7 +224,7 @@ MUTANTS = [
     Mutant(
         "search-repair-from-highest-stale",
         "Search: a hit that is not what was indexed has its thread indexed again from below it",
-        "coordination/search.py",
+        "coordination/search_index.py",
         "lowest[thread] = min(seq, lowest.get(thread, seq))",
         "lowest[thread] = max(seq, lowest.get(thread, seq))",
         ("tests/test_search.py::test_two_messages_rewritten_in_the_middle_are_both_found_at_once",),

@@ -19,7 +19,7 @@ from mcp import types
 from mcp.client import Client
 
 from mailslot import Mailbox
-from mailslot.coordination.search import fts5_available
+from mailslot.coordination.search_index import fts5_available
 from mailslot.tools import TOOL_NAMES
 
 

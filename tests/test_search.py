@@ -28,7 +28,7 @@ from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
 
 from mailslot import Mailbox
-from mailslot.coordination.search import index_path
+from mailslot.coordination.search_index import index_path
 from mailslot.store.errors import InvalidMessage, InvalidName, MailslotError, NoSuchThread
 
 EXAMPLE = '"merge conflict"'  # every refusal of a query shows how to write one
