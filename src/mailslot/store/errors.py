@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mailslot.store.format import Damage
+from typing import Protocol
 
 
 class MailslotError(Exception):
@@ -99,10 +96,20 @@ class StorageError(MailslotError, OSError):
         self.errno = errno_
 
 
+class Unreadable(Protocol):
+    """A file and why it cannot be read (store.format.Damage is one): what Damaged reports."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
 class Damaged(MailslotError):
     """A file of the mailbox exists but cannot be read as what it should be."""
 
-    def __init__(self, damage: Damage) -> None:
+    def __init__(self, damage: Unreadable) -> None:
         self.path = Path(damage.path)
         self.reason = damage.reason
         super().__init__(f"{damage.path}: {damage.reason} (inspect it, or restore it from git)")
