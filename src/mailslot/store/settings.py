@@ -91,55 +91,67 @@ class Settings:
         reservation_ttl_s: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
-        out = self
+        changes: dict[str, Any] = {}
         if fsync is not None:
-            if type(fsync) is not bool:
-                raise ValueError("'fsync' must be true or false")
-            out = replace(out, fsync=fsync)
+            changes["fsync"] = _flag("fsync", fsync)
         if lock is not None:
-            if type(lock) is not bool:
-                raise ValueError("'lock' must be true or false")
-            out = replace(out, lock=lock)
+            changes["lock"] = _flag("lock", lock)
         if max_content_bytes is not None:
             if type(max_content_bytes) is not int or max_content_bytes < 1:
                 raise ValueError("'max_content_bytes' must be a whole number of bytes >= 1")
-            out = replace(out, max_content_bytes=max_content_bytes)
+            changes["max_content_bytes"] = max_content_bytes
         if wait_mode is not None:
-            if wait_mode not in WAIT_MODES:
-                raise ValueError(f"'wait_mode' must be one of {', '.join(WAIT_MODES)}")
-            out = replace(out, wait_mode=str(wait_mode))
+            changes["wait_mode"] = _one_of("wait_mode", wait_mode, WAIT_MODES)
         if poll_interval is not None:
-            if type(poll_interval) not in (int, float) or not 0.01 <= poll_interval <= 60:  # type: ignore[operator]
-                raise ValueError("'poll_interval' must be a number of seconds from 0.01 to 60")
-            out = replace(out, poll_interval=float(poll_interval))  # type: ignore[arg-type]
+            changes["poll_interval"] = _seconds("poll_interval", poll_interval, 0.01, 60)
         if claim is not None:
-            if claim not in CLAIMS:
-                raise ValueError(f"'claim' must be one of {', '.join(CLAIMS)}")
-            out = replace(out, claim=str(claim))
+            changes["claim"] = _one_of("claim", claim, CLAIMS)
         if grace_s is not None:
-            if type(grace_s) not in (int, float) or not 0 <= grace_s <= 3600:  # type: ignore[operator]
-                raise ValueError("'grace_s' must be a number of seconds from 0 to 3600")
-            out = replace(out, grace_s=float(grace_s))  # type: ignore[arg-type]
+            changes["grace_s"] = _seconds("grace_s", grace_s, 0, 3600)
         if shared is not None:
-            if shared is not False and shared != SHARED:
-                raise ValueError(
-                    f"'shared' must be \"{SHARED}\" (a mailbox the users of one group share: "
-                    "`mailslot init --shared` sets it) or false (files as the umask makes them)"
-                )
-            out = replace(out, shared=shared == SHARED)
+            changes["shared"] = _shared(shared)
         if task_lease_s is not None:
-            if type(task_lease_s) not in (int, float) or not 1 <= task_lease_s <= 86400:  # type: ignore[operator]
-                raise ValueError("'task_lease_s' must be a number of seconds from 1 to 86400")
-            out = replace(out, task_lease_s=float(task_lease_s))  # type: ignore[arg-type]
+            changes["task_lease_s"] = _seconds("task_lease_s", task_lease_s, 1, 86400)
         if task_max_attempts is not None:
             if type(task_max_attempts) is not int or not 1 <= task_max_attempts <= 100:
                 raise ValueError("'task_max_attempts' must be a whole number from 1 to 100")
-            out = replace(out, task_max_attempts=task_max_attempts)
+            changes["task_max_attempts"] = task_max_attempts
         if reservation_ttl_s is not None:
-            if type(reservation_ttl_s) not in (int, float) or not 1 <= reservation_ttl_s <= 604800:  # type: ignore[operator]
-                raise ValueError("'reservation_ttl_s' must be a number of seconds from 1 to 604800")
-            out = replace(out, reservation_ttl_s=float(reservation_ttl_s))  # type: ignore[arg-type]
-        return out
+            changes["reservation_ttl_s"] = _seconds(
+                "reservation_ttl_s", reservation_ttl_s, 1, 604800
+            )
+        return replace(self, **changes)
+
+
+def _flag(key: str, value: object) -> bool:
+    """Return value if it is true or false; raise ValueError naming key if not."""
+    if type(value) is not bool:
+        raise ValueError(f"'{key}' must be true or false")
+    return value
+
+
+def _one_of(key: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return value if it is one of choices; raise ValueError naming key and them if not."""
+    if value not in choices:
+        raise ValueError(f"'{key}' must be one of {', '.join(choices)}")
+    return str(value)
+
+
+def _seconds(key: str, value: object, low: float, high: float) -> float:
+    """Return value as seconds if it is a number from low to high; raise ValueError if not."""
+    if type(value) not in (int, float) or not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"'{key}' must be a number of seconds from {low} to {high}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _shared(value: object) -> bool:
+    """Return True for "group", False for false; raise ValueError for anything else."""
+    if value is not False and value != SHARED:
+        raise ValueError(
+            f"'shared' must be \"{SHARED}\" (a mailbox the users of one group share: "
+            "`mailslot init --shared` sets it) or false (files as the umask makes them)"
+        )
+    return value == SHARED
 
 
 #: The keys mailslot.json may hold; others are ignored when read (`mailslot doctor` reports them).
