@@ -28,6 +28,7 @@ from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.names import check_name
+from mailslot.store.positions import Position
 
 MAX_NEWS = 200  # messages one look reports at most (the rest comes on the next look)
 EXCERPT_CHARS = 200
@@ -118,70 +119,99 @@ class Notices:
         self.more = False
         out: list[News] = []
         reported = self.reported()
-        me = self.agent
         for thread in list(self.box):
-            try:
-                pos = self.reading.position(thread, me)
-                tasks = self.box.tasks.board(thread).tasks
-            except MailslotError:
-                continue  # removed, or unreadable: the agent's own reads report it
-            # While inbox messages from before a first look are still owed in the thread, its
-            # inbox position is unknown, as it is on disk then (Reading.save).
-            inbox = None if self.reading.owes_in(thread) else pos.inbox
-            # A thread read counts only where it joins the inbox's mark: one from now skipped
-            # what came before it, which is still news (what it returned is not: was_shown).
-            read = pos.read if pos.read is not None and pos.start <= (inbox or 0) else None
-            floor = max(inbox or 0, read or 0, reported.get(thread, 0))
-            seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
-            start = floor  # where reading the thread's messages begins
-            judged = 0  # messages to the agent up to here were judged by the thread index
-            if inbox is None and pos.read is None:
-                # Never looked at: what is addressed to it and unanswered is news (from the
-                # thread index, not a read of the whole thread), then what came after that.
-                with contextlib.suppress(MailslotError):
-                    seqs, judged = self.box.unanswered(thread, me)
-                    for s in seqs:
-                        if s > floor:
-                            with contextlib.suppress(MailslotError):
-                                m = self.box.get(thread, s)
-                                task = tasks.get(s)
-                                out.append(News(m, task is not None and task.status == OPEN))
-                                seen[s] = len(out) - 1
-                # Tasks for anyone are not in that index, and the inbox's first look hands out
-                # every open one (in any thread): while it could take one, read on from the
-                # floor to find each where it was last offered.
-                if not any(t.open_to(me) and t.sender != me for t in tasks.values()):
-                    start = max(floor, judged)
-            with contextlib.suppress(MailslotError):
-                for m in self.box.messages(thread, start):
-                    if m.seq in seen or m.sender == me or pos.was_shown(m.seq):
-                        continue
-                    task = tasks.get(m.seq)
-                    if me in m.to:
-                        if m.seq <= judged:
-                            continue  # answered: the index said so
-                        open_task = task is not None and task.status == OPEN
-                        out.append(News(m, open_task))
-                        seen[m.seq] = len(out) - 1
-                    elif not m.to:
-                        offered = self._offered(thread, m, tasks)
-                        if offered is None:
-                            continue
-                        i = seen.get(offered.message.seq)
-                        if i is None:
-                            out.append(offered)
-                            seen[offered.message.seq] = len(out) - 1
-                        else:  # already news in this look: once, found where it was last offered
-                            out[i] = replace(out[i], task=True, at=max(out[i].at, m.seq))
-                    if len(out) >= MAX_NEWS:
-                        self.more = True
-                        break
+            self._look(thread, reported, out)
         if senders is not None:
             out = [n for n in out if n.message.sender in senders]
         rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
         out.sort(key=lambda n: (rank.get(n.message.priority, 2), n.message.thread, n.message.seq))
         self.more = self.more or len(out) > MAX_NEWS
         return reportable(out, out[:MAX_NEWS])
+
+    def _look(self, thread: str, reported: dict[str, int], out: list[News]) -> None:
+        """Add to out what is new for the agent in thread, past what it was shown or told."""
+        try:
+            pos = self.reading.position(thread, self.agent)
+            tasks = self.box.tasks.board(thread).tasks
+        except MailslotError:
+            return  # removed, or unreadable: the agent's own reads report it
+        # While inbox messages from before a first look are still owed in the thread, its
+        # inbox position is unknown, as it is on disk then (Reading.save).
+        inbox = None if self.reading.owes_in(thread) else pos.inbox
+        # A thread read counts only where it joins the inbox's mark: one from now skipped
+        # what came before it, which is still news (what it returned is not: was_shown).
+        read = pos.read if pos.read is not None and pos.start <= (inbox or 0) else None
+        floor = max(inbox or 0, read or 0, reported.get(thread, 0))
+        seen: dict[int, int] = {}  # seq of a message (or task) in out -> its index there
+        start = floor  # where reading the thread's messages begins
+        judged = 0  # messages to the agent up to here were judged by the thread index
+        if inbox is None and pos.read is None:
+            start, judged = self._first_look(thread, floor, tasks, out, seen)
+        self._read_on(thread, pos, tasks, start, judged, out, seen)
+
+    def _first_look(
+        self, thread: str, floor: int, tasks: dict[int, Any], out: list[News], seen: dict[int, int]
+    ) -> tuple[int, int]:
+        """Add to out what in a thread the agent never looked at is addressed to it and
+        unanswered; return where to read on from, and the seq up to which the thread index
+        judged the messages to the agent."""
+        me = self.agent
+        judged = 0
+        # What is addressed to it and unanswered is news (from the thread index, not a read
+        # of the whole thread), then what came after that.
+        with contextlib.suppress(MailslotError):
+            seqs, judged = self.box.unanswered(thread, me)
+            for s in seqs:
+                if s > floor:
+                    with contextlib.suppress(MailslotError):
+                        m = self.box.get(thread, s)
+                        task = tasks.get(s)
+                        out.append(News(m, task is not None and task.status == OPEN))
+                        seen[s] = len(out) - 1
+        # Tasks for anyone are not in that index, and the inbox's first look hands out
+        # every open one (in any thread): while it could take one, read on from the
+        # floor to find each where it was last offered.
+        if not any(t.open_to(me) and t.sender != me for t in tasks.values()):
+            return max(floor, judged), judged
+        return floor, judged
+
+    def _read_on(
+        self,
+        thread: str,
+        pos: Position,
+        tasks: dict[int, Any],
+        start: int,
+        judged: int,
+        out: list[News],
+        seen: dict[int, int],
+    ) -> None:
+        """Add to out the messages of thread past start that are news for the agent: to it
+        and not answered past judged, or offering it a task (once, where last offered)."""
+        me = self.agent
+        with contextlib.suppress(MailslotError):
+            for m in self.box.messages(thread, start):
+                if m.seq in seen or m.sender == me or pos.was_shown(m.seq):
+                    continue
+                task = tasks.get(m.seq)
+                if me in m.to:
+                    if m.seq <= judged:
+                        continue  # answered: the index said so
+                    open_task = task is not None and task.status == OPEN
+                    out.append(News(m, open_task))
+                    seen[m.seq] = len(out) - 1
+                elif not m.to:
+                    offered = self._offered(thread, m, tasks)
+                    if offered is None:
+                        continue
+                    i = seen.get(offered.message.seq)
+                    if i is None:
+                        out.append(offered)
+                        seen[offered.message.seq] = len(out) - 1
+                    else:  # already news in this look: once, found where it was last offered
+                        out[i] = replace(out[i], task=True, at=max(out[i].at, m.seq))
+                if len(out) >= MAX_NEWS:
+                    self.more = True
+                    break
 
     def _offered(self, thread: str, m: Message, tasks: dict[int, Any]) -> News | None:
         """Return the task m offers the agent, open now, as news found at m; or None."""
