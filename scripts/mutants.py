@@ -256,7 +256,7 @@ MUTANTS = [
     Mutant(
         "task-lost-claim-takes-process",
         "Tasks: a claim that loses changes nothing of the hold (its process is the holder's)",
-        "coordination/tasks.py",
+        "coordination/board.py",
         "elif not (task.status == CLAIMED and task.holder == m.sender):",
         "elif task.status != CLAIMED:",
         ("tests/test_tasks.py::test_a_lost_claim_leaves_the_holders_process_and_lease",),
@@ -307,7 +307,7 @@ MUTANTS = [
     Mutant(
         "takeback-frees-any-claim",
         "Tasks: a person's take-back counts only for the claim it names (meta.task.claim)",
-        "coordination/tasks.py",
+        "coordination/board.py",
         'taken_back = named == task.holder and ev.get("claim") == task.claim',
         "taken_back = named == task.holder",
         ("tests/test_tasks.py::test_the_fold_of_events_as_clones_leave_them",),

@@ -20,7 +20,7 @@ import pytest
 from helpers import require, until
 
 from mailslot import Mailbox
-from mailslot.coordination.tasks import SYSTEM, event_of
+from mailslot.coordination.board import SYSTEM, event_of
 from mailslot.store.errors import NoSuchMessage, NoSuchThread, RootError, StorageError, TaskError
 from mailslot.store.format import MESSAGE_KEYS, dumps
 

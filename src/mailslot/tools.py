@@ -25,10 +25,10 @@ from mailslot import __version__
 # (cli's `export`, stdio_server's transcript resource and prompt) import the transcripts here.
 from mailslot.console.transcript import transcript_html as transcript_html
 from mailslot.console.transcript import transcript_markdown as transcript_markdown
+from mailslot.coordination.board import CLAIMED, STATUSES, Question, Task, iso, offer_of
 from mailslot.coordination.leases import Activity
 from mailslot.coordination.reading import Reading
 from mailslot.coordination.reservations import Held, held_view
-from mailslot.coordination.tasks import CLAIMED, STATUSES, Question, Task, iso, offer_of
 from mailslot.mailbox import Arrivals, Mailbox
 from mailslot.store.errors import (
     InvalidMessage,

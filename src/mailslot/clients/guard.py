@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailslot.commands.terminal import when
+from mailslot.coordination.board import iso
 from mailslot.coordination.globs import matches
 from mailslot.coordination.reservations import THREAD, Held
-from mailslot.coordination.tasks import iso
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import InvalidName, MailslotError, RootError
 from mailslot.store.roots import find_root

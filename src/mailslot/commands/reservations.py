@@ -7,8 +7,8 @@ import sys
 
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
 from mailslot.commands.terminal import table, when
+from mailslot.coordination.board import iso
 from mailslot.coordination.reservations import held_view
-from mailslot.coordination.tasks import iso
 
 
 @command("reservations", help="who holds which paths of the repository, until when, and why")

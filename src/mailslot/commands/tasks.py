@@ -15,7 +15,7 @@ from mailslot.commands.declare import (
     print_json,
 )
 from mailslot.commands.terminal import table, when
-from mailslot.coordination.tasks import STATUSES, iso
+from mailslot.coordination.board import STATUSES, iso
 from mailslot.tools import question_view, task_board, task_view
 
 

@@ -22,8 +22,8 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mailslot.coordination.board import OPEN, offer_of
 from mailslot.coordination.reading import Reading
-from mailslot.coordination.tasks import OPEN, offer_of
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads

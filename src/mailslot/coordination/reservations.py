@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailslot.coordination import leases
+from mailslot.coordination.board import SYSTEM, _epoch, folded_through, iso
 from mailslot.coordination.globs import covers_whole_repo, normalize, overlaps
 from mailslot.coordination.leases import Lease
-from mailslot.coordination.tasks import SYSTEM, _epoch, folded_through, iso
 from mailslot.store.agents import Agents
 from mailslot.store.errors import InvalidMessage, MailslotError, NoSuchThread, TaskError
 from mailslot.store.files import HOST, Files
