@@ -1,1 +1,3 @@
-"""The parts of the `mailslot` command below its front (`mailslot.cli`): text for a terminal."""
+"""The commands of `mailslot`, below its front (`mailslot.cli`): each declared beside its handler
+(`declare`), grouped by concept (setup, threads, tasks, reservations, agents, serve), and the
+text they show a terminal (`terminal`)."""
