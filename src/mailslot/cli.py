@@ -43,7 +43,6 @@ from mailslot.store.errors import (
 )
 from mailslot.store.format import Message
 from mailslot.store.names import slugify
-from mailslot.tools import thread_id
 
 __all__ = ["COMMANDS", "EXIT_TIMEOUT", "EXIT_USAGE", "command_text", "main", "parser"]
 
@@ -178,9 +177,9 @@ class _Here:
     def open(self, args: argparse.Namespace) -> Mailbox:
         box = Mailbox(self.root(args))
         if getattr(args, "thread", None):
-            args.thread = thread_id(box, args.thread)
+            args.thread = box.resolve(args.thread)
         if getattr(args, "threads", None):
-            args.threads = [thread_id(box, t) for t in args.threads]
+            args.threads = [box.resolve(t) for t in args.threads]
         return box
 
     def sender(self, args: argparse.Namespace) -> str:

@@ -296,6 +296,10 @@ class Mailbox:
         """
         return self._threads.incarnation(thread)
 
+    def resolve(self, thread: str) -> str:
+        """Return the id of thread, given as an id or a topic (see Threads.resolve)."""
+        return self._threads.resolve(thread)
+
     def thread(self, thread: str) -> ThreadInfo:
         """Return what is known of thread; raise NoSuchThread.
 

@@ -36,14 +36,16 @@ from starlette.routing import Route
 
 from mailslot import __version__
 from mailslot.console.transcript import markdown_html
+from mailslot.coordination.board import task_board
 from mailslot.coordination.reading import Reading
 from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
+from mailslot.server.views import question_view, task_view, thread_view
 from mailslot.store.errors import MailslotError, NotFound, TaskError
 from mailslot.store.format import STATES, Message, ThreadInfo
 from mailslot.store.threads import BOOKKEEPING
 from mailslot.store.wait import Arrivals
-from mailslot.tools import Session, question_view, task_board, task_view, thread_view
+from mailslot.tools import Session
 
 COOKIE = "mailslot_token_{port}"  # by port: a browser sends 127.0.0.1's cookies to every port
 PAGE = 50

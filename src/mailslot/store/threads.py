@@ -105,6 +105,30 @@ class Threads:
         self._records: dict[str, dict[str, Any]] = {}
         self._incarnations: dict[str, tuple[tuple[int, int, int], str]] = {}
 
+    def resolve(self, thread: str) -> str:
+        """Return the thread id meant by thread: an id, or a topic (resolved as create resolves
+        it, without creating). Raise InvalidName if it is neither a valid id nor the topic of a
+        thread; a valid id of no thread is returned as is (its reader says so).
+        """
+        threads = self.files.root / "threads"
+        try:
+            check_name(thread, "thread id")
+        except InvalidName as e:
+            invalid: InvalidName | None = e
+        else:
+            invalid = None
+            if (threads / thread).is_dir():
+                return thread
+        try:
+            slug = slugify(thread)
+        except InvalidName:
+            slug = thread
+        if slug != thread and (threads / slug).is_dir():
+            return slug
+        if invalid is not None:
+            raise invalid  # neither an id nor the topic of a thread
+        return thread
+
     def create(self, topic: str, *, creator: str) -> ThreadInfo:
         """Return the thread for topic, creating it if it does not exist yet (get-or-create).
 

@@ -1,0 +1,243 @@
+"""Delivery: what an agent's waits return, which tasks it is offered, and when its positions move.
+
+The rule every front door shares: the MCP tools wait through it, and the command and the console
+through the tools. A thread wait returns what others posted after the agent's position (or after
+a seq it names), leaving out what its inbox already returned. An inbox wait returns what is
+addressed to the agent, and the tasks for anyone that it may take now, in any thread; what it owes
+from before the agent's first look comes first. While others hold tasks the agent could take, an
+inbox wait watches their holders and hands a dead or stalled holder's task out again.
+
+A wait's answer is a ``Delivered``: the front door shows as many of its messages as fit, then
+calls ``mark`` with that count, which moves the agent's positions past what it was shown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from mailslot.coordination.board import CLAIMED, Task, offer_of
+from mailslot.coordination.reading import Reading
+from mailslot.store.errors import MailslotError
+from mailslot.store.format import Message
+from mailslot.store.wait import Arrivals
+
+if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
+
+PAGE = 50  # messages a wait takes from the store per look
+SETTLE_EVERY_S = 0.5  # how often a waiting agent looks at the holders of tasks it could take
+
+
+class Pace(Protocol):
+    """What the process that waits does while it waits (presence, progress), and how often."""
+
+    def limit(self, waited: float) -> float:
+        """Do the waiter's duties at waited seconds in; return the longest next step."""
+
+    async def progress(self, waited: float, where: str) -> None:
+        """Say that the wait goes on (at most as often as limit's steps allow)."""
+
+
+@dataclass
+class Delivered:
+    """What a wait found for the agent, before the front door shows it.
+
+    ``messages`` are in the order to show; ``mark(n)`` says the first n were shown and moves
+    the agent's positions accordingly; it returns the seq a thread wait continues after.
+    """
+
+    arrivals: Arrivals
+    messages: list[Message]
+    _mark: Callable[[int], int | None] = field(repr=False)
+
+    def mark(self, shown: int) -> int | None:
+        """Record that the first shown messages were shown; return where a thread wait goes on."""
+        return self._mark(shown)
+
+
+class Delivery:
+    """One agent's deliveries from box: its thread and inbox waits, its task offers."""
+
+    def __init__(self, box: Mailbox, reading: Reading, *, stale_after: float) -> None:
+        self.box = box
+        self.reading = reading
+        self.stale_after = stale_after
+        # What settle knows of each thread's board: the head it was read at, and whether others
+        # held tasks this agent could take there. A board changes only with a message of its
+        # thread, so a quiet thread without such a task is not read again.
+        self._boards: dict[str, tuple[int, bool]] = {}
+
+    def forget(self) -> None:
+        """Drop what is known of boards (the agent took another name)."""
+        self._boards.clear()
+
+    # ------------------------------------------------------------------ waits
+
+    async def thread(
+        self, me: str, thread: str, after_seq: int | None, timeout: float, pace: Pace
+    ) -> tuple[Delivered, int | None]:
+        """Wait on thread for what others posted after after_seq (None: after the agent's
+        position, else from now). Return the delivery and, if after_seq was past the newest
+        message, that newest seq (the wait went on from there)."""
+        # A missing thread fails now, not after the timeout; "from now" is past every gap.
+        head = self.box.head(thread, exact=after_seq is None)
+        pos = self.reading.position(thread, me)
+        if after_seq is not None and after_seq > head:
+            head = self.box.head(thread, exact=True)  # see past any gap before saying so
+        past = after_seq is not None and after_seq > head
+        if past:  # waiting past seqs that do not exist yet would skip them when they come
+            after_seq = head
+        start = after_seq if after_seq is not None else (pos.read if pos.read is not None else head)
+        inbox = pos.inbox_seen
+
+        # Skipped: the agent's own messages, and (when continuing from its own position)
+        # messages to it that its inbox already returned.
+        def keep(m: Message) -> bool:
+            seen = after_seq is None and me in m.to and m.seq <= inbox
+            return m.sender != me and not seen
+
+        got, messages = await self._waiting(
+            me, [thread], {thread: start}, None, timeout, keep, pace
+        )
+
+        def mark(shown: int) -> int:
+            nxt = messages[shown - 1].seq if shown < len(messages) else got.cursor[thread]
+            pos.shown(start, nxt)
+            return nxt
+
+        return Delivered(got, messages, mark), head if past else None
+
+    async def inbox(self, me: str, timeout: float, pace: Pace) -> Delivered:
+        """Wait for what is addressed to me and the tasks for anyone it may take, in any thread;
+        what is owed from before its first look is returned at once."""
+        cursor = self.reading.inbox_cursor(me)
+
+        def match(m: Message) -> bool:  # what an inbox wait wakes for
+            if me in m.to:
+                return True
+            if m.to:
+                return False
+            return offer_of(m, me) is not None  # a task for anyone, in any thread
+
+        def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open,
+            # nothing a thread wait returned
+            try:
+                shown = self.reading.position(m.thread, me).was_shown(m.seq)
+            except MailslotError:  # removed meanwhile: the wait reports what it meets
+                shown = False
+            return m.sender != me and not shown and self.offered(me, m)
+
+        owed = self.reading.owed(me)
+        gone = {(m.thread, m.seq) for m in owed if not keep(m)}  # claimed or closed meanwhile
+        owed = [m for m in owed if (m.thread, m.seq) not in gone]
+        if owed:  # due from before this agent's first look: return them at once, with
+            # whatever else is there now (a look, no wait), not a call later
+            got, now = await self._waiting(me, None, cursor, me, 0, keep, pace, match=match)
+            due = {(m.thread, m.seq) for m in owed}
+            messages = owed + [m for m in now if (m.thread, m.seq) not in due]
+        else:
+            got, messages = await self._waiting(
+                me, None, cursor, me, timeout, keep, pace, match=match, settle=True
+            )
+
+        def mark(shown: int) -> None:
+            seen = {(m.thread, m.seq) for m in messages[:shown]} | gone
+            self.reading.inbox_shown(messages, seen, got.cursor, me)
+
+        return Delivered(got, messages, mark)
+
+    async def _waiting(
+        self,
+        me: str,
+        threads: list[str] | None,
+        cursor: dict[str, int],
+        to: str | None,
+        timeout: float,
+        keep: Callable[[Message], bool],
+        pace: Pace,
+        *,
+        match: Callable[[Message], bool] | None = None,
+        settle: bool = False,
+    ) -> tuple[Arrivals, list[Message]]:
+        """Wait until messages that keep() accepts arrive; return the last arrivals and them.
+
+        settle: while others hold tasks this agent could take in the threads of the cursor
+        (as it grows), their holders are looked at every SETTLE_EVERY_S, and a dead or stalled
+        one's task is reopened (an event that ends this wait with the task).
+        """
+        begun = time.monotonic()
+        skipped = []
+        while True:
+            watch = settle and self.settle(me, cursor)
+            left = timeout - (time.monotonic() - begun)
+            step = min(left, pace.limit(time.monotonic() - begun))
+            if watch:
+                step = min(step, SETTLE_EVERY_S)
+            got = await self.box.wait_async(
+                threads, cursor, to=to, timeout=max(0.0, step), limit=PAGE, match=match
+            )
+            cursor = got.cursor
+            skipped += got.skipped
+            messages = [m for m in got.messages if keep(m)]
+            if messages or left <= step:
+                break
+            await pace.progress(time.monotonic() - begun, threads[0] if threads else "inbox")
+        return Arrivals(got.messages, cursor, got.timed_out, skipped, got.pending), messages
+
+    # ------------------------------------------------------------------ tasks
+
+    def offer(self, me: str, m: Message) -> tuple[Task, Message] | None:
+        """Return the task m hands out to me and the task's own message, or None (not a task
+        offer, or unreadable now: then it is shown as any message)."""
+        seq = offer_of(m, me)
+        if seq is None:
+            return None
+        try:
+            task = self.box.tasks.task(m.thread, seq)
+            return task, (m if m.type == "task" else self.box.get(m.thread, seq))
+        except MailslotError:
+            return None
+
+    def offered(self, me: str, m: Message) -> bool:
+        """Return False for a task (or the reopening of one) that me cannot take now."""
+        seq = offer_of(m, me)
+        if seq is None:
+            return True
+        try:
+            task = self.box.tasks.task(m.thread, seq)
+        except MailslotError:
+            return m.type == "task"  # unreadable now: show the task itself, as any message
+        return task.open_to(me)
+
+    def settle(self, me: str, heads: dict[str, int]) -> bool:
+        """Hand out again the tasks in the threads of heads whose holders died or stalled;
+        return True if tasks me could take are held by others (so that their holders are
+        watched).
+
+        heads: how far the caller has seen each thread (threads that came during a wait
+        included); a board is read again only where that moved or others held tasks
+        (O(threads) dict look-ups, not board reads, per call).
+        """
+        held = []
+        for thread, at in sorted(heads.items()):
+            known = self._boards.get(thread)
+            if known is not None and known == (at, False):
+                continue  # nothing new there, and nothing held by others to watch
+            try:
+                board = self.box.tasks.board(thread)
+            except MailslotError:
+                self._boards.pop(thread, None)
+                continue
+            others = any(
+                t.status == CLAIMED and t.holder != me and t.may_take(me)
+                for t in board.tasks.values()
+            )
+            self._boards[thread] = (at, others)
+            if others:
+                held.append(thread)
+        if held and self.box.read_only is None:
+            self.box.tasks.settle(held, noticed_by=me, stale_after=self.stale_after)
+        return bool(held)

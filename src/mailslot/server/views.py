@@ -1,0 +1,293 @@
+"""What a model sees: messages, tasks, questions, threads and reservations as JSON-able dicts.
+
+The MCP tools answer with these views, and the command's --json and the console show the same
+ones, so a person and a model read one shape. Views leave out empty fields and internal ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mailslot.coordination.board import CLAIMED, Question, Task, TaskBoard, iso
+from mailslot.coordination.reservations import Grant, Held, held_view
+from mailslot.coordination.tasks import Claim
+from mailslot.store.format import AgentCard, Damage, Message, Page, Pending, ThreadInfo
+from mailslot.store.presence import Presence
+
+if TYPE_CHECKING:
+    from mailslot.coordination.search import Results
+    from mailslot.mailbox import Mailbox
+
+PAGE_BUDGET_BYTES = 200_000  # content returned by one msg_list/msg_wait call, at most
+
+
+def trouble(out: dict[str, Any], skipped: list[Damage], pending: list[Pending]) -> None:
+    """Tell the model what a read stepped over, and what it stopped before."""
+    if skipped:
+        out["unreadable"] = [str(d) for d in skipped]
+    if pending:
+        out["pending"] = [
+            {"thread": p.thread, "seq": p.seq, "why": p.reason}
+            | ({"do": "ask a person to run `mailslot doctor --fix`"} if p.blocked else {})
+            for p in pending
+        ]
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    """Return a message as the model sees it: no empty fields, no internal id."""
+    out: dict[str, Any] = {"thread": m.thread, "seq": m.seq, "from": m.sender}
+    if m.to:
+        out["to"] = m.to
+    out["type"] = m.type
+    if m.priority != "normal":
+        out["priority"] = m.priority
+    if m.reply_to is not None:
+        out["reply_to"] = m.reply_to
+    out["created_at"] = m.created_at
+    out["content"] = m.content
+    if m.meta:
+        out["meta"] = m.meta
+    return out
+
+
+def task_view(box: Mailbox, t: Task) -> dict[str, Any]:
+    """Return a task as the model sees it: status, holder and lease, attempts."""
+    out: dict[str, Any] = {"thread": t.thread, "seq": t.seq, "from": t.sender}
+    if t.to:
+        out["to"] = list(t.to)
+    out["title"] = t.title
+    out["status"] = t.status
+    if t.status == CLAIMED:
+        out["holder"] = t.holder
+        until = box.tasks.until(t)
+        if until is not None:
+            out["until"] = iso(until)
+    if t.attempts:
+        out["attempts"] = t.attempts
+    if t.failures:
+        out["failed"] = t.failures
+    if t.closed_by is not None:
+        out["result"] = t.closed_by
+    if t.priority != "normal":
+        out["priority"] = t.priority
+    out["created_at"] = t.created_at
+    return out
+
+
+def question_view(q: Question) -> dict[str, Any]:
+    """Return an unanswered question as the model and scripts see it."""
+    return (
+        {"thread": q.thread, "seq": q.seq, "from": q.sender}
+        | ({"to": list(q.to)} if q.to else {})
+        | {"title": q.title, "created_at": q.created_at}
+    )
+
+
+def thread_view(t: ThreadInfo) -> dict[str, Any]:
+    """Return a thread as the model sees it."""
+    out = {
+        "thread": t.id,
+        "topic": t.topic,
+        "state": t.state,
+        "head": t.head,
+        "participants": t.participants,
+        "last_activity": t.last_activity,
+    }
+    if t.summary:
+        out["summary"] = t.summary
+        if t.summary_state != t.state:
+            out["summary_from"] = t.summary_state  # given when the thread was in that state
+    if not t.complete:
+        out["complete"] = False  # still being indexed: state and participants may lag
+    return out
+
+
+def fit(
+    messages: list[Message],
+    view: Callable[[Message], dict[str, Any]] = message_view,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Return the views that fit the size budget, and the seq of the last one if cut."""
+    views: list[dict[str, Any]] = []
+    size = 0
+    for m in messages:
+        size += len(m.content.encode("utf-8"))
+        if views and size > PAGE_BUDGET_BYTES:
+            return views, views[-1]["seq"]
+        views.append(view(m))
+    return views, None
+
+
+def inbox_view(offer: tuple[Task, Message] | None, m: Message) -> dict[str, Any]:
+    """Return a message as the inbox shows it: a task (or its reopening) with its status.
+
+    offer: the task m hands out and the task's own message (see inbox.Delivery.offer)."""
+    if offer is None:
+        return message_view(m)
+    task, first = offer
+    view = message_view(first)
+    info: dict[str, Any] = {"status": task.status}
+    if m.seq != task.seq:
+        info["reopened"] = m.seq
+    if task.failures:
+        info["failed"] = task.failures
+    info["take_it"] = f"task_claim(thread='{m.thread}', seq={task.seq})"
+    view["task"] = info
+    return view
+
+
+def held_views(box: Mailbox, held: list[Held]) -> list[dict[str, Any]]:
+    """Return reservations as the model sees them, each with when it runs out."""
+    return [held_view(h, box.reservations.until(h)) for h in held]
+
+
+def claim_view(got: Claim) -> dict[str, Any]:
+    """Return a claim's outcome as the model sees it: won (until when, which attempt) or
+    who holds the task and until when, with what to do next."""
+    task, thread, seq = got.task, got.task.thread, got.task.seq
+    out: dict[str, Any] = {"claimed": got.won, "thread": thread, "seq": seq}
+    until = iso(got.until) if got.until is not None else None
+    if got.won:
+        out["until"] = until
+        out["attempt"] = task.attempts
+        if task.failures:
+            out["failed_before"] = task.failures
+        out["hint"] = (
+            f"work on it, then msg_post(thread='{thread}', type='result', reply_to={seq}, "
+            "content=...) closes it (type='error' if it failed); task_claim(release=true) "
+            "gives it back; any mailslot call before the lease ends keeps it yours"
+        )
+    else:
+        out["holder"] = task.holder
+        out["until"] = until
+        out["hint"] = (
+            f"{task.holder} holds it; it is handed out again (msg_wait brings it) if "
+            f"{task.holder}'s process ends or shows no sign of work until {until}; "
+            "take another task"
+        )
+    return out
+
+
+def grant_view(box: Mailbox, grant: Grant) -> dict[str, Any]:
+    """Return a reservation's outcome: what is reserved, or who holds what it overlaps."""
+    if not grant.granted:
+        holders = sorted({h.holder for h in grant.conflicts})
+        return {
+            "granted": False,
+            "conflicts": held_views(box, grant.conflicts),
+            "hint": f"leave these paths to {', '.join(holders)}, or ask them with "
+            f"msg_post(to={holders!r}); reserve the paths you can have on their own",
+        }
+    out: dict[str, Any] = {"granted": True, "reserved": held_views(box, grant.held)}
+    if grant.whole_repo:
+        out["note"] = "this reserves the whole repository: no other agent may edit anything"
+    out["hint"] = (
+        "edit them, then files_release(paths); they stay yours while you keep working "
+        "(any mailslot call renews them) and end when your session ends"
+    )
+    return out
+
+
+def released_view(released: list[Held], not_held: list[str]) -> dict[str, Any]:
+    """Return what a release gave back, and the patterns asked for that were not held."""
+    out: dict[str, Any] = {"released": sorted({h.pattern for h in released})}
+    if not_held:
+        out["not_held"] = not_held
+        out["hint"] = "you held no reservation of these patterns: nothing to give back"
+    elif not released:
+        out["hint"] = "you held no reservations: nothing to give back"
+    return out
+
+
+def results_view(found: Results) -> dict[str, Any]:
+    """Return search results as the model sees them: the hits that fit, with snippets."""
+    views, cut = fit([h.message for h in found.hits])
+    for view, hit in zip(views, found.hits, strict=False):
+        view["snippet"] = hit.snippet
+    out: dict[str, Any] = {"hits": views, "total": found.total}
+    if cut is not None:
+        rest = found.hits[len(views) :]
+        out["hint"] = (
+            f"{len(rest)} more hits did not fit; read them with msg_list(thread, after_seq="
+            "seq-1, limit=1): " + ", ".join(f"{h.message.thread}#{h.message.seq}" for h in rest)
+        )
+    elif found.total > len(views):
+        out["hint"] = f"showing {len(views)} of {found.total}; raise limit or add filters"
+    if not views:
+        out["hint"] = "no match; try fewer words, a prefix (auth*), or OR between words"
+    trouble(out, found.skipped, [])
+    return out
+
+
+def agents_view(
+    cards: list[AgentCard], presences: list[Presence], me: str | None
+) -> list[dict[str, Any]]:
+    """Return every agent with a card or a presence: status, since, what it waits on, card."""
+    by_name = {c.name: c for c in cards}
+    seen = {p.agent: p for p in presences}
+    agents = []
+    for name in sorted(set(by_name) | set(seen)):
+        card, p = by_name.get(name), seen.get(name)
+        entry: dict[str, Any] = {"agent": name, "status": p.status if p else "offline"}
+        if p and p.status != "offline" and p.started:
+            entry["since"] = p.started
+        if p and p.last_seen:
+            entry["last_seen"] = p.last_seen
+        if p and p.waiting_on:
+            entry["waiting_on"] = p.waiting_on
+        for key in ("client", "model", "description"):
+            value = getattr(card, key) if card else None
+            if value:
+                entry[key] = value
+        if name == me:
+            entry["you"] = True
+        agents.append(entry)
+    return agents
+
+
+def posted_view(msg: Message, to: list[str], reply_to: int | None) -> dict[str, Any]:
+    """Return a posted message's place, and who was told besides the to that was asked for
+    (the holder of the task a result replies to)."""
+    out: dict[str, Any] = {"thread": msg.thread, "seq": msg.seq, "id": msg.id}
+    if told := [a for a in msg.to if a not in to]:
+        out["note"] = (
+            f"{', '.join(told)} held task {reply_to}: your result closes it, and {told[0]} "
+            "is told (added to `to`)"
+        )
+    return out
+
+
+def page_view(thread: str, page: Page) -> dict[str, Any]:
+    """Return a page of a thread as msg_list shows it: the messages that fit, where to go on
+    (next_after_seq), and what was stepped over or is still arriving."""
+    views, cut = fit(page.messages)
+    cursor = cut if cut is not None else page.cursor
+    more = page.has_more or cut is not None
+    out: dict[str, Any] = {"messages": views, "next_after_seq": cursor, "has_more": more}
+    if more:
+        out["hint"] = f"more: call msg_list(thread='{thread}', after_seq={cursor})"
+    trouble(out, page.skipped, [page.pending] if page.pending else [])
+    if page.pending is not None and not more:
+        out["hint"] = f"call msg_list(thread='{thread}', after_seq={cursor}) again shortly"
+    return out
+
+
+def threads_view(infos: list[ThreadInfo], limit: int) -> dict[str, Any]:
+    """Return up to limit threads and how many there are."""
+    out: dict[str, Any] = {"threads": [thread_view(t) for t in infos[:limit]], "total": len(infos)}
+    if len(infos) > limit:
+        out["hint"] = f"showing {limit} of {len(infos)}; filter by state or raise limit"
+    return out
+
+
+def board_view(box: Mailbox, board: TaskBoard, limit: int) -> dict[str, Any]:
+    """Return up to limit tasks and questions of a task board, with the counts of each status."""
+    shown, questions = board.tasks, board.questions
+    out: dict[str, Any] = {
+        "tasks": [task_view(box, t) for t in shown[:limit]],
+        "counts": board.counts,
+        "questions": [question_view(q) for q in questions[:limit]],
+    }
+    if len(shown) > limit or len(questions) > limit:
+        out["hint"] = f"showing {limit} of each; filter by thread or status, or raise limit"
+    return out
