@@ -383,49 +383,14 @@ async def stdio(on_eof: Callable[[], None] = lambda: None) -> AsyncIterator[tupl
         async with stdio_server() as streams:
             yield streams
         return
-    loop = asyncio.get_running_loop()
     blocking = (os.get_blocking(0), os.get_blocking(1))
-    null = os.open(os.devnull, os.O_RDONLY)
-    wire_in = _divert(0, null)
-    os.close(null)
-    wire_out = _divert(1, 2)
+    wire_in, wire_out = _claim_wire()
     transports: list[asyncio.BaseTransport] = []
     flow = _Flow()
     drain = _Drain()
     try:
-        if kinds[0] == "stream":
-            reader = asyncio.StreamReader(limit=CHUNK)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            pipe = os.fdopen(wire_in, "rb", buffering=0, closefd=False)
-            transports.append((await loop.connect_read_pipe(lambda: protocol, pipe))[0])
-            read: Callable[[], Awaitable[bytes]] = lambda: reader.read(CHUNK)  # noqa: E731
-        else:  # a file of requests: reading it never blocks for long
-
-            async def read() -> bytes:
-                return os.read(wire_in, CHUNK)
-
-        if kinds[1] == "stream":
-            out = os.fdopen(wire_out, "wb", buffering=0, closefd=False)
-            transport, _ = await loop.connect_write_pipe(lambda: flow, out)
-            transports.append(transport)
-
-            async def write(line: Callable[[], bytes]) -> None:
-                # While the client does not read, senders wait their turn: what is buffered
-                # stays near the pipe's high-water mark, however many replies are ready.
-                async with flow.turn:
-                    await flow.writable.wait()
-                    if flow.lost or transport.is_closing():
-                        raise anyio.BrokenResourceError
-                    transport.write(line())
-
-        else:
-
-            async def write(line: Callable[[], bytes]) -> None:
-                view = memoryview(line())
-                while view:
-                    view = view[os.write(wire_out, view) :]
-
-        writer = _Writer(write, drain)
+        read = await _reading(kinds[0], wire_in, transports)
+        writer = _Writer(await _writing(kinds[1], wire_out, flow, transports), drain)
         yield _Reader(read, drain, writer.send, on_eof), writer
         # What is still buffered goes out before the wire is handed back: closing the
         # transport writes its buffer out first, then lets go of the pipe.
@@ -435,17 +400,83 @@ async def stdio(on_eof: Callable[[], None] = lambda: None) -> AsyncIterator[tupl
                 await flow.closed.wait()
     finally:
         try:
-            for t in transports:
-                if t.is_closing():
-                    continue  # the client went away: asyncio closed it already
-                if isinstance(t, asyncio.WriteTransport):
-                    t.abort()  # cancelled (a signal) before the client read it all
-                else:
-                    t.close()
+            _let_go(transports)
         finally:
-            for fd, wire, was in ((0, wire_in, blocking[0]), (1, wire_out, blocking[1])):
-                with suppress(OSError):
-                    os.dup2(wire, fd)
-                    os.set_blocking(fd, was)
-                with suppress(OSError):
-                    os.close(wire)
+            _give_back(((0, wire_in, blocking[0]), (1, wire_out, blocking[1])))
+
+
+def _claim_wire() -> tuple[int, int]:
+    """Move the wire off fds 0 and 1 (which then read the null device and write to stderr);
+    return the private duplicates (wire_in, wire_out)."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    wire_in = _divert(0, null)
+    os.close(null)
+    return wire_in, _divert(1, 2)
+
+
+async def _reading(
+    kind: str, wire: int, transports: list[asyncio.BaseTransport]
+) -> Callable[[], Awaitable[bytes]]:
+    """Return what reads the next chunk of the wire; a pipe's transport joins transports."""
+    if kind != "stream":  # a file of requests: reading it never blocks for long
+
+        async def read() -> bytes:
+            return os.read(wire, CHUNK)
+
+        return read
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    pipe = os.fdopen(wire, "rb", buffering=0, closefd=False)
+    transports.append((await loop.connect_read_pipe(lambda: protocol, pipe))[0])
+    return lambda: reader.read(CHUNK)
+
+
+async def _writing(
+    kind: str, wire: int, flow: _Flow, transports: list[asyncio.BaseTransport]
+) -> Callable[[Callable[[], bytes]], Awaitable[None]]:
+    """Return what writes a line to the wire; a pipe's transport joins transports."""
+    if kind != "stream":
+
+        async def write_file(line: Callable[[], bytes]) -> None:
+            view = memoryview(line())
+            while view:
+                view = view[os.write(wire, view) :]
+
+        return write_file
+    loop = asyncio.get_running_loop()
+    out = os.fdopen(wire, "wb", buffering=0, closefd=False)
+    transport, _ = await loop.connect_write_pipe(lambda: flow, out)
+    transports.append(transport)
+
+    async def write(line: Callable[[], bytes]) -> None:
+        # While the client does not read, senders wait their turn: what is buffered
+        # stays near the pipe's high-water mark, however many replies are ready.
+        async with flow.turn:
+            await flow.writable.wait()
+            if flow.lost or transport.is_closing():
+                raise anyio.BrokenResourceError
+            transport.write(line())
+
+    return write
+
+
+def _let_go(transports: list[asyncio.BaseTransport]) -> None:
+    """Close the transports still open: a write side unread yet is cut off (a signal came)."""
+    for t in transports:
+        if t.is_closing():
+            continue  # the client went away: asyncio closed it already
+        if isinstance(t, asyncio.WriteTransport):
+            t.abort()  # cancelled (a signal) before the client read it all
+        else:
+            t.close()
+
+
+def _give_back(wires: tuple[tuple[int, int, bool], ...]) -> None:
+    """Point each fd at its wire again, as blocking as it was, and close the duplicate."""
+    for fd, wire, was in wires:
+        with suppress(OSError):
+            os.dup2(wire, fd)
+            os.set_blocking(fd, was)
+        with suppress(OSError):
+            os.close(wire)
