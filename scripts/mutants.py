@@ -94,7 +94,7 @@ MUTANTS = [
     Mutant(
         "positions-never-flushed",
         "Read positions: a running server writes a moved position within a second or so",
-        "stdio_server.py",
+        "server/connection.py",
         "        session.flush_positions()\n",
         "        pass\n",
         (
@@ -104,7 +104,7 @@ MUTANTS = [
     Mutant(
         "heartbeat-never-refreshes",
         "Presence: each server refreshes its presence file every timeout/3 seconds",
-        "stdio_server.py",
+        "server/connection.py",
         "            state.session.heartbeat()\n",
         "            pass\n",
         ("tests/test_presence.py::test_a_server_stays_present_past_its_heartbeat_timeout",),
@@ -240,7 +240,7 @@ MUTANTS = [
     Mutant(
         "push-reads-disk-positions",
         "Channels: a push goes by the session's own positions, not the disk copy written later",
-        "stdio_server.py",
+        "clients/channels.py",
         "notices = Notices(box, me, session.reading)",
         "notices = Notices(box, me)",
         ("tests/test_channels.py::test_what_a_quick_wait_returned_is_not_pushed",),
@@ -343,7 +343,7 @@ MUTANTS = [
     Mutant(
         "claude-hooks-committed-with-a-root",
         "mcp-config: hooks naming this machine's root go to .claude/settings.local.json",
-        "clients/hook_configs.py",
+        "clients/configs.py",
         '"settings.json" if at is None or at.shared else',
         '"settings.json" if at is None or at.bare else',
         (

@@ -1,1 +1,1 @@
-"""What talks to the agent clients: their configs, their hooks, the git guard."""
+"""What talks to the agent clients: their configs, their hooks, channel pushes, the git guard."""

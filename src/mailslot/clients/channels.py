@@ -1,0 +1,116 @@
+"""Claude Code channels: `mailslot serve --channel` pushes what is new for an idle agent.
+
+What is news (and what hooks or pushes reported already) is decided in
+`mailslot.coordination.notices`; this module decides when to look, and what a push says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from mcp.shared.message import SessionMessage
+from mcp.types import JSONRPCNotification
+
+from mailslot.coordination.notices import News, Notices, reportable
+from mailslot.store.errors import MailslotError
+from mailslot.store.format import Message
+
+if TYPE_CHECKING:
+    from mailslot.tools import Session
+
+log = logging.getLogger("mailslot.serve")
+
+CHANNEL = "claude/channel"
+PUSH_GATHER_S = 0.2  # a burst that lands within this is pushed together
+PUSH_MAX_LINES = 50  # messages one push names at most (the next push names the rest)
+
+
+def _for(me: str) -> Callable[[Message], bool]:
+    """Return what wakes a push loop: a message from someone else, to me or to anyone."""
+    return lambda m: m.sender != me and (me in m.to or not m.to)
+
+
+async def push_news(
+    session: Session, write: Any, ready: anyio.Event, *, check_every: float = 5.0
+) -> None:
+    """Push what is new for the agent to its client as Claude Code channel notifications.
+
+    Each message addressed to the agent (and each open task it may take) is pushed once,
+    urgent first, a burst together; not while the agent is blocked in a wait that returns it;
+    only from senders with an agent card (a push goes into the model's prompt: a person or a
+    script that never registered cannot put words there). A push is a hint: it moves no read
+    position, and the shared record in .state/notified/ keeps hooks from repeating it.
+    """
+    await ready.wait()
+    box = session.box
+    while session.agent is None:  # named on first use when no --agent was given
+        await anyio.sleep(0.5)
+    # Arrivals after this cursor wake the loop; what came before it, the first look finds.
+    cursor: dict[str, int] | None = box.cursor()
+    look = False  # news was held back while the agent waited: look again at the next wake
+    now = True  # look before waiting: news from before the start, or left out of the last look
+    while True:
+        me = session.agent
+        if me is None:
+            await anyio.sleep(0.5)
+            continue
+        if not now:
+            got = await box.wait_async(
+                None, cursor, timeout=check_every, limit=1000, match=_for(me)
+            )
+            cursor = got.cursor
+            if not got.messages and not look:
+                continue  # nothing arrived: nothing new to look for (a look reads every thread)
+            if got.messages:
+                await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
+        # The session's own positions: what its waits and reads returned a moment ago may not
+        # be on disk yet (they are written once a second), and must not be pushed again.
+        notices = Notices(box, me, session.reading)
+        try:
+            cards = {c.name for c in box.agents.cards()}
+            found = notices.new(senders=cards)
+        except MailslotError as e:
+            log.warning("could not look for news to push: %s", e)
+            now = False
+            continue
+        news = [n for n in found if not session.waiting_for(n.message)]
+        look = len(news) < len(found)
+        marked = await _push(write, me, news, notices)
+        # Left out of this look (too many at once): look again now, if this one got anywhere.
+        now = notices.more and not look and bool(marked)
+
+
+async def _push(write: Any, me: str, news: list[News], notices: Notices) -> list[News]:
+    """Push news in notes of PUSH_MAX_LINES, each marked reported once sent; return what the
+    last mark covered (nothing: nothing was pushed)."""
+    every, pushed, marked = news, [], []
+    while news:
+        batch, news = news[:PUSH_MAX_LINES], news[PUSH_MAX_LINES:]
+        await write.send(SessionMessage(_note(me, batch, len(news))))
+        pushed += batch
+        marked = reportable(every, pushed)
+        notices.mark(marked)  # stopped here, the rest comes next time
+    return marked
+
+
+def _note(me: str, batch: list[News], left: int) -> JSONRPCNotification:
+    """Return the channel notification that names batch (left: how many the next one names)."""
+    first = batch[0].message
+    lines = [n.line() for n in batch]
+    more = f" and {left} more" if left else ""
+    text = (
+        f"mailslot: {len(batch)} new for you (agent {me}){more}:\n"
+        + "\n".join(lines)
+        + "\nmsg_wait() returns them; reply with msg_post(reply_to=seq)."
+    )
+    meta = {
+        "thread": first.thread, "seq": str(first.seq), "sender": first.sender,
+        "type": first.type, "priority": first.priority, "count": str(len(batch)),
+    }  # fmt: skip
+    return JSONRPCNotification(
+        jsonrpc="2.0", method=f"notifications/{CHANNEL}",
+        params={"content": text, "meta": meta},
+    )  # fmt: skip
