@@ -343,7 +343,7 @@ MUTANTS = [
     Mutant(
         "claude-hooks-committed-with-a-root",
         "mcp-config: hooks naming this machine's root go to .claude/settings.local.json",
-        "clients/configs.py",
+        "clients/hook_configs.py",
         '"settings.json" if at is None or at.shared else',
         '"settings.json" if at is None or at.bare else',
         (

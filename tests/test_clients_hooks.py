@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mailslot.clients import configs
-from mailslot.clients.configs import (
-    MailslotError,
-    hook_argv,
-    hooks_snippet,
-    install_hooks,
-    serve_command,
-)
+from mailslot.clients import configs, textedit
+from mailslot.clients.hook_configs import hooks_snippet, install_hooks
+from mailslot.clients.launch import hook_argv, serve_command
+from mailslot.store.errors import MailslotError
 
 EVENTS = {
     "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
@@ -54,7 +50,7 @@ def program(event: str, client: str, agent: str) -> list[str]:
 
 def load(client: str, path: Path) -> dict:
     text = path.read_text()
-    return json.loads(configs._strip_comments(text) if client == "gemini" else text)
+    return json.loads(textedit.strip_comments(text) if client == "gemini" else text)
 
 
 def ours(client: str, doc: dict, event: str) -> list[dict]:

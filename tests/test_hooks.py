@@ -17,7 +17,8 @@ import pytest
 from helpers import agent, call, until_async
 
 from mailslot import Mailbox
-from mailslot.clients.hooks import CLIENT_EVENTS, CLIENTS, MAX_TEXT, hook_argv, hook_commands, run
+from mailslot.clients.hooks import CLIENTS, MAX_TEXT, run
+from mailslot.clients.launch import CLIENT_EVENTS, hook_argv, hook_commands
 from mailslot.tools import Session
 
 INPUTS = Path(__file__).parent / "hook_inputs"
@@ -609,10 +610,10 @@ def test_codex_runs_the_configured_notify_program_with_its_payload(
 ) -> None:
     """Codex appends the payload to the configured argv: argparse takes it only right after
     EVENT, so the notify program must end with `notify` (options before it)."""
-    from mailslot.clients import configs
+    from mailslot.clients import hook_configs
 
     if source == "_clients":
-        argv = configs.notify_argv("bob", root=mailbox)
+        argv = hook_configs.notify_argv("bob", root=mailbox)
     else:
         argv = hook_argv("codex", "notify", "bob", mailbox)
     assert argv[-1] == "notify", f"{argv}: Codex appends its payload after `notify`"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mailslot.clients.configs import serve_command
+from mailslot.clients.launch import CLIENT_EVENTS
 from mailslot.coordination.notices import News, Notices, reportable
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import MailslotError
@@ -44,47 +43,8 @@ from mailslot.store.format import Message, loads
 CLIENTS = ("claude-code", "codex", "gemini")
 EVENTS = ("session-start", "prompt", "stop", "notify")
 
-#: Per client, our event name -> the client's own event name (as hook_event_name spells it).
-CLIENT_EVENTS: dict[str, dict[str, str]] = {
-    "claude-code": {"session-start": "SessionStart", "prompt": "UserPromptSubmit", "stop": "Stop"},
-    "codex": {
-        "session-start": "SessionStart",
-        "prompt": "UserPromptSubmit",
-        "stop": "Stop",
-        "notify": "notify",
-    },
-    "gemini": {"session-start": "SessionStart", "prompt": "BeforeAgent", "stop": "AfterAgent"},
-}
-
 MAX_TEXT = 9_000  # characters of context or reason; the clients cap hook output at 10,000
 ARROW = " \u2192 "  # "→": News.line() says "->", and Gemini HTML-escapes "<" and ">"
-
-
-def hook_argv(client: str, event: str, agent: str, root: Path | str | None = None) -> list[str]:
-    """Return the absolute command (argv) that runs `mailslot hook event` for client."""
-    if event not in CLIENT_EVENTS[client]:
-        raise ValueError(f"{client} has no {event!r} hook")
-    *base, _serve = serve_command()
-    options = ["--client", client, "--as", agent]
-    if root is not None:
-        options += ["--root", str(Path(root).absolute())]
-    if event == "notify":  # Codex appends the payload: it must follow EVENT for argparse
-        return [*base, "hook", *options, event]
-    return [*base, "hook", event, *options]
-
-
-def hook_commands(client: str, agent: str, root: Path | str | None = None) -> dict[str, str]:
-    """Return, for client, its event name -> the shell command line of our hook for it.
-
-    Claude Code and Codex: SessionStart, UserPromptSubmit, Stop (and, for Codex, ``notify``:
-    split it with shlex for config.toml's ``notify = [...]``); Gemini: SessionStart,
-    BeforeAgent, AfterAgent. root, if given, is passed as --root (hooks run in the client's
-    working directory, without the server's MAILSLOT_ROOT).
-    """
-    return {
-        theirs: shlex.join(hook_argv(client, ours, agent, root))
-        for ours, theirs in CLIENT_EVENTS[client].items()
-    }
 
 
 def run(

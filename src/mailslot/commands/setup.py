@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mailslot.clients import configs
+from mailslot.clients import configs, hook_configs
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
 from mailslot.commands.serve import serve_ui
 from mailslot.commands.terminal import doctor_report
@@ -108,11 +108,11 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
     Mailbox(root)  # fail here, clearly, if it is not a mailbox
     agent = args.agent or configs.AGENT_NAMES[args.client]  # the hooks' too: one name
     if args.hooks:
-        configs.hook_groups(args.client, agent)  # refuse before anything is written
+        hook_configs.hook_groups(args.client, agent)  # refuse before anything is written
     project = root.parent if root.name == ".mailslot" else Path.cwd()
     home = Path.home()
     at = configs.place(args.client, root, project)  # what may be left to the machine
-    hooked = configs.hook_options(at, root)
+    hooked = hook_configs.hook_options(at, root)
     path = Path(args.path) if args.path else configs.target(args.client, project, home, at)
     if not args.install:
         text = configs.render(args.client, root, agent, channel=args.channel, at=at)
@@ -122,8 +122,8 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
                                             at=at),
                    "text": text}  # fmt: skip
             if args.hooks:
-                doc["hooks"] = configs.hooks_doc(args.client, agent, **hooked)
-                targets = configs.hooks_targets(args.client, project, home, at)
+                doc["hooks"] = hook_configs.hooks_doc(args.client, agent, **hooked)
+                targets = hook_configs.hooks_targets(args.client, project, home, at)
                 doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
             if args.channel:
                 doc["launch"] = configs.CHANNEL_LAUNCH
@@ -131,7 +131,9 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
         else:
             sys.stdout.write(text)
             if args.hooks:
-                snippet = configs.hooks_snippet(args.client, agent, project, home, at=at, **hooked)
+                snippet = hook_configs.hooks_snippet(
+                    args.client, agent, project, home, at=at, **hooked
+                )
                 sys.stdout.write(snippet)
             if args.channel:
                 sys.stderr.write(configs.channel_hint())
@@ -139,7 +141,7 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
     where = configs.keys(args.client, path, project, home)
     how = configs.install(args.client, path, root, agent, channel=args.channel, at=at,
                            where=where)  # fmt: skip
-    done = (configs.install_hooks(args.client, agent, project, home, at=at, **hooked)
+    done = (hook_configs.install_hooks(args.client, agent, project, home, at=at, **hooked)
             if args.hooks else [])  # fmt: skip
     notes = configs.install_notes(args.client, path, at, project, home)
     if args.json:
