@@ -15,8 +15,8 @@ from mailslot.commands.declare import (
     print_json,
 )
 from mailslot.commands.terminal import table, when
-from mailslot.coordination.board import STATUSES, iso
-from mailslot.tools import question_view, task_board, task_view
+from mailslot.coordination.board import STATUSES, iso, task_board
+from mailslot.server.views import question_view, task_view
 
 
 @command(
