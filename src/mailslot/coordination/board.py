@@ -24,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mailslot.store.errors import MailslotError
 from mailslot.store.files import HOST, Files, exists
 from mailslot.store.format import Message, loads
 from mailslot.store.log import ThreadLog
+
+if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
 
 OPEN, CLAIMED, DONE, DEAD = "open", "claimed", "done", "dead"
 STATUSES = (OPEN, CLAIMED, DONE, DEAD)
@@ -336,3 +339,45 @@ def fold(
             files.dir(".state/index")
             files.write_state_file(path, board.to_json())
     return board
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBoard:
+    """The tasks of some threads with a status, oldest first, their counts, open questions."""
+
+    tasks: list[Task]
+    counts: dict[str, int]
+    questions: list[Question]
+
+
+def task_board(
+    box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
+) -> TaskBoard:
+    """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
+    the count of each status, and the questions nobody has answered; skip vanished threads.
+
+    mine: only the tasks that agent holds or can take now and the questions others asked it
+    or anyone (counted so too).
+    """
+    tasks: list[Task] = []
+    questions: list[Question] = []
+    for name in threads:
+        try:
+            board = box.tasks.board(name)
+        except MailslotError:
+            continue  # removed while listing
+        tasks += board.tasks.values()
+        questions += board.questions.values()
+    if mine is not None:
+        tasks = [t for t in tasks if (t.status == CLAIMED and t.holder == mine) or t.open_to(mine)]
+        questions = [q for q in questions if q.sender != mine and (not q.to or mine in q.to)]
+    counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
+    if status == "all":
+        wanted = list(STATUSES)
+    else:
+        wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
+    shown = sorted(
+        (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
+    )
+    questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+    return TaskBoard(shown, counts, questions)
