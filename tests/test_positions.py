@@ -264,7 +264,7 @@ def test_a_busy_server_writes_positions_once_a_second_and_on_exit(root: Path) ->
     saved = root / ".state" / "cursors" / "worker" / "build.json"
     session = Session(box, agent="worker", save_every=60.0)
     calls: list[int] = []
-    session.on_positions_due = lambda: calls.append(1)
+    session.reading.on_due = lambda: calls.append(1)
 
     async def main() -> None:
         seq = 0

@@ -13,20 +13,47 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from mailslot import __version__
 from mailslot.coordination.board import task_board
 from mailslot.coordination.inbox import Delivery
 from mailslot.coordination.reading import Reading
-from mailslot.coordination.seat import Seat
+from mailslot.coordination.seat import Pace, Seat
 from mailslot.mailbox import Mailbox
+from mailslot.server.parameters import (
+    AfterSeq,
+    Agent,
+    AgentName,
+    Content,
+    Description,
+    Key,
+    LeaseS,
+    Limit,
+    ListThread,
+    Mine,
+    MsgType,
+    Paths,
+    Priority,
+    ReplyTo,
+    State,
+    Summary,
+    TaskSeq,
+    TaskStatus,
+    ThreadId,
+    To,
+    Topic,
+    WaitAfter,
+    WaitThread,
+    WaitTimeout,
+)
 from mailslot.server.views import (
     agents_view,
     board_view,
     claim_view,
+    config_view,
+    created_view,
     fit,
     grant_view,
     inbox_view,
@@ -37,6 +64,7 @@ from mailslot.server.views import (
     thread_view,
     threads_view,
     trouble,
+    waited_view,
 )
 from mailslot.store.errors import (
     InvalidMessage,
@@ -51,74 +79,15 @@ TOOL_NAMES = (
     "task_claim", "task_list", "files_reserve", "files_release",
     "agent_register", "agent_list", "bus_get_config",
 )  # fmt: skip
-# A wait still blocked after this long says so in the agent's presence file; one that returns
-# sooner writes nothing there (two file writes saved per message in a busy conversation).
-MARK_WAITING_S = 0.5
 
 DEFAULT_WAIT_S = 50.0
 DEFAULT_WAIT_MAX_S = 600.0
 PROGRESS_EVERY_S = 5.0
 PAGE_DEFAULT = 50
-PAGE_MAX = 200
 
 #: Set by the server for the duration of one tool call: sends a progress notification.
 PROGRESS: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = (
     contextvars.ContextVar("mailslot_progress", default=None)
-)
-
-State = Literal["discuss", "implement", "review", "done", "closed", "archived"]
-MsgType = Literal["message", "task", "result", "status", "error", "question"]
-Priority = Literal["low", "normal", "high", "urgent"]
-# Parameter types with the descriptions the model reads in each tool's input schema.
-Topic = Annotated[str, Field(description="What the thread is about; same topic, same thread")]
-Limit = Annotated[int, Field(ge=1, le=200)]
-Summary = Annotated[str | None, Field(description="Markdown; typically when closing")]
-Content = Annotated[str, Field(description="The message, usually Markdown")]
-To = Annotated[list[str] | None, Field(description="Agents addressed (see agent_list)")]
-ReplyTo = Annotated[
-    int | None, Field(ge=1, description="Seq of the message answered; a result/error: the task's")
-]
-Key = Annotated[str | None, Field(description="A retry with the same key is stored once")]
-AfterSeq = Annotated[int, Field(ge=0, description="Seq to read past; 0: from the start")]
-WaitThread = Annotated[
-    str | None, Field(description="Thread id or topic; omit to wait on your inbox (any thread)")
-]
-ThreadId = Annotated[str, Field(description="Thread id (or its topic)")]
-WaitAfter = Annotated[
-    int | None, Field(ge=0, description="Seq to wait past: next_after_seq of the last call")
-]
-WaitTimeout = Annotated[
-    float | None,
-    Field(gt=0, description="Seconds; default 50, capped at 600; many clients cut calls at 60"),
-]
-AgentName = Annotated[str | None, Field(description="Stable lowercase name; omit to keep yours")]
-Description = Annotated[str | None, Field(description="What you do, for the other agents")]
-TaskSeq = Annotated[int, Field(ge=1, description="Seq of the task message")]
-LeaseS = Annotated[
-    float | None,
-    Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
-]
-TaskStatus = Annotated[
-    Literal["open", "claimed", "done", "dead", "all"] | None,
-    Field(description="Default: all but done"),
-]
-Mine = Annotated[bool, Field(description="Only tasks you hold or can take")]
-Agent = Annotated[str | None, Field(description="An agent's name")]
-Paths = Annotated[
-    list[str],
-    Field(min_length=1, max_length=100, description="Repository-relative files, folders or globs"),
-]
-ListThread = Annotated[str | None, Field(description="Thread id or topic; omit for all threads")]
-
-PROTOCOL = (
-    "Join or start a thread with thread_create(topic) (the same topic is the same thread), "
-    "catch up with msg_list, introduce yourself with msg_post, then loop on "
-    "msg_wait(thread, after_seq=next_after_seq): it returns new messages, or status 'timeout' "
-    "after about 50 s, and then you simply call it again. Delegate work with msg_post(type="
-    "'task', to=[agent]); answer with type='result' and reply_to=<seq>. Move the thread along "
-    "discuss -> implement -> review -> done -> closed with thread_set_state; close it with a "
-    "summary. A task without `to` is for every agent (each inbox msg_wait() brings it): take it "
-    "with task_claim before working on it; your result reply closes it."
 )
 
 
@@ -153,7 +122,7 @@ class Session:
         two sessions of one client in one project share one pinned name.
 
         save_every: read positions moved by reads and waits are written at most this often
-        (0: at once); on_positions_due is then called, and the owner calls flush_positions()
+        (0: at once); reading.on_due is then called, and the owner calls flush_positions()
         within save_every.
         """
         if not 0 < wait_default <= wait_max:
@@ -168,15 +137,11 @@ class Session:
         self.wait_max = wait_max
         self.stale_after = stale_after
         self.progress_every = progress_every
-        self._reading = Reading(box)
+        self._reading = Reading(box, save_every=save_every)
         self._delivery = Delivery(box, self._reading, stale_after=stale_after)
         self._seat = Seat(box, client=client, stale_after=stale_after, on_rename=self._renamed)
         self._activity = self._seat.activity
         self._joined: set[str] = set()  # threads this session has joined (see _join)
-        self.save_every = save_every
-        self._saved_at = -save_every  # monotonic time of the last write of positions
-        self._due = False  # moved positions wait for their write (see save_every)
-        self.on_positions_due: Callable[[], None] = lambda: None
         #: The pinned name this session could not take because another live session held it.
         self.fallback_from: str | None = None
         if agent is not None:
@@ -252,16 +217,8 @@ class Session:
         me = self.me()
         info = self.box.create_thread(topic, creator=me)
         self._join(info.id)
-        out = thread_view(info)
-        out["hint"] = (
-            f"read history with msg_list(thread='{info.id}', after_seq=0), then "
-            f"msg_wait(thread='{info.id}', after_seq={info.head})"
-        )
         open_tasks = sum(t.open_to(me) for t in self.box.tasks.board(info.id).tasks.values())
-        if open_tasks:
-            out["open_tasks"] = open_tasks
-            out["hint"] += f"; {open_tasks} open tasks: msg_wait() hands them to you"
-        return out
+        return created_view(info, open_tasks)
 
     def _join(self, thread: str) -> None:
         """Take part in thread: its tasks for anyone come to this agent's inbox."""
@@ -325,27 +282,14 @@ class Session:
         return posted_view(msg, to or [], reply_to)
 
     def save_positions(self, *, now: bool = True) -> None:
-        """Write read positions changed since the last save to .state/cursors/ (best effort).
-
-        now=False (after a read or a wait) may leave the write to flush_positions(), within
-        save_every: a busy conversation writes them once a second, not once per message.
-        """
-        if self.agent is None:
-            return
-        at = time.monotonic()
-        if not now and at - self._saved_at < self.save_every:
-            if not self._due:
-                self._due = True
-                self.on_positions_due()
-            return
-        self._saved_at = at
-        self._due = False
-        self._reading.save(self.agent)
+        """Write read positions changed since the last save (see Reading.save)."""
+        if self.agent is not None:
+            self._reading.save(self.agent, now=now)
 
     def flush_positions(self) -> None:
         """Write the positions whose write save_positions(now=False) left for later."""
-        if self._due:
-            self.save_positions()
+        if self.agent is not None:
+            self._reading.flush(self.agent)
 
     def msg_list(
         self,
@@ -390,20 +334,11 @@ class Session:
                     out = await self._wait_inbox(me, timeout)
         finally:
             self._show_status()
-        again = (
-            f"msg_wait(thread='{thread}', after_seq={out['next_after_seq']})"
-            if thread is not None
-            else "msg_wait() again"
-        )
         out["waited_s"] = round(time.monotonic() - begun, 1)
         if timeout_s is not None and timeout_s > self.wait_max:  # said, never silently cut
             cap = f"timeout_s capped at {self.wait_max:g} (this server's maximum wait)"
             out["note"] = f"{out['note']}; {cap}" if "note" in out else cap
-        if not out["messages"]:
-            out["hint"] = f"no new message yet; call {again}"
-        else:
-            out["hint"] = f"reply with msg_post, then {again}"
-        return out
+        return waited_view(out, thread)
 
     async def _wait_thread(
         self, me: str, thread: str, after_seq: int | None, timeout: float
@@ -430,8 +365,8 @@ class Session:
         trouble(out, got.arrivals.skipped, got.arrivals.pending)
         return out
 
-    def _pace(self) -> _Pace:
-        return _Pace(self, PROGRESS.get())
+    def _pace(self) -> Pace:
+        return Pace(self._seat, self.progress_every, PROGRESS.get(), self._show_status)
 
     # ------------------------------------------------------------------ tasks
 
@@ -557,55 +492,6 @@ class Session:
 
     def bus_get_config(self) -> dict[str, Any]:
         """Get this bus's settings: your name, language, limits, and how to collaborate."""
-        s = self.box.settings
-        return {
-            "agent": self.me(),  # the name this session posts under, taken now if need be
-            **(
-                {
-                    "note": f"'{self.fallback_from}' was in use by another session, so you are "
-                    f"'{self.me()}'"
-                }
-                if self.fallback_from
-                else {}
-            ),
-            "preferred_language": self.lang,
-            "root": str(self.box.root),
-            "version": __version__,
-            "wait": {
-                "default_s": self.wait_default,
-                "max_s": self.wait_max,
-                "mode": self.box.wait_mode,
-                "poll_interval_s": s.poll_interval,
-            },
-            "limits": {"max_content_bytes": s.max_content_bytes, "page_max": PAGE_MAX},
-            "protocol": PROTOCOL,
-        }
-
-
-class _Pace:
-    """A session's duties while one of its waits blocks: a sign of work for short holds, the
-    presence file's "waiting", and progress notifications to the client."""
-
-    def __init__(
-        self, session: Session, report: Callable[[float, str], Awaitable[None]] | None
-    ) -> None:
-        self.session = session
-        self.report = report
-        self.reported = 0.0  # seconds into the wait of the last progress notification
-
-    def limit(self, waited: float) -> float:
-        s = self.session
-        step = s.progress_every
-        if (every := s._activity.every()) is not None:
-            s.touch()  # blocked in a call is at work: short holds stay held meanwhile
-            step = min(step, every)
-        if waited >= MARK_WAITING_S:
-            s._show_status()  # still blocked: say "waiting"
-        else:
-            step = min(step, MARK_WAITING_S - waited)
-        return step
-
-    async def progress(self, waited: float, where: str) -> None:
-        if self.report is not None and waited - self.reported >= self.session.progress_every - 0.01:
-            self.reported = waited
-            await self.report(waited, f"waiting on {where}: {waited:.0f}s")
+        me = self.me()  # the name this session posts under, taken now if need be
+        return config_view(self.box, me, self.fallback_from, self.lang, self.wait_default,
+                           self.wait_max)  # fmt: skip

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailslot.coordination.board import OPEN, offer_of
 from mailslot.coordination.reading import Reading
-from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.names import check_name
 from mailslot.store.positions import Position
+
+if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
 
 MAX_NEWS = 200  # messages one look reports at most (the rest comes on the next look)
 EXCERPT_CHARS = 200

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.positions import Position
+
+if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
 
 
 class Reading:
     """What one agent was shown of each thread of box, and the inbox messages owed to it."""
 
-    def __init__(self, box: Mailbox) -> None:
+    def __init__(self, box: Mailbox, *, save_every: float = 0.0) -> None:
         self.box = box
+        #: Positions moved by reads and waits are written at most this often (0: at once);
+        #: on_due is called when a write is left for flush().
+        self.save_every = save_every
+        self.on_due: Callable[[], None] = lambda: None
+        self._saved_at = -save_every  # monotonic time of the last write of positions
+        self._due = False  # moved positions wait for their write (see save_every)
         self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
         self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
         self._rewound: dict[str, int] = {}  # thread -> the rewind mark last looked at (mtime)
@@ -87,8 +98,20 @@ class Reading:
             return
         pos.rewind(start - 1, token)
 
-    def save(self, agent: str) -> None:
-        """Write the positions changed since the last save to .state/cursors/ (best effort)."""
+    def save(self, agent: str, *, now: bool = True) -> None:
+        """Write the positions changed since the last save to .state/cursors/ (best effort).
+
+        now=False (after a read or a wait) may leave the write to flush(), within save_every:
+        a busy conversation writes them once a second, not once per message.
+        """
+        at = time.monotonic()
+        if not now and at - self._saved_at < self.save_every:
+            if not self._due:
+                self._due = True
+                self.on_due()
+            return
+        self._saved_at = at
+        self._due = False
         owed = {t for t, _ in self._backlog}
         # .state/ deleted (git clean -fdX): write every position again, not only changed ones.
         lost = not (self.box.root / ".state" / "cursors" / agent).is_dir()
@@ -98,6 +121,11 @@ class Reading:
                 # inbox position stays unknown, so a restart derives them again.
                 self.box.save_cursor(agent, thread, pos.to_json(owed=thread in owed))
                 pos.dirty = False
+
+    def flush(self, agent: str) -> None:
+        """Write the positions whose write save(now=False) left for later."""
+        if self._due:
+            self.save(agent)
 
     def inbox_cursor(self, me: str) -> dict[str, int]:
         """Return where me's inbox continues in each thread, taking a first look where needed."""

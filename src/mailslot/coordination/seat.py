@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from mailslot.coordination.leases import Activity
@@ -24,6 +24,10 @@ from mailslot.store.presence import NameHold
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
+
+# A wait still blocked after this long says so in the agent's presence file; one that returns
+# sooner writes nothing there (two file writes saved per message in a busy conversation).
+MARK_WAITING_S = 0.5
 
 
 class Seat:
@@ -189,3 +193,43 @@ class Seat:
                 if t is not None and t.held_by(me, os.getpid()):
                     self.box.tasks.release(thread, seq, agent=me, reason="its server stopped")
             self.activity.drop(key)
+
+
+class Pace:
+    """A seat's duties while one of its waits blocks (inbox.Pace): a sign of work for short
+    holds, the presence file's "waiting" once the wait lasts, and progress to report.
+
+    show_status brings the presence file's status up to date; report, if any, is told every
+    progress_every seconds that the wait goes on.
+    """
+
+    def __init__(
+        self,
+        seat: Seat,
+        progress_every: float,
+        report: Callable[[float, str], Awaitable[None]] | None,
+        show_status: Callable[[], None],
+    ) -> None:
+        self.seat = seat
+        self.progress_every = progress_every
+        self.report = report
+        self.show_status = show_status
+        self.reported = 0.0  # seconds into the wait of the last progress report
+
+    def limit(self, waited: float) -> float:
+        """Do the seat's duties at waited seconds in; return the longest next step."""
+        step = self.progress_every
+        if (every := self.seat.activity.every()) is not None:
+            self.seat.touch()  # blocked in a call is at work: short holds stay held meanwhile
+            step = min(step, every)
+        if waited >= MARK_WAITING_S:
+            self.show_status()  # still blocked: say "waiting"
+        else:
+            step = min(step, MARK_WAITING_S - waited)
+        return step
+
+    async def progress(self, waited: float, where: str) -> None:
+        """Report that the wait on where goes on, if progress_every has passed since the last."""
+        if self.report is not None and waited - self.reported >= self.progress_every - 0.01:
+            self.reported = waited
+            await self.report(waited, f"waiting on {where}: {waited:.0f}s")

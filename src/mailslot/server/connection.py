@@ -88,12 +88,12 @@ async def _heartbeat(state: Connection) -> None:
 async def _flush_positions(session: Session) -> None:
     """Write read positions within save_every of a wait or read that moved them."""
     due = anyio.Event()
-    session.on_positions_due = due.set
+    session.reading.on_due = due.set
     while True:
         await due.wait()
-        await anyio.sleep(session.save_every)
+        await anyio.sleep(session.reading.save_every)
         due = anyio.Event()
-        session.on_positions_due = due.set
+        session.reading.on_due = due.set
         session.flush_positions()
 
 

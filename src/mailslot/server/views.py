@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mailslot import __version__
 from mailslot.coordination.board import CLAIMED, Question, Task, TaskBoard, iso
 from mailslot.coordination.reservations import Grant, Held, held_view
 from mailslot.coordination.tasks import Claim
@@ -20,6 +21,17 @@ if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
 
 PAGE_BUDGET_BYTES = 200_000  # content returned by one msg_list/msg_wait call, at most
+PAGE_MAX = 200  # messages in one msg_list page, at most
+PROTOCOL = (
+    "Join or start a thread with thread_create(topic) (the same topic is the same thread), "
+    "catch up with msg_list, introduce yourself with msg_post, then loop on "
+    "msg_wait(thread, after_seq=next_after_seq): it returns new messages, or status 'timeout' "
+    "after about 50 s, and then you simply call it again. Delegate work with msg_post(type="
+    "'task', to=[agent]); answer with type='result' and reply_to=<seq>. Move the thread along "
+    "discuss -> implement -> review -> done -> closed with thread_set_state; close it with a "
+    "summary. A task without `to` is for every agent (each inbox msg_wait() brings it): take it "
+    "with task_claim before working on it; your result reply closes it."
+)
 
 
 def trouble(out: dict[str, Any], skipped: list[Damage], pending: list[Pending]) -> None:
@@ -291,3 +303,61 @@ def board_view(box: Mailbox, board: TaskBoard, limit: int) -> dict[str, Any]:
     if len(shown) > limit or len(questions) > limit:
         out["hint"] = f"showing {limit} of each; filter by thread or status, or raise limit"
     return out
+
+
+def created_view(info: ThreadInfo, open_tasks: int) -> dict[str, Any]:
+    """Return a thread just joined (or made), with how to read it and its open tasks."""
+    out = thread_view(info)
+    out["hint"] = (
+        f"read history with msg_list(thread='{info.id}', after_seq=0), then "
+        f"msg_wait(thread='{info.id}', after_seq={info.head})"
+    )
+    if open_tasks:
+        out["open_tasks"] = open_tasks
+        out["hint"] += f"; {open_tasks} open tasks: msg_wait() hands them to you"
+    return out
+
+
+def waited_view(out: dict[str, Any], thread: str | None) -> dict[str, Any]:
+    """Add to a wait's answer what to call next (the same wait, or a reply then the wait)."""
+    again = (
+        f"msg_wait(thread='{thread}', after_seq={out['next_after_seq']})"
+        if thread is not None
+        else "msg_wait() again"
+    )
+    if not out["messages"]:
+        out["hint"] = f"no new message yet; call {again}"
+    else:
+        out["hint"] = f"reply with msg_post, then {again}"
+    return out
+
+
+def config_view(
+    box: Mailbox,
+    agent: str,
+    fallback_from: str | None,
+    lang: str | None,
+    wait_default: float,
+    wait_max: float,
+) -> dict[str, Any]:
+    """Return the bus's settings as bus_get_config shows them, with how to collaborate."""
+    s = box.settings
+    return {
+        "agent": agent,
+        **(
+            {"note": f"'{fallback_from}' was in use by another session, so you are '{agent}'"}
+            if fallback_from
+            else {}
+        ),
+        "preferred_language": lang,
+        "root": str(box.root),
+        "version": __version__,
+        "wait": {
+            "default_s": wait_default,
+            "max_s": wait_max,
+            "mode": box.wait_mode,
+            "poll_interval_s": s.poll_interval,
+        },
+        "limits": {"max_content_bytes": s.max_content_bytes, "page_max": PAGE_MAX},
+        "protocol": PROTOCOL,
+    }
