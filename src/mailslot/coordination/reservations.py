@@ -247,24 +247,12 @@ class Reservations:
         Raise InvalidName for a path that leaves the repository, InvalidMessage for bad input.
         """
         patterns = self._patterns(paths)
-        if ttl_s is not None and not (type(ttl_s) in (int, float) and 1 <= ttl_s <= 7 * 86400):
-            raise InvalidMessage(
-                f"ttl_s must be a number of seconds from 1 to 604800, not {ttl_s!r}"
-            )
-        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-            raise InvalidMessage(f"reason must be text of at most {MAX_REASON} characters")
-        ttl = float(ttl_s or self.files.settings.reservation_ttl_s)
+        ttl = self._ttl(ttl_s, reason)
         try:
             self.files.thread_dir(THREAD)
         except NoSuchThread:
             self.create(TOPIC, creator=agent)
-        # Holders that died or went silent let go first, so that they never refuse anyone.
-        ledger = self.ledger()
-        for h in ledger.conflicts(agent, patterns, exclusive):
-            why = self.gone(h, ledger, stale_after=stale_after)
-            if why is not None:
-                self._expire(h, why, agent)
-        met = self.ledger().conflicts(agent, patterns, exclusive)
+        met = self._conflicts(agent, patterns, exclusive, stale_after)
         if met:
             return Grant(False, [], met)
 
@@ -295,6 +283,28 @@ class Reservations:
         mine = [h for h in ledger.held if h.seq == message.seq]
         whole = any(covers_whole_repo(p) for p in patterns)
         return Grant(True, mine, [], message.seq, whole)
+
+    def _ttl(self, ttl_s: float | None, reason: str | None) -> float:
+        """Return a request's TTL in seconds; raise InvalidMessage for a bad ttl_s or reason."""
+        if ttl_s is not None and not (type(ttl_s) in (int, float) and 1 <= ttl_s <= 7 * 86400):
+            raise InvalidMessage(
+                f"ttl_s must be a number of seconds from 1 to 604800, not {ttl_s!r}"
+            )
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            raise InvalidMessage(f"reason must be text of at most {MAX_REASON} characters")
+        return float(ttl_s or self.files.settings.reservation_ttl_s)
+
+    def _conflicts(
+        self, agent: str, patterns: list[str], exclusive: bool, stale_after: float
+    ) -> list[Held]:
+        """Return the live reservations a request meets, once those whose holders died or went
+        silent have let go (so that they never refuse anyone)."""
+        ledger = self.ledger()
+        for h in ledger.conflicts(agent, patterns, exclusive):
+            why = self.gone(h, ledger, stale_after=stale_after)
+            if why is not None:
+                self._expire(h, why, agent)
+        return self.ledger().conflicts(agent, patterns, exclusive)
 
     def _patterns(self, paths: object) -> list[str]:
         if isinstance(paths, str):
