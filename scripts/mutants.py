@@ -199,7 +199,7 @@ MUTANTS = [
     Mutant(
         "doctor-always-healthy",
         "mailslot doctor reports what is wrong",
-        "store/doctor_report.py",
+        "doctor/report.py",
         "        return not any(f.outstanding for f in self.findings)\n",
         "        return True\n",
         ("tests/test_commands.py::test_doctor_finds_and_fixes",),

@@ -24,8 +24,8 @@ from mcp import StdioServerParameters, types
 from mcp.client import Client
 
 from mailslot import InvalidMessage, Mailbox, RootError
+from mailslot.doctor.checks import diagnose
 from mailslot.mailbox import DEFAULT_MAX_CONTENT
-from mailslot.store.doctor import diagnose
 from mailslot.store.format import (
     MAX_JSON_DEPTH,
     MAX_META_BYTES,

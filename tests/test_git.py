@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailslot import Mailbox, Message
-from mailslot.store.conflict import conflict_sides
-from mailslot.store.doctor import temp_path
+from mailslot.doctor.checks import temp_path
+from mailslot.doctor.conflict import conflict_sides
 
 # ---------------------------------------------------------------- helpers
 

@@ -233,7 +233,7 @@ def smb_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 
 
 def test_smb_without_hard_links_refuses_and_explains(smb_mounts: tuple[Path, Path]) -> None:
-    from mailslot.store.doctor import diagnose
+    from mailslot.doctor.checks import diagnose
 
     a, _ = smb_mounts
     box = Mailbox.init(a / "refuse")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailslot import __version__
-from mailslot.commands import agents, reservations, serve, setup, tasks, terminal, threads
+from mailslot.commands import agents, reservations, serve, setup, tasks, threads
 from mailslot.commands.declare import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -32,6 +32,7 @@ from mailslot.commands.declare import (
     Command,
     UsageError,
 )
+from mailslot.console import terminal
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import (
     InvalidName,

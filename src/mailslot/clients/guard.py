@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailslot.commands.terminal import when
+from mailslot.console.terminal import when
 from mailslot.coordination.board import iso
 from mailslot.coordination.globs import matches
 from mailslot.coordination.reservations import THREAD, Held

@@ -1,3 +1,2 @@
 """The commands of `mailslot`, below its front (`mailslot.cli`): each declared beside its handler
-(`declare`), grouped by concept (setup, threads, tasks, reservations, agents, serve), and the
-text they show a terminal (`terminal`)."""
+(`declare`), grouped by concept (setup, threads, tasks, reservations, agents, serve)."""

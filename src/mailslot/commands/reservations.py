@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
-from mailslot.commands.terminal import table, when
+from mailslot.console.terminal import table, when
 from mailslot.coordination.board import iso
 from mailslot.coordination.reservations import held_view
 

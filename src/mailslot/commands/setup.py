@@ -10,7 +10,7 @@ from pathlib import Path
 from mailslot.clients import configs, hook_configs
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
 from mailslot.commands.serve import serve_ui
-from mailslot.commands.terminal import doctor_report
+from mailslot.console.terminal import doctor_report
 from mailslot.mailbox import Mailbox, default_root
 from mailslot.store.errors import MailslotError
 
@@ -78,7 +78,7 @@ def cmd_demo(args: argparse.Namespace, here: Here) -> int:
     args=[arg("--fix", action="store_true")],
 )
 def cmd_doctor(args: argparse.Namespace, here: Here) -> int:
-    from mailslot.store.doctor import diagnose
+    from mailslot.doctor.checks import diagnose
 
     report = diagnose(here.root(args), fix=args.fix)
     if args.json:

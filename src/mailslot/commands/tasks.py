@@ -14,7 +14,7 @@ from mailslot.commands.declare import (
     command,
     print_json,
 )
-from mailslot.commands.terminal import table, when
+from mailslot.console.terminal import table, when
 from mailslot.coordination.board import STATUSES, iso, task_board
 from mailslot.server.views import question_view, task_view
 

@@ -18,7 +18,7 @@ from mailslot.commands.declare import (
     command,
     print_json,
 )
-from mailslot.commands.terminal import table, trouble, when
+from mailslot.console.terminal import table, trouble, when
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import PRIORITIES, STATES, TYPES, Message, loads
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailslot.doctor.repair import keep_copy, note, placeholder, put, thread_lock
 from mailslot.store.format import MESSAGE_KEYS, Message, dumps, loads, message_name, parse_message
-from mailslot.store.repair import keep_copy, note, placeholder, put, thread_lock
 
 _MIN_MARKER = 7
 _KINDS = frozenset(b"<|=>")

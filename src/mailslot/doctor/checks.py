@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mailslot.doctor.repair import put, temp_path
+from mailslot.doctor.report import YOURS, Finding, Report
+from mailslot.doctor.threads import check_threads
 from mailslot.store import flock, modes
-from mailslot.store.doctor_report import YOURS, Finding, Report
-from mailslot.store.doctor_threads import check_threads
 from mailslot.store.errors import Damaged, InvalidName, MailslotError, NoSuchAgent
 from mailslot.store.files import tmp_writer
 from mailslot.store.format import FORMAT, dumps, loads
 from mailslot.store.presence import DEFAULT_STALE_AFTER
-from mailslot.store.repair import put, temp_path
 from mailslot.store.roots import _git_top
 from mailslot.store.settings import KEYS
 from mailslot.store.watch import filesystem_type, is_network_fs

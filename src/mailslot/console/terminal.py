@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mailslot.store.format import Damage, Message, Pending
 
 if TYPE_CHECKING:  # the doctor is imported when `doctor` runs, not by every command
-    from mailslot.store.doctor_report import Report
+    from mailslot.doctor.report import Report
 
 
 def paint(text: str, code: str, *, color: bool) -> str:

@@ -17,8 +17,7 @@ import re
 import secrets
 from pathlib import Path
 
-from mailslot.store import modes
-from mailslot.store.conflict import (
+from mailslot.doctor.conflict import (
     Conflict,
     conflict_sides,
     earliest_record,
@@ -26,7 +25,9 @@ from mailslot.store.conflict import (
     resolve,
     resolve_record,
 )
-from mailslot.store.doctor_report import YOURS, Finding, Report
+from mailslot.doctor.repair import DOCTOR, keep_copy, placeholder, put
+from mailslot.doctor.report import YOURS, Finding, Report
+from mailslot.store import modes
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import (
     MESSAGE_NAME_RE,
@@ -39,7 +40,6 @@ from mailslot.store.format import (
     parse_message,
 )
 from mailslot.store.names import NAME_PATTERN
-from mailslot.store.repair import DOCTOR, keep_copy, placeholder, put
 from mailslot.store.settings import Settings
 
 _NAME_RE = re.compile(NAME_PATTERN)

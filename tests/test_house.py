@@ -1,0 +1,109 @@
+"""The code's layout keeps the promises docs/layout.md makes: layers that import only downwards,
+no import circles, and rooms of a size a newcomer can read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "mailslot"
+
+# A layer may import its own modules and the layers below it, never one above.
+LAYERS = {
+    "store": 0,
+    "coordination": 1,
+    "mailbox": 2,  # the library's front: store and coordination behind Mailbox
+    "server": 3,
+    "tools": 3,
+    "console": 3,  # what a person reads: the page, transcripts, the terminal's text
+    "clients": 4,
+    "stdio_server": 5,
+    "doctor": 3,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
+    "commands": 6,
+    "cli": 7,
+    "demo": 5,  # `mailslot demo`: three agents through the server, started by a command
+}
+MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 500, 400, 60
+# Functions longer than MAX_FUNCTION that are one obvious table.
+TABLES: set[str] = set()
+
+
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = ast.parse(path.read_text(encoding="utf-8"))
+    return found
+
+
+def imports(tree: ast.Module) -> set[str]:
+    """Return the mailslot modules tree imports at run time (not under TYPE_CHECKING)."""
+    out: set[str] = set()
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mailslot"):
+            base = node.module.removeprefix("mailslot").lstrip(".")
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                out.add(sub if (PACKAGE / Path(*sub.split("."))).with_suffix(".py").exists()
+                        else base)  # fmt: skip
+        elif isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("mailslot.") for a in node.names
+                    if a.name.startswith("mailslot.")}  # fmt: skip
+    return {m for m in out if m}
+
+
+def layer(module: str) -> int | None:
+    return LAYERS.get(module.split(".")[0])
+
+
+def test_every_layer_imports_only_itself_and_the_layers_below() -> None:
+    found = modules()
+    assert {m.split(".")[0] for m in found} - {"__init__", "__main__", ""} <= set(LAYERS)
+    upward = []
+    for name, tree in found.items():
+        mine = layer(name)
+        for target in imports(tree):
+            theirs = layer(target)
+            if mine is None or theirs is None or theirs <= mine:
+                continue
+            upward.append(f"{name} -> {target}")
+    assert not upward, "imports that run up a layer (docs/layout.md):\n" + "\n".join(upward)
+
+
+def test_no_import_circles() -> None:
+    graph = {name: imports(tree) & set(modules()) for name, tree in modules().items()}
+    circles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not circles, "import circles:\n" + "\n".join(sorted(set(circles)))
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_rooms_are_of_a_readable_size(name: str) -> None:
+    tree = modules()[name]
+    lines = max((getattr(n, "end_lineno", 0) or 0 for n in ast.walk(tree)), default=0)
+    too_big = [f"module {name}: {lines} lines"] if lines > MAX_MODULE else []
+    for node in ast.walk(tree):
+        size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+        if isinstance(node, ast.ClassDef) and size > MAX_CLASS:
+            too_big.append(f"class {node.name}: {size} lines")
+        function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        if function and size > MAX_FUNCTION and f"{name}.{node.name}" not in TABLES:
+            too_big.append(f"function {node.name}: {size} lines")
+    assert not too_big, "split these (docs/layout.md): " + "; ".join(too_big)
