@@ -15,15 +15,16 @@ LAYERS = {
     "store": 0,
     "coordination": 1,
     "mailbox": 2,  # the library's front: store and coordination behind Mailbox
-    "server": 3,
-    "tools": 3,
-    "console": 3,  # what a person reads: the page, transcripts, the terminal's text
-    "clients": 4,
-    "stdio_server": 5,
     "doctor": 3,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
-    "commands": 6,
-    "cli": 7,
-    "demo": 5,  # `mailslot demo`: three agents through the server, started by a command
+    "views": 3,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
+    "tools": 4,
+    "server": 5,
+    "console": 5,
+    "clients": 5,
+    "stdio_server": 6,
+    "demo": 6,  # `mailslot demo`: three agents through the server, started by a command
+    "commands": 7,
+    "cli": 8,
 }
 MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 500, 400, 60
 # Functions longer than MAX_FUNCTION that are one obvious table.

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailslot import InvalidMessage, InvalidName, Mailbox
-from mailslot.console.transcript import markdown_html
 from mailslot.store.names import NAME_PATTERN, check_name, slugify
+from mailslot.views.transcript import markdown_html
 
 NAME = re.compile(NAME_PATTERN)
 # Windows device names, refused with any extension (README: "The folder").

@@ -12,13 +12,13 @@ import pytest
 from helpers import until_async
 
 from mailslot import InvalidMessage, Mailbox, NameTaken, NoSuchAgent, NoSuchThread
-from mailslot.console.transcript import transcript_markdown
 from mailslot.tools import (
     PROGRESS,
     TOOL_NAMES,
     Session,
     client_slug,
 )
+from mailslot.views.transcript import transcript_markdown
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from mailslot.commands.declare import (
     Command,
     UsageError,
 )
-from mailslot.console import terminal
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import (
     InvalidName,
@@ -44,6 +43,7 @@ from mailslot.store.errors import (
 )
 from mailslot.store.format import Message
 from mailslot.store.names import slugify
+from mailslot.views import terminal
 
 __all__ = ["COMMANDS", "EXIT_TIMEOUT", "EXIT_USAGE", "command_text", "main", "parser"]
 

@@ -17,12 +17,35 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from mailslot.coordination.board import task_board
 from mailslot.coordination.inbox import Delivery
 from mailslot.coordination.reading import Reading
 from mailslot.coordination.seat import Pace, Seat
 from mailslot.mailbox import Mailbox
-from mailslot.server.parameters import (
+from mailslot.store.errors import (
+    InvalidMessage,
+    MailslotError,
+)
+from mailslot.store.format import Message
+from mailslot.store.presence import DEFAULT_STALE_AFTER
+from mailslot.views.model import (
+    agents_view,
+    board_view,
+    claim_view,
+    config_view,
+    created_view,
+    fit,
+    grant_view,
+    inbox_view,
+    page_view,
+    posted_view,
+    released_view,
+    results_view,
+    thread_view,
+    threads_view,
+    trouble,
+    waited_view,
+)
+from mailslot.views.parameters import (
     AfterSeq,
     Agent,
     AgentName,
@@ -48,30 +71,6 @@ from mailslot.server.parameters import (
     WaitThread,
     WaitTimeout,
 )
-from mailslot.server.views import (
-    agents_view,
-    board_view,
-    claim_view,
-    config_view,
-    created_view,
-    fit,
-    grant_view,
-    inbox_view,
-    page_view,
-    posted_view,
-    released_view,
-    results_view,
-    thread_view,
-    threads_view,
-    trouble,
-    waited_view,
-)
-from mailslot.store.errors import (
-    InvalidMessage,
-    MailslotError,
-)
-from mailslot.store.format import Message
-from mailslot.store.presence import DEFAULT_STALE_AFTER
 
 TOOL_NAMES = (
     "thread_create", "thread_list", "thread_get", "thread_set_state",
@@ -408,7 +407,7 @@ class Session:
             self.box.thread(threads[0])  # a missing thread fails here, with its readable error
         if self.box.read_only is None:
             self.box.tasks.settle(threads, noticed_by=me, stale_after=self.stale_after)
-        board = task_board(self.box, threads, status, mine=me if mine else None)
+        board = self.box.tasks.overview(threads, status, mine=me if mine else None)
         return board_view(self.box, board, limit)
 
     # ------------------------------------------------------------------ file reservations

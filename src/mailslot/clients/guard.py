@@ -32,13 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailslot.console.terminal import when
 from mailslot.coordination.board import iso
 from mailslot.coordination.globs import matches
 from mailslot.coordination.reservations import THREAD, Held
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import InvalidName, MailslotError, RootError
 from mailslot.store.roots import find_root
+from mailslot.views.terminal import when
 
 HOOK = "pre-commit"
 CHAINED = "pre-commit.mailslot-chained"

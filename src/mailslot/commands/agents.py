@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mailslot.commands.declare import EXIT_OK, Here, arg, command, print_json
-from mailslot.console.terminal import agents_table
+from mailslot.views.terminal import agents_table
 
 
 @command("agents", help="who is online, waiting, idle or offline")

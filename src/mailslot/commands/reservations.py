@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
-from mailslot.console.terminal import table, when
 from mailslot.coordination.board import iso
 from mailslot.coordination.reservations import held_view
+from mailslot.views.terminal import table, when
 
 
 @command("reservations", help="who holds which paths of the repository, until when, and why")

@@ -10,9 +10,9 @@ from pathlib import Path
 from mailslot.clients import configs, hook_configs
 from mailslot.commands.declare import EXIT_ERROR, EXIT_OK, Here, arg, command, print_json
 from mailslot.commands.serve import serve_ui
-from mailslot.console.terminal import doctor_report
 from mailslot.mailbox import Mailbox, default_root
 from mailslot.store.errors import MailslotError
+from mailslot.views.terminal import doctor_report
 
 
 @command(

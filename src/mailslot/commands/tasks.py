@@ -14,9 +14,9 @@ from mailslot.commands.declare import (
     command,
     print_json,
 )
-from mailslot.console.terminal import table, when
-from mailslot.coordination.board import STATUSES, iso, task_board
-from mailslot.server.views import question_view, task_view
+from mailslot.coordination.board import STATUSES, iso
+from mailslot.views.model import question_view, task_view
+from mailslot.views.terminal import table, when
 
 
 @command(
@@ -35,7 +35,7 @@ def cmd_tasks(args: argparse.Namespace, here: Here) -> int:
         box.thread(threads[0])  # a missing thread fails here, with its readable error
     if box.read_only is None:  # holders that died or stalled let go before we show them
         box.tasks.settle(threads, noticed_by=here.sender(args))
-    board = task_board(box, threads, args.status)
+    board = box.tasks.overview(threads, args.status)
     shown, questions, counts = board.tasks, board.questions, board.counts
     if args.json:
         print_json(

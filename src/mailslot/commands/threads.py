@@ -18,9 +18,9 @@ from mailslot.commands.declare import (
     command,
     print_json,
 )
-from mailslot.console.terminal import table, trouble, when
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import PRIORITIES, STATES, TYPES, Message, loads
+from mailslot.views.terminal import table, trouble, when
 
 
 def _emit(
@@ -273,7 +273,7 @@ def cmd_search(args: argparse.Namespace, here: Here) -> int:
           arg("--format", choices=["md", "json", "html"], help="default md; --json means json")],
 )  # fmt: skip
 def cmd_export(args: argparse.Namespace, here: Here) -> int:
-    from mailslot.console.transcript import transcript_html, transcript_markdown
+    from mailslot.views.transcript import transcript_html, transcript_markdown
 
     if args.json and args.format not in (None, "json"):
         raise UsageError(f"--json asks for JSON and --format for {args.format}: give one")

@@ -35,17 +35,16 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from mailslot import __version__
-from mailslot.console.transcript import markdown_html
-from mailslot.coordination.board import task_board
 from mailslot.coordination.reading import Reading
 from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
-from mailslot.server.views import question_view, task_view, thread_view
 from mailslot.store.errors import MailslotError, NotFound, TaskError
 from mailslot.store.format import STATES, Message, ThreadInfo
 from mailslot.store.threads import BOOKKEEPING
 from mailslot.store.wait import Arrivals
 from mailslot.tools import Session
+from mailslot.views.model import question_view, task_view, thread_view
+from mailslot.views.transcript import markdown_html
 
 COOKIE = "mailslot_token_{port}"  # by port: a browser sends 127.0.0.1's cookies to every port
 PAGE = 50
@@ -259,7 +258,7 @@ class Console:
 
     async def tasks(self, request: Request) -> Response:
         def board() -> dict[str, Any]:
-            found = task_board(self.box, list(self.box), "all")
+            found = self.box.tasks.overview(list(self.box), "all")
             return {
                 "tasks": [task_view(self.box, t) for t in found.tasks],
                 "counts": found.counts,

@@ -24,15 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailslot.store.errors import MailslotError
 from mailslot.store.files import HOST, Files, exists
 from mailslot.store.format import Message, loads
 from mailslot.store.log import ThreadLog
-
-if TYPE_CHECKING:
-    from mailslot.mailbox import Mailbox
 
 OPEN, CLAIMED, DONE, DEAD = "open", "claimed", "done", "dead"
 STATUSES = (OPEN, CLAIMED, DONE, DEAD)
@@ -349,35 +346,23 @@ class TaskBoard:
     counts: dict[str, int]
     questions: list[Question]
 
-
-def task_board(
-    box: Mailbox, threads: list[str], status: str | None = None, *, mine: str | None = None
-) -> TaskBoard:
-    """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
-    the count of each status, and the questions nobody has answered; skip vanished threads.
-
-    mine: only the tasks that agent holds or can take now and the questions others asked it
-    or anyone (counted so too).
-    """
-    tasks: list[Task] = []
-    questions: list[Question] = []
-    for name in threads:
-        try:
-            board = box.tasks.board(name)
-        except MailslotError:
-            continue  # removed while listing
-        tasks += board.tasks.values()
-        questions += board.questions.values()
-    if mine is not None:
-        tasks = [t for t in tasks if (t.status == CLAIMED and t.holder == mine) or t.open_to(mine)]
-        questions = [q for q in questions if q.sender != mine and (not q.to or mine in q.to)]
-    counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
-    if status == "all":
-        wanted = list(STATUSES)
-    else:
-        wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
-    shown = sorted(
-        (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
-    )
-    questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
-    return TaskBoard(shown, counts, questions)
+    @classmethod
+    def of(cls, boards: list[Board], status: str | None, *, mine: str | None) -> TaskBoard:
+        """Return the tasks of boards with status (see Tasks.overview), and their questions."""
+        tasks: list[Task] = [t for b in boards for t in b.tasks.values()]
+        questions: list[Question] = [q for b in boards for q in b.questions.values()]
+        if mine is not None:
+            tasks = [
+                t for t in tasks if (t.status == CLAIMED and t.holder == mine) or t.open_to(mine)
+            ]
+            questions = [q for q in questions if q.sender != mine and (not q.to or mine in q.to)]
+        counts = {s: sum(t.status == s for t in tasks) for s in STATUSES}
+        if status == "all":
+            wanted = list(STATUSES)
+        else:
+            wanted = [s for s in STATUSES if s != "done"] if status is None else [status]
+        shown = sorted(
+            (t for t in tasks if t.status in wanted), key=lambda t: (t.created_at, t.thread, t.seq)
+        )
+        questions.sort(key=lambda q: (q.created_at, q.thread, q.seq))
+        return cls(shown, counts, questions)

@@ -15,6 +15,7 @@ reach the maximum, addressed to the task's sender), and that event wakes the wai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from mailslot.coordination.board import (
     SYSTEM,
     Board,
     Task,
+    TaskBoard,
     _num,
     event_of,
     fold,
@@ -446,3 +448,18 @@ class Tasks:
             except MailslotError:
                 continue
         return out
+
+    def overview(
+        self, threads: list[str], status: str | None = None, *, mine: str | None = None
+    ) -> TaskBoard:
+        """Return the tasks of threads with status (None: all but done; "all": all), oldest first,
+        the count of each status, and the questions nobody has answered; skip vanished threads.
+
+        mine: only the tasks that agent holds or can take now and the questions others asked it
+        or anyone (counted so too).
+        """
+        boards = []
+        for name in threads:
+            with contextlib.suppress(MailslotError):  # removed while listing
+                boards.append(self.board(name))
+        return TaskBoard.of(boards, status, mine=mine)

@@ -8,9 +8,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
-from mailslot.console.transcript import transcript_markdown
 from mailslot.server.connection import Connection
 from mailslot.store.errors import MailslotError
+from mailslot.views.transcript import transcript_markdown
 
 
 def add_prompts(

@@ -11,12 +11,12 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
-from mailslot.console.transcript import transcript_markdown
 from mailslot.coordination.reservations import held_view
 from mailslot.server.connection import Connection
-from mailslot.server.views import thread_view
 from mailslot.store.errors import MailslotError
 from mailslot.tools import Session
+from mailslot.views.model import thread_view
+from mailslot.views.transcript import transcript_markdown
 
 
 def add_resources(
