@@ -120,7 +120,7 @@ MUTANTS = [
     Mutant(
         "saved-position-ignored",
         "Read positions: a restarted agent continues from its saved position",
-        "coordination/reading.py",
+        "agent/reading.py",
         "stored = self.box.load_cursor(agent, thread) if agent else None",
         "stored = None",
         ("tests/test_positions.py::test_a_restarted_agent_continues_from_its_saved_position",),
@@ -232,7 +232,7 @@ MUTANTS = [
     Mutant(
         "notices-ignore-thread-reads",
         "Hooks: what msg_wait or msg_list showed the agent is not reported again",
-        "coordination/notices.py",
+        "agent/notices.py",
         "floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))",
         "floor = max(inbox or 0, reported.get(thread, 0))",
         ("tests/test_hooks.py::test_news_the_agent_read_in_the_thread_is_not_reported",),

@@ -25,9 +25,9 @@ from mcp.client.extension import ClientExtension, NotificationBinding
 from pydantic import BaseModel
 
 from mailslot import Mailbox
+from mailslot.agent.notices import MAX_NEWS
 from mailslot.clients.channels import PUSH_MAX_LINES
 from mailslot.clients.hooks import run
-from mailslot.coordination.notices import MAX_NEWS
 from mailslot.store.format import loads
 
 METHOD = "notifications/claude/channel"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import anyio
 
 from mailslot import Mailbox
-from mailslot.coordination.inbox import Delivery
-from mailslot.coordination.reading import Reading
+from mailslot.agent.inbox import Delivery
+from mailslot.agent.reading import Reading
 
 
 class Quiet:

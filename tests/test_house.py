@@ -15,6 +15,7 @@ LAYERS = {
     "store": 0,
     "coordination": 1,
     "mailbox": 2,  # the library's front: store and coordination behind Mailbox
+    "agent": 3,  # one agent at work: reading, inbox delivery, seat, notices (each takes a Mailbox)
     "doctor": 3,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
     "views": 3,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
     "tools": 4,

@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from mailslot.coordination.inbox import Delivery
-from mailslot.coordination.reading import Reading
-from mailslot.coordination.seat import Pace, Seat
+from mailslot.agent.inbox import Delivery
+from mailslot.agent.reading import Reading
+from mailslot.agent.seat import Pace, Seat
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import (
     InvalidMessage,

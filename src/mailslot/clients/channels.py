@@ -1,7 +1,7 @@
 """Claude Code channels: `mailslot serve --channel` pushes what is new for an idle agent.
 
 What is news (and what hooks or pushes reported already) is decided in
-`mailslot.coordination.notices`; this module decides when to look, and what a push says.
+`mailslot.agent.notices`; this module decides when to look, and what a push says.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import anyio
 from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCNotification
 
-from mailslot.coordination.notices import News, Notices, reportable
+from mailslot.agent.notices import News, Notices, reportable
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message
 

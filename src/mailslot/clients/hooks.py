@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mailslot.agent.notices import News, Notices, reportable
 from mailslot.clients.launch import CLIENT_EVENTS
-from mailslot.coordination.notices import News, Notices, reportable
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads

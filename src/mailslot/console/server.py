@@ -35,7 +35,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from mailslot import __version__
-from mailslot.coordination.reading import Reading
+from mailslot.agent.reading import Reading
 from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError, NotFound, TaskError

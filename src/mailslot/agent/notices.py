@@ -22,8 +22,8 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from mailslot.agent.reading import Reading
 from mailslot.coordination.board import OPEN, offer_of
-from mailslot.coordination.reading import Reading
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.names import check_name

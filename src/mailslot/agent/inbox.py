@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from mailslot.agent.reading import Reading
 from mailslot.coordination.board import CLAIMED, Task, offer_of
-from mailslot.coordination.reading import Reading
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message
 from mailslot.store.wait import Arrivals
