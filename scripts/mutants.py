@@ -144,7 +144,7 @@ MUTANTS = [
     Mutant(
         "msg-wait-drops-damage",
         "msg_wait returns `unreadable` for what it stepped over",
-        "tools.py",
+        "agent/inbox.py",
         "            skipped += got.skipped\n",
         "            skipped += []\n",
         ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
@@ -154,9 +154,9 @@ MUTANTS = [
         "msg_wait (inbox) returns `unreadable` for what it stepped over",
         "tools.py",
         '        if cut is not None or self._reading.owes:\n            out["has_more"] = True\n'
-        "        _report_trouble(out, got.skipped, got.pending)\n",
+        "        trouble(out, got.arrivals.skipped, got.arrivals.pending)\n",
         '        if cut is not None or self._reading.owes:\n            out["has_more"] = True\n'
-        "        _report_trouble(out, [], got.pending)\n",
+        "        trouble(out, [], got.arrivals.pending)\n",
         ("tests/test_positions.py::test_waits_report_what_they_stepped_over",),
     ),
     Mutant(
@@ -233,7 +233,7 @@ MUTANTS = [
         "notices-ignore-thread-reads",
         "Hooks: what msg_wait or msg_list showed the agent is not reported again",
         "agent/notices.py",
-        "floor = max(inbox or 0, pos.read or 0, reported.get(thread, 0))",
+        "floor = max(inbox or 0, read or 0, reported.get(thread, 0))",
         "floor = max(inbox or 0, reported.get(thread, 0))",
         ("tests/test_hooks.py::test_news_the_agent_read_in_the_thread_is_not_reported",),
     ),
@@ -361,7 +361,7 @@ MUTANTS = [
     Mutant(
         "mine-lists-own-questions",
         "task_list(mine=true): the questions others asked you or anyone, not your own",
-        "tools.py",
+        "coordination/board.py",
         "if q.sender != mine and (not q.to or mine in q.to)]",
         "if (not q.to or mine in q.to)]",
         ("tests/test_contract.py::test_task_list_mine_shows_what_i_hold_and_what_i_can_take",),

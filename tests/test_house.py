@@ -109,3 +109,28 @@ def test_rooms_are_of_a_readable_size(name: str) -> None:
         if function and size > MAX_FUNCTION and f"{name}.{node.name}" not in TABLES:
             too_big.append(f"function {node.name}: {size} lines")
     assert not too_big, "split these (docs/layout.md): " + "; ".join(too_big)
+
+
+LAYOUT = PACKAGE.parent.parent / "docs" / "layout.md"
+
+
+def test_the_layout_page_names_every_room_from_the_ground_up() -> None:
+    """docs/layout.md lists the layers in their order and names every module in its row."""
+    text = LAYOUT.read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")
+    }
+
+    def row_of(top: str) -> str:
+        found = [
+            line for head, line in rows.items() if f"`{top}/`" in head or f"`{top}.py`" in head
+        ]
+        assert found, f"docs/layout.md has no row for {top}"
+        return found[0]
+
+    order = sorted(LAYERS, key=lambda top: list(rows.values()).index(row_of(top)))
+    assert [LAYERS[top] for top in order] == sorted(LAYERS[top] for top in order), order
+    for name in modules():
+        top, _, rest = name.partition(".")
+        if rest and rest != "__init__":
+            assert f"`{rest}`" in row_of(top), f"docs/layout.md does not name {top}/{rest}.py"

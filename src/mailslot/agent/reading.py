@@ -1,6 +1,6 @@
 """One agent's reading of a mailbox: its position in each thread, and what its inbox owes it.
 
-A ``Session`` keeps one ``Reading``. Positions (``_positions.Position``) are loaded once per
+A ``Session`` keeps one ``Reading``. Positions (``store.positions.Position``) are loaded once per
 thread from ``.state/cursors/`` and saved when they changed. The first time the agent's inbox
 looks at a thread, what is addressed to the agent there and not answered by it becomes owed:
 those messages are returned by the next inbox wait, even though they arrived before it began.

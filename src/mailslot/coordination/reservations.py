@@ -14,10 +14,10 @@ Every reservation, release and expiry is a message of one thread, ``file-reserva
 - ``meta.expire`` (signed ``mailslot``) ends the reservations of a request whose holder died,
   exited or showed no sign of work for its TTL.
 
-As with task claims (``_tasks``), a request is decided under the thread's lock on one machine
+As with task claims (``tasks``), a request is decided under the thread's lock on one machine
 (expire what is owed, fold to the head, then append), so a refused request writes nothing;
 across machines, where locks do not exclude, the thread's order decides and a request that
-lost is refused after it landed. Overlap is decided on the patterns (``_globs``), not on the
+lost is refused after it landed. Overlap is decided on the patterns (``globs``), not on the
 files that exist today.
 """
 

@@ -363,7 +363,7 @@ def resolve(
             (state / "index" / cache).unlink()
     # Agents of this machine may have read past these seqs when they held this clone's
     # messages; the other clone's messages now stand there. Tell their positions to go back
-    # (see _reading): they get the kept side, and the moved messages again at the end.
+    # (see agent/reading.py): they get the kept side, and the moved messages again at the end.
     with contextlib.suppress(OSError):
         (state / "rewound").mkdir(parents=True, exist_ok=True)
         mark = {"from": min(c.seq for c in conflicts), "token": secrets.token_hex(8)}

@@ -1,9 +1,9 @@
 """How doctor writes into a mailbox it repairs: its own temp files, puts, locks and notes.
 
-Shared by the checks of ``_doctor`` and the merge-conflict repair of ``_conflict``. Every write
+Shared by the checks of ``checks`` and ``threads`` and the merge-conflict repair of ``conflict``. Every write
 goes through a fsynced temp file; a put either replaces a file (a repair of a file that is
 already broken) or claims a free name with the same no-replace link as a post. What doctor
-creates in a folder of a shared mailbox is given group access as a post's files are (``_modes``).
+creates in a folder of a shared mailbox is given group access as a post's files are (``store.modes``).
 """
 
 from __future__ import annotations

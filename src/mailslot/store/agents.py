@@ -1,7 +1,7 @@
 """Agents: their cards (committed, in agents/), and presence and name holds (per machine).
 
 A card says who an agent is. Presence says whether its process lives and what it does: the
-name is held by this process (a lock the kernel drops when it dies, see _presence), and a
+name is held by this process (a lock the kernel drops when it dies, see presence), and a
 presence file under ``.state/presence/`` refreshed by a heartbeat tells other machines.
 """
 

@@ -5,7 +5,7 @@ recognised), fsync of files and folders, the per-thread lock, the no-replace cla
 (``os.link``, or an exclusive create where hard links do not exist), atomic replacement of
 mutable state files, and the safety checks on every folder a path goes through: no symlinks
 inside a root, ever. Files are made with mode 0o666 and folders with 0o777, less the umask, and
-given group access in a shared mailbox (see ``_modes``).
+given group access in a shared mailbox (see ``modes``).
 """
 
 from __future__ import annotations

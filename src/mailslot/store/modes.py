@@ -9,7 +9,7 @@ setgid bit, so what is created in them belongs to the folder's group (as git doe
 ``core.sharedRepository=group``). A file written as a temp file gets its mode before it is
 renamed or linked into place, so no other process ever sees it without group access.
 
-This module only uses the standard library: ``_files`` and ``_presence`` (which ``_files``
+This module only uses the standard library: ``files`` and ``presence`` (which ``files``
 imports) both use it.
 """
 

@@ -21,7 +21,7 @@ WAIT_MODES = ("auto", "native", "poll")
 # writes into it, for filesystems without hard links, at a risk (see Files.no_link_error).
 CLAIMS = ("link", "exclusive-create")
 # Who may write what mailslot creates: "group" (`mailslot init --shared`) makes every file and
-# folder group-writable whatever the creator's umask (see _modes); absent or false: the umask.
+# folder group-writable whatever the creator's umask (see modes); absent or false: the umask.
 SHARED = "group"
 
 

@@ -40,7 +40,7 @@ INDEX_PAGE = 256
 # newest messages backwards for this long; the rest is indexed over the next looks.
 INDEX_BUDGET_S = 0.02
 TAIL_BUDGET_S = 0.01
-#: The thread of file reservations (`_reservations` keeps it).
+#: The thread of file reservations (`coordination/reservations.py` keeps it).
 RESERVATIONS = "file-reservations"
 #: Threads mailslot keeps for its own bookkeeping: listed after every conversation, however
 #: recent, and readable by id like any thread.

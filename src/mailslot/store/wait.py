@@ -1,6 +1,6 @@
 """Waiting: block until messages newer than a cursor exist, in one thread, several, or all.
 
-A wait subscribes to the process's watcher (_watch), then checks, then sleeps: no wake-up is
+A wait subscribes to the process's watcher (watch), then checks, then sleeps: no wake-up is
 lost between checking and sleeping. Events are hints; every check re-reads the folder from the
 cursor through the thread log, so a lost or late event costs latency, never a message. Waiters
 also re-check on a timer: every ``poll_interval`` where native events cannot see other
