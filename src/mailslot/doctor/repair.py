@@ -1,9 +1,10 @@
 """How doctor writes into a mailbox it repairs: its own temp files, puts, locks and notes.
 
-Shared by the checks of ``checks`` and ``threads`` and the merge-conflict repair of ``conflict``. Every write
-goes through a fsynced temp file; a put either replaces a file (a repair of a file that is
-already broken) or claims a free name with the same no-replace link as a post. What doctor
-creates in a folder of a shared mailbox is given group access as a post's files are (``store.modes``).
+Shared by the checks (``checks``, ``threads``) and the merge-conflict repair (``conflict``).
+Every write goes through a fsynced temp file; a put either replaces a file (a repair of a file
+that is already broken) or claims a free name with the same no-replace link as a post. What
+doctor creates in a folder of a shared mailbox is given group access as a post's files are
+(``store.modes``).
 """
 
 from __future__ import annotations
