@@ -134,3 +134,18 @@ def test_the_layout_page_names_every_room_from_the_ground_up() -> None:
         top, _, rest = name.partition(".")
         if rest and rest != "__init__":
             assert f"`{rest}`" in row_of(top), f"docs/layout.md does not name {top}/{rest}.py"
+
+
+def test_every_declared_command_is_in_the_parser() -> None:
+    """A command declared in commands/ and left out of cli.COMMANDS would vanish silently."""
+    import importlib
+    import pkgutil
+
+    from mailslot import cli, commands
+    from mailslot.commands.declare import Command
+
+    declared = set()
+    for info in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"mailslot.commands.{info.name}")
+        declared |= {v.name for v in vars(module).values() if isinstance(v, Command)}
+    assert declared == {c.name for c in cli.COMMANDS}
