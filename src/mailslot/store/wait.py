@@ -185,15 +185,8 @@ class Waiting:
         timeout: float = 50.0,
         limit: int = 100,
     ) -> Arrivals:
-        """Block until messages newer than the cursor exist, or timeout seconds pass.
-
-        threads is one thread id, several, or None for every thread (threads created during
-        the wait included). after is the seq to wait past (one thread), a cursor dict (as
-        returned in Arrivals.cursor; threads missing from it start at 0), or None for "from
-        now". With to=NAME only messages addressed to that agent are returned: its inbox.
-        Returns at once if such messages already exist; a burst returns together, up to
-        limit, in seq order per thread. A timeout returns empty Arrivals with timed_out=True.
-        """
+        """Block until messages newer than the cursor exist, or timeout seconds pass (the
+        contract is Mailbox.wait's)."""
         plan = self.plan(threads, after, to, timeout, limit)
         flag = threading.Event()
         unsubscribe = self.subscribe(flag.set)
@@ -221,12 +214,8 @@ class Waiting:
         limit: int = 100,
         match: Callable[[Message], bool] | None = None,
     ) -> Arrivals:
-        """Await what wait() returns, without blocking the event loop; cancellable at once.
-
-        Cancelling the awaiting task ends the wait at its current await and leaves nothing
-        behind (no subscription, no thread, no lock: a wait never holds a lock). match, if
-        given, chooses the messages to return instead of to.
-        """
+        """Await what wait() returns, without blocking the event loop (the contract is
+        Mailbox.wait_async's)."""
         plan = self.plan(threads, after, to, timeout, limit, match)
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
