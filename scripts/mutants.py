@@ -233,9 +233,12 @@ MUTANTS = [
         "notices-ignore-thread-reads",
         "Hooks: what msg_wait or msg_list showed the agent is not reported again",
         "agent/notices.py",
-        "floor = max(inbox or 0, read or 0, reported.get(thread, 0))",
-        "floor = max(inbox or 0, reported.get(thread, 0))",
-        ("tests/test_hooks.py::test_news_the_agent_read_in_the_thread_is_not_reported",),
+        "if m.seq in seen or m.sender == me or pos.was_shown(m.seq):",
+        "if m.seq in seen or m.sender == me:",
+        (
+            "tests/test_hooks.py::test_news_the_agent_read_in_the_thread_is_not_reported",
+            "tests/test_hooks.py::test_a_thread_wait_from_now_leaves_what_came_before_it_as_news",
+        ),
     ),
     Mutant(
         "push-reads-disk-positions",
