@@ -1,14 +1,22 @@
 """The delivery rule as a library, without MCP: what a wait returns, which tasks it offers, and
-when positions move (coordination/inbox.py). The tools, hooks and console use this same rule;
-tests/test_positions.py and tests/test_tasks_mcp.py drive it through real servers."""
+when positions move (agent/inbox.py), and the seat, the reading and the task overview beside it.
+The tools, hooks and console use these same rules; tests/test_positions.py and
+tests/test_tasks_mcp.py drive them through real servers."""
 
 from __future__ import annotations
 
-import anyio
+import os
+import time
+from pathlib import Path
 
-from mailslot import Mailbox
+import anyio
+import pytest
+
+from mailslot import InvalidName, Mailbox
 from mailslot.agent.inbox import Delivery
 from mailslot.agent.reading import Reading
+from mailslot.agent.seat import Pace, Seat
+from mailslot.tools import Session
 
 
 class Quiet:
@@ -72,3 +80,117 @@ def test_the_inbox_offers_a_task_for_anyone_while_it_is_open_and_not_once_it_is_
     later = anyio.run(carol.inbox, "carol", 0.0, Quiet())
     assert [m.seq for m in later.messages] == [note]  # the claimed task is not offered
     assert not carol.offered("carol", box.get("work", task))
+
+
+def test_an_agent_is_not_offered_its_own_task(box: Mailbox) -> None:
+    box.create_thread("work", creator="alice")
+    bob = Delivery(box, Reading(box), stale_after=10.0)
+    bob.reading.join("work", "bob")
+    anyio.run(bob.inbox, "bob", 0.0, Quiet()).mark(0)
+    box.post("work", "build it", sender="bob", type="task")
+    got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    assert got.messages == []
+
+
+def test_what_the_inbox_owes_from_before_its_first_look_comes_first(box: Mailbox) -> None:
+    box.create_thread("old", creator="alice")
+    bob = Delivery(box, Reading(box), stale_after=10.0)
+    anyio.run(bob.inbox, "bob", 0.0, Quiet()).mark(0)
+    late = box.post("old", "now", sender="alice", to=["bob"])
+    box.create_thread("new", creator="alice")
+    owed = box.post("new", "owed", sender="alice", to=["bob"])
+    got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    assert [(m.thread, m.seq) for m in got.messages] == [("new", owed), ("old", late)]
+
+
+def test_an_event_of_a_task_that_cannot_be_read_is_not_offered(box: Mailbox) -> None:
+    box.create_thread("work", creator="alice")
+    task = box.post("work", "build it", sender="alice", type="task")
+    bob = Delivery(box, Reading(box), stale_after=10.0)
+    bob.reading.join("work", "bob")
+    first = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    first.mark(len(first.messages))
+    bob.reading.save("bob")
+    box.tasks.claim("work", task, agent="carol")
+    box.tasks.release("work", task, agent="carol")
+    path = box.root / "threads" / "work" / f"{task:06d}.json"
+    path.write_text("{torn")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    (box.root / ".state" / "index" / "work.tasks.json").unlink()  # fold the board anew
+    fresh = Mailbox(box.root, fsync=False)
+    bob = Delivery(fresh, Reading(fresh), stale_after=10.0)
+    got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    assert got.messages == [], [(m.seq, m.type, m.content) for m in got.messages]
+    fresh.close()
+
+
+def test_a_seat_waiting_on_its_inbox_waits_for_every_thread(box: Mailbox) -> None:
+    seq = box.post("t", "x", sender="alice", to=["bob"])
+    m = box.get("t", seq)
+    seat = Seat(box, client=None, stale_after=10.0)
+    with seat.waiting("inbox"):
+        assert seat.waiting_for(m)
+    assert not seat.waiting_for(m)
+
+
+def test_progress_is_reported_once_per_progress_every(box: Mailbox) -> None:
+    seen: list[float] = []
+
+    async def report(waited: float, text: str) -> None:
+        seen.append(waited)
+
+    pace = Pace(Seat(box, client=None, stale_after=10.0), 1.0, report, lambda: None)
+
+    async def main() -> None:
+        for w in (0.5, 1.0, 1.5, 2.0, 2.5):
+            await pace.progress(w, "t")
+
+    anyio.run(main)
+    assert seen == [1.0, 2.0]
+
+
+def _move(r: Reading, box: Mailbox) -> None:
+    """Post a message to t and mark it shown to bob: a position that must be written."""
+    if "t" not in set(box):
+        box.create_thread("t", creator="alice")
+    seq = box.post("t", "m", sender="alice")
+    r.position("t", "bob").shown(seq - 1, seq)
+
+
+def test_positions_left_for_the_flush_are_due_again_after_it(box: Mailbox) -> None:
+    r = Reading(box, save_every=60)
+    calls: list[int] = []
+    r.on_due = lambda: calls.append(1)
+    for _ in range(2):
+        _move(r, box)
+        r.save("bob", now=False)
+    r.flush("bob")
+    _move(r, box)
+    r.save("bob", now=False)
+    assert len(calls) == 2
+
+
+def test_the_overview_is_oldest_first_across_threads_and_skips_vanished_ones(box: Mailbox) -> None:
+    box.create_thread("zeta", creator="alice")
+    box.create_thread("alpha", creator="alice")
+    old = box.post("zeta", "old task", sender="alice", type="task")
+    time.sleep(0.02)
+    new = box.post("alpha", "new task", sender="alice", type="task")
+    board = box.tasks.overview(["alpha", "zeta", "never-made"])
+    assert [(t.thread, t.seq) for t in board.tasks] == [("zeta", old), ("alpha", new)]
+
+
+def test_resolve_refuses_what_is_neither_an_id_nor_a_topic(box: Mailbox) -> None:
+    with pytest.raises(InvalidName):
+        box.resolve("no such topic")
+
+
+def test_taking_a_name_writes_this_client_into_its_card(root: Path) -> None:
+    box = Mailbox(root, fsync=False)
+    box.agents.register("bob", client="codex")
+    s = Session(box, agent="bob", client="claude-code")
+    s.me()
+    assert box.agents.card("bob").client == "claude-code"
+    s.close()
+    box.close()

@@ -16,16 +16,16 @@ LAYERS = {
     "coordination": 1,
     "mailbox": 2,  # the library's front: store and coordination behind Mailbox
     "agent": 3,  # one agent at work: reading, inbox delivery, seat, notices (each takes a Mailbox)
-    "doctor": 3,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
-    "views": 3,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
-    "tools": 4,
-    "server": 5,
-    "console": 5,
-    "clients": 5,
-    "stdio_server": 6,
-    "demo": 6,  # `mailslot demo`: three agents through the server, started by a command
-    "commands": 7,
-    "cli": 8,
+    "doctor": 4,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
+    "views": 5,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
+    "tools": 6,
+    "server": 7,  # server/, console/ and clients/ stand side by side: none imports another
+    "console": 7,
+    "clients": 7,
+    "stdio_server": 8,
+    "demo": 8,  # `mailslot demo`: three agents through the server, started by a command
+    "commands": 9,
+    "cli": 10,
 }
 MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 500, 400, 60
 # Functions longer than MAX_FUNCTION that are one obvious table.
@@ -40,8 +40,10 @@ def modules() -> dict[str, ast.Module]:
     return found
 
 
-def imports(tree: ast.Module) -> set[str]:
-    """Return the mailslot modules tree imports at run time (not under TYPE_CHECKING)."""
+def imports(tree: ast.Module, name: str = "") -> set[str]:
+    """Return the mailslot modules tree (the module name) imports at run time (not under
+    TYPE_CHECKING); a name of the package's face (`from mailslot import Mailbox`) is the
+    library's front."""
     out: set[str] = set()
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -50,12 +52,23 @@ def imports(tree: ast.Module) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mailslot"):
-            base = node.module.removeprefix("mailslot").lstrip(".")
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the package the module is in
+                parts = ["mailslot", *name.split(".")[: -node.level or None]]
+                module = ".".join([*parts, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if module != "mailslot" and not module.startswith("mailslot."):
+                continue
+            base = module.removeprefix("mailslot").lstrip(".")
             for alias in node.names:
                 sub = f"{base}.{alias.name}" if base else alias.name
-                out.add(sub if (PACKAGE / Path(*sub.split("."))).with_suffix(".py").exists()
-                        else base)  # fmt: skip
+                if (PACKAGE / Path(*sub.split("."))).with_suffix(".py").exists():
+                    out.add(sub)
+                elif base:
+                    out.add(base)
+                elif alias.name != "__version__":
+                    out.add("mailbox")  # the package's face hands on the library's front
         elif isinstance(node, ast.Import):
             out |= {a.name.removeprefix("mailslot.") for a in node.names
                     if a.name.startswith("mailslot.")}  # fmt: skip
@@ -72,7 +85,7 @@ def test_every_layer_imports_only_itself_and_the_layers_below() -> None:
     upward = []
     for name, tree in found.items():
         mine = layer(name)
-        for target in imports(tree):
+        for target in imports(tree, name):
             theirs = layer(target)
             if mine is None or theirs is None or theirs <= mine:
                 continue
@@ -81,7 +94,7 @@ def test_every_layer_imports_only_itself_and_the_layers_below() -> None:
 
 
 def test_no_import_circles() -> None:
-    graph = {name: imports(tree) & set(modules()) for name, tree in modules().items()}
+    graph = {name: imports(tree, name) & set(modules()) for name, tree in modules().items()}
     circles = []
     for start in graph:
         stack, seen = [(start, [start])], set()
@@ -149,3 +162,11 @@ def test_every_declared_command_is_in_the_parser() -> None:
         module = importlib.import_module(f"mailslot.commands.{info.name}")
         declared |= {v.name for v in vars(module).values() if isinstance(v, Command)}
     assert declared == {c.name for c in cli.COMMANDS}
+
+
+def test_the_import_reader_sees_relative_imports_and_the_package_face() -> None:
+    """The layer check reads `from .. import x` and `from mailslot import Mailbox` too."""
+    relative = ast.parse("from .. import tools\nfrom . import files\n")
+    assert imports(relative, "store.format") == {"tools", "store.files"}
+    face = ast.parse("from mailslot import Mailbox, __version__\n")
+    assert imports(face, "store.format") == {"mailbox"}

@@ -358,3 +358,59 @@ def test_a_task_in_a_thread_that_came_during_an_inbox_wait_moves_on_from_a_stall
     finally:
         carol.close()
         carol.box.close()
+
+
+def test_the_views_keep_their_notes_hints_and_limits(root: Path) -> None:
+    box = Mailbox(root, fsync=False)
+    a = Session(box, agent="alice")
+    b = Session(Mailbox(root, fsync=False), agent="bob")
+    assert a.files_release() == {
+        "released": [],
+        "hint": "you held no reservations: nothing to give back",
+    }
+    assert "whole repository" in a.files_reserve(["**"])["note"]
+    a.files_release()
+    assert "note" not in a.files_reserve(["src/a.py"])
+    for name in ("t1", "t2", "t3"):
+        a.thread_create(name)
+    total = a.thread_list()["total"]
+    assert "hint" in a.thread_list(limit=total - 1) and "hint" not in a.thread_list(limit=total)
+    box.post("t1", "build it", sender="alice", type="task")
+    box.post("t1", "more", sender="alice")
+    created = b.thread_create("t1")
+    assert created["open_tasks"] == 1
+    assert f"after_seq={created['head']})" in created["hint"] and created["head"] > 0
+    for i in range(3):
+        box.post("t2", f"why {i}?", sender="alice", type="question")
+    board = b.task_list(limit=2)
+    assert len(board["questions"]) == 2 and "hint" in board
+    assert a.bus_get_config()["limits"]["page_max"] == 200
+    a.close()
+    alice = next(e for e in b.agent_list()["agents"] if e["agent"] == "alice")
+    assert alice["status"] == "offline" and "since" not in alice
+    b.close()
+    box.close()
+    b.box.close()
+
+
+def test_search_names_every_hit_that_did_not_fit(root: Path) -> None:
+    box = Mailbox(root, fsync=False)
+    s = Session(box, agent="alice")
+    box.create_thread("t", creator="bob")
+    filler = "x" * 70_000
+    seqs = [box.post("t", f"needle {i} {filler}", sender="bob") for i in range(4)]
+    out = s.msg_search("needle")
+    shown = {h["seq"] for h in out["hits"]}
+    rest = [q for q in seqs if q not in shown]
+    assert rest and all(f"t#{q}" in out["hint"] for q in rest), out["hint"]
+    s.close()
+    box.close()
+
+
+def test_a_clean_close_gives_the_reservations_back_in_the_ledger(root: Path) -> None:
+    box = Mailbox(root, fsync=False)
+    s = Session(box, agent="alice")
+    assert s.files_reserve(["src/**"])["granted"]
+    s.close()
+    assert box.reservations.ledger().held == []
+    box.close()
