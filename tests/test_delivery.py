@@ -194,3 +194,16 @@ def test_taking_a_name_writes_this_client_into_its_card(root: Path) -> None:
     assert box.agents.card("bob").client == "claude-code"
     s.close()
     box.close()
+
+
+def test_a_wait_says_waiting_once_it_lasts_and_not_before(box: Mailbox) -> None:
+    """The presence file says "waiting" from MARK_WAITING_S into a wait (a step ends there),
+    and a wait that returns sooner writes nothing."""
+    from mailslot.agent.seat import MARK_WAITING_S
+
+    shown: list[float] = []
+    pace = Pace(Seat(box, client=None, stale_after=10.0), 5.0, None, lambda: shown.append(1))
+    assert pace.limit(0.1) == pytest.approx(MARK_WAITING_S - 0.1)
+    assert shown == []
+    assert pace.limit(MARK_WAITING_S) == 5.0
+    assert shown == [1]
