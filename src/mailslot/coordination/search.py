@@ -25,6 +25,7 @@ from typing import Any
 from mailslot.coordination.search_index import Index, fts5_available
 from mailslot.coordination.search_query import (
     EXAMPLES,
+    Query,
     fts_query,
     instant,
     lenient,
@@ -90,9 +91,8 @@ class Search:
     ) -> Results:
         """Return the messages matching query, best first; see the module docstring."""
         after = self._checked(query, thread, since, limit)
-        if self.engine == "scan":
-            return self._scan(query, thread, sender, type_, to, after, limit)
-        return self._indexed(query, thread, sender, type_, to, after, limit)
+        q = Query(query, thread, sender, type_, to, after, limit)
+        return self._scan(q) if self.engine == "scan" else self._indexed(q)
 
     def _checked(self, query: str, thread: str | None, since: str | None, limit: int) -> int | None:
         """Return since as an instant (None without one); raise InvalidMessage for a query,
@@ -118,18 +118,9 @@ class Search:
                 )
         return after
 
-    def _indexed(
-        self,
-        query: str,
-        thread: str | None,
-        sender: str | None,
-        type_: str | None,
-        to: str | None,
-        after: int | None,
-        limit: int,
-    ) -> Results:
+    def _indexed(self, q: Query) -> Results:
         """Search the index (rebuilt once if it is damaged)."""
-        where, args = _filters(query, thread, sender, type_, to, after)
+        where, args = _filters(q)
         # Only fixed column names are joined in; every value, the query too, is a parameter.
         select = "SELECT m.thread, m.seq, m.mid, fts.rank FROM fts JOIN msgs m ON m.id = fts.rowid"
         order = "ORDER BY fts.rank, m.thread, m.seq LIMIT ?"  # rank: bm25, best first
@@ -139,7 +130,7 @@ class Search:
         )
         for attempt in (1, 2):
             try:
-                return self._query(query, thread, sql, count, args, limit)
+                return self._query(q, sql, count, args)
             except sqlite3.OperationalError as e:
                 raise MailslotError(
                     f"the search index {self.index.path} is busy ({e}); search again in a moment"
@@ -154,14 +145,12 @@ class Search:
                 self.index.remove()
         raise AssertionError("unreachable")
 
-    def _query(
-        self, query: str, thread: str | None, sql: str, count: str, args: list[Any], limit: int
-    ) -> Results:
+    def _query(self, q: Query, sql: str, count: str, args: list[Any]) -> Results:
         with self.index.connect() as con:
             for attempt in (1, 2):
                 self.index.refresh(con)
-                rows, total = self._match(con, query, sql, count, args, limit)
-                hits, stale = self._read_back(rows, query, limit)
+                rows, total = self._match(con, q.text, sql, count, args, q.limit)
+                hits, stale = self._read_back(rows, q.text, q.limit)
                 if stale and attempt == 1:
                     # Rewritten under the index where no cheap check looks (a file below the
                     # newest edited in place): index those threads again, then ask again.
@@ -169,7 +158,7 @@ class Search:
                     continue
                 # A stale hit left after that is a folder changing as we read: not a hit.
                 total = max(len(hits), total - len(stale))
-                return Results(hits, total, self.index.damage(con, thread), "fts5")
+                return Results(hits, total, self.index.damage(con, q.thread), "fts5")
         raise AssertionError("unreachable")
 
     def _match(
@@ -227,16 +216,7 @@ class Search:
             hits.append(Hit(m, snippet(m.content, query), float(rank)))
         return hits, stale
 
-    def _scan(
-        self,
-        query: str,
-        thread: str | None,
-        sender: str | None,
-        type_: str | None,
-        to: str | None,
-        after: int | None,
-        limit: int,
-    ) -> Results:
+    def _scan(self, q: Query) -> Results:
         """Search without an index (no FTS5 here): every word of the query must occur."""
         if not self._warned:
             self._warned = True
@@ -246,39 +226,23 @@ class Search:
                 else "this Python's SQLite has no FTS5"
             )
             log.warning("%s: searching by reading every message, without an index", why)
-        rows, skipped = scan(
-            self.log,
-            self.threads,
-            query,
-            thread=thread,
-            sender=sender,
-            type_=type_,
-            to=to,
-            after=after,
-        )
-        hits, stale = self._read_back(rows, query, limit)
+        rows, skipped = scan(self.log, self.threads, q)
+        hits, stale = self._read_back(rows, q.text, q.limit)
         return Results(hits, len(rows) - len(stale), skipped, "scan")
 
 
-def _filters(
-    query: str,
-    thread: str | None,
-    sender: str | None,
-    type_: str | None,
-    to: str | None,
-    after: int | None,
-) -> tuple[list[str], list[Any]]:
+def _filters(q: Query) -> tuple[list[str], list[Any]]:
     """Return the WHERE terms of an index query and their parameters (the query's first)."""
     where: list[str] = ["fts MATCH ?"]
-    args: list[Any] = [fts_query(query)]
-    for column, value in (("m.thread", thread), ("m.sender", sender), ("m.type", type_)):
+    args: list[Any] = [fts_query(q.text)]
+    for column, value in (("m.thread", q.thread), ("m.sender", q.sender), ("m.type", q.type_)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
-    if to is not None:
+    if (to := q.to) is not None:
         where.append("(' ' || m.recipients || ' ') LIKE ? ESCAPE '\\'")
         args.append("% " + to.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " %")
-    if after is not None:  # a created_at that is no time cannot be placed: kept
+    if q.after is not None:  # a created_at that is no time cannot be placed: kept
         where.append("(m.created IS NULL OR m.created >= ?)")
-        args.append(after)
+        args.append(q.after)
     return where, args

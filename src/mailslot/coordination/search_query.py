@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 SNIPPET_CHARS = 160
@@ -142,3 +143,17 @@ def snippet(content: str, query: str) -> str:
     piece = flat[start : start + SNIPPET_CHARS]
     marked = pattern.sub(lambda m: f"«{m.group(0)}»", piece)
     return ("…" if start else "") + marked + ("…" if start + SNIPPET_CHARS < len(flat) else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A checked search: its text, the filters that narrow it (after: since as an instant),
+    and how many hits to return."""
+
+    text: str
+    thread: str | None
+    sender: str | None
+    type_: str | None
+    to: str | None
+    after: int | None
+    limit: int

@@ -7,7 +7,14 @@ import re
 from collections.abc import Callable
 from typing import NoReturn
 
-from mailslot.coordination.search_query import CJK, EXAMPLES, instant, query_problem, terms
+from mailslot.coordination.search_query import (
+    CJK,
+    EXAMPLES,
+    Query,
+    instant,
+    query_problem,
+    terms,
+)
 from mailslot.store.errors import InvalidMessage, NotFound, RootError
 from mailslot.store.format import Damage
 from mailslot.store.log import ThreadLog
@@ -17,20 +24,13 @@ Matcher = Callable[[str], bool]
 
 
 def scan(
-    log: ThreadLog,
-    threads: Threads,
-    query: str,
-    *,
-    thread: str | None,
-    sender: str | None,
-    type_: str | None,
-    to: str | None,
-    after: int | None,
+    log: ThreadLog, threads: Threads, q: Query
 ) -> tuple[list[tuple[str, int, str, float]], list[Damage]]:
-    """Return (thread, seq, id, rank) of every message matching query and the filters, best
+    """Return (thread, seq, id, rank) of every message matching q's text and filters, best
     first, and what could not be read: every word of the query must occur."""
-    words = [w.lower() for w in terms(query)]
-    matches = scan_matcher(query)
+    words = [w.lower() for w in terms(q.text)]
+    matches = scan_matcher(q.text)
+    thread, sender, type_, to, after = q.thread, q.sender, q.type_, q.to, q.after
     rows: list[tuple[str, int, str, float]] = []
     skipped: list[Damage] = []
     names = [thread] if thread is not None else threads.files.thread_ids()
