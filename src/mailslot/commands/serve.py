@@ -193,6 +193,10 @@ def serve_ui(box: Mailbox, person: str, port: int, open_it: bool) -> int:
         arg("--channel", action="store_true",
             help="push new messages to an idle Claude Code session (its channels; "
                  "also $MAILSLOT_CHANNEL=1)"),
+        arg("--sync", action="store_true",
+            help="keep the mailbox in step with its git remote while serving: start this "
+                 "machine's `mailslot sync` of the root, or use the one running "
+                 '(also "sync": {"serve": true} in mailslot.json)'),
     ],
 )  # fmt: skip
 def cmd_serve(args: argparse.Namespace, here: Here) -> int:
@@ -200,8 +204,10 @@ def cmd_serve(args: argparse.Namespace, here: Here) -> int:
 
     agent = args.agent if args.agent is not None else here.env("MAILSLOT_AGENT")
     lang = args.lang or here.env("MAILSLOT_LANG")
+    root = here.root(args)
+    _start_sync(root, args.sync)  # what it holds stays held until this process exits
     serve(
-        str(here.root(args)),
+        str(root),
         agent=agent,
         lang=lang,
         wait_default=min(50.0, args.wait_max) if args.wait_default is None else args.wait_default,
@@ -212,3 +218,19 @@ def cmd_serve(args: argparse.Namespace, here: Here) -> int:
         channel=args.channel or here.env("MAILSLOT_CHANNEL") in ("1", "true", "yes"),
     )
     return EXIT_OK
+
+
+def _start_sync(root: Path, asked: bool) -> int | None:
+    """Start or use this machine's sync of root if asked; return the fd that holds it running
+    (open until this process exits: the sync ends about a round after its last server).
+
+    A sync that cannot start never stops the server: it says why, in one line on stderr
+    (stdout is the protocol's).
+    """
+    from mailslot.sync import served
+
+    try:
+        return served.start(root, asked=asked)
+    except MailslotError as e:
+        print(f"mailslot serve: {e}", file=sys.stderr, flush=True)
+        return None

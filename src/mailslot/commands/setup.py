@@ -78,13 +78,18 @@ def cmd_demo(args: argparse.Namespace, here: Here) -> int:
     args=[arg("--fix", action="store_true")],
 )
 def cmd_doctor(args: argparse.Namespace, here: Here) -> int:
+    from mailslot.commands.sync import status_line
     from mailslot.doctor.checks import diagnose
+    from mailslot.sync.state import read_status
 
-    report = diagnose(here.root(args), fix=args.fix)
+    root = here.root(args)
+    report = diagnose(root, fix=args.fix)
+    synced = read_status(root / ".state" / "sync" / "status.json") or None  # None: never synced
     if args.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "sync": synced})
     else:
-        print(doctor_report(report, fix=args.fix, color=here.color()))
+        line = status_line(synced) if synced else None
+        print(doctor_report(report, fix=args.fix, color=here.color(), sync=line))
     return EXIT_OK if report.healthy else EXIT_ERROR
 
 

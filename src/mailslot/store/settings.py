@@ -155,7 +155,8 @@ def _shared(value: object) -> bool:
 
 
 #: The keys mailslot.json may hold; others are ignored when read (`mailslot doctor` reports them).
-KEYS = tuple(f.name for f in fields(Settings))
+#: "sync" is read by `mailslot sync` alone (mailslot.sync.config), never by the store.
+KEYS = (*(f.name for f in fields(Settings)), "sync")
 
 
 def load(root: Path, **overrides: Any) -> tuple[Settings, str | None]:

@@ -104,11 +104,12 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def doctor_report(report: Report, *, fix: bool, color: bool) -> str:
+def doctor_report(report: Report, *, fix: bool, color: bool, sync: str | None = None) -> str:
     """Return a doctor report as lines: the folder, its contents, each finding, what to do next.
 
     Every finding not yet fixed says what to do: what --fix would do about it, or, where --fix
     leaves it, what a person does. The last line never sends anyone to --fix for nothing.
+    sync: how the root's sync with a git remote stands, in words (None: it never synced).
     """
     yes = {True: "yes", False: "NO", None: "?"}
     lines = [f"root        {report.root}"]
@@ -118,6 +119,8 @@ def doctor_report(report: Report, *, fix: bool, color: bool) -> str:
                  f"waits wake by {report.wait_mode or '?'}")  # fmt: skip
     lines.append(f"contents    {plural(report.threads, 'thread')}, "
                  f"{plural(report.messages, 'message')}")  # fmt: skip
+    if sync:
+        lines.append(f"sync        {sync}")
     for f in report.findings:
         if f.fixed:
             mark = paint("fixed  ", "32", color=color)
