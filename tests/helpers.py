@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -271,3 +275,86 @@ def documentation() -> str:
     repo = Path(__file__).resolve().parent.parent
     pages = [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
     return "\n\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    """Return a TCP port of 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, server: subprocess.Popen[bytes], name: str, log: Path | None = None
+) -> None:
+    """Return once server listens on port of 127.0.0.1; require() it if it never does, with
+    what it said on its stderr (a pipe), or in log."""
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline or server.poll() is not None:
+            if server.poll() is None:
+                server.terminate()
+            err = server.communicate(timeout=10)[1] if server.stderr else b""
+            if log is not None and log.exists():
+                err += log.read_bytes()
+            require(f"{name} did not start: {err.decode(errors='replace').strip()}")
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True, slots=True)
+class Sshd:
+    """A running loopback sshd: who logs in (this process's user), where, with which key."""
+
+    port: int
+    key: Path  # the client's private key
+    user: str
+
+    def ssh_command(self) -> str:
+        """Return the ssh command for GIT_SSH_COMMAND: this key, no host key checks, no noise."""
+        return (f"ssh -i {self.key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                f"-o BatchMode=yes -o LogLevel=ERROR -p {self.port}")  # fmt: skip
+
+    def url(self, path: Path) -> str:
+        """Return the ssh:// URL of path on this machine, through this sshd."""
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+
+
+@contextmanager
+def loopback_sshd(base: Path) -> Iterator[Sshd]:
+    """Run an sshd of the test's own on 127.0.0.1 (a free port, generated keys, files in base),
+    which lets this process's user in with the key it yields; require() it where it cannot."""
+    if not (Path(SSHD).exists() and shutil.which("ssh-keygen") and shutil.which("ssh")):
+        require("needs Debian's openssh-server and openssh-client (.ci/run installs them)")
+    key, hostkey = base / "key", base / "hostkey"
+    for k in (key, hostkey):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True)
+    (base / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    port = free_port()
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
+        f"UsePAM no\nPidFile {base / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
+        # git over ssh opens a connection per fetch and push, many at once: let them all in,
+        # and spare the CPU the post-quantum key exchange (twice the cost of a connection).
+        "MaxStartups 200\nUseDNS no\nKexAlgorithms curve25519-sha256\n"
+    )
+    with suppress(OSError):
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory (root)
+    log = base / "sshd.log"  # a file, not a pipe: a busy sshd would fill a pipe nobody reads
+    with log.open("wb") as err:
+        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=err)
+    try:
+        wait_for_port(port, sshd, "sshd", log)
+        yield Sshd(port, key, pwd.getpwuid(os.geteuid()).pw_name)
+    finally:
+        if sshd.poll() is None:
+            sshd.terminate()
+        sshd.communicate(timeout=10)

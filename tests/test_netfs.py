@@ -20,32 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import check_thread, finish, require, spawn, start_together
+from helpers import (
+    SSHD,
+    check_thread,
+    finish,
+    loopback_sshd,
+    require,
+    spawn,
+    start_together,
+    wait_for_port,
+)
 
 from mailslot import Mailbox, StorageError
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, server: subprocess.Popen[bytes], name: str) -> None:
-    """Return once server listens on port of 127.0.0.1; skip the tests if it never does."""
-    deadline = time.monotonic() + 15
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if time.monotonic() > deadline or server.poll() is not None:
-            if server.poll() is None:
-                server.terminate()
-            err = server.communicate(timeout=10)[1] if server.stderr else b""
-            require(f"{name} did not start: {err.decode(errors='replace').strip()}")
-        time.sleep(0.05)
 
 
 def _why_not() -> str | None:
@@ -67,44 +53,29 @@ def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
     export, a, b = base / "export", base / "a", base / "b"
     for d in (export, a, b):
         d.mkdir()
-    key, hostkey = base / "key", base / "hostkey"
-    for k in (key, hostkey):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True)
-    (base / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
-    port = _free_port()
-    config = base / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
-        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
-        f"UsePAM no\nPidFile {base / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     mounted: list[Path] = []
-    try:
-        _wait_for_port(port, sshd, "sshd")
-        for mnt in (a, b):
-            opts = (
-                f"IdentityFile={key},port={port},StrictHostKeyChecking=no,"
-                "UserKnownHostsFile=/dev/null,LogLevel=ERROR"
-            )
-            result = subprocess.run(
-                ["sshfs", "-o", opts, f"root@127.0.0.1:{export}", str(mnt)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-            if result.returncode != 0:
-                require(f"sshfs mount failed: {result.stderr.strip()}")
-            mounted.append(mnt)
-        yield a, b
-    finally:
-        for mnt in mounted:
-            subprocess.run(["fusermount", "-u", "-z", str(mnt)], capture_output=True, check=False)
-        sshd.terminate()
-        sshd.communicate(timeout=10)
+    with loopback_sshd(base) as sshd:
+        try:
+            for mnt in (a, b):
+                opts = (
+                    f"IdentityFile={sshd.key},port={sshd.port},StrictHostKeyChecking=no,"
+                    "UserKnownHostsFile=/dev/null,LogLevel=ERROR"
+                )
+                result = subprocess.run(
+                    ["sshfs", "-o", opts, f"{sshd.user}@127.0.0.1:{export}", str(mnt)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    require(f"sshfs mount failed: {result.stderr.strip()}")
+                mounted.append(mnt)
+            yield a, b
+        finally:
+            for mnt in mounted:
+                subprocess.run(["fusermount", "-u", "-z", str(mnt)], capture_output=True,
+                               check=False)  # fmt: skip
 
 
 def test_mounts_are_network_and_blind(mounts: tuple[Path, Path]) -> None:
@@ -201,7 +172,7 @@ def smb_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     )
     mounted: list[Path] = []
     try:
-        _wait_for_port(445, smbd, "smbd")
+        wait_for_port(445, smbd, "smbd")
         shares = []
         for name in ("a", "b"):
             home = base / f"home-{name}"
