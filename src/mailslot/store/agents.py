@@ -158,7 +158,8 @@ class Agents:
 
         The name stays held until the hold is released (release_name) or the process dies.
         Raise NameTaken if a live process on this machine holds it, or a process on another
-        machine refreshed it within stale_after seconds.
+        machine refreshed it within stale_after seconds (or sync did, for another clone's
+        agent: its presence file says ``"via": "sync"``, even from a clone on this host).
         """
         check_agent(name)
         if self.files.read_only is not None:
@@ -172,7 +173,8 @@ class Agents:
         except OSError as e:
             raise storage_error(e, self.files.root, f"taking the name {name!r}") from None
         current = self.presence(name, stale_after=stale_after)
-        if hold is None or (current.status != "offline" and current.host != HOST):
+        synced = (self.presence_doc(name) or {}).get("via") == "sync"
+        if hold is None or (current.status != "offline" and (current.host != HOST or synced)):
             if hold is not None:
                 hold.release()
             who = f"pid {current.pid} on {current.host}" if current.pid else "another process"
