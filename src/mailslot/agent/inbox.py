@@ -22,6 +22,7 @@ from mailslot.agent.reading import Reading
 from mailslot.coordination.board import CLAIMED, Task, offer_of
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message
+from mailslot.store.positions import Position
 from mailslot.store.wait import Arrivals
 
 if TYPE_CHECKING:
@@ -58,6 +59,14 @@ class Delivered:
         return self._mark(shown)
 
 
+def _read(pos: Position) -> int | None:
+    return pos.read
+
+
+def _inbox(pos: Position) -> int | None:
+    return pos.inbox_seen
+
+
 class Delivery:
     """One agent's deliveries from box: its thread and inbox waits, its task offers."""
 
@@ -91,21 +100,27 @@ class Delivery:
         if past:  # waiting past seqs that do not exist yet would skip them when they come
             after_seq = head
         start = after_seq if after_seq is not None else (pos.read if pos.read is not None else head)
-        inbox = pos.inbox_seen
+        # From its own position, the wait follows it back if a rewind sends it back meanwhile.
+        own = after_seq is None and pos.read is not None
+        begun = {thread: start}
 
         # Skipped: the agent's own messages, and (when continuing from its own position)
-        # messages to it that its inbox already returned.
+        # messages to it that its inbox already returned, and what it was shown before a
+        # rewind moved it.
         def keep(m: Message) -> bool:
-            seen = after_seq is None and me in m.to and m.seq <= inbox
+            to_me = me in m.to
+            seen = after_seq is None and (
+                (to_me and m.seq <= pos.inbox_seen) or pos.was_shown(m.seq, inbox=to_me)
+            )
             return m.sender != me and not seen
 
         got, messages = await self._waiting(
-            me, [thread], {thread: start}, None, timeout, keep, pace
+            me, [thread], begun, None, timeout, keep, pace, back=(_read if own else None)
         )
 
         def mark(shown: int) -> int:
             nxt = messages[shown - 1].seq if shown < len(messages) else got.cursor[thread]
-            pos.shown(start, nxt)
+            pos.shown(begun[thread], nxt)
             return nxt
 
         return Delivered(got, messages, mark), head if past else None
@@ -114,6 +129,7 @@ class Delivery:
         """Wait for what is addressed to me and the tasks for anyone it may take, in any thread;
         what is owed from before its first look is returned at once."""
         cursor = self.reading.inbox_cursor(me)
+        tokens = self.reading.tokens(cursor)  # the rewinds that cursor is after
 
         def match(m: Message) -> bool:  # what an inbox wait wakes for
             if me in m.to:
@@ -125,7 +141,7 @@ class Delivery:
         def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open,
             # nothing a thread wait returned
             try:
-                shown = self.reading.position(m.thread, me).was_shown(m.seq)
+                shown = self.reading.position(m.thread, me).was_shown(m.seq, inbox=True)
             except MailslotError:  # removed meanwhile: the wait reports what it meets
                 shown = False
             return m.sender != me and not shown and self.offered(me, m)
@@ -135,17 +151,20 @@ class Delivery:
         owed = [m for m in owed if (m.thread, m.seq) not in gone]
         if owed:  # due from before this agent's first look: return them at once, with
             # whatever else is there now (a look, no wait), not a call later
-            got, now = await self._waiting(me, None, cursor, me, 0, keep, pace, match=match)
+            got, now = await self._waiting(
+                me, None, cursor, me, 0, keep, pace, match=match, back=_inbox, tokens=tokens
+            )
             due = {(m.thread, m.seq) for m in owed}
             messages = owed + [m for m in now if (m.thread, m.seq) not in due]
         else:
             got, messages = await self._waiting(
-                me, None, cursor, me, timeout, keep, pace, match=match, settle=True
-            )
+                me, None, cursor, me, timeout, keep, pace, match=match, settle=True,
+                back=_inbox, tokens=tokens,
+            )  # fmt: skip
 
         def mark(shown: int) -> None:
             seen = {(m.thread, m.seq) for m in messages[:shown]} | gone
-            self.reading.inbox_shown(messages, seen, got.cursor, me)
+            self.reading.inbox_shown(messages, seen, got.cursor, me, tokens)
 
         return Delivered(got, messages, mark)
 
@@ -161,15 +180,25 @@ class Delivery:
         *,
         match: Callable[[Message], bool] | None = None,
         settle: bool = False,
+        back: Callable[[Position], int | None] | None = None,
+        tokens: dict[str, str] | None = None,
     ) -> tuple[Arrivals, list[Message]]:
         """Wait until messages that keep() accepts arrive; return the last arrivals and them.
 
         settle: while others hold tasks this agent could take in the threads of the cursor
         (as it grows), their holders are looked at every SETTLE_EVERY_S, and a dead or stalled
         one's task is reopened (an event that ends this wait with the task).
+
+        back: where the agent's position says a thread goes on. A thread whose position a
+        rewind sent back during the wait (a writer rewrote seqs the wait may have passed; see
+        Reading.went_back) starts again from there, what the wait found there dropped; the
+        caller's cursor (where each thread began) and tokens follow.
         """
         begun = time.monotonic()
         skipped = []
+        start = cursor
+        if back is not None and tokens is None:
+            tokens = self.reading.tokens(cursor)
         while True:
             watch = settle and self.settle(me, cursor)
             left = timeout - (time.monotonic() - begun)
@@ -181,11 +210,19 @@ class Delivery:
             )
             cursor = got.cursor
             skipped += got.skipped
-            messages = [m for m in got.messages if keep(m)]
+            again: dict[str, int] = {}
+            if back is not None and tokens is not None:
+                for thread, pos in self.reading.went_back(me, tokens).items():
+                    if (at := back(pos)) is not None:
+                        again[thread] = at
+                cursor = cursor | again
+                start.update(again)
+            found = [m for m in got.messages if m.thread not in again]
+            messages = [m for m in found if keep(m)]
             if messages or left <= step:
                 break
             await pace.progress(time.monotonic() - begun, threads[0] if threads else "inbox")
-        return Arrivals(got.messages, cursor, got.timed_out, skipped, got.pending), messages
+        return Arrivals(found, cursor, got.timed_out, skipped, got.pending), messages
 
     # ------------------------------------------------------------------ tasks
 

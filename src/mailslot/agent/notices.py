@@ -192,7 +192,7 @@ class Notices:
         me = self.agent
         with contextlib.suppress(MailslotError):
             for m in self.box.messages(thread, start):
-                if m.seq in seen or m.sender == me or pos.was_shown(m.seq):
+                if m.seq in seen or m.sender == me or pos.was_shown(m.seq, inbox=True):
                     continue
                 task = tasks.get(m.seq)
                 if me in m.to:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
-from mailslot.store.positions import Position
+from mailslot.store.positions import Position, rewinds
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
@@ -51,6 +51,7 @@ class Reading:
         """Drop every position and what is owed (the agent took another name)."""
         self._positions.clear()
         self._backlog.clear()
+        self._rewound.clear()  # the next name's positions have rewinds of their own to go through
 
     def position(self, thread: str, agent: str | None) -> Position:
         """Return what agent was shown of thread (this incarnation of it), loading it once.
@@ -77,11 +78,13 @@ class Reading:
         return pos
 
     def _rewind(self, thread: str, pos: Position) -> None:
-        """Go back to where `mailslot doctor --fix` rewrote seqs after a git merge conflict.
+        """Go back to where a writer rewrote seqs (doctor after a git merge conflict, a sync).
 
-        Doctor leaves .state/rewound/<thread>.json ({"from": seq, "token": ...}); a position
-        past that seq goes back before it, once per token, so the messages that took those
-        seqs are shown (and the moved ones again, at the end of the thread).
+        It leaves .state/rewound/<thread>.json (store.positions.rewinds reads it); a position
+        past its first rewritten seq goes back before it, once per rewind, so the messages
+        that took those seqs are shown, and a message it had been shown at a seq the mark
+        says it moved from is not shown again at its new one. The inbox owes nothing from
+        there on: what it owed is returned once by its next wait, wherever it now stands.
         """
         path = self.box.root / ".state" / "rewound" / f"{thread}.json"
         try:
@@ -92,11 +95,44 @@ class Reading:
             return
         self._rewound[thread] = stamp
         try:
-            mark = loads(path.read_bytes())
-            start, token = int(mark["from"]), str(mark["token"])
-        except (OSError, ValueError, KeyError, TypeError):
+            marks = rewinds(loads(path.read_bytes()))
+        except (OSError, ValueError):
             return
-        pos.rewind(start - 1, token)
+        tokens = [r.token for r in marks]
+        if pos.rewound in tokens:  # went through those up to its own, not the later ones
+            marks = marks[tokens.index(pos.rewound) + 1 :]
+        for rewind in marks:
+            owed = {s for t, s in self._backlog if t == thread}
+            if pos.rewind(rewind, owed):
+                self._backlog = [(t, s) for t, s in self._backlog
+                                 if t != thread or s < rewind.start]  # fmt: skip
+
+    def tokens(self, threads: Iterable[str]) -> dict[str, str]:
+        """Return the last rewind the loaded position of each of threads went through."""
+        return {t: p.rewound for t in threads if (p := self._positions.get(t)) is not None}
+
+    def went_back(self, me: str, tokens: dict[str, str]) -> dict[str, Position]:
+        """Return the positions of the threads of tokens (from tokens()) that went through a
+        rewind since, going through a new one now: a writer rewrote seqs that a wait begun
+        before may have passed. tokens is brought up to date. Costs a listing of the marks'
+        folder (.state/rewound/, empty unless seqs were ever rewritten)."""
+        try:
+            with os.scandir(self.box.root / ".state" / "rewound") as found:
+                marks = [(e.name.removesuffix(".json"), e) for e in found]
+        except OSError:
+            return {}
+        out: dict[str, Position] = {}
+        for thread, entry in marks:
+            if thread not in tokens:
+                continue
+            with contextlib.suppress(OSError, MailslotError):
+                if entry.stat().st_mtime_ns != self._rewound.get(thread):
+                    self.position(thread, me)  # a mark not looked at yet: go through it now
+            pos = self._positions.get(thread)
+            if pos is not None and pos.rewound != tokens[thread]:
+                tokens[thread] = pos.rewound
+                out[thread] = pos
+        return out
 
     def save(self, agent: str, *, now: bool = True) -> None:
         """Write the positions changed since the last save to .state/cursors/ (best effort).
@@ -179,6 +215,9 @@ class Reading:
         """Return the owed inbox messages that can still be read (dropping the others)."""
         out: list[Message] = []
         keep: list[tuple[str, int]] = []
+        for thread in {t for t, _ in self._backlog}:  # a rewind not gone through drops some
+            with contextlib.suppress(MailslotError):
+                self.position(thread, me)
         for thread, seq in sorted(set(self._backlog)):
             try:
                 if self.position(thread, me).was_shown(seq):
@@ -198,8 +237,11 @@ class Reading:
         shown: set[tuple[str, int]],
         cursor: dict[str, int],
         agent: str | None,
+        tokens: dict[str, str] | None = None,
     ) -> None:
-        """Record that an inbox wait returned shown of messages, and got as far as cursor."""
+        """Record that an inbox wait returned shown of messages, and got as far as cursor
+        (tokens: the rewinds its positions had been through, from tokens(): a thread rewound
+        since keeps its position, which the cursor ran ahead of)."""
         self._backlog = [item for item in self._backlog if item not in shown]
         # A cut page never moves a position past what was returned: each thread's inbox
         # position stops before its first message that did not fit.
@@ -212,4 +254,6 @@ class Reading:
                 pos = self.position(thread, agent)
                 if pos.incarnation != self._planned.get(thread, pos.incarnation):
                     continue  # created again during the wait: the cursor was the old thread's
+                if tokens is not None and pos.rewound != tokens.get(thread, pos.rewound):
+                    continue  # rewritten since the wait looked: the cursor was the old seqs'
                 pos.inbox_shown(held.get(thread, seq))

@@ -10,12 +10,18 @@ after a thread is deleted and created again under the same id, what was read of 
 is forgotten. Positions are kept per machine in ``.state/cursors/<agent>/<thread>.json``; when
 that is lost, the inbox is derived again from the thread log (what is addressed to the agent
 and not answered by it), and thread waits start from now.
+
+A writer that rewrites published seqs (``mailslot doctor --fix`` after a git merge conflict, a
+sync) leaves a rewind mark in ``.state/rewound/<thread>.json`` (``rewinds`` reads it): positions
+past its first rewritten seq go back before it, once per mark, so what now stands there is
+shown; a message the agent was shown at a seq the mark says it moved from is remembered at its
+new seq, and not shown again there.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailslot.store.errors import MailslotError
@@ -23,9 +29,78 @@ from mailslot.store.files import Files
 from mailslot.store.format import loads
 from mailslot.store.names import check_name
 
+#: At most this many moved seqs are remembered per position and kind (the lowest, passed
+#: first): a rewind that moved more shows the others again rather than lose anything.
+MAX_MOVED = 4096
+#: Rewinds a thread's mark keeps, for positions not loaded while the later ones were written.
+MAX_REWINDS = 16
+
 
 def _seq(value: object) -> int | None:
     return value if type(value) is int and value >= 0 else None
+
+
+def _lowest(seqs: set[int]) -> set[int]:
+    """Return the lowest MAX_MOVED of seqs."""
+    return seqs if len(seqs) <= MAX_MOVED else set(sorted(seqs)[:MAX_MOVED])
+
+
+def _seqs(value: object) -> set[int]:
+    """Return the seqs in a stored list (what is not a seq is left out), at most MAX_MOVED."""
+    return _lowest({s for s in value if _seq(s)} if isinstance(value, list) else set())
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """One rewrite of a thread's seqs from ``start`` on, as its writer marked it.
+
+    ``moved`` maps the old seq of each message of this machine at ``start`` or later to the
+    seq it stands at now (the same seq if it stayed); seqs from ``start`` on that it does not
+    name hold what the agent has not been shown.
+    """
+
+    start: int
+    token: str
+    moved: dict[int, int]
+
+
+def _rewind_of(doc: object) -> Rewind | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("token"), str):
+        return None
+    start = _seq(doc.get("from"))
+    if not start:
+        return None
+    moved: dict[int, int] = {}
+    if isinstance(doc.get("moved"), dict):
+        for old, new in doc["moved"].items():
+            if isinstance(old, str) and old.isascii() and old.isdigit() and _seq(new):
+                moved[int(old)] = new
+    return Rewind(start, doc["token"], moved)
+
+
+def rewinds(doc: object) -> list[Rewind]:
+    """Return the rewinds of a thread's mark, oldest first (none if it is not one).
+
+    A mark is ``{"from": seq, "token": str, "moved": {"<old seq>": new seq, ...},
+    "earlier": [older marks, oldest first]}``; without ``moved`` (an older doctor), nothing
+    counts as moved: the agent is shown everything from ``from`` on again.
+    """
+    if not isinstance(doc, dict):
+        return []
+    earlier = doc.get("earlier")
+    found = [_rewind_of(d) for d in [*(earlier if isinstance(earlier, list) else []), doc]]
+    return [r for r in found if r is not None]
+
+
+def rewind_mark(start: int, token: str, moved: dict[int, int], before: object) -> dict[str, Any]:
+    """Return the mark of a rewind from start (see rewinds), keeping the latest rewinds of
+    the mark before (the one it replaces), so a position that missed some goes through each."""
+
+    def doc(r: Rewind) -> dict[str, Any]:
+        return {"from": r.start, "token": r.token, "moved": {str(o): n for o, n in r.moved.items()}}
+
+    kept = [doc(r) for r in rewinds(before)][-(MAX_REWINDS - 1) :]
+    return {**doc(Rewind(start, token, dict(sorted(moved.items())))), "earlier": kept}
 
 
 @dataclass(slots=True)
@@ -44,6 +119,11 @@ class Position:
     #: The agent takes part in the thread (joined, read or wrote it): joining owes its inbox
     #: the thread's open tasks for anyone at once (every inbox gets new ones as they come).
     joined: bool = False
+    #: Seqs past ``read`` that a rewind moved messages to which thread reads had shown at their
+    #: old seqs (not shown again); each is dropped once ``read`` passes it.
+    moved_read: set[int] = field(default_factory=set)
+    #: The same for what the inbox had passed (dropped once ``inbox`` passes it).
+    moved_inbox: set[int] = field(default_factory=set)
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
@@ -63,7 +143,7 @@ class Position:
         joined = doc.get("joined") is True
         return cls(
             incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start, rewound,
-            joined,
+            joined, _seqs(doc.get("moved_read")), _seqs(doc.get("moved_inbox")),
         )  # fmt: skip
 
     @classmethod
@@ -80,6 +160,8 @@ class Position:
             "start": self.start,
             "rewound": self.rewound,
             "joined": self.joined,
+            "moved_read": sorted(self.moved_read),
+            "moved_inbox": sorted(self.moved_inbox),
         }
 
     @property
@@ -102,22 +184,46 @@ class Position:
         elif start <= self.read < upto:
             self.read = upto
             self.dirty = True
-
-    def was_shown(self, seq: int) -> bool:
-        """Return True if message seq was shown to the agent by a thread read."""
-        return self.read is not None and self.start < seq <= self.read
-
-    def rewind(self, before: int, token: str) -> None:
-        """Go back to seq before (once per token): later seqs were rewritten by a repair."""
-        if token == self.rewound:
+        else:
             return
-        self.rewound = token
+        self.moved_read = {s for s in self.moved_read if s > upto}
+
+    def was_shown(self, seq: int, *, inbox: bool = False) -> bool:
+        """Return True if message seq was shown to the agent by a thread read.
+
+        inbox (for what the inbox returns: addressed to the agent, or a task for anyone): or
+        by the inbox at the seq a rewind moved it from (what the inbox showed otherwise is
+        behind its position).
+        """
+        in_range = self.read is not None and self.start < seq <= self.read
+        return in_range or seq in self.moved_read or (inbox and seq in self.moved_inbox)
+
+    def rewind(self, rewind: Rewind, owed: set[int] | frozenset[int] = frozenset()) -> bool:
+        """Go back before rewind.start (once per token): later seqs were rewritten.
+
+        What the agent was shown at an old seq of rewind.moved is remembered at its new seq
+        (by thread reads, or by the inbox if it had passed it; owed: seqs the inbox passed
+        but still owes). Return False if this position went through that rewind already.
+        """
+        if rewind.token == self.rewound:
+            return False
+        self.rewound = rewind.token
+        before = rewind.start - 1
+        inbox = self.inbox_seen
+        moved = rewind.moved.items()
+        read = {new for old, new in moved if self.was_shown(old)}
+        passed = {old for old, _ in moved if old <= inbox and old not in owed} | self.moved_inbox
+        passed = {new for old, new in moved if old in passed}
+        # What was remembered past before stood at seqs rewritten now: moved names it again.
+        self.moved_read = _lowest({s for s in self.moved_read if s <= before} | read)
+        self.moved_inbox = _lowest({s for s in self.moved_inbox if s <= before} | passed)
         for name in ("read", "inbox"):
             value = getattr(self, name)
             if value is not None and value > before:
                 setattr(self, name, before)
         self.start = min(self.start, before)
         self.dirty = True
+        return True
 
     def clamp(self, head: int) -> None:
         """Bring positions past the thread's newest message back to it.
@@ -131,12 +237,15 @@ class Position:
                 setattr(self, name, head)
                 self.dirty = True
         self.start = min(self.start, head)
+        self.moved_read = {s for s in self.moved_read if s <= head}
+        self.moved_inbox = {s for s in self.moved_inbox if s <= head}
 
     def inbox_shown(self, upto: int) -> None:
         """Record that every message to the agent up to upto was shown."""
         if self.inbox is None or upto > self.inbox:
             self.inbox = upto
             self.dirty = True
+            self.moved_inbox = {s for s in self.moved_inbox if s > upto}
 
 
 def load(files: Files, agent: str, key: str) -> Any:
