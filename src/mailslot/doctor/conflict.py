@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailslot.doctor.repair import keep_copy, note, placeholder, put, thread_lock
+from mailslot.doctor.repair import keep_copy, mark_rewound, note, placeholder, put, thread_lock
 from mailslot.store.format import MESSAGE_KEYS, Message, dumps, loads, message_name, parse_message
+from mailslot.store.roots import _git_top
 
 _MIN_MARKER = 7
 _KINDS = frozenset(b"<|=>")
@@ -219,12 +218,13 @@ def _moved_bytes(message: Message, seq: int, reply_to: int | None) -> bytes:
     return dumps(dict(zip(MESSAGE_KEYS, values, strict=True)))
 
 
-def _append(tdir: Path, data: bytes, tmpdir: Path, head: int) -> int:
-    """Publish data as the first free seq after head, as a post claims one; return the seq."""
+def _append(tdir: Path, data: bytes, tmpdir: Path, head: int, *, dry: bool = False) -> int:
+    """Publish data as the first free seq after head, as a post claims one; return the seq
+    (dry: only return the seq it would take now)."""
     seq = head + 1
     while os.path.lexists(tdir / message_name(seq)):
         seq += 1  # a writer posted since the thread was scanned
-    while not put(tdir / message_name(seq), data, tmpdir, replace=False):
+    while not dry and not put(tdir / message_name(seq), data, tmpdir, replace=False):
         seq += 1  # lost the seq to a writer that came in between: take the next one
     return seq
 
@@ -233,8 +233,9 @@ class _Split:
     """One thread's conflicted files being split, under its lock: where each side went."""
 
     def __init__(
-        self, tdir: Path, tmpdir: Path, ids: dict[str, int], kept: dict[int, Path]
+        self, tdir: Path, tmpdir: Path, ids: dict[str, int], kept: dict[int, Path], dry: bool
     ) -> None:
+        self.dry = dry  # only decide where each side would go, publishing nothing
         self.tdir = tdir
         self.thread = tdir.name
         self.tmpdir = tmpdir
@@ -246,7 +247,7 @@ class _Split:
         self.where: dict[tuple[int, int], int] = {}
 
     def _append(self, data: bytes) -> int:
-        self.head = _append(self.tdir, data, self.tmpdir, self.head)
+        self.head = _append(self.tdir, data, self.tmpdir, self.head, dry=self.dry)
         self.published += 1
         return self.head
 
@@ -349,23 +350,74 @@ def resolve(
     _choose(conflicts, ids)
     with thread_lock(locks, thread):
         kept = {c.seq: keep_copy(c.path, quarantine, thread) for c in conflicts}
-        split = _Split(tdir, tmpdir, ids, kept)
-        for c in conflicts:
-            for side in (0, 1):
-                split.place(c, side)
-        for c in conflicts:
-            split.settle(c)
-    # The thread's caches (.state/index/) were built from what this clone had at these
-    # seqs: drop it, and it is rebuilt from the files on the next look.
-    state = tdir.parent.parent / ".state"
-    for cache in (f"{thread}.json", f"{thread}.tasks.json"):  # the summary and the tasks
-        with contextlib.suppress(OSError):
-            (state / "index" / cache).unlink()
-    # Agents of this machine may have read past these seqs when they held this clone's
-    # messages; the other clone's messages now stand there. Tell their positions to go back
-    # (see agent/reading.py): they get the kept side, and the moved messages again at the end.
-    with contextlib.suppress(OSError):
-        (state / "rewound").mkdir(parents=True, exist_ok=True)
-        mark = {"from": min(c.seq for c in conflicts), "token": secrets.token_hex(8)}
-        put(state / "rewound" / f"{thread}.json", json.dumps(mark).encode(), tmpdir, replace=True)
+        return _split(tdir, conflicts, ids, kept, tmpdir)
+
+
+def _split(
+    tdir: Path, conflicts: list[Conflict], ids: dict[str, int], kept: dict[int, Path], tmpdir: Path
+) -> int:
+    """Split the conflicts of resolve, holding the thread's lock; return what it appended.
+
+    Agents of this machine may have read past these seqs when they held this clone's
+    messages; the other clone's stand there after the split. Their positions go back
+    (repair.mark_rewound), and skip what they were shown where it now is. The mark is
+    written before anything moves, from a dry run of the split, so an agent waiting past
+    these seqs never meets a moved message before the mark that says where it came from; if
+    a writer took a seq meanwhile, a second mark says where things went instead.
+    """
+    root = tdir.parent.parent
+    local = _local_side(root)
+    plan = _Split(tdir, tmpdir, dict(ids), kept, dry=True)
+    for c in conflicts:
+        for side in (0, 1):
+            plan.place(c, side)
+        c.done.clear()
+    start, planned = _where_now(conflicts, plan, local)
+    mark_rewound(root, tdir.name, start, planned, tmpdir)
+    split = _Split(tdir, tmpdir, ids, kept, dry=False)
+    for c in conflicts:
+        for side in (0, 1):
+            split.place(c, side)
+    for c in conflicts:
+        split.settle(c)
+    where = _where_now(conflicts, split, local)[1]
+    if any(where[old] != new for old, new in planned.items()):
+        # What the first mark said stands at planned[old] is at where[old]; every other seq
+        # from start on holds what an agent may have been shown there since the split.
+        again = {seq: seq for seq in range(start, split.head + 1)}
+        mark_rewound(
+            root, tdir.name, start, again | {planned[o]: where[o] for o in planned}, tmpdir
+        )
     return split.published
+
+
+def _local_side(root: Path) -> int | None:
+    """Return the side of a conflicted file that holds this clone's messages, which its agents
+    may have been shown: 0 ("ours"), or None during a rebase (its "ours" is the branch this
+    clone is rebased onto, checked out before this clone's posts are replayed, so agents here
+    may have been shown either side)."""
+    top = _git_top(root.resolve())
+    if top is None:
+        return 0
+    gitdir = top[0] / ".git"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if gitdir.is_file():  # a linked worktree or a submodule: "gitdir: <path>"
+            gitdir = top[0] / gitdir.read_text(encoding="utf-8").removeprefix("gitdir:").strip()
+    rebasing = (gitdir / "rebase-merge").is_dir() or (gitdir / "rebase-apply" / "rebasing").exists()
+    return None if rebasing else 0
+
+
+def _where_now(
+    conflicts: list[Conflict], split: _Split, local: int | None
+) -> tuple[int, dict[int, int]]:
+    """Return the first rewritten seq, and where each message this clone had from there on
+    stands now (see repair.mark_rewound): the local side's at the conflicted seqs (none when
+    local is None: which one agents were shown is unknown), and every other seq as it is (a
+    file the fix did not rewrite holds what it held whenever an agent was shown it)."""
+    start = min(c.seq for c in conflicts)
+    where = {seq: seq for seq in range(start, split.head + 1)}
+    for c in conflicts:
+        del where[c.seq]
+        if local is not None and c.message(local) is not None:
+            where[c.seq] = split.where[local, c.seq]
+    return start, where

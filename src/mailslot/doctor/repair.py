@@ -10,6 +10,7 @@ doctor creates in a folder of a shared mailbox is given group access as a post's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from typing import Any
 
 from mailslot.store import flock, modes
 from mailslot.store.files import HOST
-from mailslot.store.format import MESSAGE_KEYS, dumps, now_iso
+from mailslot.store.format import MESSAGE_KEYS, dumps, loads, now_iso
+from mailslot.store.positions import rewind_mark
 
 DOCTOR = "mailslot"
 
@@ -117,3 +119,36 @@ def keep_copy(path: Path, quarantine: Path, thread: str) -> Path:
     kept = quarantine / thread / f"{path.name}.{secrets.token_hex(4)}"
     os.link(path, kept)
     return kept
+
+
+def mark_rewound(root: Path, thread: str, start: int, moved: dict[int, int], tmpdir: Path) -> None:
+    """Tell this machine's readers of thread that its seqs from start on were rewritten.
+
+    For a writer that rewrote published message files (doctor splitting a git merge conflict,
+    a sync putting the remote's messages first): call it once the files are in place, still
+    holding the thread's lock, so two rewrites of a thread keep both their marks. moved maps
+    the old seq of every message this machine had at start or later (what its agents may
+    have been shown) to the seq that message stands at now, the same seq if it stayed; {} if
+    no such message is known to be where the map would say (then agents may be shown some
+    again, and miss none).
+
+    Drops the thread's caches (``.state/index/<thread>.json`` and ``.tasks.json``, rebuilt
+    from the files on the next look) and writes ``.state/rewound/<thread>.json`` (see
+    ``store.positions.rewinds``): positions past start go back before it, once, so what now
+    stands at those seqs is shown, except a message of moved an agent was shown at its old
+    seq. The mark keeps the latest earlier rewinds, for agents not running meanwhile. Best
+    effort, like every write under ``.state/``.
+    """
+    state = root / ".state"
+    for cache in (f"{thread}.json", f"{thread}.tasks.json"):  # the summary and the tasks
+        with contextlib.suppress(OSError):
+            (state / "index" / cache).unlink()
+    path = state / "rewound" / f"{thread}.json"
+    try:
+        before = loads(path.read_bytes())
+    except (OSError, ValueError):
+        before = None
+    mark = rewind_mark(start, secrets.token_hex(8), moved, before)
+    with contextlib.suppress(OSError):
+        modes.makedirs(path.parent, None)
+        put(path, json.dumps(mark).encode(), tmpdir, replace=True)
