@@ -64,6 +64,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "reserve": ["reserve", "docs/"],
     "release": ["release"],
     "search": ["search", "PR"],
+    "sync": ["sync", "--status"],
 }
 
 

@@ -17,15 +17,16 @@ LAYERS = {
     "mailbox": 2,  # the library's front: store and coordination behind Mailbox
     "agent": 3,  # one agent at work: reading, inbox delivery, seat, notices (each takes a Mailbox)
     "doctor": 4,  # `mailslot doctor`: it opens a Mailbox to sweep and read presence
-    "views": 5,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
-    "tools": 6,
-    "server": 7,  # server/, console/ and clients/ stand side by side: none imports another
-    "console": 7,
-    "clients": 7,
-    "stdio_server": 8,
-    "demo": 8,  # `mailslot demo`: three agents through the server, started by a command
-    "commands": 9,
-    "cli": 10,
+    "sync": 5,  # `mailslot sync`: a git remote kept in step (it moves messages as doctor does)
+    "views": 6,  # what the front doors show: JSON, the tools' inputs, transcripts, terminal text
+    "tools": 7,
+    "server": 8,  # server/, console/ and clients/ stand side by side: none imports another
+    "console": 8,
+    "clients": 8,
+    "stdio_server": 9,
+    "demo": 9,  # `mailslot demo`: three agents through the server, started by a command
+    "commands": 10,
+    "cli": 11,
 }
 MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 500, 400, 60
 # Functions longer than MAX_FUNCTION that are one obvious table.

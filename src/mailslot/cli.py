@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailslot import __version__
-from mailslot.commands import agents, reservations, serve, setup, tasks, threads
+from mailslot.commands import agents, reservations, serve, setup, sync, tasks, threads
 from mailslot.commands.declare import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -73,6 +73,7 @@ COMMANDS: list[Command] = [
     threads.cmd_export,
     setup.cmd_doctor,
     setup.cmd_mcp_config,
+    sync.cmd_sync,
     serve.cmd_serve,
 ]
 

@@ -1,0 +1,1 @@
+"""``mailslot sync``: a mailbox kept in step with other clones through a git remote."""
