@@ -206,10 +206,13 @@ def _choose(conflicts: list[Conflict], elsewhere: dict[str, int]) -> None:
             c.stay = side if side in usable else (usable[0] if usable else None)
 
 
-def _moved_bytes(message: Message, seq: int, reply_to: int | None) -> bytes:
-    """Return the file of message re-published away from seq, saying where it came from."""
+def moved_bytes(
+    message: Message, seq: int, reply_to: int | None, reason: str = "merge conflict"
+) -> bytes:
+    """Return the file of message re-published away from seq, saying where it came from
+    (reason: "merge conflict" for doctor, "sync" when the remote's order moved it)."""
     meta = dict(message.meta)
-    moved: dict[str, Any] = {"seq": seq, "reason": "merge conflict"}
+    moved: dict[str, Any] = {"seq": seq, "reason": reason}
     if "moved_from" in meta:  # moved before: keep that record too, inside the new one
         moved["previous"] = meta["moved_from"]
     meta["moved_from"] = moved
@@ -269,7 +272,7 @@ class _Split:
             # (a whole reply chain moves together): follow it there. A reply into the shared
             # history before the conflict needs nothing.
             reply = m.reply_to and self.where.get((side, m.reply_to), m.reply_to)
-            self.where[side, c.seq] = self.ids[m.id] = self._append(_moved_bytes(m, c.seq, reply))
+            self.where[side, c.seq] = self.ids[m.id] = self._append(moved_bytes(m, c.seq, reply))
             c.done.append(f"moved {m.sender}'s {m.id} to seq {self.head}")
         elif stay is not None:
             self.where[side, c.seq] = self._note_for(c, side)
