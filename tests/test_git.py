@@ -14,14 +14,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from helpers import git_init, run_git
+from helpers import agent, call, git_init, run_git, until_async
 from hypothesis import given
 from hypothesis import strategies as st
+from mcp.client import Client
 
 from mailslot import Mailbox, Message
 from mailslot.doctor.checks import temp_path
 from mailslot.doctor.conflict import conflict_sides
+from mailslot.store.positions import MAX_MOVED, Position, Rewind
 
 # ---------------------------------------------------------------- helpers
 
@@ -352,50 +355,135 @@ def test_a_killed_doctors_temp_file_is_swept(root: Path) -> None:
     assert finding["fixed"] == "removed" and not left.exists()
 
 
-def test_an_agent_that_read_past_the_merge_gets_the_other_clones_messages(
-    git: dict[str, str], tmp_path: Path
-) -> None:
-    """Clone a posts first, so after b pulls and fixes, a's messages take the seqs b's agent
-    had already read; its position goes back, and nothing of a's reaches it late or never."""
-    import anyio
+# ---------------------------------------------------------------- agents across a fix
 
-    from mailslot.tools import Session
+AGENTS = ("reader", "partial", "newcomer")  # shown all of b's posts, the first only, none
 
+
+def post(git: dict[str, str], repo: Path, who: str, text: str) -> None:
+    """Post text in t of repo's mailbox from who, to every agent, and commit it."""
+    with Mailbox(repo / ".mailslot") as box:
+        box.post("t", text, sender=who, to=list(AGENTS))
+    run_git(git, repo, "add", "-A")
+    run_git(git, repo, "commit", "-q", "-m", text)
+    time.sleep(0.01)  # the next post never shares this one's millisecond
+
+
+async def delivered(c: Client, kind: str, first: bool = False) -> list[str]:
+    """Wait on thread t or on the inbox until a wait times out; return the contents it gave
+    (first: a first look, which sets the agent's position at the thread as it is)."""
+    args: dict[str, Any] = {"thread": "t"} if kind == "thread" else {}
+    if first and kind == "thread":
+        args["after_seq"] = 0
+    seen: list[str] = []
+    for _ in range(50):
+        got = await call(c, "msg_wait", timeout_s=1, **args)
+        args.pop("after_seq", None)
+        if not got["messages"]:
+            return seen
+        seen += [m["content"] for m in got["messages"]]
+    raise AssertionError("msg_wait never ran dry")
+
+
+def diverged(
+    git: dict[str, str], tmp_path: Path, kept: str, kind: str
+) -> tuple[Path, dict[str, list[str]]]:
+    """Return clone b and what each agent was shown there before b merges clone a.
+
+    Both clones post at seqs 3 and 4 of t, and b at 5 too. kept says whose posts keep 3 and 4
+    after the fix: "theirs" (a posted first: b's move to the end) or "ours". Before the
+    merge, on b, reader was shown all of b's posts, partial the first, newcomer none (each had
+    looked at t once before, so each has a position there).
+    """
     origin = origin_repo(git, tmp_path / "origin")
+    with Mailbox(origin / ".mailslot") as box:
+        for name in AGENTS:
+            box.agents.register(name)
+    run_git(git, origin, "add", "-A")
+    run_git(git, origin, "commit", "-q", "-m", "agents")
     a = clone(git, origin, tmp_path / "a", "alice")
     b = clone(git, origin, tmp_path / "b", "bob")
-    for repo in (a, b):
-        Mailbox(repo / ".mailslot").agents.register("worker")
-    with Mailbox(a / ".mailslot") as box:
-        a_tasks = [box.post("t", f"a's task {i}", sender="alice", to=["worker"], type="task")
-                   for i in range(2)]  # fmt: skip
-    run_git(git, a, "add", "-A")
-    run_git(git, a, "commit", "-q", "-m", "a posts")
-    run_git(git, a, "push", "-q", "origin", "HEAD:side")
-    time.sleep(0.01)  # b's messages are the younger side: a's keep the seqs
-    box_b = Mailbox(b / ".mailslot")
-    for i in range(2):
-        box_b.post("t", f"b's note {i}", sender="bob", to=["worker"])
-    worker = Session(box_b, agent="worker")
+    shown: dict[str, list[str]] = {}
 
-    async def drain(**args: Any) -> list[str]:
-        got = await worker.msg_wait(timeout_s=0.5, **args)
-        return [m["content"] for m in got["messages"]]
+    async def before() -> None:
+        for name in AGENTS:
+            async with agent(b / ".mailslot", name) as c:
+                shown[name] = await delivered(c, kind, first=True)
+        if kept == "theirs":
+            post(git, a, "alice", "a's 1")
+        post(git, b, "bob", "b's 1")
+        async with agent(b / ".mailslot", "partial") as c:
+            shown["partial"] += await delivered(c, kind)
+        if kept == "ours":
+            post(git, a, "alice", "a's 1")
+        post(git, a, "alice", "a's 2")
+        post(git, b, "bob", "b's 2")
+        post(git, b, "bob", "b's 3")  # one more than a: it merges cleanly, and stays at 5
+        async with agent(b / ".mailslot", "reader") as c:
+            shown["reader"] += await delivered(c, kind)
 
+    anyio.run(before)
+    return b, shown
+
+
+def waits(root: Path, name: str) -> bool:
+    """Return True if agent name's serve says it is blocked in a wait."""
     try:
-        seen = anyio.run(lambda: drain(thread="t", after_seq=0))
-        assert seen[-2:] == ["b's note 0", "b's note 1"]
-        run_git(git, b, "add", "-A")
-        run_git(git, b, "commit", "-q", "-m", "b posts")
-        run_git(git, b, "pull", "-q", "--no-rebase", "origin", "side", ok=False)  # conflicts
-        doctor(b / ".mailslot", "--fix")
-        assert [m.content for m in transcript(b / ".mailslot")][2:4] == ["a's task 0", "a's task 1"]
-        later = anyio.run(lambda: drain(thread="t")) + anyio.run(lambda: drain())
-        assert "a's task 0" in later and "a's task 1" in later, later
-        assert a_tasks == [3, 4]  # the seqs b's agent had read past
-    finally:
-        worker.close()
-        box_b.close()
+        doc = json.loads((root / ".state" / "presence" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("status") == "waiting")
+
+
+@pytest.mark.parametrize("kind", ["thread", "inbox"])
+@pytest.mark.parametrize("kept", ["theirs", "ours"])
+def test_after_a_fix_each_agent_gets_every_message_once(
+    git: dict[str, str], tmp_path: Path, kept: str, kind: str
+) -> None:
+    """After b merges a and runs doctor --fix, the seqs 3 and 4 its agents had been shown hold
+    a's posts (or still b's, which are shown nowhere again), and the other clone's are at the
+    end: every agent is shown each message once over all its waits, before and after the
+    fix, wherever the message now stands. reader is waiting while doctor runs; partial and
+    newcomer come back afterwards."""
+    b, shown = diverged(git, tmp_path, kept, kind)
+    run_git(git, b, "pull", "-q", "--no-rebase", str(tmp_path / "a"), "main", ok=False)
+    root = b / ".mailslot"
+    shared = ["hello from the shared history", "and a reply"] if kind == "thread" else []
+    assert shown == {"reader": [*shared, "b's 1", "b's 2", "b's 3"],
+                     "partial": [*shared, "b's 1"], "newcomer": shared}  # fmt: skip
+
+    async def after() -> None:
+        async with agent(root, "reader") as c, anyio.create_task_group() as tg:
+            got: list[str] = []
+
+            async def wait() -> None:
+                args = {"thread": "t"} if kind == "thread" else {}
+                answer = await call(c, "msg_wait", timeout_s=60, **args)
+                got.extend(m["content"] for m in answer["messages"])
+
+            tg.start_soon(wait)
+
+            async def blocked() -> bool:
+                return waits(root, "reader")
+
+            await until_async("reader waits", blocked)
+            code, out = await anyio.to_thread.run_sync(lambda: doctor(root, "--fix"))
+            assert code == 0, out
+        for name in AGENTS:
+            shown[name] += got if name == "reader" else []
+            async with agent(root, name) as c:
+                # After thread reads, the inbox's first look (what it owes) comes first.
+                if kind == "thread":
+                    shown[name] += await delivered(c, "inbox")
+                shown[name] += await delivered(c, kind)
+
+    anyio.run(after)
+    contents = [m.content for m in transcript(root)]
+    mine, theirs = ["b's 1", "b's 2", "b's 3"], ["a's 1", "a's 2"]
+    moved = [*theirs, "b's 3", "b's 1", "b's 2"] if kept == "theirs" else mine + theirs
+    assert contents[2:] == moved
+    for name in AGENTS:
+        assert Counter(shown[name]) == Counter(shared + mine + theirs), name
 
 
 def test_a_task_claimed_in_both_clones_has_one_holder_after_the_merge(
@@ -427,3 +515,159 @@ def test_a_task_claimed_in_both_clones_has_one_holder_after_the_merge(
         # claim is void and his result is recorded without closing the task again.
         assert claims == [("carol", 4), ("carol", 5), ("dave", 6), ("dave", 7)]
         assert done.closed_by == 5
+
+
+@pytest.mark.parametrize("kept", ["theirs", "ours"])
+def test_after_a_fix_in_a_rebase_no_agent_misses_a_message(
+    git: dict[str, str], tmp_path: Path, kept: str
+) -> None:
+    """`git pull --rebase` swaps git's sides: "ours" is the other clone, and the rebase checks
+    it out before it replays this clone's posts, so agents here may have been shown either
+    side at a conflicted seq. Doctor cannot tell which: each agent gets the other clone's
+    messages once, and may get its own clone's again, never none."""
+    b, shown = diverged(git, tmp_path, kept, "thread")
+    root = b / ".mailslot"
+    run_git(git, b, "pull", "-q", "--rebase", str(tmp_path / "a"), "main", ok=False)
+    for _ in range(5):  # the rebase stops at each of b's commits that conflicts
+        assert doctor(root, "--fix")[0] == 0
+        run_git(git, b, "add", "-A")
+        argv = ["git", "-C", str(b), "rebase", "--continue"]
+        env = {**git, "GIT_EDITOR": "true"}
+        done = subprocess.run(argv, capture_output=True, env=env, timeout=60, check=False)
+        if done.returncode == 0:
+            break
+    assert not (b / ".git" / "rebase-merge").exists()
+
+    async def after() -> None:
+        for name in AGENTS:
+            async with agent(root, name) as c:
+                shown[name] += await delivered(c, "thread")
+
+    anyio.run(after)
+    theirs = ["a's 1", "a's 2"]
+    everything = {"hello from the shared history", "and a reply", "b's 1", "b's 2", "b's 3"}
+    for name in AGENTS:
+        counts = Counter(shown[name])
+        assert [counts[m] for m in theirs] == [1, 1], (name, shown[name])
+        assert set(counts) == everything | set(theirs), name
+
+
+def test_agents_away_during_two_fixes_get_every_message_once(
+    git: dict[str, str], tmp_path: Path
+) -> None:
+    """b merges a and fixes it, a pulls that, both post again, and b merges and fixes again,
+    while no agent runs: each goes through both rewinds when it comes back (the mark keeps
+    the first), so a's first posts, which took seqs it had read past, still reach it."""
+    b, shown = diverged(git, tmp_path, "theirs", "inbox")
+    a, root = tmp_path / "a", b / ".mailslot"
+    run_git(git, b, "pull", "-q", "--no-rebase", str(a), "main", ok=False)
+    assert doctor(root, "--fix")[0] == 0
+    run_git(git, b, "add", "-A")
+    run_git(git, b, "commit", "-q", "-m", "merge a")
+    run_git(git, a, "pull", "-q", "--no-rebase", str(b), "main")  # a fast-forward
+    post(git, a, "alice", "a's 3")
+    post(git, b, "bob", "b's 4")
+    run_git(git, b, "pull", "-q", "--no-rebase", str(a), "main", ok=False)
+    assert doctor(root, "--fix")[0] == 0
+    marks = json.loads((root / ".state" / "rewound" / "t.json").read_text())
+    assert (marks["from"], marks["moved"]["8"], len(marks["earlier"])) == (8, 9, 1)
+
+    async def after() -> None:
+        for name in AGENTS:
+            async with agent(root, name) as c:
+                shown[name] += await delivered(c, "inbox")
+
+    anyio.run(after)
+    contents = [m.content for m in transcript(root)][2:]
+    assert contents == ["a's 1", "a's 2", "b's 3", "b's 1", "b's 2", "a's 3", "b's 4"]
+    for name in AGENTS:
+        assert Counter(shown[name]) == Counter(contents), name
+
+
+def test_a_mark_without_moved_seqs_shows_everything_from_it_again(root: Path) -> None:
+    """A mark an older doctor left says only where the rewrite began: agents past it go back
+    before it, once, and are shown everything from there again."""
+    with Mailbox(root) as box:
+        box.create_thread("t", creator="alice")
+        for i in range(4):
+            box.post("t", f"message {i + 1}", sender="alice")
+
+    async def read(**args: Any) -> list[str]:
+        async with agent(root, "reader") as c:
+            got = await call(c, "msg_wait", thread="t", timeout_s=1, **args)
+            return [m["content"] for m in got["messages"]]
+
+    assert anyio.run(lambda: read(after_seq=0)) == [f"message {i}" for i in range(1, 5)]
+    (root / ".state" / "rewound").mkdir()
+    (root / ".state" / "rewound" / "t.json").write_text('{"from": 3, "token": "old"}')
+    assert anyio.run(read) == ["message 3", "message 4"]
+    assert anyio.run(read) == []
+
+
+def test_a_position_keeps_moved_seqs_until_passed_and_at_most_max_moved() -> None:
+    pos = Position("inc", read=5000, inbox=5000)
+    assert pos.rewind(Rewind(3, "t1", {s: s + 5000 for s in range(3, 5001)}), owed={4})
+    assert (pos.read, pos.inbox) == (2, 2)
+    assert sorted(pos.moved_read) == list(range(5003, 5003 + MAX_MOVED))
+    assert 5004 not in pos.moved_inbox and len(pos.moved_inbox) == MAX_MOVED
+    assert pos.was_shown(5004) and not pos.was_shown(10000, inbox=True)  # beyond the bound
+    assert not pos.rewind(Rewind(3, "t1", {}))  # once per token
+    again = Position.from_json(json.loads(json.dumps(pos.to_json())), "inc")
+    assert (again.moved_read, again.moved_inbox) == (pos.moved_read, pos.moved_inbox)
+    again.shown(2, 5100)
+    again.inbox_shown(5010)
+    assert min(again.moved_read) == 5101 and min(again.moved_inbox) == 5011
+    again.clamp(5200)
+    assert max(again.moved_read) == 5200
+
+
+def test_a_seq_taken_while_doctor_splits_is_told_in_a_second_mark(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Doctor marks where its clone's messages will go before it moves them; a writer that
+    takes one of those seqs first (another machine's sync, not a local post: those wait for
+    the thread's lock) makes it say in a second mark where they went. The agent then gets the
+    other clone's messages and that writer's, and not its own clone's again."""
+    import uuid
+
+    from mailslot.doctor import conflict
+    from mailslot.doctor.checks import diagnose
+    from mailslot.store.format import MESSAGE_KEYS, dumps
+
+    def message(content: str, created_at: str) -> bytes:
+        values = (uuid.uuid4().hex, "alice", [], "message", "normal", None, created_at,
+                  content, {})  # fmt: skip
+        return dumps(dict(zip(MESSAGE_KEYS, values, strict=True)))
+
+    with Mailbox(root) as box:
+        box.create_thread("t", creator="alice")
+        for text in ("one", "two", "b's 1", "b's 2"):
+            box.post("t", text, sender="bob")
+
+    async def read(**args: Any) -> list[str]:
+        async with agent(root, "reader") as c:
+            return await delivered(c, "thread", **args)
+
+    assert anyio.run(lambda: read(first=True)) == ["one", "two", "b's 1", "b's 2"]
+    tdir = root / "threads" / "t"
+    for seq in (3, 4):  # the other clone's posts, older: they keep 3 and 4
+        path = tdir / f"{seq:06d}.json"
+        theirs = message(f"a's {seq - 2}", f"2000-01-01T00:00:0{seq}.000Z")
+        path.write_bytes(conflicted(path.read_bytes(), theirs))
+    marks: list[int] = []
+
+    def racing(*args: Any) -> None:
+        conflict_mark(*args)
+        marks.append(args[2])
+        if len(marks) == 1:  # between the mark and the split: seq 5 is taken
+            (tdir / "000005.json").write_bytes(
+                message("from elsewhere", "2030-01-01T00:00:00.000Z")
+            )
+
+    conflict_mark = conflict.mark_rewound
+    monkeypatch.setattr(conflict, "mark_rewound", racing)
+    assert diagnose(root, fix=True).healthy
+    contents = [m.content for m in transcript(root)]
+    assert contents == ["one", "two", "a's 1", "a's 2", "from elsewhere", "b's 1", "b's 2"]
+    assert anyio.run(read) == ["a's 1", "a's 2", "from elsewhere"]
+    assert marks == [3, 3]
