@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, console, mcp, peer, publish, scale, search, server, tasks, wake
+from bench import cold, console, mcp, peer, publish, scale, search, server, sync, tasks, wake
 from bench._util import SCRATCH
 from mailslot.store.watch import filesystem_type
 
@@ -84,6 +84,14 @@ section("Search: the full-text index, beside grep -r and rg", search.run(quick),
 t = time.monotonic()
 section("The console: a post to the page's event stream, opening a large mailbox",
         console.run(quick), t)  # fmt: skip
+
+t = time.monotonic()
+if quick:
+    section("Sync: two clones through a bare git remote",
+            "skipped (run without --quick, or `python -m bench.sync --quick`)", t)  # fmt: skip
+else:
+    section("Sync: two clones through a bare git remote, real `mailslot sync` processes",
+            sync.run(), t)  # fmt: skip
 
 t = time.monotonic()
 if "--no-peer" in sys.argv or quick:
