@@ -462,3 +462,34 @@ def test_a_machines_heartbeat_ref_lives_while_its_agents_do(
     sync(git, b)
     landed = json.loads((b / ".state/presence/planner.json").read_text())
     assert landed["status"] == "offline" and landed["via"] == "sync"
+
+
+def test_a_burst_of_posts_travels_in_a_few_commits(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    from helpers import until
+
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    fast(a, push_delay_s=0.3)
+    with Mailbox(a) as box:
+        box.create_thread("t", creator="alice")
+    sync(git, a)
+    daemon = start_sync(git, a)
+    try:
+        with Mailbox(a) as box:
+            for n in range(50):
+                box.post("t", f"burst {n}", sender="alice")
+
+        def arrived() -> bool:
+            names = run_git(git, remote, "ls-tree", "--name-only", "mailslot", "threads/t/")
+            return "threads/t/000050.json" in names
+
+        until("the burst on the remote", arrived, within=120)
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=60)
+    commits = run_git(git, remote, "rev-list", "mailslot", "--", "threads/t/").split()
+    assert 2 <= len(commits) < 25, len(commits)  # the thread's record, then the burst
+    log = run_git(git, a.parent, "log", "--format=%s", "mailslot", "--", "threads/t")
+    assert any(int(line.split(" in t")[0].rsplit(" ", 1)[-1]) > 1 for line in log.splitlines()
+               if " in t" in line), log  # fmt: skip

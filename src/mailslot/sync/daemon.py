@@ -1,7 +1,8 @@
 """``mailslot sync`` running: rounds when posts happen here, looks at the remote on a clock.
 
-- A watcher on ``threads/`` and ``agents/`` names the threads that changed here; a round
-  follows ``push_delay_s`` after the first change (gathering a burst into one commit). On a
+- A watcher on ``threads/`` and ``agents/`` names the threads that changed here; a change
+  after a quiet spell starts a round at once, and one within ``push_delay_s`` of the last
+  round waits that long, gathering a burst into one commit. On a
   network folder, where file events are blind, every round looks at the folders' mtimes.
 - The remote is looked at every ``look_s`` while anything happened in the last minute, then
   twice as seldom each quiet look, up to ``max_look_s``; a change either way brings it back.
@@ -134,13 +135,16 @@ class Daemon:
         watching = self._watch()
         self.sync.status.set(pid=os.getpid(), running=True)
         interval, last_change, last_scan, errors = self.config.look_s, time.time(), 0.0, 0
+        ended = 0.0  # when the last round ended
         try:
             while not self.stop.is_set():
                 woke = self.changes.wake.wait(interval)
                 if self.stop.is_set():
                     break
-                if woke:
-                    self.stop.wait(self.config.push_delay_s)  # gather a burst
+                if woke and time.monotonic() - ended < self.config.push_delay_s:
+                    # A post right after a round: gather the burst it may be part of. A post
+                    # after a quiet spell goes at once.
+                    self.stop.wait(self.config.push_delay_s)
                 dirty = self.changes.take()
                 now = time.time()
                 full = not watching or now - last_scan > RESCAN_S
@@ -160,6 +164,7 @@ class Daemon:
                         last_change, interval = now, self.config.look_s
                     elif now - last_change > QUIET_AFTER_S:
                         interval = min(self.config.max_look_s, interval * 2)
+                ended = time.monotonic()
                 if self.served and not servers_left(self.sync.dir):
                     break
         finally:
