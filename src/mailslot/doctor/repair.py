@@ -124,13 +124,22 @@ def keep_copy(path: Path, quarantine: Path, thread: str) -> Path:
 def mark_rewound(root: Path, thread: str, start: int, moved: dict[int, int], tmpdir: Path) -> None:
     """Tell this machine's readers of thread that its seqs from start on were rewritten.
 
-    For a writer that rewrote published message files (doctor splitting a git merge conflict,
-    a sync putting the remote's messages first): call it once the files are in place, still
-    holding the thread's lock, so two rewrites of a thread keep both their marks. moved maps
-    the old seq of every message this machine had at start or later (what its agents may
-    have been shown) to the seq that message stands at now, the same seq if it stayed; {} if
-    no such message is known to be where the map would say (then agents may be shown some
-    again, and miss none).
+    For a writer that rewrites published message files (doctor splitting a git merge conflict,
+    a sync putting the remote's messages first), holding the thread's lock, so two rewrites of
+    a thread keep both their marks. moved maps the old seq of every message this machine had
+    at start or later (what its agents may have been shown) to the seq that message stands at
+    after the rewrite: the same seq if it stays, and its seq there if it is already in the
+    thread elsewhere (a copy); {} when which message stood where is not known (then agents may
+    be shown some again, and miss none). A seq from start on that moved does not name holds
+    what agents have not been shown.
+
+    When: before the rewrite, if readers cannot read the rewritten seqs until it is done
+    (doctor: the conflicted files stop them); then an agent waiting past start never meets a
+    moved message before the mark, and if the rewrite puts a message elsewhere than said,
+    call it again mapping each seq the first call named to where that message went, and
+    every other seq from start on to itself (``doctor.conflict._split``). Otherwise after the
+    rewrite: an agent that meets rewritten seqs before the mark may be shown those again, and
+    misses nothing (before, it could be shown a seq's old message and miss its new one).
 
     Drops the thread's caches (``.state/index/<thread>.json`` and ``.tasks.json``, rebuilt
     from the files on the next look) and writes ``.state/rewound/<thread>.json`` (see
