@@ -197,6 +197,14 @@ class Mailbox:
         """
         return self._log.head(thread, exact=exact)
 
+    def settled(self, thread: str) -> None:
+        """Return once no writer of this machine holds thread's lock: a rewrite of its seqs
+        under way (`mailslot sync` bringing it in step) has finished and left its rewind mark,
+        so a reader that found rewritten files sees the mark too. Best effort: a root with
+        locks off, or a lock that cannot be taken, returns at once."""
+        with contextlib.suppress(MailslotError), self._files.locked(thread):
+            pass
+
     def read(self, thread: str, after: int = 0, limit: int = 100) -> Page:
         """Return up to limit messages with seq > after, in seq order.
 

@@ -13,6 +13,7 @@ calls ``mark`` with that count, which moves the agent's positions past what it w
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,6 +213,11 @@ class Delivery:
             skipped += got.skipped
             again: dict[str, int] = {}
             if back is not None and tokens is not None:
+                # A rewrite may be under way in a thread the wait found messages in (sync
+                # brings it in step under its lock, and leaves the mark last): let it finish,
+                # so that its mark is seen before what it wrote is shown.
+                for thread in {m.thread for m in got.messages}:
+                    await asyncio.to_thread(self.box.settled, thread)
                 for thread, pos in self.reading.went_back(me, tokens).items():
                     if (at := back(pos)) is not None:
                         again[thread] = at

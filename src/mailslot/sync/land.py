@@ -42,7 +42,10 @@ class Outcome:
     known: int  # the seq up to which this clone and the remote now agree
     push: list[tuple[int, bytes]] = field(default_factory=list)  # ours, not yet on the remote
     landed: int = 0  # the remote's messages written here
-    moved: dict[int, int] = field(default_factory=dict)  # ours: old seq -> new seq
+    moved: dict[int, int] = field(default_factory=dict)  # ours that moved: old seq -> new seq
+    #: Where each message this clone had after the shared seqs stands now (old seq -> seq),
+    #: those that stayed and those the remote already had included: the rewind mark's map.
+    where: dict[int, int] = field(default_factory=dict)
     claims: list[Message] = field(default_factory=list)  # our task claims that moved
 
 
@@ -123,7 +126,7 @@ def integrate(files: Files, tdir: Path, known: int, remote: dict[int, bytes]) ->
         return Outcome(known=shared, push=list(ours.items()))
     final, out = _order(thread, shared, rest, ours)
     if _write(files, tdir, final, ours, rest, out):
-        mark_rewound(files.root, thread, shared + 1, out.moved, files.dir(".state/tmp"))
+        mark_rewound(files.root, thread, shared + 1, out.where, files.dir(".state/tmp"))
     return out
 
 
@@ -132,7 +135,7 @@ def _order(
 ) -> tuple[dict[int, bytes], Outcome]:
     """Return the thread's files after shared as they must be (the remote's first, then ours
     in their order, moved), and the outcome that says what moved and what is left to push."""
-    taken = {m.id for m in _ids(rest, thread).values()}
+    taken = {m.id: s for s, m in _ids(rest, thread).items()}
     keep: list[tuple[int, Message, bytes]] = []
     where: dict[int, str] = {}  # our old seq -> the id that stood there
     for seq, data in ours.items():
@@ -158,6 +161,7 @@ def _order(
         if m.type == "status" and isinstance(m.meta.get("task"), dict):
             out.claims.append(m)
     out.push = [(s, final[s]) for s in sorted(final) if s > top]
+    out.where = {s: new_seq.get(i, taken.get(i, s)) for s, i in where.items()}
     for seq in ours:  # a seq the remote skipped (it has later ones): ours moved, a note stays
         if seq <= top and seq not in final:
             final[seq] = placeholder(
