@@ -493,3 +493,49 @@ def test_a_burst_of_posts_travels_in_a_few_commits(
     log = run_git(git, a.parent, "log", "--format=%s", "mailslot", "--", "threads/t")
     assert any(int(line.split(" in t")[0].rsplit(" ", 1)[-1]) > 1 for line in log.splitlines()
                if " in t" in line), log  # fmt: skip
+
+
+def test_a_thread_that_cannot_be_brought_in_step_waits_alone(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    with Mailbox(a) as box:
+        for t in ("t", "u"):
+            box.create_thread(t, creator="alice")
+            box.post(t, f"{t} 1", sender="alice")
+    sync(git, a)
+    sync(git, b)
+    (b / "threads" / "t" / "000002.json").write_text("{ half writ")  # an editor, a sync tool
+    with Mailbox(a) as box:
+        box.post("t", "t 2", sender="alice")
+        box.post("u", "u 2", sender="alice")
+    sync(git, a)
+    sync(git, b)  # u goes on; t waits for its file and says so
+    with Mailbox(b) as box:
+        assert [m.content for m in box.messages("u")] == ["u 1", "u 2"]
+    assert "thread t waits" in json.dumps(status(b)["remarks"])
+    (b / "threads" / "t" / "000002.json").unlink()  # the person gives up on it
+    sync(git, b)
+    assert files(b) == files(a)
+
+
+def test_a_message_changed_on_the_remote_is_not_taken(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    with Mailbox(a) as box:
+        box.create_thread("t", creator="alice")
+        box.post("t", "the original", sender="alice")
+    sync(git, a)
+    kept = files(a)
+    # Someone checks the branch out, edits a message and pushes: history says otherwise now.
+    edit = tmp_path / "edit"
+    run_git(git, tmp_path, "clone", "-q", "-b", "mailslot", str(remote), str(edit))
+    path = edit / "threads" / "t" / "000001.json"
+    path.write_text(path.read_text().replace("the original", "rewritten"))
+    run_git(git, edit, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "-am", "edit")
+    run_git(git, edit, "push", "-q", "origin", "mailslot")
+    sync(git, a)
+    assert files(a) == kept
+    assert "which a message never is" in json.dumps(status(a)["remarks"])

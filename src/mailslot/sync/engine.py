@@ -80,6 +80,7 @@ class Sync:
         self._who: str | None = None
         self.tip: str | None = None
         self._touched: set[str] = set()  # threads a take brought in step this round
+        self._since = ""  # the commit the current take diffs from ("": from nothing)
 
     def _private_remote(self) -> None:
         """Point the private repository's origin at the remote the settings name."""
@@ -133,7 +134,7 @@ class Sync:
             self.tip = refs.get(self.ref)
             self.status.set(remote_tip=self.tip, looked=_iso(time.time()))
             self.peers.take(refs)
-            if self.tip != self.state.base:
+            if self.tip != self.state.base or self.state.behind:
                 moved |= self.take(self.tip)
             batch = self.collect(dirty)
             self._record_pending(batch)
@@ -162,7 +163,8 @@ class Sync:
                 st.forget()
                 self._save()
             return False
-        self.git.fetch(self.remote, [f"+{self.ref}:{repo.FETCHED}"])
+        if tip != st.base:  # else only a waiting thread is taken again, from what is here
+            self.git.fetch(self.remote, [f"+{self.ref}:{repo.FETCHED}"])
         since = st.base
         if since is not None and not self.git.is_ancestor(since, tip):
             self.status.remark(
@@ -173,6 +175,11 @@ class Sync:
             st.forget()
             since = None
         changes = self.git.diff(since, tip)
+        seen = {c.path for c in changes}
+        for thread, old in sorted(st.behind.items()):  # what a thread left waiting still needs
+            more = self.git.diff(old or None, tip, f"threads/{thread}/")
+            changes += [c for c in more if c.path not in seen]
+        self._since = since or ""
         limit = layout.message_limit(self.box.settings.max_content_bytes)
         incoming = layout.sort(changes, self.git.sizes([c.blob for c in changes]), limit)
         landed = self._take(incoming)
@@ -194,7 +201,13 @@ class Sync:
         landed = False
         for thread, seqs in sorted(incoming.messages.items()):
             msgs = {}
+            known = st.known.get(thread, 0)
             for seq in seqs:
+                if seq <= known:  # a message both had, changed there: messages never change
+                    self.status.remark(f"the remote changed threads/{thread}/"
+                                       f"{message_name(seq)}, which a message never is: this "
+                                       "clone keeps the one it had")  # fmt: skip
+                    continue
                 data, bad = incoming.message(thread, seq, blobs)
                 if bad is not None:
                     self.status.remark(f"skipped threads/{thread}/{message_name(seq)}: {bad}")
@@ -248,8 +261,12 @@ class Sync:
             with self.files.locked(thread):
                 out = integrate(self.files, tdir, self.state.known.get(thread, 0), msgs)
         except NotReady as e:
-            # Taken again next round: the base stays, the known seq does not move.
-            raise GitError(f"thread {thread} could not be brought in step yet: {e}") from None
+            # Taken again each round from where it stopped; the other threads go on.
+            self.state.behind.setdefault(thread, self._since)
+            self.status.remark(f"thread {thread} waits ({e}): the remote's messages for it "
+                               "land once it is readable here")  # fmt: skip
+            return False
+        self.state.behind.pop(thread, None)
         self.state.known[thread] = out.known
         self._touched.add(thread)
         if out.moved:

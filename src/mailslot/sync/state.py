@@ -32,6 +32,9 @@ class State:
     stamps: dict[str, int] = field(default_factory=dict)  # thread -> folder mtime when in step
     agents_stamp: int = 0  # agents/ folder mtime when in step
     refused: dict[str, str] = field(default_factory=dict)  # remote path -> blob refused
+    #: Threads that could not be brought in step (a file here still being written): the
+    #: commit since which they still need the remote's files ("": from nothing).
+    behind: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path, remote: str) -> State:
@@ -52,6 +55,7 @@ class State:
         self.base = None
         self.known, self.records, self.cards, self.stamps = {}, [], {}, {}
         self.agents_stamp = 0
+        self.behind = {}
 
 
 def _write(path: Path, doc: dict[str, Any], indent: int | None = 1) -> None:
