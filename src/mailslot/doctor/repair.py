@@ -54,10 +54,11 @@ def placeholder(detail: str, meta: dict[str, Any]) -> bytes:
     return note("doctor-" + secrets.token_hex(13), detail, meta)
 
 
-def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool) -> bool:
+def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool, fsync: bool = True) -> bool:
     """Write data at path via a fsynced temp file: replacing it, or only if the name is free.
 
-    Return False if replace is off and the name is taken (another writer has it).
+    Return False if replace is off and the name is taken (another writer has it). fsync=False
+    (a root that says ``"fsync": false``) skips the file's and the folder's fsync.
     """
     tmp = temp_path(tmpdir, "put")
     try:
@@ -66,7 +67,8 @@ def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool) -> bool:
                 modes.share_fd(out.fileno(), tmp)
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            if fsync:
+                os.fsync(out.fileno())
         if replace:
             os.replace(tmp, path)
         else:
@@ -79,6 +81,8 @@ def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool) -> bool:
                     return False
                 raise
         with contextlib.suppress(OSError):
+            if not fsync:
+                return True
             fd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -16,15 +16,13 @@ shown the moved messages are sent back to where the rewrite began (a rewind mark
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailslot.doctor.conflict import moved_bytes
-from mailslot.doctor.repair import mark_rewound, placeholder
+from mailslot.doctor.repair import mark_rewound, placeholder, put
 from mailslot.store.errors import MailslotError
-from mailslot.store.files import Files, fsync_dir
+from mailslot.store.files import Files
 from mailslot.store.format import Message, message_name, parse_message
 
 #: Seqs a writer may have skipped: the local head is looked for this far past a missing file.
@@ -50,27 +48,10 @@ class Outcome:
 
 
 def place(files: Files, path: Path, data: bytes, *, replace: bool) -> bool:
-    """Write data at path through a temp file: replacing it, or only if the name is free."""
-    tmp = files.tmp_name("sync")
-    try:
-        files.create_file(tmp, data)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            except PermissionError:
-                if os.path.lexists(path):  # sshfs reports a lost link race as EPERM
-                    return False
-                raise
-        if files.settings.fsync:
-            fsync_dir(path.parent)
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Write data at path through a temp file (fsynced if the root says so): replacing it, or
+    only if the name is free (False if another writer has it). Doctor's put, with the root's
+    fsync setting."""
+    return put(path, data, files.dir(".state/tmp"), replace=replace, fsync=files.settings.fsync)
 
 
 def local_after(tdir: Path, known: int) -> list[tuple[int, bytes]]:
