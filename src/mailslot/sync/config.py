@@ -11,7 +11,6 @@ mailbox outside any repository, which then gets a private one under ``.state/syn
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from dataclasses import dataclass, fields, replace
@@ -20,6 +19,7 @@ from typing import Any
 
 from mailslot.store.errors import RootError
 from mailslot.store.files import HOST
+from mailslot.store.format import loads
 
 _REF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _LIMITS = {
@@ -80,9 +80,9 @@ def load(root: Path, **overrides: Any) -> SyncConfig:
     """Return the sync settings of root (mailslot.json), with overrides; raise RootError."""
     path = root / "mailslot.json"
     try:
-        doc = json.loads(path.read_bytes())
+        doc = loads(path.read_bytes())  # bounded: a hostile file is a ValueError, no more
     except (OSError, ValueError):
-        doc = {}
+        doc = {}  # opening the mailbox says what is wrong with it
     given = doc.get("sync", {}) if isinstance(doc, dict) else {}
     if not isinstance(given, dict):
         raise RootError(path, f"{path}: 'sync' must be an object of settings")

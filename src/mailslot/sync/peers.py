@@ -60,7 +60,7 @@ class Peers:
             contextlib.suppress(OSError, ValueError, TypeError, AttributeError),
             open(self._path, "rb") as f,
         ):
-            kept = json.loads(f.read())
+            kept = loads(f.read())
             self.seen, self.peers = dict(kept["seen"]), dict(kept["peers"])
         self._sent: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._refreshed = 0.0
@@ -163,7 +163,7 @@ class Peers:
                                     f"{MAX_PRESENCE_BYTES} bytes; ignored")  # fmt: skip
             return
         try:
-            doc = json.loads(data)
+            doc = loads(data)
             agents = {check_name(n, "agent name"): d for n, d in doc["agents"].items()
                       if isinstance(d, dict)}  # fmt: skip
             at = float(doc["at"])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailslot.store.format import loads
+
 #: How many recent remarks (a rewrite noticed, a file refused) the status keeps.
 MAX_REMARKS = 20
 
@@ -40,7 +42,7 @@ class State:
     def load(cls, path: Path, remote: str) -> State:
         """Return the state kept at path for remote (a fresh one if missing or unreadable)."""
         try:
-            doc = json.loads(path.read_bytes())
+            doc = loads(path.read_bytes())
             state = cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
         except (OSError, ValueError, TypeError, AttributeError):
             return cls(remote=remote)
@@ -71,7 +73,7 @@ def _write(path: Path, doc: dict[str, Any], indent: int | None = 1) -> None:
 def read_status(path: Path) -> dict[str, Any]:
     """Return the last status written (empty if none)."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
