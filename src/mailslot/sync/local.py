@@ -83,6 +83,9 @@ class Local:
                         tdir / "thread.json"
                     ).read_bytes()
                     batch.records.append(thread)
+            if thread in st.behind:  # the remote's messages for it have not landed yet:
+                batch.waiting[thread] = "the remote's messages for it land first"
+                continue  # pushing ours now would put them over the remote's at those seqs
             try:
                 ours = local_after(tdir, st.known.get(thread, 0))
             except NotReady as e:
