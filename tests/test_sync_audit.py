@@ -786,3 +786,187 @@ def test_a_heartbeat_a_week_old_is_a_machine_gone_its_ref_deleted(
     sync(git, a)
     assert run_git(git, remote, "for-each-ref", "refs/mailslot/") == ""
     assert not (a / ".state" / "presence" / "ghost.json").exists()
+
+
+def test_a_thread_read_after_a_sync_shows_what_only_the_inbox_had_passed(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    """carol's inbox had passed bob's two posts on b (shown the one to her, the other is to
+    nobody); sync moves both after alice's. Her next thread reads show alice's and bob's post
+    to nobody, once each, and not the one her inbox showed."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    with Mailbox(a) as box:
+        box.agents.register("carol")
+        box.create_thread("t", creator="alice")
+        box.post("t", "shared", sender="alice")
+    sync(git, a)
+    sync(git, b)
+    with Mailbox(a) as box:
+        box.post("t", "alice 1", sender="alice")
+    sync(git, a)
+    shown: list[str] = []
+
+    async def look(kind: str, first: bool = False) -> None:
+        async with agent(b, "carol") as c:
+            shown.extend(await delivered(c, kind, first=first))
+
+    anyio.run(look, "thread", True)
+    with Mailbox(b) as box:
+        box.post("t", "bob to carol", sender="bob", to=["carol"])
+        box.post("t", "bob to all", sender="bob")
+    anyio.run(look, "inbox")
+    assert shown == ["shared", "bob to carol"]
+    sync(git, b)
+    anyio.run(look, "thread")
+    assert Counter(shown) == Counter(["shared", "alice 1", "bob to carol", "bob to all"]), shown
+
+
+def test_the_settings_table_of_the_docs_gives_the_defaults() -> None:
+    """docs/sync.md's table of settings names every setting with its default."""
+    from mailslot.sync.config import SyncConfig
+
+    text = (Path(__file__).parent.parent / "docs" / "sync.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if len(parts) == 3 and parts[0].startswith("`") and parts[1].startswith("`"):
+            rows[parts[0].strip("`")] = json.loads(parts[1].strip("`"))
+    defaults = {k: getattr(SyncConfig(), k) for k in SyncConfig.__dataclass_fields__}
+    assert rows == defaults
+
+
+def test_a_once_that_cannot_reach_the_remote_exits_1_and_says_why(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    """`mailslot sync --once` is for scripts and CI: a round that fails exits 1, with git's
+    words on stderr."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    with Mailbox(a) as box:
+        box.create_thread("t", creator="alice")
+        box.post("t", "one", sender="alice")
+    os.rename(remote, remote.with_name("gone.git"))
+    argv = [sys.executable, "-m", "mailslot", "sync", "--root", str(a), "--once"]
+    done = subprocess.run(argv, env=git, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "mailslot sync: git ls-remote failed" in done.stderr
+
+
+def test_what_the_inbox_owed_where_sync_rewrote_comes_from_where_it_went(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    """carol joins t on b, where bob's task for anyone (seq 2) is owed to her inbox; before
+    her inbox looks, sync puts alice's post (to nobody) at 2 and bob's task at 3. Her inbox
+    brings the task once, from 3, and not alice's post, which was never hers."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    with Mailbox(a) as box:
+        box.agents.register("carol")
+        box.create_thread("t", creator="alice")
+        box.post("t", "shared", sender="alice")
+    sync(git, a)
+    sync(git, b)
+    with Mailbox(a) as box:
+        box.post("t", "alice 1", sender="alice")
+    sync(git, a)
+    with Mailbox(b) as box:
+        box.post("t", "bob's task", sender="bob", type="task")
+    got: list[tuple[int, str]] = []
+
+    async def main() -> None:
+        async with agent(b, "carol") as c:
+            await call(c, "thread_create", topic="t")  # joins: the task is owed
+            await anyio.to_thread.run_sync(sync, git, b)
+            for _ in range(5):
+                answer = await call(c, "msg_wait", timeout_s=1)
+                if not answer["messages"]:
+                    break
+                got.extend((m["seq"], m["content"]) for m in answer["messages"])
+
+    anyio.run(main)
+    assert got == [(3, "bob's task")]
+
+
+def test_a_state_the_remote_set_at_a_seq_this_clone_had_read_is_the_threads_state(
+    tmp_path: Path, git: dict[str, str], remote: Path
+) -> None:
+    """b's thread index had read bob's post at seq 2; sync puts alice's state change there (and
+    bob's after it), and drops the index: the thread's state is alice's, as on a."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    with Mailbox(a) as box:
+        box.create_thread("t", creator="alice")
+        box.post("t", "shared", sender="alice")
+    sync(git, a)
+    sync(git, b)
+    with Mailbox(a) as box:
+        box.set_state("t", "review", sender="alice", summary="ready for review")
+    sync(git, a)
+    with Mailbox(b) as box:
+        box.post("t", "bob's", sender="bob")
+        assert (box.thread("t").state, box.thread("t").head) == ("discuss", 2)  # indexed
+    sync(git, b)
+    with Mailbox(b) as box:
+        info = box.thread("t")
+        assert (info.state, info.summary, info.head) == ("review", "ready for review", 3)
+
+
+@pytest.mark.parametrize("between", [False, True], ids=["away", "back-between"])
+def test_an_agent_through_two_syncs_that_moved_what_it_saw_is_shown_each_message_once(
+    tmp_path: Path, git: dict[str, str], remote: Path, between: bool
+) -> None:
+    """carol was shown bob's posts at 2 and 3 on b; a first sync moves them to 3 and 4, a
+    second rewrites from 5 on (its mark keeps the first's, for agents that were away). carol,
+    back after both, goes through both marks in order: the second does not make her forget
+    where the first said bob's posts went. Back between them, she goes through the first then,
+    and only through the second after: not through the first again, nor through either after
+    a third."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    with Mailbox(a) as box:
+        box.agents.register("carol")
+        box.create_thread("t", creator="alice")
+        box.post("t", "shared", sender="alice")
+    sync(git, a)
+    sync(git, b)
+    with Mailbox(a) as box:
+        box.post("t", "alice 1", sender="alice")
+    sync(git, a)
+    with Mailbox(b) as box:
+        box.post("t", "bob 1", sender="bob")
+        box.post("t", "bob 2", sender="bob")
+    shown: list[str] = []
+
+    async def look(first: bool = False) -> None:
+        async with agent(b, "carol") as c:
+            shown.extend(await delivered(c, "thread", first=first))
+
+    anyio.run(look, True)
+    assert shown == ["shared", "bob 1", "bob 2"]
+    sync(git, b)  # alice 1 at 2, bob's at 3 and 4
+    if between:
+        anyio.run(look)
+        assert shown == ["shared", "bob 1", "bob 2", "alice 1"]
+    with Mailbox(b) as box:
+        box.post("t", "bob 3", sender="bob")  # at 5
+    sync(git, a)
+    with Mailbox(a) as box:
+        box.post("t", "alice 2", sender="alice")  # at 5 too, pushed first
+    sync(git, a)
+    sync(git, b)  # alice 2 at 5, bob 3 at 6
+    with Mailbox(b) as box:
+        assert [m.content for m in box.messages("t")] == [
+            "shared", "alice 1", "bob 1", "bob 2", "alice 2", "bob 3",
+        ]  # fmt: skip
+    anyio.run(look)
+    everything = ["shared", "alice 1", "bob 1", "bob 2", "alice 2", "bob 3"]
+    assert Counter(shown) == Counter(everything), shown
+    with Mailbox(b) as box:  # a third: carol has been through the first two
+        box.post("t", "bob 4", sender="bob")  # at 7
+    sync(git, a)
+    with Mailbox(a) as box:
+        box.post("t", "alice 3", sender="alice")
+    sync(git, a)
+    sync(git, b)  # alice 3 at 7, bob 4 at 8
+    anyio.run(look)
+    assert Counter(shown) == Counter([*everything, "alice 3", "bob 4"]), shown
