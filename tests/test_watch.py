@@ -257,9 +257,16 @@ def test_file_filled_later_by_a_foreign_writer_wakes_the_waiter(
 
 def test_watcher_signals_when_a_created_file_is_filled(box: Mailbox) -> None:
     # The event alone, with no re-check of any waiter in between: writing and closing the file.
+    # Each signal names the thread the file is in (what a waiter then looks at, and only that).
     watcher = Watcher.acquire(box.root / "threads")
     signalled = threading.Event()
-    unsubscribe = watcher.subscribe(signalled.set)
+    named: list[str | None] = []
+
+    def heard(thread: str | None) -> None:
+        named.append(thread)
+        signalled.set()
+
+    unsubscribe = watcher.subscribe(heard)
     try:
         with open(box.root / "threads" / "t" / "000001.json", "xb") as f:
             assert signalled.wait(5), "creating the file signals"
@@ -270,6 +277,7 @@ def test_watcher_signals_when_a_created_file_is_filled(box: Mailbox) -> None:
             signalled.clear()
         assert signalled.wait(10), "closing it signals"
         assert watcher.failure is None
+        assert set(named) == {"t"}, named
     finally:
         unsubscribe()
         watcher.release()

@@ -76,9 +76,9 @@ def only_woken_by_events() -> None:
 
     _wait.SAFETY_RECHECK_S = 3600.0
     tick = _wait.Waiting.tick
-    last: list[_wait._WaitPlan] = []  # the wait that said so last (one plan per wait)
+    last: list[_wait.WaitPlan] = []  # the wait that said so last (one plan per wait)
 
-    def first_sleep(self: _wait.Waiting, plan: _wait._WaitPlan) -> float:
+    def first_sleep(self: _wait.Waiting, plan: _wait.WaitPlan) -> float:
         if not last or last[0] is not plan:
             last[:] = [plan]
             THREADS_WHILE_BLOCKED[0] = threading.active_count()
@@ -335,5 +335,53 @@ def task_holder(root: str, name: str, topic: str, seq: str) -> None:
             bad, claim = await _tool(c, "task_claim", thread=joined["thread"], seq=int(seq))  # type: ignore[index]
             print(json.dumps({"error": claim} if bad else claim), flush=True)
             await anyio.sleep(600)
+
+    anyio.run(main)
+
+
+def offer_worker(root: str, name: str, topic: str, total: str, go: str) -> None:
+    """Drain tasks as a model would, through an own `mailslot serve`: join topic (no wait yet:
+    tasks posted before the first one are owed to it), then wait on the inbox, claim each task
+    it offers, post the result of each one won, and wait again; stop once task_list counts
+    int(total) done.
+
+    Prints one JSON line: the tasks won (seq -> result seq), the task_claim calls made, the
+    most tasks one answer offered, and how many answers said has_more."""
+    import anyio
+    from mcp.client import Client
+
+    async def main() -> None:
+        async with Client(_serve_params(root, name), mode="auto", cache=None) as c:
+            bad, joined = await _tool(c, "thread_create", topic=topic)
+            assert not bad, joined
+            thread = joined["thread"]  # type: ignore[index]
+            wait_for(Path(go))
+            won: dict[int, int] = {}
+            claims = most = more = 0
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                bad, got = await _tool(c, "msg_wait", timeout_s=1)
+                assert not bad, got
+                offers = [m for m in got["messages"] if "task" in m]  # type: ignore[index]
+                most = max(most, len(offers))
+                more += bool(got.get("has_more"))  # type: ignore[attr-defined]
+                for m in offers:
+                    claims += 1
+                    seq = m["seq"]
+                    bad, claim = await _tool(c, "task_claim", thread=m["thread"], seq=seq)
+                    if not bad and claim["claimed"] is True:  # type: ignore[index]
+                        bad, posted = await _tool(c, "msg_post", thread=m["thread"],
+                                                  content=f"{name} did {seq}", type="result",
+                                                  reply_to=seq)  # fmt: skip
+                        assert not bad, posted
+                        won[seq] = posted["seq"]  # type: ignore[index]
+                if not offers:
+                    bad, listed = await _tool(c, "task_list", thread=thread, status="all",
+                                              limit=1)  # fmt: skip
+                    assert not bad, listed
+                    if listed["counts"]["done"] >= int(total):  # type: ignore[index]
+                        break
+            print(json.dumps({"worker": name, "won": won, "claims": claims, "most": most,
+                              "more": more}), flush=True)  # fmt: skip
 
     anyio.run(main)

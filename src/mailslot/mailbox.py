@@ -36,6 +36,7 @@ from mailslot.coordination.tasks import Claim, Tasks
 from mailslot.store import positions
 from mailslot.store.agents import Agents
 from mailslot.store.errors import Damaged, InvalidState, MailslotError, RootError
+from mailslot.store.feed import Feed
 from mailslot.store.files import Files
 from mailslot.store.format import (
     FORMAT,
@@ -56,7 +57,7 @@ from mailslot.store.publish import Writer
 from mailslot.store.roots import ROOT_DIRNAME, create, default_root, find_root, share
 from mailslot.store.settings import DEFAULT_MAX_CONTENT, WAIT_MODES, Settings, load
 from mailslot.store.threads import Threads
-from mailslot.store.wait import Arrivals, Waiting
+from mailslot.store.wait import Arrivals, Waiting, WaitPlan
 from mailslot.store.watch import Watcher
 
 if TYPE_CHECKING:
@@ -460,6 +461,26 @@ class Mailbox:
         return await self._waiting.wait_async(
             threads, after, to=to, timeout=timeout, limit=limit, match=match
         )
+
+    def wait_plan(self, threads: str | Iterable[str] | None, after: Mapping[str, int], *,
+                  to: str | None = None, limit: int = 100,
+                  match: Callable[[Message], bool] | None = None) -> WaitPlan:  # fmt: skip
+        """Return a wait to run again and again with run_wait, from after: it keeps its cursor,
+        so a run looks only where something changed since the last (the first: everywhere)."""
+        return self._waiting.plan(threads, after, to, 0, limit, match)
+
+    async def run_wait(self, plan: WaitPlan, timeout: float) -> Arrivals:
+        """Await plan's new messages for up to timeout seconds, as wait_async does."""
+        return await self._waiting.run_async(plan, timeout)
+
+    @property
+    def changes(self) -> Feed:
+        """Return the feed of threads that changed, as this process saw (store.feed)."""
+        return self._waiting.feed
+
+    def thread_names(self) -> list[str]:
+        """Return the thread ids, sorted (threads/ listed again only when it changed)."""
+        return self._waiting.names()
 
     # ------------------------------------------------------------------ lifetime
 

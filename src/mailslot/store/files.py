@@ -101,7 +101,7 @@ def _whose(path: Path, root: Path) -> str:
     return "check the folder's permissions or mount options"
 
 
-def exists(tdir: Path, seq: int) -> bool:
+def exists(tdir: Path | str, seq: int) -> bool:
     """Return True if thread folder tdir has a file (of any kind) for seq."""
     return os.path.lexists(f"{os.fspath(tdir)}/{message_name(seq)}")  # no Path: a hot path
 
@@ -406,23 +406,27 @@ class Files:
 
     def thread_ids(self) -> list[str]:
         """Return the ids of the thread folders, sorted (one listing; stray entries skipped)."""
+        return sorted(self.thread_folders())
+
+    def thread_folders(self) -> dict[str, int]:
+        """Return the inode of each thread folder by id (one listing; stray entries skipped):
+        a thread deleted and made again under its id has another."""
         path = self.root / "threads"
         self.check_not_symlink(path)
         try:
             with os.scandir(path) as entries:
                 # is_dir without following links: a symlinked thread folder is not a thread.
-                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+                found = {e.name: e.inode() for e in entries if e.is_dir(follow_symlinks=False)}
         except FileNotFoundError:
-            return []
+            return {}
         except OSError as e:
             raise RootError(path, f"cannot list {path}: {e.strerror}") from None
-        ids = []
-        for name in names:
+        for name in list(found):
             if name not in self._valid:
                 try:
                     check_name(name)
                 except InvalidName:
+                    del found[name]
                     continue  # a stray folder; doctor reports it
                 self._valid.add(name)
-            ids.append(name)
-        return sorted(ids)
+        return found

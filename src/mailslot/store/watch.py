@@ -164,7 +164,8 @@ def _handler(watcher: Watcher) -> Any:
         def on_any_event(self, event: FileSystemEvent) -> None:  # on the observer thread
             if event.is_directory:
                 watcher.folder_event(event)
-            watcher.notify()
+            for path in {event.src_path, getattr(event, "dest_path", "")} - {""}:
+                watcher.notify(watcher.thread_of(os.fsdecode(path)))
 
     return Handler()
 
@@ -172,8 +173,9 @@ def _handler(watcher: Watcher) -> Any:
 class Watcher:
     """One recursive watch on a root's threads/ folder, shared by every waiter of the process.
 
-    Subscribers are plain callables run on the observer or keeper thread; they must only signal
-    (``threading.Event.set`` or ``loop.call_soon_threadsafe``), never do the work.
+    Subscribers are plain callables run on the observer or keeper thread, given the id of the
+    thread an event came from (None: any thread may have changed); they must only note it and
+    signal (``threading.Event.set`` or ``loop.call_soon_threadsafe``), never do the work.
 
     The watch follows the folder, not the inode it first saw: a keeper thread stats threads/
     every ``KEEP_INTERVAL_S`` and, when git or ``mailslot init`` removed or replaced it, moves
@@ -191,7 +193,7 @@ class Watcher:
         #: Why file events here cannot be trusted (inotify limits), or None while they can.
         self.failure: str | None = None
         self._users = 0
-        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._subscribers: dict[int, Callable[[str | None], None]] = {}
         self._next_id = 0
         self._lock = threading.Lock()
         self._handler = _handler(self)
@@ -258,7 +260,7 @@ class Watcher:
             if self._observer.is_alive():
                 self._observer.join(timeout=5)
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[str | None], None]) -> Callable[[], None]:
         """Call callback on every relevant event until the returned function is called."""
         with self._lock:
             key = self._next_id
@@ -271,14 +273,23 @@ class Watcher:
 
         return unsubscribe
 
-    def notify(self) -> None:
-        """Signal every subscriber (called on the observer or keeper thread)."""
+    def notify(self, thread: str | None = None) -> None:
+        """Signal every subscriber that thread (None: any) may have changed (called on the
+        observer or keeper thread)."""
         with self._lock:
             callbacks = list(self._subscribers.values())
         for callback in callbacks:
             # RuntimeError: the waiter's event loop closed while we were signalling.
             with contextlib.suppress(RuntimeError):
-                callback()
+                callback(thread)
+
+    def thread_of(self, path: str) -> str | None:
+        """Return the id of the thread whose folder path is in (None: threads/ itself, or a
+        path outside it)."""
+        base = str(self.threads_dir) + os.sep
+        if not path.startswith(base):
+            return None
+        return path[len(base) :].split(os.sep, 1)[0] or None
 
     def folder_event(self, event: FileSystemEvent) -> None:
         """Note a folder event for the keeper (called on the observer thread).
