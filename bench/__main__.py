@@ -18,7 +18,7 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, console, mcp, peer, publish, scale, search, server, sync, tasks, wake
+from bench import cold, console, idle, mcp, peer, publish, scale, search, server, sync, tasks, wake
 from bench._util import SCRATCH
 from mailslot.store.watch import filesystem_type
 
@@ -74,6 +74,10 @@ section("Through MCP: real `mailslot serve` processes and the official client", 
 t = time.monotonic()
 section("The server's own cost: beside a minimal server on the same SDK, and before",
         server.run(quick), t)  # fmt: skip
+
+t = time.monotonic()
+section("Idle: an agent blocked in inbox msg_wait as threads grow, beside a minimal SDK server",
+        idle.run(quick), t)  # fmt: skip
 
 t = time.monotonic()
 section("Tasks: claim and hand off through MCP, beside Redis Streams", tasks.run(quick), t)
