@@ -1,10 +1,12 @@
 """Tasks: mailslot's claim/result protocol through MCP, beside Redis Streams in the same run.
 
-mailslot: real `mailslot serve` processes driven by the official MCP client. Workers wait on
-their inbox (`msg_wait()`), claim each task they are shown (`task_claim`), and close the ones
-they win with a result (`msg_post(type="result", reply_to=seq)`). Every open task is shown to
-every waiting worker, so several workers race for each one: the losers get `claimed: false`, or a
-tool error once the task is done.
+mailslot: real `mailslot serve` processes driven by the official MCP client. Workers behave as
+a model would: join the thread (`thread_create`), wait on their inbox (`msg_wait()`), claim the
+task it offers (`task_claim`), close it with a result when the claim wins (`msg_post(type=
+"result", reply_to=seq)`), and wait again. An inbox wait offers one open task for anyone at a
+time, the first in the worker's own order among the oldest open ones, so workers seldom race
+for one; a loser gets `claimed: false`, or a tool error once the task is done. The tasks are
+posted after the workers joined and before their first wait (the inbox owes them then).
 
 Redis Streams: a local `redis-server` on a Unix socket with persistence off (`--save ''
 --appendonly no`), and once more with `--appendonly yes --appendfsync always` since mailslot
@@ -140,15 +142,13 @@ async def _claim_loop(root: Path, n: int) -> tuple[list[float], list[float]]:
 
 
 def _mailslot_worker(root: str, name: str) -> None:
-    """Drain the inbox until it stays quiet for 2 s; print the time of the last result, how many
-    tasks this worker closed, and how many task_claim calls it made."""
+    """Join the thread, then drain the inbox until it stays quiet for 2 s: claim each task it
+    offers, post the result of each one won. Print the time of the last result, how many tasks
+    this worker closed, and how many task_claim calls it made."""
 
     async def main() -> None:
         async with Client(_params(Path(root), name), mode=MODE, cache=None) as c:
-            await _call(c, "thread_create", topic="drain")
-            # A first look: the inbox hands out tasks posted after it (those posted between
-            # thread_create and an agent's first msg_wait are not handed out, as of this writing).
-            await _call(c, "msg_wait", timeout_s=0.05)
+            await _call(c, "thread_create", topic="drain")  # joined: its tasks are owed to it
             print("ready", flush=True)
             sys.stdin.readline()
             last, done, calls = 0.0, 0, 0
@@ -157,7 +157,7 @@ def _mailslot_worker(root: str, name: str) -> None:
                 if got["status"] == "timeout" and not got["messages"]:
                     break
                 for m in got["messages"]:
-                    if m.get("type") != "task":
+                    if "task" not in m:  # an offer: the task, with its status and task_claim
                         continue
                     calls += 1
                     won = await _try(c, "task_claim", thread=m["thread"], seq=m["seq"])
@@ -657,9 +657,10 @@ def render(ours: dict[str, Any], theirs: dict[str, Any] | None, why: str | None)
         "and each call is one round trip over a Unix socket. mailslot has no server: every "
         "message is a file fsynced into a folder, and every call here goes through the MCP SDK "
         "over stdio (JSON-RPC, validation) to a `mailslot serve` process, which is most of each "
-        "round trip (see the MCP section). Its workers are shown every open task and race for it, "
-        "hence more than one task_claim call per task; a Redis consumer group hands each entry "
-        "to one consumer instead.",
+        "round trip (see the MCP section). An inbox wait offers a worker one open task, the "
+        "first in its own order among the oldest open ones, so workers seldom race for one (the "
+        "task_claim calls per task say how often they did); a Redis consumer group hands each "
+        "entry to one consumer.",
         "Handoff. mailslot frees a dead holder's task as soon as it is seen dead: a claim "
         "records its holder's process (the `mailslot serve` that made it), and on one machine "
         "the server of a worker waiting on its inbox checks every 0.5 s that held tasks' "

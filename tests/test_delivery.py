@@ -14,6 +14,7 @@ import pytest
 
 from mailslot import InvalidName, Mailbox
 from mailslot.agent.inbox import Delivery
+from mailslot.agent.offers import PICK, rank
 from mailslot.agent.reading import Reading
 from mailslot.agent.seat import Pace, Seat
 from mailslot.tools import Session
@@ -207,3 +208,90 @@ def test_a_wait_says_waiting_once_it_lasts_and_not_before(box: Mailbox) -> None:
     assert shown == []
     assert pace.limit(MARK_WAITING_S) == 5.0
     assert shown == [1]
+
+
+# ---------------------------------------------------------------- one task for anyone a wait
+
+
+def drain_offers(d: Delivery, me: str) -> list[int]:
+    """Wait with no timeout until nothing is left; return the seqs shown, in order."""
+    shown: list[int] = []
+    while (got := anyio.run(d.inbox, me, 0.0, Quiet())).messages:
+        got.mark(len(got.messages))
+        shown += [m.seq for m in got.messages]
+    return shown
+
+
+def test_an_inbox_wait_shows_one_task_for_anyone_and_holds_the_others_back(
+    box: Mailbox,
+) -> None:
+    """Each wait shows one open task: the first in the agent's own order of the oldest open
+    ones. The position stays before those held back; what was shown past it is not shown
+    again, after a restart either, and what was held back comes then."""
+    box.create_thread("work", creator="alice")
+    bob = delivery(box)
+    bob.reading.join("work", "bob")
+    anyio.run(bob.inbox, "bob", 0.0, Quiet()).mark(0)  # the first look: nothing yet
+    seqs = [box.post("work", f"job {i}", sender="alice", type="task") for i in range(5)]
+    shown = []
+    for _ in range(2):
+        got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+        (m,) = got.messages
+        got.mark(1)
+        assert got.more
+        shown.append(m.seq)
+    assert shown == sorted(seqs, key=lambda s: rank("bob", "work", s))[:2]
+    held = sorted(set(seqs) - set(shown))
+    assert bob.reading.position("work", "bob").inbox == held[0] - 1
+    bob.reading.save("bob")
+
+    again = delivery(box)  # a new server: only what was saved
+    assert sorted(drain_offers(again, "bob")) == held
+    assert drain_offers(again, "bob") == []
+
+
+def test_agents_waiting_side_by_side_are_offered_different_tasks(box: Mailbox) -> None:
+    box.create_thread("work", creator="alice")
+    seqs = [box.post("work", f"job {i}", sender="alice", type="task") for i in range(PICK)]
+    firsts = {}
+    for name in ("w0", "w1", "w2", "w3"):
+        d = delivery(box)
+        d.reading.join("work", name)
+        (m,) = anyio.run(d.inbox, name, 0.0, Quiet()).messages
+        assert m.seq == min(seqs, key=lambda s: rank(name, "work", s))
+        firsts[name] = m.seq
+    assert len(set(firsts.values())) == 4, firsts
+
+
+def test_a_task_held_back_and_taken_by_another_is_passed_and_the_next_one_offered(
+    box: Mailbox,
+) -> None:
+    box.create_thread("work", creator="alice")
+    bob = delivery(box)
+    anyio.run(bob.inbox, "bob", 0.0, Quiet()).mark(0)
+    seqs = [box.post("work", f"job {i}", sender="alice", type="task") for i in range(3)]
+    first, second, third = sorted(seqs, key=lambda s: rank("bob", "work", s))
+    got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    assert [m.seq for m in got.messages] == [first]
+    got.mark(1)
+    assert box.tasks.claim("work", second, agent="carol").won
+    assert drain_offers(bob, "bob") == [third]
+    assert bob.reading.position("work", "bob").inbox == box.head("work")  # none held now
+
+
+def test_messages_to_the_agent_all_come_beside_one_task_for_anyone(box: Mailbox) -> None:
+    box.create_thread("work", creator="alice")
+    box.create_thread("side", creator="alice")
+    bob = delivery(box)
+    anyio.run(bob.inbox, "bob", 0.0, Quiet()).mark(0)
+    tasks = [box.post("work", f"job {i}", sender="alice", type="task") for i in range(4)]
+    to_bob = [
+        box.post("work", "bob, read this", sender="alice", to=["bob"]),
+        box.post("side", "and this", sender="alice", to=["bob"]),
+        box.post("side", "a job for bob", sender="alice", type="task", to=["bob"]),
+    ]
+    got = anyio.run(bob.inbox, "bob", 0.0, Quiet())
+    *addressed, offer = got.messages
+    assert sorted(m.seq for m in addressed) == sorted(to_bob) and offer.seq in tasks
+    got.mark(len(got.messages))
+    assert sorted(drain_offers(bob, "bob")) == sorted(set(tasks) - {offer.seq})

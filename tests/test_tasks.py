@@ -435,10 +435,13 @@ def test_an_agent_gets_the_tasks_posted_between_joining_and_its_first_wait(
     box.post("t", "for someone else", sender="alice", type="task", to=["bob"])
 
     async def main() -> None:
-        got = await worker.msg_wait(timeout_s=1)
-        assert [(m["seq"], m["task"]["status"]) for m in got["messages"]] == [
-            (s, "open") for s in seqs
-        ]
+        offered = []
+        for left in (True, True, False):  # one task for anyone a wait, each once
+            got = await worker.msg_wait(timeout_s=1)
+            ((seq, status),) = [(m["seq"], m["task"]["status"]) for m in got["messages"]]
+            assert status == "open" and got.get("has_more", False) is left, got
+            offered.append(seq)
+        assert sorted(offered) == seqs
         assert (await worker.msg_wait(timeout_s=0.2))["messages"] == []  # once
         later = box.post("t", "job 3", sender="alice", type="task")
         assert [m["seq"] for m in (await worker.msg_wait(timeout_s=2))["messages"]] == [later]

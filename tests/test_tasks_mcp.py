@@ -972,3 +972,173 @@ def test_a_hold_lost_to_another_is_forgotten_at_the_next_heartbeat(root: Path) -
             assert writes <= beats, f"{writes} presence writes for 30 calls holding nothing"
 
     anyio.run(main)
+
+
+# ---------------------------------------------------------------- 9. one task for anyone a wait
+
+
+def tasks_in(answer: dict[str, Any]) -> list[int]:
+    """Return the seqs of the tasks an inbox wait's answer offers."""
+    return [m["seq"] for m in answer["messages"] if "task" in m]
+
+
+def test_four_workers_offered_one_task_a_wait_drain_them_each_once_with_few_lost_claims(
+    root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """Workers join the thread; half the tasks come before their first msg_wait (the inbox
+    owes those), half while they work. Each answer offers one task at most, and says
+    has_more while others wait; workers rarely claim a task another took."""
+    total, n = 160, 4
+    box = Mailbox(root)
+    box.create_thread("drain", creator="boss")
+    go = tmp_path / "go"
+    procs += [spawn_call("offer_worker", str(root), f"w{i}", "drain", str(total), str(go))
+              for i in range(n)]  # fmt: skip
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
+            p.stderr.read() if p.stderr else ""
+        )
+    posted = [box.post("drain", f"job {i}", sender="boss", type="task") for i in range(total // 2)]
+    go.touch()
+    posted += [box.post("drain", f"job {i}", sender="boss", type="task")
+               for i in range(total // 2, total)]  # fmt: skip
+    outs = [json.loads(out) for out in finish(procs, timeout=300)]
+
+    messages = list(box.messages("drain"))
+    by_task: dict[int, list[Message]] = defaultdict(list)
+    for m in messages:
+        if m.reply_to is not None:
+            by_task[m.reply_to].append(m)
+    won = {int(seq): (doc["worker"], result) for doc in outs for seq, result in doc["won"].items()}
+    assert sorted(won) == sorted(posted), "every task won once, by one worker"
+    for seq in posted:
+        claims, results = of(by_task[seq], "claim"), of(by_task[seq], "result")
+        assert len(claims) == len(results) == 1, (seq, by_task[seq])
+        assert claims[0].sender == results[0].sender == won[seq][0]
+        assert results[0].seq == won[seq][1]
+    calls = sum(doc["claims"] for doc in outs)
+    print(f"\n{total} tasks, {n} workers: {calls / total:.2f} task_claim calls per task; won "
+          + "/".join(str(len(doc["won"])) for doc in outs))  # fmt: skip
+    assert max(doc["most"] for doc in outs) == 1, "an answer offered more than one task"
+    assert calls / total < 1.5, f"{calls} task_claim calls for {total} tasks"
+    assert sum(doc["more"] for doc in outs) > 0, "no answer said that more tasks wait"
+
+
+@pytest.mark.parametrize("posted", ["before joining", "while waiting"])
+def test_a_worker_whose_offer_another_took_is_offered_the_next_task_at_once(
+    root: Path, posted: str
+) -> None:
+    """Tasks owed from before the first wait, or read by the waits: the same."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    seqs: list[int] = []
+    if posted == "before joining":
+        seqs += [box.post("jobs", f"job {i}", sender="boss", type="task") for i in range(3)]
+
+    async def main() -> None:
+        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
+            await call(a, "thread_create", topic="jobs")
+            if not seqs:
+                assert (await call(a, "msg_wait", timeout_s=0.5))["messages"] == []
+                seqs.extend(box.post("jobs", f"job {i}", sender="boss", type="task")
+                            for i in range(3))  # fmt: skip
+            first = await call(a, "msg_wait", timeout_s=5)
+            (mine,) = tasks_in(first)
+            assert first["has_more"] is True and "more is waiting" in first["hint"], first
+            # bravo takes it between alpha's wait and alpha's claim
+            assert (await call(b, "task_claim", thread="jobs", seq=mine))["claimed"] is True
+            lost = await call(a, "task_claim", thread="jobs", seq=mine)
+            assert (lost["claimed"], lost["holder"]) == (False, "bravo"), lost
+            offered = [mine]
+            for more in (True, False):  # the other two, one a wait, each at once
+                got = await call(a, "msg_wait", timeout_s=30)
+                (seq,) = tasks_in(got)
+                assert got["waited_s"] < 5 and got.get("has_more", False) is more, got
+                assert seq not in offered and got["messages"][0]["task"]["status"] == "open"
+                offered.append(seq)
+            assert sorted(offered) == seqs
+            assert (await call(a, "task_claim", thread="jobs", seq=seq))["claimed"] is True
+            assert (await call(a, "msg_wait", timeout_s=0.5))["messages"] == []
+
+    anyio.run(main)
+
+
+def test_a_killed_holders_task_goes_to_a_worker_whose_inbox_holds_tasks_back(
+    root: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """bravo was offered one of two tasks and left it; carol took the other, which bravo's
+    inbox held back. bravo's next wait blocks (nothing it was not shown is open) and hands
+    out the dead holder's task at once."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    held = box.post("jobs", "held job", sender="boss", type="task")
+    pid = hold(procs, root, "alpha", "jobs", held)
+
+    async def main() -> None:
+        async with agent(root, "bravo") as b:
+            await call(b, "thread_create", topic="jobs")
+            assert (await call(b, "msg_wait", timeout_s=0.5))["messages"] == []  # held
+            two = [box.post("jobs", f"job {i}", sender="boss", type="task") for i in range(2)]
+            first = await call(b, "msg_wait", timeout_s=5)
+            (left,) = tasks_in(first)
+            assert first["has_more"] is True, first
+            (other,) = set(two) - {left}
+            assert box.tasks.claim("jobs", other, agent="carol").won  # a lease, no process
+            returned: list[dict[str, Any]] = []
+
+            async def wait() -> None:
+                returned.append(await call(b, "msg_wait", timeout_s=60))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.to_thread.run_sync(
+                    until, "bravo waiting", lambda: waiting(root, "bravo")
+                )
+                assert not returned, f"the wait returned while the holder lived: {returned}"
+                killed = time.monotonic()
+                kill(pid)
+            (got,) = returned
+            assert tasks_in(got) == [held], got
+            assert got["messages"][0]["task"]["reopened"] > max(two)
+            assert time.monotonic() - killed < 10
+            assert (await call(b, "task_claim", thread="jobs", seq=held))["claimed"] is True
+
+    anyio.run(main)
+
+
+def test_messages_to_an_agent_all_come_while_its_inbox_holds_tasks_back(root: Path) -> None:
+    """Only tasks for anyone come one at a time: what is addressed to the agent (a task for it
+    included) comes with the first wait, and what arrives while tasks are held back comes at
+    once, beside a task (not after them: 20 are left)."""
+    box = Mailbox(root)
+    box.agents.register("carol")
+    box.create_thread("jobs", creator="boss")
+    box.create_thread("other", creator="boss")
+    anyone = [box.post("jobs", f"job {i}", sender="boss", type="task") for i in range(20)]
+    note = box.post("jobs", "carol: look at this first", sender="boss", to=["carol"])
+    mine = box.post("other", "a job for carol", sender="boss", type="task", to=["carol"])
+    anyone.append(box.post("jobs", "one more job", sender="boss", type="task"))
+
+    async def main() -> None:
+        async with agent(root, "carol") as c:
+            await call(c, "thread_create", topic="jobs")
+            got = await call(c, "msg_wait", timeout_s=5)
+            to_her = [
+                (m["thread"], m["seq"]) for m in got["messages"] if "carol" in m.get("to", [])
+            ]
+            assert sorted(to_her) == [("jobs", note), ("other", mine)], got
+            offered = [
+                (m["thread"], m["seq"]) for m in got["messages"] if "carol" not in m.get("to", [])
+            ]
+            assert len(offered) == 1 and offered[0][1] in anyone and got["has_more"] is True
+            later = box.post("other", "carol: and this", sender="boss", to=["carol"])
+            came: list[int] = []
+            for _ in range(10):  # the next answer, or the one after when it looked just
+                got = await call(c, "msg_wait", timeout_s=5)  # before the file event came
+                assert len(tasks_in(got)) == 1 and got["has_more"] is True, got
+                came += [m["seq"] for m in got["messages"] if m["thread"] == "other"]
+                if came:
+                    break
+            assert came == [later]
+
+    anyio.run(main)

@@ -359,8 +359,8 @@ class Session:
         got.mark(len(views))
         self.save_positions(now=False)
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
-        if cut is not None or self._reading.owes:
-            out["has_more"] = True
+        if cut is not None or self._reading.owes or got.more:
+            out["has_more"] = True  # more is there now (tasks for anyone come one at a time)
         trouble(out, got.arrivals.skipped, got.arrivals.pending)
         return out
 

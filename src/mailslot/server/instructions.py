@@ -19,9 +19,9 @@ def instructions(
         "it returns new messages, or status 'timeout' after about 50 s; then call it again. "
         "Delegate with msg_post(type='task', to=[agent]); answer a task with type='result' "
         "(or 'error') and reply_to=<the task's seq>. A task without `to` is for every agent: "
-        "your inbox msg_wait() brings it, whatever threads you joined; take it with task_claim "
-        "before working on it; your result reply closes it. Before editing files others may edit, "
-        "files_reserve(paths); files_release when done. "
+        "your inbox msg_wait() brings such tasks one per call, whatever threads you joined; take "
+        "one with task_claim before working on it; your result reply closes it. Before editing "
+        "files others may edit, files_reserve(paths); files_release when done. "
         "Move the thread with thread_set_state and close it with a summary."
     )
     if channel:

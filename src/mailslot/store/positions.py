@@ -3,7 +3,9 @@
 ``read`` is "every message of the thread up to here has been shown to the agent" (by a thread
 wait or a list that returned them); ``inbox`` is "every message *addressed to the agent* up to
 here has been shown" (by an inbox wait), so it is never behind ``read``. Posting moves neither,
-and a page cut at the size budget moves them only as far as what was returned.
+and a page cut at the size budget moves them only as far as what was returned; an inbox wait
+that shows one task for anyone and holds others back stops before the first held back, and
+remembers what it showed past that (``moved_inbox``).
 
 A position belongs to one incarnation of a thread (a token of its immutable ``thread.json``):
 after a thread is deleted and created again under the same id, what was read of the old one
@@ -21,6 +23,7 @@ new seq, and not shown again there.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +125,9 @@ class Position:
     #: Seqs past ``read`` that a rewind moved messages to which thread reads had shown at their
     #: old seqs (not shown again); each is dropped once ``read`` passes it.
     moved_read: set[int] = field(default_factory=set)
-    #: The same for what the inbox had passed (dropped once ``inbox`` passes it).
+    #: The same for what the inbox had passed (dropped once ``inbox`` passes it), and the seqs
+    #: past ``inbox`` of tasks for anyone an inbox wait showed while it held back others
+    #: before them (see ``inbox_shown``).
     moved_inbox: set[int] = field(default_factory=set)
 
     @classmethod
@@ -192,8 +197,8 @@ class Position:
         """Return True if message seq was shown to the agent by a thread read.
 
         inbox (for what the inbox returns: addressed to the agent, or a task for anyone): or
-        by the inbox at the seq a rewind moved it from (what the inbox showed otherwise is
-        behind its position).
+        by the inbox past its position (at the seq a rewind moved it from, or a task shown
+        while others before it were held back); what else the inbox showed is behind it.
         """
         in_range = self.read is not None and self.start < seq <= self.read
         return in_range or seq in self.moved_read or (inbox and seq in self.moved_inbox)
@@ -240,12 +245,18 @@ class Position:
         self.moved_read = {s for s in self.moved_read if s <= head}
         self.moved_inbox = {s for s in self.moved_inbox if s <= head}
 
-    def inbox_shown(self, upto: int) -> None:
-        """Record that every message to the agent up to upto was shown."""
+    def inbox_shown(self, upto: int, ahead: Iterable[int] = ()) -> None:
+        """Record that every message to the agent up to upto was shown, and the messages at
+        the seqs of ahead past it (a task for anyone chosen over others held back before it:
+        the position stops before those, and what it showed beyond is not shown again)."""
         if self.inbox is None or upto > self.inbox:
             self.inbox = upto
             self.dirty = True
             self.moved_inbox = {s for s in self.moved_inbox if s > upto}
+        past = {s for s in ahead if s > self.inbox_seen} - self.moved_inbox
+        if past:
+            self.moved_inbox = _lowest(self.moved_inbox | past)
+            self.dirty = True
 
 
 def load(files: Files, agent: str, key: str) -> Any:

@@ -327,6 +327,8 @@ def waited_view(out: dict[str, Any], thread: str | None) -> dict[str, Any]:
     )
     if not out["messages"]:
         out["hint"] = f"no new message yet; call {again}"
+    elif out.get("has_more"):  # the inbox shows open tasks for anyone one at a time
+        out["hint"] = f"reply with msg_post, then {again}: more is waiting, it returns at once"
     else:
         out["hint"] = f"reply with msg_post, then {again}"
     return out
