@@ -8,8 +8,8 @@ files dated long ago), in native and poll wait modes. For each:
 - idle: the server's user+system CPU (all its threads, from /proc) over a window that starts
   once the first call has returned, so it holds the re-calls and the look each one makes first;
 - first call: the server's CPU over the agent's first `msg_wait` (15 s), and its first look:
-  what it spent from the call until its CPU first went quiet (under a quarter of a core over
-  0.25 s; the whole call if it never did);
+  what it spent from the call until its CPU went quiet (under a quarter of a core for 0.5 s;
+  the whole call if it never did);
 - wake: from another process's post to the agent (into the first thread) to `msg_wait`
   returning it, while idle;
 - beside it, the minimal server on the same SDK (bench/minimal_server.py) with its client
@@ -24,6 +24,7 @@ per-machine state (.state/) an agent that ran before left, whichever mode goes f
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import statistics
@@ -213,7 +214,7 @@ async def _wake(me: _Agent, box: Mailbox, target: str, agent: str, i: int) -> fl
     moment; return the seconds until msg_wait returned it."""
     while not me.in_call or time.perf_counter() - me.since > TIMEOUT_S / 3:  # a fresh call
         await anyio.sleep(0.01)
-    await _quiet(me.pid, until=me.since + TIMEOUT_S - 3.0)
+    await _settled(me.pid, until=me.since + TIMEOUT_S - 3.0)
     await anyio.sleep(random.uniform(0.2, 1.0))
     content = f"wake {agent} {i}"
     t0 = time.perf_counter()
@@ -222,25 +223,21 @@ async def _wake(me: _Agent, box: Mailbox, target: str, agent: str, i: int) -> fl
 
 
 async def _look(pid: int, c0: float, out: dict[str, float]) -> None:
-    """Set out["first_look"]: the CPU seconds process pid spent since c0 until the end of its
-    first quiet 0.25 s (under a quarter of a core)."""
-    while True:
-        c = _cpu(pid)
+    """Set out["first_look"]: the CPU seconds process pid spent since c0 until it settled."""
+    out["first_look"] = await _settled(pid) - c0
+
+
+async def _settled(pid: int, until: float = math.inf) -> float:
+    """Return the CPU seconds of process pid once it was quiet (under a quarter of a core) for
+    two steps of 0.25 s in a row (a stall on the disk is not the end of a look), or at until
+    (a look longer than that is posted into)."""
+    quiet, now = 0, _cpu(pid)
+    while quiet < 2 and time.perf_counter() < until:
+        before = now
         await anyio.sleep(0.25)
         now = _cpu(pid)
-        if now - c < QUIET:
-            out["first_look"] = now - c0
-            return
-
-
-async def _quiet(pid: int, until: float) -> None:
-    """Return once process pid spent under a quarter of a core over 0.25 s, or at until (a
-    look longer than that is posted into)."""
-    while time.perf_counter() < until:
-        c0 = _cpu(pid)
-        await anyio.sleep(0.25)
-        if _cpu(pid) - c0 < QUIET:
-            return
+        quiet = quiet + 1 if now - before < QUIET else 0
+    return now
 
 
 @contextmanager
@@ -292,7 +289,8 @@ def render(v: dict[tuple[int, str], dict[str, float]]) -> str:
         f"is called again as soon as each msg_wait (timeout_s={TIMEOUT_S:g}) returns (calls: "
         "how many began in the window), the look each call makes first included. first call: "
         f"the server's CPU over the agent's first msg_wait ({first:.0f} s); first look: what it "
-        "spent of that until its CPU went quiet (under a quarter of a core over 0.25 s). "
+        "spent of that until its CPU went quiet (under a quarter of a core for 0.5 s, which it "
+        "includes). "
         "wake: another process's post → msg_wait returning it, p50 of "
         f"{some['wakes']:.0f}, each posted at a random moment once a call's first look is over "
         "(a look longer than the call is posted into). floor %: the minimal SDK server "
