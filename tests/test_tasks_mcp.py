@@ -257,11 +257,14 @@ async def wait_for_task(c: Client, thread: str, seq: int, within: float) -> tupl
 
 
 async def handoff(
-    roots: dict[str, Path], thread: str, seq: int, pid: int, within: float
-) -> tuple[dict[str, float], dict[str, dict], dict[str, dict]]:
+    roots: dict[str, Path], thread: str, seq: int, pid: int, within: float,
+    others_may_win: bool = False,
+) -> tuple[dict[str, float], dict[str, dict], dict[str, dict]]:  # fmt: skip
     """With agents (name -> root) joined to thread and blocked in their inbox waits, SIGKILL
     the holder's serve (pid); return how long after the kill each wait returned the task, its
-    view, and what each one's task_claim answered (all claim at once, as real workers do)."""
+    view, and what each one's task_claim answered (all claim at once, as real workers do).
+    others_may_win: a wait that never saw the task open (another claimed it first) is no
+    failure (agents on two mounts of one folder, which no lock excludes across)."""
     async with agent(roots["bravo"], "bravo") as b, agent(roots["charlie"], "charlie") as c:
         clients = {"bravo": b, "charlie": c}
         for x in clients.values():
@@ -275,7 +278,12 @@ async def handoff(
         killed: list[float] = []
 
         async def work(name: str) -> None:
-            at, views[name] = await wait_for_task(clients[name], thread, seq, within)
+            try:
+                at, views[name] = await wait_for_task(clients[name], thread, seq, within)
+            except AssertionError:
+                if not others_may_win:
+                    raise
+                return  # another claimed it before this wait saw it open: not offered
             returned[name] = at - killed[0]
             result = await clients[name].call_tool("task_claim", {"thread": thread, "seq": seq})
             text = result.content[0].text  # type: ignore[union-attr]
@@ -326,10 +334,11 @@ def check_handoff(
     assert ev["holder"] == holder and "ended" in ev["reason"], ev
     assert ev["noticed_by"] in claims
     for name, v in views.items():
-        assert v["task"]["status"] == "open" and v["task"]["reopened"] == effective[0].seq, (
-            name,
-            v,
-        )
+        # Open when its wait returned it; a loser's view may already say claimed, when the
+        # winner (on another mount, no lock between them) claimed it before that view was made.
+        status = v["task"]["status"]
+        assert status == "open" or (status == "claimed" and name != winner), (name, v)
+        assert v["task"]["reopened"] == effective[0].seq, (name, v)
         assert v["task"]["failed"] == 1 and v["type"] == "task" and v["seq"] == seq
     assert [r.sender for r in results] == [winner]
     board = Mailbox(root).tasks.board(thread)
@@ -390,11 +399,15 @@ def test_sigkilled_holder_on_another_mount_is_replaced_once(
     seq = box.post("jobs", "job over the network", sender="boss", type="task")
     pid = hold(procs, a / name, "alpha", "jobs", seq)
     roots = {"bravo": b / name, "charlie": (a if charlie_on == "a" else b) / name}
-    returned, views, claims = anyio.run(handoff, roots, "jobs", seq, pid, 30.0)
+    apart = charlie_on == "a"
+    returned, views, claims = anyio.run(handoff, roots, "jobs", seq, pid, 30.0, apart)
     print("\nover sshfs the waits returned the task "
           + ", ".join(f"{n} {s:.2f} s" for n, s in sorted(returned.items()))
           + " after the SIGKILL")  # fmt: skip
-    assert set(returned) == {"bravo", "charlie"}
+    # On two mounts the first to see the reopen may claim before the other's wait sees it
+    # open (polled, a tick later): that one is then not offered a task someone holds.
+    winners = {n for n, c in claims.items() if c.get("claimed")}
+    assert set(returned) == {"bravo", "charlie"} or (apart and set(returned) == winners)
     assert max(returned.values()) < 30.0, "within the heartbeat timeout"
     rs = replies(a / name, "jobs", seq)
     print(f"reopen events: {len(of(rs, 'reopen'))}, claims: {len(of(rs, 'claim'))}")

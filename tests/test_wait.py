@@ -17,6 +17,7 @@ import pytest
 from helpers import finish, spawn, until, until_async
 
 from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError
+from mailslot.store import plan as _plan
 from mailslot.store import wait as _wait
 from mailslot.store.watch import Watcher, filesystem_type, is_network_fs
 
@@ -260,7 +261,7 @@ def _looked_per_poll_tick(
     """
     waiter = Mailbox(root, wait_mode="poll", poll_interval=0.01)
     looked: list[set[str]] = []  # per tick: the thread folders looked at
-    real_exists, real_tick = _wait.exists, _wait.Waiting.tick
+    real_exists, real_tick = _plan.exists, _wait.Waiting.tick
 
     def counting_exists(tdir: Path | str, seq: int) -> bool:
         if looked:
@@ -277,7 +278,7 @@ def _looked_per_poll_tick(
         return real_tick(self, plan)
 
     with mp.context() as m:
-        m.setattr(_wait, "exists", counting_exists)
+        m.setattr(_plan, "exists", counting_exists)
         m.setattr(_wait.Waiting, "tick", counting_tick)
         got = waiter.wait(None, {} if from_empty_cursor else waiter.cursor(), to=agent)
     assert [m.content for m in got.messages] == ["the end"] and not got.timed_out
@@ -305,13 +306,16 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
     grow_to(2000)
     many = _looked_per_poll_tick(root, "dave", True, monkeypatch)
     from_now = _looked_per_poll_tick(root, "erin", False, monkeypatch)
-    # A slice of the quiet ones, plus the one thread that got news during the wait (unless
-    # the slice already held it: which tick first sees it depends on the machine's load).
-    bound = _wait.sweep_size(2000, 0.01) + 1
-    assert bound == _wait.POLL_SLICE + 1  # at that interval the sweep is the smallest slice
-    assert few <= bound, f"a tick looked at {few} of 300 threads"
-    assert many <= bound, f"a tick looked at {few} of 300 threads but {many} of 2,000"
-    assert from_now <= bound, f"{many} threads per tick from {{}}, {from_now} from cursor()"
+    # A slice of the quiet ones (nothing busy: in ticks SWEEP_TICK_S apart), plus the thread
+    # that came with news during the wait (unless the slice already held it: which tick first
+    # sees it depends on the machine's load).
+    def bound(n: int) -> int:
+        return _wait.sweep_size(n, _plan.SWEEP_TICK_S) + 2
+
+    assert bound(300) == _wait.POLL_SLICE + 2 and bound(2000) < 2000 / 5
+    assert few <= bound(300), f"a tick looked at {few} of 300 threads"
+    assert many <= bound(2000), f"a tick looked at {few} of 300 threads but {many} of 2,000"
+    assert from_now <= bound(2000), f"{many} threads per tick from {{}}, {from_now} from now"
 
 
 def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
@@ -332,7 +336,7 @@ def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
     ticks = 0
     seen_past_news = False  # the wait has read the news to bob in the busy thread
     posted_at: int | None = None
-    real_exists, real_tick = _wait.exists, _wait.Waiting.tick
+    real_exists, real_tick = _plan.exists, _wait.Waiting.tick
 
     def counting_exists(tdir: Path | str, seq: int) -> bool:
         nonlocal seen_past_news
@@ -352,7 +356,7 @@ def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
         return real_tick(self, plan)
 
     with monkeypatch.context() as m:
-        m.setattr(_wait, "exists", counting_exists)
+        m.setattr(_plan, "exists", counting_exists)
         m.setattr(_wait.Waiting, "tick", counting_tick)
         got = waiter.wait(None, waiter.cursor(), to="carol", timeout=120)
     assert [m.content for m in got.messages] == ["news for carol"] and not got.timed_out

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from mailslot.agent.offers import Boards, Offers
 from mailslot.agent.reading import Reading
 from mailslot.coordination.board import CLAIMED, Task, offer_of
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message
 from mailslot.store.positions import Position
-from mailslot.store.wait import Arrivals
+from mailslot.store.wait import Arrivals, WaitPlan
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
@@ -54,6 +55,9 @@ class Delivered:
     arrivals: Arrivals
     messages: list[Message]
     _mark: Callable[[int], int | None] = field(repr=False)
+    #: Set by mark: tasks for anyone it held back are left for the next wait (an inbox wait
+    #: shows one at a time).
+    more: bool = False
 
     def mark(self, shown: int) -> int | None:
         """Record that the first shown messages were shown; return where a thread wait goes on."""
@@ -79,10 +83,22 @@ class Delivery:
         # held tasks this agent could take there. A board changes only with a message of its
         # thread, so a quiet thread without such a task is not read again.
         self._boards: dict[str, tuple[int, bool]] = {}
+        self._held: set[str] = set()  # threads where others hold tasks this agent could take
+        self._boards_at: int | None = None  # where in the feed settle last looked
+        self._boards_due: set[str] = set()  # threads waits read past since settle looked
+        # The inbox wait, kept from call to call for one agent: its cursor, and where in the
+        # feed its positions were last brought into it (so a call looks only where something
+        # changed, not at every thread).
+        self._plan: WaitPlan | None = None
+        self._plan_for = ""
+        self._plan_at = 0
 
     def forget(self) -> None:
-        """Drop what is known of boards (the agent took another name)."""
+        """Drop what is known of boards and the inbox (the agent took another name)."""
         self._boards.clear()
+        self._held.clear()
+        self._boards_at = None
+        self._plan = None
 
     # ------------------------------------------------------------------ waits
 
@@ -115,8 +131,9 @@ class Delivery:
             )
             return m.sender != me and not seen
 
+        plan = self.box.wait_plan([thread], begun)
         got, messages = await self._waiting(
-            me, [thread], begun, None, timeout, keep, pace, back=(_read if own else None)
+            me, plan, timeout, keep, pace, back=(_read if own else None), begun=begun
         )
 
         def mark(shown: int) -> int:
@@ -129,15 +146,13 @@ class Delivery:
     async def inbox(self, me: str, timeout: float, pace: Pace) -> Delivered:
         """Wait for what is addressed to me and the tasks for anyone it may take, in any thread;
         what is owed from before its first look is returned at once."""
-        cursor = self.reading.inbox_cursor(me)
-        tokens = self.reading.tokens(cursor)  # the rewinds that cursor is after
-
-        def match(m: Message) -> bool:  # what an inbox wait wakes for
-            if me in m.to:
-                return True
-            if m.to:
-                return False
-            return offer_of(m, me) is not None  # a task for anyone, in any thread
+        plan = self._inbox_plan(me)
+        tokens = self.reading.tokens(plan.cursor)  # the rewinds that cursor is after
+        held = self.reading.resume(plan.cursor)  # what earlier waits read on and held back
+        for thread, ahead in held.items():
+            if plan.cursor.get(thread, 0) < ahead.scanned:
+                plan.move(thread, ahead.scanned)
+        boards = Boards(self.box)
 
         def keep(m: Message) -> bool:  # of those, what it returns: tasks only while open,
             # nothing a thread wait returned
@@ -145,71 +160,122 @@ class Delivery:
                 shown = self.reading.position(m.thread, me).was_shown(m.seq, inbox=True)
             except MailslotError:  # removed meanwhile: the wait reports what it meets
                 shown = False
-            return m.sender != me and not shown and self.offered(me, m)
+            return m.sender != me and not shown and self.offered(me, m, boards)
+
+        positions: dict[str, Position | None] = {}
+
+        def shown(thread: str, seq: int) -> bool:  # by a thread read, since it was held back
+            if thread not in positions:
+                try:
+                    positions[thread] = self.reading.position(thread, me)
+                except MailslotError:
+                    positions[thread] = None  # removed meanwhile
+            pos = positions[thread]
+            return pos is None or pos.was_shown(seq, inbox=True)
 
         owed = self.reading.owed(me)
         gone = {(m.thread, m.seq) for m in owed if not keep(m)}  # claimed or closed meanwhile
         owed = [m for m in owed if (m.thread, m.seq) not in gone]
-        if owed:  # due from before this agent's first look: return them at once, with
-            # whatever else is there now (a look, no wait), not a call later
-            got, now = await self._waiting(
-                me, None, cursor, me, 0, keep, pace, match=match, back=_inbox, tokens=tokens
-            )
+        offers = Offers(self.box, me, boards, {t: a.offers for t, a in held.items()},
+                        self.reading.owed_tasks(), shown)  # fmt: skip
+        if owed or offers.ready():  # due from before this agent's first look, or tasks held
+            # back: return them at once, with whatever else is there now (a look, no wait)
+            got, now = await self._waiting(me, plan, 0, keep, pace, back=_inbox, tokens=tokens)
             due = {(m.thread, m.seq) for m in owed}
-            messages = owed + [m for m in now if (m.thread, m.seq) not in due]
+            found = owed + [m for m in now if (m.thread, m.seq) not in due]
         else:
-            got, messages = await self._waiting(
-                me, None, cursor, me, timeout, keep, pace, match=match, settle=True,
-                back=_inbox, tokens=tokens,
-            )  # fmt: skip
+            got, found = await self._waiting(
+                me, plan, timeout, keep, pace, settle=True, back=_inbox, tokens=tokens
+            )
+        messages = offers.choose(found)  # one task for anyone at most, last
 
         def mark(shown: int) -> None:
-            seen = {(m.thread, m.seq) for m in messages[:shown]} | gone
-            self.reading.inbox_shown(messages, seen, got.cursor, me, tokens)
+            chosen = offers.chosen is not None and shown == len(messages)
+            delivered.more = offers.more(chosen)
+            seen = {(m.thread, m.seq) for m in messages[:shown]} | gone | offers.shown(chosen)
+            back = offers.held_back(chosen)
+            threads = plan.moved | set(back) | {t for t, _ in seen}
+            moved = {t: plan.cursor[t] for t in threads if t in plan.cursor}
+            self.reading.inbox_shown(messages, seen, moved, me, tokens, back)
+            self._align(me, plan, set(moved))
 
-        return Delivered(got, messages, mark)
+        delivered = Delivered(got, messages, mark)
+        return delivered
+
+    def _inbox_plan(self, me: str) -> WaitPlan:
+        """Return me's inbox wait, its cursor brought up to date with its positions where they
+        may have changed since the last call (all of them on the first call): threads the feed
+        named (messages came, a thread came, went or was made again), and threads it read past
+        without showing (a call that ended before its messages were shown)."""
+        plan = self._plan
+        if plan is None or self._plan_for != me:
+
+            def match(m: Message) -> bool:  # what an inbox wait wakes for
+                if me in m.to:
+                    return True
+                if m.to:
+                    return False
+                return offer_of(m, me) is not None  # a task for anyone, in any thread
+
+            self.box.thread_names()  # the listing the feed goes on from
+            self._plan_at = self.box.changes.mark()
+            plan = self.box.wait_plan(None, self.reading.inbox_cursor(me), to=me, limit=PAGE,
+                                      match=match)  # fmt: skip
+            self._plan, self._plan_for = plan, me
+            return plan
+        self.box.thread_names()  # threads that came or went since: noted in the feed
+        at = self.box.changes.mark()
+        changed = self.box.changes.since(self._plan_at)
+        self._plan_at = at
+        self._align(me, plan, set(plan.cursor) if changed is None else changed | plan.moved)
+        return plan
+
+    def _align(self, me: str, plan: WaitPlan, threads: set[str]) -> None:
+        """Set plan's cursor in threads to where me's inbox position stands (a thread gone is
+        dropped); what plan read past there is found again."""
+        cursor, gone = self.reading.inbox_at(me, threads)
+        for thread, seq in cursor.items():
+            plan.move(thread, seq)
+        for thread in gone:
+            plan.drop(thread)
+        plan.moved.clear()
 
     async def _waiting(
         self,
         me: str,
-        threads: list[str] | None,
-        cursor: dict[str, int],
-        to: str | None,
+        plan: WaitPlan,
         timeout: float,
         keep: Callable[[Message], bool],
         pace: Pace,
         *,
-        match: Callable[[Message], bool] | None = None,
         settle: bool = False,
         back: Callable[[Position], int | None] | None = None,
         tokens: dict[str, str] | None = None,
+        begun: dict[str, int] | None = None,
     ) -> tuple[Arrivals, list[Message]]:
         """Wait until messages that keep() accepts arrive; return the last arrivals and them.
 
-        settle: while others hold tasks this agent could take in the threads of the cursor
-        (as it grows), their holders are looked at every SETTLE_EVERY_S, and a dead or stalled
-        one's task is reopened (an event that ends this wait with the task).
+        settle: while others hold tasks this agent could take in the threads of the plan,
+        their holders are looked at every SETTLE_EVERY_S, and a dead or stalled one's task is
+        reopened (an event that ends this wait with the task).
 
         back: where the agent's position says a thread goes on. A thread whose position a
         rewind sent back during the wait (a writer rewrote seqs the wait may have passed; see
         Reading.went_back) starts again from there, what the wait found there dropped; the
-        caller's cursor (where each thread began) and tokens follow.
+        plan's cursor, begun (where each thread began) and tokens follow.
         """
-        begun = time.monotonic()
+        started = time.monotonic()
         skipped = []
-        start = cursor
         if back is not None and tokens is None:
-            tokens = self.reading.tokens(cursor)
+            tokens = self.reading.tokens(plan.cursor)
         while True:
-            watch = settle and self.settle(me, cursor)
-            left = timeout - (time.monotonic() - begun)
-            step = min(left, pace.limit(time.monotonic() - begun))
+            watch = settle and self.settle(me, plan)
+            left = timeout - (time.monotonic() - started)
+            step = min(left, pace.limit(time.monotonic() - started))
             if watch:
                 step = min(step, SETTLE_EVERY_S)
-            got = await self.box.wait_async(
-                threads, cursor, to=to, timeout=max(0.0, step), limit=PAGE, match=match
-            )
-            cursor = got.cursor
+            got = await self.box.run_wait(plan, max(0.0, step))
+            self._boards_due |= plan.moved
             skipped += got.skipped
             again: dict[str, int] = {}
             if back is not None and tokens is not None:
@@ -221,13 +287,17 @@ class Delivery:
                 for thread, pos in self.reading.went_back(me, tokens).items():
                     if (at := back(pos)) is not None:
                         again[thread] = at
-                cursor = cursor | again
-                start.update(again)
+                for thread, at in again.items():
+                    plan.move(thread, at)
+                    if begun is not None:
+                        begun[thread] = at
             found = [m for m in got.messages if m.thread not in again]
             messages = [m for m in found if keep(m)]
             if messages or left <= step:
                 break
-            await pace.progress(time.monotonic() - begun, threads[0] if threads else "inbox")
+            await pace.progress(time.monotonic() - started, plan.threads[0] if plan.threads
+                                else "inbox")  # fmt: skip
+        cursor = got.cursor  # the plan's own, which again moved
         return Arrivals(found, cursor, got.timed_out, skipped, got.pending), messages
 
     # ------------------------------------------------------------------ tasks
@@ -244,43 +314,59 @@ class Delivery:
         except MailslotError:
             return None
 
-    def offered(self, me: str, m: Message) -> bool:
-        """Return False for a task (or the reopening of one) that me cannot take now."""
+    def offered(self, me: str, m: Message, boards: Boards | None = None) -> bool:
+        """Return False for a task (or the reopening of one) that me cannot take now
+        (boards: the boards this wait read, read again only for a message past them)."""
         seq = offer_of(m, me)
         if seq is None:
             return True
+        if boards is not None and (task := boards.task(m.thread, seq, m.seq)) is not None:
+            return task.open_to(me)
         try:
             task = self.box.tasks.task(m.thread, seq)
         except MailslotError:
             return m.type == "task"  # unreadable now: show the task itself, as any message
         return task.open_to(me)
 
-    def settle(self, me: str, heads: dict[str, int]) -> bool:
-        """Hand out again the tasks in the threads of heads whose holders died or stalled;
+    def settle(self, me: str, plan: WaitPlan) -> bool:
+        """Hand out again the tasks in the threads of plan whose holders died or stalled;
         return True if tasks me could take are held by others (so that their holders are
         watched).
 
-        heads: how far the caller has seen each thread (threads that came during a wait
-        included); a board is read again only where that moved or others held tasks
-        (O(threads) dict look-ups, not board reads, per call).
+        A board changes only with a message of its thread, so it is read again only where
+        the feed named the thread or a wait read past a message there since the last call, or
+        where others held tasks (the first call reads every board it has not read yet).
         """
-        held = []
-        for thread, at in sorted(heads.items()):
+        at = self.box.changes.mark()
+        named = None if self._boards_at is None else self.box.changes.since(self._boards_at)
+        self._boards_at = at
+        heads = plan.cursor
+        if named is None:
+            threads = set(heads)
+        else:
+            threads = {t for t in named | self._boards_due if t in heads} | self._held
+        self._boards_due = set()
+        for thread in sorted(threads):
+            at_seq = heads.get(thread)
             known = self._boards.get(thread)
-            if known is not None and known == (at, False):
-                continue  # nothing new there, and nothing held by others to watch
+            if at_seq is None or (known is not None and known == (at_seq, False)):
+                continue  # gone, or nothing new there and nothing held by others to watch
             try:
                 board = self.box.tasks.board(thread)
             except MailslotError:
                 self._boards.pop(thread, None)
+                self._held.discard(thread)
                 continue
             others = any(
                 t.status == CLAIMED and t.holder != me and t.may_take(me)
                 for t in board.tasks.values()
             )
-            self._boards[thread] = (at, others)
+            self._boards[thread] = (at_seq, others)
             if others:
-                held.append(thread)
+                self._held.add(thread)
+            else:
+                self._held.discard(thread)
+        held = sorted(self._held)
         if held and self.box.read_only is None:
             self.box.tasks.settle(held, noticed_by=me, stale_after=self.stale_after)
         return bool(held)

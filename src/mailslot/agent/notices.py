@@ -19,6 +19,7 @@ a hook run within that second may repeat what a wait just returned.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -111,17 +112,21 @@ class Notices:
             return {}
         return {t: s for t, s in marks.items() if type(s) is int}
 
-    def new(self, *, senders: set[str] | None = None) -> list[News]:
+    def new(
+        self, *, senders: set[str] | None = None, threads: Iterable[str] | None = None
+    ) -> list[News]:
         """Return what is new for the agent, urgent first, then by thread and seq.
 
         senders, if given, keeps only messages from those names (a channel pushes only what
-        agents with a card sent: a push is a way into the model's prompt). At most MAX_NEWS
-        are returned; more is then True, and what was left out is returned next time.
+        agents with a card sent: a push is a way into the model's prompt). threads, if given,
+        looks only there (where messages came since the last look); else in every thread. At
+        most MAX_NEWS are returned; more is then True, and what was left out is returned next
+        time.
         """
         self.more = False
         out: list[News] = []
         reported = self.reported()
-        for thread in list(self.box):
+        for thread in sorted(threads) if threads is not None else list(self.box):
             self._look(thread, reported, out)
         if senders is not None:
             out = [n for n in out if n.message.sender in senders]

@@ -4,6 +4,8 @@ A ``Session`` keeps one ``Reading``. Positions (``store.positions.Position``) ar
 thread from ``.state/cursors/`` and saved when they changed. The first time the agent's inbox
 looks at a thread, what is addressed to the agent there and not answered by it becomes owed:
 those messages are returned by the next inbox wait, even though they arrived before it began.
+An inbox wait that holds back tasks for anyone (it shows one at a time) leaves the position
+before the first of them; ``Ahead`` remembers how far it read past that, and which it held back.
 """
 
 from __future__ import annotations
@@ -11,15 +13,56 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailslot.store.errors import MailslotError
+from mailslot.store.errors import MailslotError, NotFound
 from mailslot.store.format import Message, loads
 from mailslot.store.positions import Position, rewinds
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
+
+
+@dataclass(slots=True)
+class Ahead:
+    """How far the inbox read a thread past its position, and the tasks it held back there.
+
+    ``offers`` are (seq of the message, seq of the task it offers), in seq order; the position
+    stays before the first. Valid while the position is the one it was made for (``key``).
+    """
+
+    key: tuple[str, str, int]  # incarnation, rewind and inbox_seen of the position then
+    scanned: int  # the inbox read the thread up to here
+    offers: list[tuple[int, int]]
+
+
+def _key(pos: Position) -> tuple[str, str, int]:
+    return pos.incarnation, pos.rewound, pos.inbox_seen
+
+
+class Tokens(dict[str, str]):
+    """Reading.tokens: the rewind each loaded position of threads had gone through; those
+    not listed had gone through none ("")."""
+
+    def __init__(
+        self, known: dict[str, str], threads: Container[str], positions: dict[str, Position]
+    ) -> None:
+        super().__init__(known)
+        self.threads = threads
+        self.positions = positions
+
+    def __contains__(self, thread: object) -> bool:
+        return super().__contains__(thread) or (thread in self.threads and thread in self.positions)
+
+    def __missing__(self, thread: str) -> str:
+        if thread in self:
+            return ""
+        raise KeyError(thread)
+
+    def get(self, thread: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self[thread] if thread in self else default  # noqa: SIM401 - this is get
 
 
 class Reading:
@@ -36,22 +79,31 @@ class Reading:
         self._positions: dict[str, Position] = {}  # thread -> what this agent was shown
         self._backlog: list[tuple[str, int]] = []  # inbox messages due from before its first look
         self._rewound: dict[str, int] = {}  # thread -> the rewind mark last looked at (mtime)
+        self._tokened: set[str] = set()  # threads whose position went through a rewind
+        self._touched: set[str] = set()  # threads whose position was handed out since a save
         self._planned: dict[str, str] = {}  # thread -> its incarnation when the inbox wait began
+        self._ahead: dict[str, Ahead] = {}  # thread -> what the inbox read past its position
+        # Tasks for anyone owed from before a first look or a join: thread -> seqs, in order.
+        # Kept apart from _backlog: the inbox shows one a wait and reads only that one.
+        self._owed_tasks: dict[str, list[int]] = {}
 
     @property
     def owes(self) -> bool:
         """Return True while inbox messages from before a first look are still owed."""
-        return bool(self._backlog)
+        return bool(self._backlog or self._owed_tasks)
 
     def owes_in(self, thread: str) -> bool:
         """Return True while inbox messages of thread from before a first look are owed."""
-        return any(t == thread for t, _ in self._backlog)
+        return thread in self._owed_tasks or any(t == thread for t, _ in self._backlog)
 
     def forget(self) -> None:
         """Drop every position and what is owed (the agent took another name)."""
         self._positions.clear()
         self._backlog.clear()
         self._rewound.clear()  # the next name's positions have rewinds of their own to go through
+        self._tokened.clear()
+        self._ahead.clear()
+        self._owed_tasks.clear()
 
     def position(self, thread: str, agent: str | None) -> Position:
         """Return what agent was shown of thread (this incarnation of it), loading it once.
@@ -59,6 +111,7 @@ class Reading:
         Raise NoSuchThread.
         """
         incarnation = self.box.incarnation(thread)
+        self._touched.add(thread)
         pos = self._positions.get(thread)
         if pos is not None and not pos.incarnation and incarnation:
             pos.incarnation = incarnation  # its thread.json arrived after its messages
@@ -70,7 +123,10 @@ class Reading:
                 stored = self.box.load_cursor(agent, thread) if agent else None
                 pos = Position.from_json(stored, incarnation)
             self._backlog = [(t, s) for t, s in self._backlog if t != thread]
+            self._owed_tasks.pop(thread, None)
             self._positions[thread] = pos
+            if pos.rewound:
+                self._tokened.add(thread)
         head = self.box.head(thread)
         if max(pos.read or 0, pos.inbox or 0) > head:
             pos.clamp(self.box.head(thread, exact=True))  # beyond the cheap head: look closely
@@ -103,13 +159,19 @@ class Reading:
             marks = marks[tokens.index(pos.rewound) + 1 :]
         for rewind in marks:
             owed = {s for t, s in self._backlog if t == thread}
+            owed.update(self._owed_tasks.get(thread, ()))
             if pos.rewind(rewind, owed):
+                self._tokened.add(thread)
                 self._backlog = [(t, s) for t, s in self._backlog
                                  if t != thread or s < rewind.start]  # fmt: skip
+                self._owe_tasks(thread, [], upto=rewind.start)
 
-    def tokens(self, threads: Iterable[str]) -> dict[str, str]:
-        """Return the last rewind the loaded position of each of threads went through."""
-        return {t: p.rewound for t in threads if (p := self._positions.get(t)) is not None}
+    def tokens(self, threads: Container[str]) -> dict[str, str]:
+        """Return the last rewind the loaded position of each of threads went through (""
+        for none): a view that costs the threads that ever went through one, not all."""
+        known = {t: p.rewound for t in self._tokened if t in threads
+                 and (p := self._positions.get(t)) is not None}  # fmt: skip
+        return Tokens(known, threads, self._positions)
 
     def went_back(self, me: str, tokens: dict[str, str]) -> dict[str, Position]:
         """Return the positions of the threads of tokens (from tokens()) that went through a
@@ -148,10 +210,12 @@ class Reading:
             return
         self._saved_at = at
         self._due = False
-        owed = {t for t, _ in self._backlog}
+        owed = {t for t, _ in self._backlog} | set(self._owed_tasks)
         # .state/ deleted (git clean -fdX): write every position again, not only changed ones.
         lost = not (self.box.root / ".state" / "cursors" / agent).is_dir()
-        for thread, pos in sorted(self._positions.items()):
+        touched, self._touched = self._touched, set()  # a position changes only once handed out
+        for thread in sorted(self._positions if lost else touched & self._positions.keys()):
+            pos = self._positions[thread]
             if pos.dirty or lost:
                 # While inbox messages from before the first look are still owed, the saved
                 # inbox position stays unknown, so a restart derives them again.
@@ -165,17 +229,26 @@ class Reading:
 
     def inbox_cursor(self, me: str) -> dict[str, int]:
         """Return where me's inbox continues in each thread, taking a first look where needed."""
+        return self.inbox_at(me, self.box.thread_names())[0]
+
+    def inbox_at(self, me: str, threads: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """Return where me's inbox continues in each of threads (taking a first look where
+        needed), and those of them that are gone."""
         cursor: dict[str, int] = {}
-        for thread in list(self.box):
+        gone: set[str] = set()
+        for thread in sorted(threads):
             try:
                 pos = self.position(thread, me)
                 if pos.inbox is None:
                     self._first_look(me, thread, pos)
+            except NotFound:
+                gone.add(thread)
+                continue
             except MailslotError:
-                continue  # removed, or unreadable: the wait reports what it meets
+                continue  # unreadable: the wait reports what it meets
             cursor[thread] = pos.inbox_seen
             self._planned[thread] = pos.incarnation
-        return cursor
+        return cursor, gone
 
     def _first_look(self, me: str, thread: str, pos: Position) -> None:
         """Start the inbox position of a thread this agent's inbox never looked at.
@@ -205,14 +278,34 @@ class Reading:
 
     def _owe_open_tasks(self, thread: str, me: str, pos: Position) -> None:
         board = self.box.tasks.board(thread)
-        self._backlog += [
-            (thread, t.seq)
+        seqs = [
+            t.seq
             for t in board.tasks.values()
-            if t.status == "open" and not t.to and t.sender != me and not pos.was_shown(t.seq)
+            if t.status == "open"
+            and not t.to
+            and t.sender != me
+            and not pos.was_shown(t.seq, inbox=True)  # an inbox wait showed it ahead
         ]
+        self._owe_tasks(thread, seqs)
+
+    def _owe_tasks(self, thread: str, seqs: Iterable[int], upto: int | None = None) -> None:
+        """Owe me the tasks for anyone of thread at seqs, besides those owed (upto: drop the
+        owed ones from there on)."""
+        owed = {s for s in self._owed_tasks.get(thread, ()) if upto is None or s < upto}
+        owed.update(seqs)
+        if owed:
+            self._owed_tasks[thread] = sorted(owed)
+        else:
+            self._owed_tasks.pop(thread, None)
+
+    def owed_tasks(self) -> dict[str, list[int]]:
+        """Return the tasks for anyone owed from before a first look or a join: thread ->
+        seqs in order, not read (the inbox reads the one it shows; see agent/offers)."""
+        return self._owed_tasks
 
     def owed(self, me: str) -> list[Message]:
-        """Return the owed inbox messages that can still be read (dropping the others)."""
+        """Return the owed inbox messages that can still be read (dropping the others); the
+        tasks for anyone owed are apart (owed_tasks)."""
         out: list[Message] = []
         keep: list[tuple[str, int]] = []
         for thread in {t for t, _ in self._backlog}:  # a rewind not gone through drops some
@@ -231,6 +324,24 @@ class Reading:
         self._backlog = keep
         return out
 
+    def resume(self, threads: Iterable[str]) -> dict[str, Ahead]:
+        """Return, by thread (of threads), how far earlier inbox waits read past its inbox
+        position, and the tasks they held back there: the inbox goes on from there. A
+        position that changed otherwise (a thread read, a rewind) drops what was read."""
+        out: dict[str, Ahead] = {}
+        threads = set(threads)
+        for thread, ahead in list(self._ahead.items()):
+            pos = self._positions.get(thread)
+            try:  # the folder went back in time (see Position.clamp): read it again
+                behind = pos is not None and self.box.head(thread) < ahead.scanned
+            except MailslotError:
+                behind = True
+            if pos is None or thread not in threads or _key(pos) != ahead.key or behind:
+                del self._ahead[thread]
+                continue
+            out[thread] = ahead
+        return out
+
     def inbox_shown(
         self,
         messages: list[Message],
@@ -238,22 +349,45 @@ class Reading:
         cursor: dict[str, int],
         agent: str | None,
         tokens: dict[str, str] | None = None,
+        offers: dict[str, list[tuple[int, int]]] | None = None,
     ) -> None:
         """Record that an inbox wait returned shown of messages, and got as far as cursor
         (tokens: the rewinds its positions had been through, from tokens(): a thread rewound
-        since keeps its position, which the cursor ran ahead of)."""
+        since keeps its position, which the cursor ran ahead of; offers: the tasks for anyone
+        it held back in each thread, as Ahead.offers, which the position stays before)."""
         self._backlog = [item for item in self._backlog if item not in shown]
+        for thread in {t for t, _ in shown if t in self._owed_tasks}:
+            left = [s for s in self._owed_tasks[thread] if (thread, s) not in shown]
+            if left:
+                self._owed_tasks[thread] = left
+            else:
+                del self._owed_tasks[thread]
         # A cut page never moves a position past what was returned: each thread's inbox
-        # position stops before its first message that did not fit.
+        # position stops before its first message that did not fit, and before the first
+        # task for anyone held back (the next wait reads on from cursor, and offers those).
         held: dict[str, int] = {}
+        cut: set[str] = set()
         for m in messages:
-            if (m.thread, m.seq) not in shown and (m.thread, m.seq) not in self._backlog:
-                held.setdefault(m.thread, m.seq - 1)
+            owed = (m.thread, m.seq) in self._backlog or m.seq in self._owed_tasks.get(m.thread, ())
+            if (m.thread, m.seq) not in shown and not owed:
+                held[m.thread] = min(held.get(m.thread, m.seq), m.seq - 1)
+                cut.add(m.thread)
+        for thread, its in (offers or {}).items():
+            if its:
+                held[thread] = min(held.get(thread, its[0][0]), its[0][0] - 1)
+        ahead: dict[str, list[int]] = {}
+        for thread, seq in shown:
+            ahead.setdefault(thread, []).append(seq)
         for thread, seq in cursor.items():
+            self._ahead.pop(thread, None)
             with contextlib.suppress(MailslotError):
                 pos = self.position(thread, agent)
                 if pos.incarnation != self._planned.get(thread, pos.incarnation):
                     continue  # created again during the wait: the cursor was the old thread's
                 if tokens is not None and pos.rewound != tokens.get(thread, pos.rewound):
                     continue  # rewritten since the wait looked: the cursor was the old seqs'
-                pos.inbox_shown(held.get(thread, seq))
+                upto = min(held.get(thread, seq), seq)
+                pos.inbox_shown(upto, ahead.get(thread, ()))
+                back = (offers or {}).get(thread)
+                if back and thread not in cut and upto < seq:
+                    self._ahead[thread] = Ahead(_key(pos), seq, back)

@@ -49,35 +49,40 @@ async def push_news(
     while session.agent is None:  # named on first use when no --agent was given
         await anyio.sleep(0.5)
     # Arrivals after this cursor wake the loop; what came before it, the first look finds.
-    cursor: dict[str, int] | None = box.cursor()
-    look = False  # news was held back while the agent waited: look again at the next wake
+    # The wait is kept from round to round, so a round looks only where something changed.
+    plan = box.wait_plan(None, box.cursor(), limit=1000, match=_for(session.agent or ""))
+    planned_for = session.agent
+    look: set[str] = set()  # threads whose news was held back while the agent waited
     now = True  # look before waiting: news from before the start, or left out of the last look
     while True:
         me = session.agent
         if me is None:
             await anyio.sleep(0.5)
             continue
+        if me != planned_for:  # the agent took another name: what wakes the loop changed
+            plan = box.wait_plan(None, box.cursor(), limit=1000, match=_for(me))
+            planned_for, now = me, True
+        threads: set[str] | None = None  # where to look for news (None: every thread)
         if not now:
-            got = await box.wait_async(
-                None, cursor, timeout=check_every, limit=1000, match=_for(me)
-            )
-            cursor = got.cursor
+            got = await box.run_wait(plan, check_every)
             if not got.messages and not look:
-                continue  # nothing arrived: nothing new to look for (a look reads every thread)
+                continue  # nothing arrived: nothing new to look for
+            threads = {m.thread for m in got.messages} | look
             if got.messages:
                 await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
+                threads |= {m.thread for m in (await box.run_wait(plan, 0)).messages}
         # The session's own positions: what its waits and reads returned a moment ago may not
         # be on disk yet (they are written once a second), and must not be pushed again.
         notices = Notices(box, me, session.reading)
         try:
             cards = {c.name for c in box.agents.cards()}
-            found = notices.new(senders=cards)
+            found = notices.new(senders=cards, threads=threads)
         except MailslotError as e:
             log.warning("could not look for news to push: %s", e)
             now = False
             continue
         news = [n for n in found if not session.waiting_for(n.message)]
-        look = len(news) < len(found)
+        look = {n.message.thread for n in found if session.waiting_for(n.message)}
         marked = await _push(write, me, news, notices)
         # Left out of this look (too many at once): look again now, if this one got anywhere.
         now = notices.more and not look and bool(marked)
