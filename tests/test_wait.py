@@ -306,6 +306,7 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
     grow_to(2000)
     many = _looked_per_poll_tick(root, "dave", True, monkeypatch)
     from_now = _looked_per_poll_tick(root, "erin", False, monkeypatch)
+
     # A slice of the quiet ones (nothing busy: in ticks SWEEP_TICK_S apart), plus the thread
     # that came with news during the wait (unless the slice already held it: which tick first
     # sees it depends on the machine's load).
