@@ -36,6 +36,18 @@ def require(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def strace() -> str:
+    """Return the path of a strace that can trace here; skip (fail under CI) where there is
+    none or ptrace is refused."""
+    found = shutil.which("strace")
+    if found is None:
+        require("needs strace (.ci/run installs it as root)")
+    probe = subprocess.run([found, "-qq", "-e", "trace=none", "true"], capture_output=True)
+    if probe.returncode != 0:
+        require(f"strace cannot trace here (ptrace refused?): {probe.stderr.decode().strip()}")
+    return found
+
+
 def until(what: str, check: Callable[[], bool], within: float = 30) -> None:
     """Return once check() is true; fail saying what did not happen if it is not within time."""
     deadline = time.monotonic() + within

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers import require
+from helpers import strace
 
 from mailslot import Mailbox
 
@@ -25,23 +24,13 @@ CALLS = "fsync,fdatasync,link,linkat,rename,renameat,renameat2,write"
 LINE = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+= (-?\d+)")
 
 
-def _strace() -> str:
-    found = shutil.which("strace")
-    if found is None:
-        require("needs strace (.ci/run installs it as root)")
-    probe = subprocess.run([found, "-qq", "-e", "trace=none", "true"], capture_output=True)
-    if probe.returncode != 0:
-        require(f"strace cannot trace here (ptrace refused?): {probe.stderr.decode().strip()}")
-    return found
-
-
 def _traced_post(root: Path, tmp_path: Path) -> list[tuple[str, str]]:
     """Run `mailslot post t hello` under strace; return its (call, arguments) in order."""
     log = tmp_path / "strace.log"
     argv = [sys.executable, "-m", "mailslot", "post", "t", "hello", "--root", str(root),
             "--as", "alice"]  # fmt: skip
     done = subprocess.run(
-        [_strace(), "-f", "-y", "-qq", "-s", "256", "-e", f"trace={CALLS}", "-o", str(log), *argv],
+        [strace(), "-f", "-y", "-qq", "-s", "256", "-e", f"trace={CALLS}", "-o", str(log), *argv],
         capture_output=True,
         text=True,
         timeout=120,

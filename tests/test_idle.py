@@ -11,14 +11,13 @@ posted by another process is found by looking at its thread alone. Speed itself 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
-from helpers import call, params, require
+from helpers import call, params, strace
 from mcp import StdioServerParameters
 from mcp.client import Client
 
@@ -30,20 +29,10 @@ CALLS = "openat,open,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,rea
 THREADS = 2 * _wait.POLL_ALL_UPTO + 100  # past the size where a tick looks at every thread
 
 
-def _strace() -> str:
-    found = shutil.which("strace")
-    if found is None:
-        require("needs strace (.ci/run installs it as root)")
-    probe = subprocess.run([found, "-qq", "-e", "trace=none", "true"], capture_output=True)
-    if probe.returncode != 0:
-        require(f"strace cannot trace here (ptrace refused?): {probe.stderr.decode().strip()}")
-    return found
-
-
 def _traced(root: Path, agent: str, log: Path) -> StdioServerParameters:
     plain = params(root, "--agent", agent)
     return StdioServerParameters(
-        command=_strace(),
+        command=strace(),
         args=["-f", "-qq", "-e", f"trace={CALLS}", "-o", str(log), plain.command, *plain.args],
         env=plain.env,
     )
