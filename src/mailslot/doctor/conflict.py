@@ -213,8 +213,14 @@ def moved_bytes(
     (reason: "merge conflict" for doctor, "sync" when the remote's order moved it)."""
     meta = dict(message.meta)
     moved: dict[str, Any] = {"seq": seq, "reason": reason}
-    if "moved_from" in meta:  # moved before: keep that record too, inside the new one
-        moved["previous"] = meta["moved_from"]
+    first = meta.get("moved_from")
+    # Moved before: keep where it first stood, one level deep however often it moves (a chain
+    # of records grew a level a move, and a message a busy sync moved 60 times nested past
+    # what readers accept: it read as damaged). Older files may hold such a chain: its end.
+    while isinstance(first, dict) and isinstance(first.get("previous"), dict):
+        first = first["previous"]
+    if isinstance(first, dict):
+        moved["previous"] = {k: first[k] for k in ("seq", "reason") if k in first}
     meta["moved_from"] = moved
     values = (message.id, message.sender, message.to, message.type, message.priority, reply_to,
               message.created_at, message.content, meta)  # fmt: skip
