@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import anyio
-import pytest
 from helpers import agent, call
 
 from mailslot import Mailbox
@@ -78,11 +77,6 @@ def test_a_thread_made_again_under_its_id_is_read_from_its_start_by_a_kept_inbox
     assert _remade(tmp_path / "box", tmp_path / "old-t") == ["in the new thread"]
 
 
-@pytest.mark.xfail(
-    strict=False,  # an inode is not always handed out again: then it passes
-    reason="ThreadFolders tells a remade thread by its folder's inode, which ext4 and tmpfs "
-    "hand out again at once after a removal: the kept inbox never goes back (issue 30 audit)",
-)
 def test_a_thread_removed_and_made_again_is_read_from_its_start_by_a_kept_inbox(
     tmp_path: Path,
 ) -> None:

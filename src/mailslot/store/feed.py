@@ -65,7 +65,8 @@ class ThreadFolders:
         self.listings = 0  # how many listings changed the ids there are
         self._folders: dict[str, int] | None = None  # thread -> folder inode, when last listed
         self._order: list[str] = []  # the same ids, sorted
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, int] | None = None  # threads/ as last listed, once settled
+        self._listed: tuple[int, int] | None = None  # threads/ as last listed
         self._at = 0.0
 
     def names(self, *, throttled: bool) -> tuple[list[str], set[str]]:
@@ -90,6 +91,7 @@ class ThreadFolders:
             self._key = key  # a same-tick change could hide behind a newer mtime
         folders = self.files.thread_folders()
         before, self._folders = self._folders, folders
+        listed, self._listed = self._listed, key
         if before is None:
             self._order = sorted(folders)
             self.listings += 1
@@ -101,4 +103,9 @@ class ThreadFolders:
             self.listings += 1
             for thread in sorted(came | gone):
                 self.feed.note(thread)
+        elif throttled and key != listed:
+            # threads/ changed, yet every folder is there with its inode: one was removed and
+            # made again, and got its old inode back (ext4, tmpfs). Where no file event names
+            # it, any thread may be that one.
+            self.feed.note(None)
         return self._order, came
