@@ -8,8 +8,8 @@ files dated long ago), in native and poll wait modes. For each:
 - idle: the server's user+system CPU (all its threads, from /proc) over a window that starts
   once the first call has returned, so it holds the re-calls and the look each one makes first;
 - first call: the server's CPU over the agent's first `msg_wait` (15 s), and its first look:
-  what it spent from the call until its CPU went quiet (under a quarter of a core for 0.5 s;
-  the whole call if it never did);
+  what it spent from the call until it went quiet (for 0.5 s: under a quarter of a core, and
+  hardly a read or write call; the whole call if it never did);
 - wake: from another process's post to the agent (into the first thread) to `msg_wait`
   returning it, while idle;
 - beside it, the minimal server on the same SDK (bench/minimal_server.py) with its client
@@ -52,8 +52,9 @@ MODES = ("native", "poll")
 GOAL_PCT = 0.5  # issue 30: at most 0.5 % of a core at every size
 OLD = 1_000_000_000  # 2001-09-09: folders unchanged for a long time, as in a quiet mailbox
 OLD_ISO = "2001-09-09T01:46:40.000Z"
-# CPU seconds in 0.25 s under which a server is done looking: a quarter of a core.
-QUIET = 0.25 * 0.25
+# A server is done looking once, for two steps of 0.25 s in a row, it used under a quarter of
+# a core and made under QUIET_IO read and write calls (a look stalled on the disk reads on).
+QUIET_CPU, QUIET_IO = 0.25 * 0.25, 20
 
 
 def _params(root: Path, agent: str) -> StdioServerParameters:
@@ -228,16 +229,22 @@ async def _look(pid: int, c0: float, out: dict[str, float]) -> None:
 
 
 async def _settled(pid: int, until: float = math.inf) -> float:
-    """Return the CPU seconds of process pid once it was quiet (under a quarter of a core) for
-    two steps of 0.25 s in a row (a stall on the disk is not the end of a look), or at until
-    (a look longer than that is posted into)."""
-    quiet, now = 0, _cpu(pid)
+    """Return the CPU seconds of process pid once it was quiet (QUIET_CPU, QUIET_IO) for two
+    steps of 0.25 s in a row, or at until (a look longer than that is posted into)."""
+    quiet, now, calls = 0, _cpu(pid), _io_calls(pid)
     while quiet < 2 and time.perf_counter() < until:
-        before = now
+        before, made = now, calls
         await anyio.sleep(0.25)
-        now = _cpu(pid)
-        quiet = quiet + 1 if now - before < QUIET else 0
+        now, calls = _cpu(pid), _io_calls(pid)
+        still = now - before < QUIET_CPU and calls - made < QUIET_IO
+        quiet = quiet + 1 if still else 0
     return now
+
+
+def _io_calls(pid: int) -> int:
+    """Return how many read and write calls process pid made (syscr + syscw, from /proc)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]) + int(fields["syscw"])
 
 
 @contextmanager
@@ -289,8 +296,8 @@ def render(v: dict[tuple[int, str], dict[str, float]]) -> str:
         f"is called again as soon as each msg_wait (timeout_s={TIMEOUT_S:g}) returns (calls: "
         "how many began in the window), the look each call makes first included. first call: "
         f"the server's CPU over the agent's first msg_wait ({first:.0f} s); first look: what it "
-        "spent of that until its CPU went quiet (under a quarter of a core for 0.5 s, which it "
-        "includes). "
+        "spent of that until it went quiet (for 0.5 s, which it includes: under a quarter of a "
+        f"core and under {QUIET_IO} read and write calls each 0.25 s). "
         "wake: another process's post → msg_wait returning it, p50 of "
         f"{some['wakes']:.0f}, each posted at a random moment once a call's first look is over "
         "(a look longer than the call is posted into). floor %: the minimal SDK server "
