@@ -137,7 +137,7 @@ async def _subscribed(box: Mailbox) -> None:
     """Return once a wait of box subscribed to file events (it looks next, at once)."""
 
     async def subscribed() -> bool:
-        return box._watcher is not None and bool(box._waiting._signals)
+        return box._watcher is not None and len(box._watcher._subscribers) == 2  # feed, wait
 
     await until_async("the wait subscribed to file events", subscribed)
 
@@ -174,13 +174,13 @@ def test_async_cancel_ends_at_once_and_leaves_nothing(
     async def main() -> None:
         task = asyncio.create_task(box.wait_async("t", 0, timeout=3600))
         await _subscribed(box)
-        assert box._watcher is not None and len(box._waiting._signals) == 1
+        assert box._watcher is not None and len(box._watcher._subscribers) == 2
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=30)
         assert task in done and task.cancelled(), "the cancel ended the wait"
 
     asyncio.run(main())
-    assert box._watcher is not None and box._waiting._signals == {}
+    assert box._watcher is not None and len(box._watcher._subscribers) == 1  # the feed's
 
 
 def test_one_observer_per_process_shared_by_waiters(box: Mailbox) -> None:
@@ -196,10 +196,9 @@ def test_one_observer_per_process_shared_by_waiters(box: Mailbox) -> None:
         w.start()
 
     def subscribed() -> int:
-        return len(box._waiting._signals) + len(other._waiting._signals)
+        return len(box._watcher._subscribers) if box._watcher is not None else 0
 
-    until("three waiters subscribed", lambda: subscribed() == 3)
-    assert box._watcher is not None and len(box._watcher._subscribers) == 2  # one per mailbox
+    until("three waiters subscribed", lambda: subscribed() == 5)  # and each mailbox's feed
     assert box._watcher is other._watcher
     assert len(Watcher._registry) == 1
     box.post("t", "one", sender="alice")
@@ -208,6 +207,7 @@ def test_one_observer_per_process_shared_by_waiters(box: Mailbox) -> None:
     assert results == [1, 1, 1]
     other.close()
     assert len(Watcher._registry) == 1, "still used by box"
+    assert box._watcher is not None and len(box._watcher._subscribers) == 1, "other's feed left"
     box.close()
     assert Watcher._registry == {}
 

@@ -18,7 +18,6 @@ even the first look of a new call looks only where something changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -60,8 +59,7 @@ class Waiting:
         self.feed = Feed()
         self._mode: str | None = None
         self._watch_lock = threading.Lock()
-        self._signals: dict[int, Callable[[], None]] = {}
-        self._next_signal = 0
+        self._unfeed: Callable[[], None] = lambda: None  # ends the feed's subscription
         self.folders = ThreadFolders(files, self.feed)
         #: Threads that got news or came lately: looked at on every timer tick until then.
         self.hot: dict[str, float] = {}
@@ -92,7 +90,7 @@ class Waiting:
         """Have file events call signal (after the feed noted them); return the unsubscriber.
 
         The first subscription starts the process's watcher, and the feed hears every event
-        from then on until close(), between waits too."""
+        from then on until close(), between waits too (subscribed first, it is told first)."""
         if self.wait_mode == "poll":
             return lambda: None
         with self._watch_lock:
@@ -107,27 +105,10 @@ class Waiting:
                     )
                     self._mode = "hybrid"
                     return lambda: None
-                watcher.subscribe(self._heard)
+                self._unfeed = watcher.subscribe(self.feed.note)
                 self.watcher = watcher
-            key = self._next_signal
-            self._next_signal += 1
-            self._signals[key] = signal
-
-        def unsubscribe() -> None:
-            with self._watch_lock:
-                self._signals.pop(key, None)
-
-        return unsubscribe
-
-    def _heard(self, thread: str | None) -> None:
-        """Note a file event in the feed and wake the waits (on the observer or keeper thread)."""
-        self.feed.note(thread)
-        with self._watch_lock:
-            signals = list(self._signals.values())
-        for signal in signals:
-            # RuntimeError: the waiter's event loop closed while we were signalling.
-            with contextlib.suppress(RuntimeError):
-                signal()
+            watcher = self.watcher
+        return watcher.subscribe(lambda thread: signal())
 
     def names(self) -> list[str]:
         """Return the ids of the threads there are, sorted, listing threads/ only when it
@@ -308,6 +289,7 @@ class Waiting:
         """Stop watching (the process's observer stops with its last user); safe to repeat."""
         with self._watch_lock:
             watcher, self.watcher = self.watcher, None
-            self._signals.clear()
+            self._unfeed()  # the watcher may live on for other mailboxes of the process
+            self._unfeed = lambda: None
         if watcher is not None:
             watcher.release()
