@@ -324,13 +324,12 @@ class Reading:
         self._backlog = keep
         return out
 
-    def resume(self, threads: Iterable[str]) -> dict[str, Ahead]:
+    def resume(self, threads: Container[str]) -> dict[str, Ahead]:
         """Return, by thread (of threads), how far earlier inbox waits read past its inbox
         position, and the tasks they held back there: the inbox goes on from there. A
         position that changed otherwise (a thread read, a rewind) drops what was read."""
         out: dict[str, Ahead] = {}
-        threads = set(threads)
-        for thread, ahead in list(self._ahead.items()):
+        for thread, ahead in list(self._ahead.items()):  # threads: not copied (all of them)
             pos = self._positions.get(thread)
             try:  # the folder went back in time (see Position.clamp): read it again
                 behind = pos is not None and self.box.head(thread) < ahead.scanned
