@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from helpers import (
     SSHD,
@@ -32,6 +33,7 @@ from helpers import (
 )
 
 from mailslot import Mailbox, StorageError
+from mailslot.store import plan as _plan
 
 
 def _why_not() -> str | None:
@@ -96,6 +98,30 @@ def test_waiter_on_a_wakes_for_a_write_through_b(mounts: tuple[Path, Path]) -> N
     (out,) = finish([p], timeout=30)  # woken by polling: no event crosses mounts, no re-check
     got = json.loads(out)
     assert [m["content"] for m in got["messages"]] == ["through b"]
+
+
+def test_a_post_through_b_into_a_quiet_thread_is_found_by_the_news_not_the_sweep(
+    mounts: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another machine's post into one of many quiet threads: no event crosses mounts, and
+    with the sweep stopped only .state/news (shared by both mounts) can tell a on its next
+    look; the kept wait returns it at once."""
+    a, b = mounts
+    with Mailbox.init(a / "news", fsync=False) as box:
+        for i in range(_plan.POLL_ALL_UPTO + 20):
+            box.create_thread(f"q{i:03d}", creator="alice")
+    monkeypatch.setattr(_plan, "sweep_size", lambda threads, interval: 0)
+
+    async def main() -> list[str]:
+        with Mailbox(a / "news") as box_a:
+            assert box_a.wait_mode == "hybrid"
+            plan = box_a.wait_plan(None, {})
+            assert (await box_a.run_wait(plan, 0.2)).timed_out
+            Mailbox(b / "news").post("q200", "through b", sender="bob")
+            got = await box_a.run_wait(plan, 10)
+            return [m.content for m in got.messages]
+
+    assert anyio.run(main) == ["through b"]
 
 
 def test_writers_on_both_mounts_lose_nothing(mounts: tuple[Path, Path]) -> None:

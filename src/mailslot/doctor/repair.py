@@ -19,7 +19,8 @@ from typing import Any
 
 from mailslot.store import flock, modes
 from mailslot.store.files import HOST
-from mailslot.store.format import MESSAGE_KEYS, dumps, loads, now_iso
+from mailslot.store.format import MESSAGE_KEYS, MESSAGE_NAME_RE, dumps, loads, now_iso
+from mailslot.store.news import tell
 from mailslot.store.positions import rewind_mark
 
 DOCTOR = "mailslot"
@@ -81,13 +82,14 @@ def put(path: Path, data: bytes, tmpdir: Path, *, replace: bool, fsync: bool = T
                     return False
                 raise
         with contextlib.suppress(OSError):
-            if not fsync:
-                return True
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if fsync:
+                fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if path.parent.parent.name == "threads" and MESSAGE_NAME_RE.fullmatch(path.name):
+            tell(path.parents[2], path.parent.name)  # a moved or landed message: wake waiters
         return True
     finally:
         with contextlib.suppress(OSError):

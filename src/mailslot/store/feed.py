@@ -36,9 +36,21 @@ class Feed:
         """Record that thread (None: any thread) may have changed."""
         with self._lock:
             self._names.append(thread)
-            if len(self._names) > 2 * FEED_KEEP:
-                del self._names[:FEED_KEEP]
-                self._base += FEED_KEEP
+            self._cut()
+
+    def note_all(self, threads: set[str] | None) -> None:
+        """Record that each of threads (None: any thread) may have changed."""
+        if threads is None:
+            self.note(None)
+            return
+        with self._lock:
+            self._names.extend(threads)
+            self._cut()
+
+    def _cut(self) -> None:
+        while len(self._names) > 2 * FEED_KEEP:  # a reader further behind looks at all
+            del self._names[:FEED_KEEP]
+            self._base += FEED_KEEP
 
     def mark(self) -> int:
         """Return where the feed stands now."""

@@ -40,6 +40,7 @@ from mailslot.store.format import (
 )
 from mailslot.store.log import ThreadLog
 from mailslot.store.names import check_key, check_name
+from mailslot.store.news import tell
 
 log = logging.getLogger("mailslot")
 
@@ -184,6 +185,7 @@ class Writer:
                     fsync_dir(tdir)
                 except OSError as e:
                     log.warning("fsync of %s failed after publishing seq %d: %s", tdir, seq, e)
+            tell(self.files.root, thread)  # before "stored": a wait begun after sees it
             return replace(message, seq=seq)
         finally:
             if tmp is not None:

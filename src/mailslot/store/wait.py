@@ -12,7 +12,9 @@ thread, and the process keeps them in a ``Feed``; a wait's first look covers eve
 waits on, and each look after only the threads named since (plus, on a timer tick, the busy
 threads and a slice of the others in turn). A wait kept across calls (``Mailbox.wait_plan``:
 an agent's inbox) carries its cursor and its place in the feed from one call to the next, so
-even the first look of a new call looks only where something changed.
+even the first look of a new call looks only where something changed. Every look first reads
+what mailslot's writers told in ``.state/news`` since the last (see news): a message stored
+before a look began is seen by it, even while its file event is still on its way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mailslot.store.files import Files
 from mailslot.store.format import Message
 from mailslot.store.log import MAX_PAGE, ThreadLog
 from mailslot.store.names import check_name
+from mailslot.store.news import NewsReader
 from mailslot.store.plan import (
     HOT_S,
     POLL_ALL_UPTO,
@@ -61,6 +64,9 @@ class Waiting:
         self._watch_lock = threading.Lock()
         self._unfeed: Callable[[], None] = lambda: None  # ends the feed's subscription
         self.folders = ThreadFolders(files, self.feed)
+        #: What mailslot's writers told in .state/news (see news): read at every look.
+        self.news = NewsReader(files.root)
+        self._news_lock = threading.Lock()
         #: Threads that got news or came lately: looked at on every timer tick until then.
         self.hot: dict[str, float] = {}
         #: Until when timer ticks come fast: a thread came, and its first message may land
@@ -197,6 +203,8 @@ class Waiting:
     def look(self, plan: WaitPlan, *, tick: bool = False) -> bool:
         """Look once where plan needs to (see WaitPlan.check); return True if it found
         messages to return."""
+        with self._news_lock:  # what writers told before this look: seen by it
+            self.feed.note_all(self.news.read())
         mark = self.feed.mark()  # before asking: what is named from here on is looked at next
         only = None if plan.mark is None else self.feed.since(plan.mark)
         found = plan.check(only, tick=tick)
@@ -291,5 +299,7 @@ class Waiting:
             watcher, self.watcher = self.watcher, None
             self._unfeed()  # the watcher may live on for other mailboxes of the process
             self._unfeed = lambda: None
+        with self._news_lock:
+            self.news.close()
         if watcher is not None:
             watcher.release()
