@@ -143,8 +143,9 @@ async def _claim_loop(root: Path, n: int) -> tuple[list[float], list[float]]:
 
 def _mailslot_worker(root: str, name: str) -> None:
     """Join the thread, then drain the inbox until it stays quiet for 2 s: claim each task it
-    offers, post the result of each one won. Print the time of the last result, how many tasks
-    this worker closed, and how many task_claim calls it made."""
+    offers, post the result of each one won, and claim the next one open to it in that thread
+    (task_claim without a seq) until none is, then wait again. Print the time of the last
+    result, how many tasks this worker closed, and how many task_claim calls it made."""
 
     async def main() -> None:
         async with Client(_params(Path(root), name), mode=MODE, cache=None) as c:
@@ -161,16 +162,18 @@ def _mailslot_worker(root: str, name: str) -> None:
                         continue
                     calls += 1
                     won = await _try(c, "task_claim", thread=m["thread"], seq=m["seq"])
-                    if won is not None and won.get("claimed") is True:
+                    while won is not None and won.get("claimed") is True:
                         await _call(
                             c,
                             "msg_post",
                             thread=m["thread"],
                             content="done",
                             type="result",
-                            reply_to=m["seq"],
+                            reply_to=won["seq"],
                         )
                         last, done = time.perf_counter(), done + 1
+                        calls += 1  # then the next task open to it there, as a worker does
+                        won = await _try(c, "task_claim", thread=m["thread"])
             print(last, done, calls, flush=True)
 
     anyio.run(main)

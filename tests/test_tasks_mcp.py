@@ -1037,6 +1037,78 @@ def test_four_workers_offered_one_task_a_wait_drain_them_each_once_with_few_lost
     assert sum(doc["more"] for doc in outs) > 0, "no answer said that more tasks wait"
 
 
+def test_four_workers_taking_the_next_task_drain_them_each_once_and_rarely_collide(
+    root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """After each result a worker claims the next task open to it (task_claim without a seq)
+    until none is: each claim without a seq is decided under the thread's lock and tries the
+    open tasks in the worker's own order, so every task is done once, each such claim that
+    won returned its task's message, and lost claims stay rare."""
+    total, n = 160, 4
+    box = Mailbox(root)
+    box.create_thread("drain", creator="boss")
+    go = tmp_path / "go"
+    procs += [spawn_call("offer_worker", str(root), f"w{i}", "drain", str(total), str(go), "1")
+              for i in range(n)]  # fmt: skip
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", (
+            p.stderr.read() if p.stderr else ""
+        )
+    jobs = {box.post("drain", f"job {i}", sender="boss", type="task"): f"job {i}"
+            for i in range(total)}  # fmt: skip
+    go.touch()
+    outs = [json.loads(out) for out in finish(procs, timeout=300)]
+
+    messages = list(box.messages("drain"))
+    by_task: dict[int, list[Message]] = defaultdict(list)
+    for m in messages:
+        if m.reply_to is not None:
+            by_task[m.reply_to].append(m)
+    won = {int(seq): (doc["worker"], result) for doc in outs for seq, result in doc["won"].items()}
+    assert sorted(won) == sorted(jobs), "every task won once, by one worker"
+    for seq in jobs:
+        claims, results = of(by_task[seq], "claim"), of(by_task[seq], "result")
+        assert len(claims) == len(results) == 1, (seq, by_task[seq])
+        assert claims[0].sender == results[0].sender == won[seq][0]
+    taken = {int(seq): text for doc in outs for seq, text in doc["next"].items()}
+    assert taken and all(jobs[seq] == text for seq, text in taken.items()), taken
+    assert len(taken) > total // 2, f"only {len(taken)} tasks were taken as the next one"
+    calls = sum(doc["claims"] - doc["empty"] for doc in outs)
+    print(f"\n{total} tasks, {n} workers: {calls / total:.2f} claims per task")
+    assert calls / total < 1.2, f"{calls} task_claim calls for {total} tasks"
+
+
+def test_a_claim_without_a_seq_takes_only_a_task_open_to_the_agent(root: Path) -> None:
+    """The next task for bob skips tasks for others and closed ones, and takes one for bob by
+    name; with none open it says so, and what to do; release needs a seq."""
+    box = Mailbox(root)
+    box.agents.register("carol")
+    box.agents.register("bob")
+    box.create_thread("jobs", creator="boss")
+    for_carol = box.post("jobs", "for carol", sender="boss", type="task", to=["carol"])
+    done = box.post("jobs", "done already", sender="boss", type="task")
+    box.tasks.claim("jobs", done, agent="dave")
+    box.post("jobs", "did it", sender="dave", type="result", reply_to=done)
+    for_bob = box.post("jobs", "for bob", sender="boss", type="task", to=["bob"])
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], str]:
+        async with agent(root, "bob") as b:
+            first = await call(b, "task_claim", thread="jobs")
+            second = await call(b, "task_claim", thread="jobs")
+            bad = await refused(b, "task_claim", thread="jobs", release=True)
+            return first, second, bad
+
+    first, second, bad = anyio.run(main)
+    assert (first["claimed"], first["seq"], first["message"]["content"]) == (
+        True,
+        for_bob,
+        "for bob",
+    )
+    assert second["claimed"] is False and "msg_wait" in second["hint"], second
+    assert "release needs the seq" in bad
+    assert box.tasks.task("jobs", for_carol).status == "open"
+
+
 @pytest.mark.parametrize("posted", ["before joining", "while waiting"])
 def test_a_worker_whose_offer_another_took_is_offered_the_next_task_at_once(
     root: Path, posted: str

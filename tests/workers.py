@@ -339,14 +339,18 @@ def task_holder(root: str, name: str, topic: str, seq: str) -> None:
     anyio.run(main)
 
 
-def offer_worker(root: str, name: str, topic: str, total: str, go: str) -> None:
+def offer_worker(
+    root: str, name: str, topic: str, total: str, go: str, take_next: str = ""
+) -> None:
     """Drain tasks as a model would, through an own `mailslot serve`: join topic (no wait yet:
     tasks posted before the first one are owed to it), then wait on the inbox, claim each task
     it offers, post the result of each one won, and wait again; stop once task_list counts
-    int(total) done.
+    int(total) done. With take_next, after each result it claims the next task open to it in
+    the thread (task_claim without a seq) until none is, before it waits again.
 
-    Prints one JSON line: the tasks won (seq -> result seq), the task_claim calls made, the
-    most tasks one answer offered, and how many answers said has_more."""
+    Prints one JSON line: the tasks won (seq -> result seq), the task_claim calls made (and
+    those without a seq that won nothing), the most tasks one answer offered, how many answers
+    said has_more, and the task contents claims without a seq returned (seq -> content)."""
     import anyio
     from mcp.client import Client
 
@@ -357,7 +361,8 @@ def offer_worker(root: str, name: str, topic: str, total: str, go: str) -> None:
             thread = joined["thread"]  # type: ignore[index]
             wait_for(Path(go))
             won: dict[int, int] = {}
-            claims = most = more = 0
+            got_next: dict[int, str] = {}
+            claims = most = more = empty = 0
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 bad, got = await _tool(c, "msg_wait", timeout_s=1)
@@ -369,12 +374,22 @@ def offer_worker(root: str, name: str, topic: str, total: str, go: str) -> None:
                     claims += 1
                     seq = m["seq"]
                     bad, claim = await _tool(c, "task_claim", thread=m["thread"], seq=seq)
-                    if not bad and claim["claimed"] is True:  # type: ignore[index]
+                    while not bad and claim["claimed"] is True:  # type: ignore[index]
+                        seq = claim["seq"]  # type: ignore[index]
                         bad, posted = await _tool(c, "msg_post", thread=m["thread"],
                                                   content=f"{name} did {seq}", type="result",
                                                   reply_to=seq)  # fmt: skip
                         assert not bad, posted
                         won[seq] = posted["seq"]  # type: ignore[index]
+                        if not take_next:
+                            break
+                        claims += 1
+                        bad, claim = await _tool(c, "task_claim", thread=m["thread"])
+                        assert not bad, claim
+                        if claim["claimed"] is True:  # type: ignore[index]
+                            got_next[claim["seq"]] = claim["message"]["content"]  # type: ignore[index]
+                        else:
+                            empty += 1
                 if not offers:
                     bad, listed = await _tool(c, "task_list", thread=thread, status="all",
                                               limit=1)  # fmt: skip
@@ -382,6 +397,7 @@ def offer_worker(root: str, name: str, topic: str, total: str, go: str) -> None:
                     if listed["counts"]["done"] >= int(total):  # type: ignore[index]
                         break
             print(json.dumps({"worker": name, "won": won, "claims": claims, "most": most,
-                              "more": more}), flush=True)  # fmt: skip
+                              "more": more, "next": got_next, "empty": empty}),
+                  flush=True)  # fmt: skip
 
     anyio.run(main)

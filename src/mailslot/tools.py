@@ -18,12 +18,14 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from mailslot.agent.inbox import Delivery
+from mailslot.agent.offers import next_open
 from mailslot.agent.reading import Reading
 from mailslot.agent.seat import Pace, Seat
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import (
     InvalidMessage,
     MailslotError,
+    TaskError,
 )
 from mailslot.store.format import Message
 from mailslot.store.presence import DEFAULT_STALE_AFTER
@@ -36,6 +38,7 @@ from mailslot.views.model import (
     fit,
     grant_view,
     inbox_view,
+    message_view,
     page_view,
     posted_view,
     released_view,
@@ -372,13 +375,17 @@ class Session:
     def task_claim(
         self,
         thread: ThreadId,
-        seq: TaskSeq,
+        seq: TaskSeq = None,
         lease_s: LeaseS = None,
         release: Annotated[bool, Field(description="True gives back a task you hold")] = False,
     ) -> dict[str, Any]:
         """Take a task so you alone do it, or see who holds it; your result reply closes it."""
         thread = self._tid(thread)
         me = self.me()
+        if seq is None:
+            if release:
+                raise InvalidMessage("release needs the seq of the task you give back")
+            return self._claim_next(thread, me, lease_s)
         if release:
             event = self.box.tasks.release(thread, seq, agent=me)
             self._activity.drop(("task", thread, seq))
@@ -392,6 +399,29 @@ class Session:
             lease = task.claim_lease_s or task.lease_s or self.box.settings.task_lease_s
             self._activity.hold(("task", thread, seq), lease)
         return claim_view(got)
+
+    def _claim_next(self, thread: str, me: str, lease_s: float | None) -> dict[str, Any]:
+        """Claim the next task of thread open to me (offers.next_open); say so if none is."""
+        self._join(thread)
+        for task in next_open(self.box, thread, me):
+            try:
+                got = self.box.tasks.claim(
+                    thread, task.seq, agent=me, pid=os.getpid(), lease_s=lease_s,
+                    stale_after=self.stale_after,
+                )  # fmt: skip
+            except TaskError:
+                continue  # closed meanwhile
+            if got.won:
+                lease = got.task.claim_lease_s or got.task.lease_s or self.box.settings.task_lease_s
+                self._activity.hold(("task", thread, task.seq), lease)
+                view = claim_view(got)
+                view["message"] = message_view(self.box.get(thread, task.seq))
+                return view
+        return {
+            "claimed": False,
+            "thread": thread,
+            "hint": f"no task of {thread!r} is open to you now; msg_wait brings the next one",
+        }
 
     def task_list(
         self,

@@ -40,6 +40,19 @@ def rank(me: str, thread: str, task: int) -> int:
     return zlib.crc32(f"{me}\n{thread}\n{task}".encode())
 
 
+def next_open(box: Mailbox, thread: str, me: str) -> list[Task]:
+    """Return the tasks of thread open to me that task_claim without a seq tries, in turn:
+    the oldest PICK, in me's own order (so workers claiming side by side rarely collide)."""
+    board = box.tasks.board(thread)
+    mine: list[Task] = []
+    for task in board.open_tasks():
+        if task.may_take(me):
+            mine.append(task)
+            if len(mine) == PICK:
+                break
+    return sorted(mine, key=lambda t: rank(me, thread, t.seq))
+
+
 def for_anyone(m: Message, me: str) -> int | None:
     """Return the seq of the task m offers to anyone (me included), or None: a task without
     `to`, its reopening or release, a failed attempt at it."""

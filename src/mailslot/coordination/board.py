@@ -35,7 +35,8 @@ OPEN, CLAIMED, DONE, DEAD = "open", "claimed", "done", "dead"
 STATUSES = (OPEN, CLAIMED, DONE, DEAD)
 EVENTS = ("claim", "release", "reopen", "dead")
 SYSTEM = "mailslot"  # signs the events a live process writes for a holder that is gone
-SAVE_EVERY_S = 2.0  # a board's cache on disk is rewritten at most this often
+SAVE_EVERY_S = 2.0  # a board's cache on disk is rewritten at most this often,
+SAVE_SHARE = 100  # and a big board's at most 1/SAVE_SHARE of the time (a busy thread's tasks)
 TITLE_CHARS = 100
 
 
@@ -182,7 +183,11 @@ class Board:
     last_post: dict[str, float] = field(default_factory=dict)
     complete: bool = True  # False while a message the fold stopped before is still arriving
     saved: float = 0.0
+    save_s: float = 0.0  # how long the last save of the cache took
     rewound: int = 0  # the mtime of the thread's rewind mark when the fold began (see below)
+    #: The tasks that may be open (each added when it came or opened again; open_tasks()
+    #: drops the others), so finding the open ones does not cost every task the thread had.
+    opened: dict[int, None] = field(default_factory=dict)
 
     def add(self, m: Message, max_attempts: int) -> None:
         """Take what message m says into the board (messages come in seq order)."""
@@ -196,6 +201,7 @@ class Board:
                 lease_s=_num(m.meta.get("lease_s"), 1, 86400),
                 max_attempts=int(n) if (n := _num(m.meta.get("max_attempts"), 1, 100)) else None,
             )  # fmt: skip
+            self.opened[m.seq] = None
             return
         if m.type == "question":
             self.questions[m.seq] = Question(
@@ -210,6 +216,14 @@ class Board:
         task = self.tasks.get(m.reply_to)
         if task is not None:
             _reply(task, m, at, task.max_attempts or max_attempts)
+            if task.status == OPEN:
+                self.opened[task.seq] = None
+
+    def open_tasks(self) -> list[Task]:
+        """Return the open tasks, oldest first."""
+        for seq in [s for s in self.opened if self.tasks[s].status != OPEN]:
+            del self.opened[seq]
+        return [self.tasks[s] for s in sorted(self.opened)]
 
     def to_json(self) -> dict[str, Any]:
         """Return the board as cached under .state/index/."""
@@ -240,6 +254,7 @@ class Board:
                 questions={q.seq: q for q in questions},
                 last_post={str(a): float(e) for a, e in doc["last_post"].items()},
                 saved=time.monotonic(),
+                opened={t.seq: None for t in tasks if t.thread == thread and t.status == OPEN},
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return cls()
@@ -330,11 +345,13 @@ def fold(
             board.add(m, limit)
         board.seq = page.cursor
         board.complete = page.pending is None
-    if board.seq != start and time.monotonic() - board.saved > SAVE_EVERY_S:
-        board.saved = time.monotonic()
+    now = time.monotonic()
+    if board.seq != start and now - board.saved > max(SAVE_EVERY_S, SAVE_SHARE * board.save_s):
         with contextlib.suppress(MailslotError, OSError):
             files.dir(".state/index")
             files.write_state_file(path, board.to_json())
+        board.saved = time.monotonic()
+        board.save_s = board.saved - now
     return board
 
 

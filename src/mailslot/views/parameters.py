@@ -36,7 +36,9 @@ WaitTimeout = Annotated[
 ]
 AgentName = Annotated[str | None, Field(description="Stable lowercase name; omit to keep yours")]
 Description = Annotated[str | None, Field(description="What you do, for the other agents")]
-TaskSeq = Annotated[int, Field(ge=1, description="Seq of the task message")]
+TaskSeq = Annotated[
+    int | None, Field(ge=1, description="Seq of the task; omit to take the next one open to you")
+]
 LeaseS = Annotated[
     float | None,
     Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
