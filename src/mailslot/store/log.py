@@ -287,7 +287,7 @@ class ThreadLog:
         by git, a sync tool or an editor), and so is a file holding a git merge conflict (until
         `mailslot doctor --fix` resolves it); only an older one is Damage.
         """
-        path = tdir / message_name(seq)
+        path = f"{os.fspath(tdir)}/{message_name(seq)}"  # a string: every fold ends here
         try:
             fd = os.open(path, os.O_RDONLY | CLOEXEC | NOFOLLOW)
         except FileNotFoundError:
@@ -322,7 +322,7 @@ class ThreadLog:
             return self._unreadable(thread, seq, path, st, data, str(e))
 
     def _unreadable(
-        self, thread: str, seq: int, path: Path, st: os.stat_result, data: bytes, why: str
+        self, thread: str, seq: int, path: str, st: os.stat_result, data: bytes, why: str
     ) -> Damage | Pending:
         since = self._ages.since(str(path), st)
         if data.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in data:
