@@ -118,7 +118,7 @@ def test_an_event_of_a_task_that_cannot_be_read_is_not_offered(box: Mailbox) -> 
     path.write_text("{torn")
     old = time.time() - 3600
     os.utime(path, (old, old))
-    (box.root / ".state" / "index" / "work.tasks.json").unlink()  # fold the board anew
+    (box.root / ".state" / "index" / "work.tasks.json").unlink(missing_ok=True)  # fold anew
     fresh = Mailbox(box.root, fsync=False)
     bob = Delivery(fresh, Reading(fresh), stale_after=10.0)
     got = anyio.run(bob.inbox, "bob", 0.0, Quiet())

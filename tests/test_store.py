@@ -22,6 +22,7 @@ from mailslot import (
     RootError,
     StorageError,
 )
+from mailslot.store.threads import CACHE_FROM
 
 # ---------------------------------------------------------------- the folder
 
@@ -153,7 +154,13 @@ def test_lifecycle_is_recorded_as_messages(box: Mailbox) -> None:
 def test_state_index_is_a_rebuildable_cache(box: Mailbox) -> None:
     box.set_state("t", "review", sender="alice")
     assert Mailbox(box.root).thread("t").state == "review"
-    for f in (box.root / ".state" / "index").iterdir():
+    index = box.root / ".state" / "index"
+    assert not index.exists(), "a short thread is read again, not cached"
+    for i in range(CACHE_FROM):
+        box.post("t", f"m{i}", sender="alice")
+    assert Mailbox(box.root).thread("t").state == "review"
+    assert (index / "t.json").exists()
+    for f in index.iterdir():
         f.unlink()
     fresh = Mailbox(box.root)
     assert fresh.thread("t").state == "review"

@@ -30,6 +30,7 @@ from mailslot.store.errors import MailslotError
 from mailslot.store.files import HOST, Files, exists
 from mailslot.store.format import Message, loads
 from mailslot.store.log import ThreadLog
+from mailslot.store.threads import CACHE_FROM
 
 OPEN, CLAIMED, DONE, DEAD = "open", "claimed", "done", "dead"
 STATUSES = (OPEN, CLAIMED, DONE, DEAD)
@@ -346,7 +347,11 @@ def fold(
         board.seq = page.cursor
         board.complete = page.pending is None
     now = time.monotonic()
-    if board.seq != start and now - board.saved > max(SAVE_EVERY_S, SAVE_SHARE * board.save_s):
+    if (
+        board.seq != start
+        and board.seq >= CACHE_FROM
+        and now - board.saved > max(SAVE_EVERY_S, SAVE_SHARE * board.save_s)
+    ):
         with contextlib.suppress(MailslotError, OSError):
             files.dir(".state/index")
             files.write_state_file(path, board.to_json())

@@ -36,6 +36,10 @@ from mailslot.store.names import check_name, check_topic, slugify
 
 MAX_UNANSWERED = 10_000  # per agent and thread, remembered by the thread index
 INDEX_PAGE = 256
+#: Messages: the caches under .state/index/ are written for threads at least this long (a
+#: shorter one is read again sooner than its cache is written: a mailbox of many short
+#: threads would write a file for each at an agent's first look).
+CACHE_FROM = 8
 # A first look at a long thread (a fresh clone) indexes it for this long, then reads its
 # newest messages backwards for this long; the rest is indexed over the next looks.
 INDEX_BUDGET_S = 0.02
@@ -345,7 +349,7 @@ class Threads:
         self._index[thread] = index
         if index.seq > self.log.heads.get(thread, 0):
             self.log.heads[thread] = index.seq
-        if index.seq != start:
+        if index.seq != start and index.seq >= CACHE_FROM:  # a short thread: read it again
             with contextlib.suppress(MailslotError, OSError):
                 self.files.dir(".state/index")
                 self.files.write_state_file(ipath, index.to_json())
