@@ -203,6 +203,13 @@ class Tasks:
             task = replace(board.tasks[seq])
             return task, self._until(task, board)
 
+    def _held(self, thread: str, seq: int) -> tuple[Task, float | None]:
+        """Return a copy of task seq and its lease's end as this process last folded them."""
+        with self._lock:
+            board = self._boards[thread]
+            task = replace(board.tasks[seq])
+            return task, self._until(task, board)
+
     def _write_claim(
         self, thread: str, task: Task, agent: str, pid: int | None, lease_s: float | None
     ) -> Claim | None:
@@ -228,9 +235,9 @@ class Tasks:
             )  # fmt: skip
             written = message.seq
             folded_through(lambda: self.board(thread), message.seq, self.files.settings.grace_s)
+            now, until = self._held(thread, seq)  # the fold just made: no second one
         except _Lost:
-            pass
-        now, until = self._snapshot(thread, seq)
+            now, until = self._snapshot(thread, seq)
         if now.status == CLAIMED and now.holder == agent:
             won = written is None or now.claim == written or task.holder == agent
             return Claim(won, now, until, written)
