@@ -13,19 +13,19 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from mailslot.agent.inbox import Delivery
-from mailslot.agent.offers import next_open
+from mailslot.agent.offers import take_next
 from mailslot.agent.reading import Reading
 from mailslot.agent.seat import Pace, Seat
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import (
     InvalidMessage,
     MailslotError,
-    TaskError,
 )
 from mailslot.store.format import Message
 from mailslot.store.presence import DEFAULT_STALE_AFTER
@@ -38,7 +38,7 @@ from mailslot.views.model import (
     fit,
     grant_view,
     inbox_view,
-    message_view,
+    no_task_view,
     page_view,
     posted_view,
     released_view,
@@ -380,48 +380,22 @@ class Session:
         release: Annotated[bool, Field(description="True gives back a task you hold")] = False,
     ) -> dict[str, Any]:
         """Take a task so you alone do it, or see who holds it; your result reply closes it."""
-        thread = self._tid(thread)
-        me = self.me()
-        if seq is None:
-            if release:
-                raise InvalidMessage("release needs the seq of the task you give back")
-            return self._claim_next(thread, me, lease_s)
+        thread, me = self._tid(thread), self.me()
         if release:
+            if seq is None:
+                raise InvalidMessage("release needs the seq of the task you give back")
             event = self.box.tasks.release(thread, seq, agent=me)
             self._activity.drop(("task", thread, seq))
             return {"released": True, "thread": thread, "seq": seq, "event_seq": event.seq}
         self._join(thread)
-        got = self.box.tasks.claim(
-            thread, seq, agent=me, pid=os.getpid(), lease_s=lease_s, stale_after=self.stale_after
-        )
+        claim = partial(self.box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
+                        stale_after=self.stale_after)  # fmt: skip
+        got = claim(seq) if seq is not None else take_next(self.box, thread, me, claim)
+        if got is None:
+            return no_task_view(thread)
         if got.won:
-            task = got.task
-            lease = task.claim_lease_s or task.lease_s or self.box.settings.task_lease_s
-            self._activity.hold(("task", thread, seq), lease)
-        return claim_view(got)
-
-    def _claim_next(self, thread: str, me: str, lease_s: float | None) -> dict[str, Any]:
-        """Claim the next task of thread open to me (offers.next_open); say so if none is."""
-        self._join(thread)
-        for task in next_open(self.box, thread, me):
-            try:
-                got = self.box.tasks.claim(
-                    thread, task.seq, agent=me, pid=os.getpid(), lease_s=lease_s,
-                    stale_after=self.stale_after,
-                )  # fmt: skip
-            except TaskError:
-                continue  # closed meanwhile
-            if got.won:
-                lease = got.task.claim_lease_s or got.task.lease_s or self.box.settings.task_lease_s
-                self._activity.hold(("task", thread, task.seq), lease)
-                view = claim_view(got)
-                view["message"] = message_view(self.box.get(thread, task.seq))
-                return view
-        return {
-            "claimed": False,
-            "thread": thread,
-            "hint": f"no task of {thread!r} is open to you now; msg_wait brings the next one",
-        }
+            self._activity.hold(("task", thread, got.task.seq), self.box.tasks.lease_of(got.task))
+        return claim_view(got, self.box.get(thread, got.task.seq) if seq is None else None)
 
     def task_list(
         self,

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from mailslot.coordination.board import Board, Task, offer_of
-from mailslot.store.errors import MailslotError
+from mailslot.store.errors import MailslotError, TaskError
 from mailslot.store.format import Message
 
 if TYPE_CHECKING:
+    from mailslot.coordination.tasks import Claim
     from mailslot.mailbox import Mailbox
 
 PICK = 16  # an inbox wait chooses the task it shows among this many open ones, oldest first
@@ -38,6 +39,19 @@ Item = tuple[str, int, int, bool]
 def rank(me: str, thread: str, task: int) -> int:
     """Return where task comes in me's own order (the same in every process and run)."""
     return zlib.crc32(f"{me}\n{thread}\n{task}".encode())
+
+
+def take_next(box: Mailbox, thread: str, me: str, claim: Callable[[int], Claim]) -> Claim | None:
+    """Claim (with claim) the next task of thread open to me and return the claim it won,
+    or None if none was left to win (task_claim without a seq)."""
+    for task in next_open(box, thread, me):
+        try:
+            got = claim(task.seq)
+        except TaskError:
+            continue  # closed meanwhile
+        if got.won:
+            return got
+    return None
 
 
 def next_open(box: Mailbox, thread: str, me: str) -> list[Task]:

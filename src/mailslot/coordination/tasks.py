@@ -178,11 +178,11 @@ class Tasks:
             raise TaskError(f"lease_s must be a number of seconds from 1 to 86400, not {lease_s!r}")
         for _ in range(5):  # a task given back just as we lost it is tried again
             task, until = self._snapshot(thread, seq)
-            self._claimable(task, agent)
+            _claimable(task, agent)
             if task.status == CLAIMED and task.holder != agent:
                 self._settle(thread, stale_after=stale_after)  # a dead or stalled holder lets go
                 task, until = self._snapshot(thread, seq)
-                self._claimable(task, agent)
+                _claimable(task, agent)
                 if task.status == CLAIMED and task.holder != agent:
                     return Claim(False, task, until)
             if task.held_by(agent, pid) and not lease_s:
@@ -200,13 +200,6 @@ class Tasks:
             if seq not in board.tasks:
                 self.task(thread, seq)  # raises if there is no such task, else folds it in
                 board = self.board(thread)
-            task = replace(board.tasks[seq])
-            return task, self._until(task, board)
-
-    def _held(self, thread: str, seq: int) -> tuple[Task, float | None]:
-        """Return a copy of task seq and its lease's end as this process last folded them."""
-        with self._lock:
-            board = self._boards[thread]
             task = replace(board.tasks[seq])
             return task, self._until(task, board)
 
@@ -234,34 +227,18 @@ class Tasks:
                 meta={"task": ev}, key=None, guard=guard,
             )  # fmt: skip
             written = message.seq
-            folded_through(lambda: self.board(thread), message.seq, self.files.settings.grace_s)
-            now, until = self._held(thread, seq)  # the fold just made: no second one
+            board = folded_through(lambda: self.board(thread), written, self.files.settings.grace_s)
+            with self._lock:  # answered from that fold: no second one
+                now, until = replace(board.tasks[seq]), self._until(board.tasks[seq], board)
         except _Lost:
             now, until = self._snapshot(thread, seq)
         if now.status == CLAIMED and now.holder == agent:
             won = written is None or now.claim == written or task.holder == agent
             return Claim(won, now, until, written)
-        self._claimable(now, agent)  # closed meanwhile: say so
+        _claimable(now, agent)  # closed meanwhile: say so
         if now.status == CLAIMED:
             return Claim(False, now, until, written)
         return None  # open again already: try again
-
-    def _claimable(self, task: Task, agent: str) -> None:
-        where = f"task {task.seq} of {task.thread!r}"
-        if not task.may_take(agent):
-            raise TaskError(
-                f"{where} is for {', '.join(task.to)}, not for {agent}; leave it to them"
-            )
-        if task.status == DONE:
-            raise TaskError(
-                f"{where} is done: {task.done_by} posted its result at seq {task.closed_by}; "
-                "nothing to claim"
-            )
-        if task.status == DEAD:
-            raise TaskError(
-                f"{where} is dead after {task.failures} failed attempts; post it again as a new "
-                "task to retry it"
-            )
 
     def release(
         self,
@@ -470,3 +447,20 @@ class Tasks:
             with contextlib.suppress(MailslotError):  # removed while listing
                 boards.append(self.board(name))
         return TaskBoard.of(boards, status, mine=mine)
+
+
+def _claimable(task: Task, agent: str) -> None:
+    """Raise TaskError, saying why, unless agent may claim task (it may be held)."""
+    where = f"task {task.seq} of {task.thread!r}"
+    if not task.may_take(agent):
+        raise TaskError(f"{where} is for {', '.join(task.to)}, not for {agent}; leave it to them")
+    if task.status == DONE:
+        raise TaskError(
+            f"{where} is done: {task.done_by} posted its result at seq {task.closed_by}; "
+            "nothing to claim"
+        )
+    if task.status == DEAD:
+        raise TaskError(
+            f"{where} is dead after {task.failures} failed attempts; post it again as a new "
+            "task to retry it"
+        )

@@ -153,11 +153,13 @@ def held_views(box: Mailbox, held: list[Held]) -> list[dict[str, Any]]:
     return [held_view(h, box.reservations.until(h)) for h in held]
 
 
-def claim_view(got: Claim) -> dict[str, Any]:
-    """Return a claim's outcome as the model sees it: won (until when, which attempt) or
-    who holds the task and until when, with what to do next."""
+def claim_view(got: Claim, message: Message | None = None) -> dict[str, Any]:
+    """Return a claim's outcome as the model sees it: won (until when, which attempt; the
+    task's message, if given) or who holds the task and until when, with what to do next."""
     task, thread, seq = got.task, got.task.thread, got.task.seq
     out: dict[str, Any] = {"claimed": got.won, "thread": thread, "seq": seq}
+    if message is not None:
+        out["message"] = message_view(message)
     until = iso(got.until) if got.until is not None else None
     if got.won:
         out["until"] = until
@@ -178,6 +180,12 @@ def claim_view(got: Claim) -> dict[str, Any]:
             "take another task"
         )
     return out
+
+
+def no_task_view(thread: str) -> dict[str, Any]:
+    """Return the answer to a claim of the next task when none is open to the agent."""
+    hint = f"no task of {thread!r} is open to you now; msg_wait brings the next one"
+    return {"claimed": False, "thread": thread, "hint": hint}
 
 
 def grant_view(box: Mailbox, grant: Grant) -> dict[str, Any]:
