@@ -319,16 +319,17 @@ def fold(
     """Return thread's board brought up to date with its folder tdir, going on from board
     (this process's; None: the cache under .state/index/, if usable); rewrite that cache at
     most every SAVE_EVERY_S."""
-    path = files.root / ".state" / "index" / f"{thread}.tasks.json"
+    path = f"{files.root}/.state/index/{thread}.tasks.json"  # strings: a fold per claim
     known = board is not None
     if board is None:
         try:
-            board = Board.from_json(thread, loads(path.read_bytes()))
+            with open(path, "rb") as f:
+                board = Board.from_json(thread, loads(f.read()))
         except (OSError, ValueError):
             board = Board()
     # `mailslot doctor --fix` rewrote seqs after a merge conflict (it leaves a mark).
     try:
-        rewound = os.stat(files.root / ".state" / "rewound" / f"{thread}.json")
+        rewound = os.stat(f"{files.root}/.state/rewound/{thread}.json")
         mark = rewound.st_mtime_ns
     except OSError:
         mark = 0
@@ -354,7 +355,7 @@ def fold(
     ):
         with contextlib.suppress(MailslotError, OSError):
             files.dir(".state/index")
-            files.write_state_file(path, board.to_json())
+            files.write_state_file(Path(path), board.to_json())
         board.saved = time.monotonic()
         board.save_s = board.saved - now
     return board

@@ -51,6 +51,10 @@ LOOKAHEAD = 4  # seqs stat-ed past a missing one before a listing is considered
 FRESH_LOOKAHEAD = 16  # the same for a writer about to claim (~25 µs of stats)
 RESCAN_EVERY_S = 1.0  # a changed folder is listed again at most this often per process
 RACY_S = 1.0  # a listing taken this soon after the folder's mtime may miss a same-tick change
+# A reader that just looked past a missing seq and found nothing does not look again for the
+# same seq this soon (a busy thread is folded several times a call): a file beyond a gap, which
+# only a foreign writer leaves, is seen this much later. Writers about to claim always look.
+QUIET_S = 0.05
 
 
 @dataclass(slots=True)
@@ -104,11 +108,14 @@ class Listings:
         self.clock = clock
         self._lock = threading.Lock()
         self._by_thread: dict[str, _Listing] = {}
+        #: thread -> (missing, when): a reader's last look past missing found nothing.
+        self._quiet: dict[str, tuple[int, float]] = {}
 
     def forget(self, thread: str) -> None:
         """Drop what is remembered of thread (its folder was removed or replaced)."""
         with self._lock:
             self._by_thread.pop(thread, None)
+            self._quiet.pop(thread, None)
 
     def beyond(
         self, thread: str, tdir: Path, missing: int, *, listing: bool = True, fresh: bool = False
@@ -124,6 +131,22 @@ class Listings:
         (a writer about to claim a seq) looks FRESH_LOOKAHEAD names ahead: a claim must not land
         in a gap a sync tool opened within the last second (wider ones are seen by the listing).
         """
+        if fresh:
+            return self._beyond(thread, tdir, missing, listing=listing, fresh=True)
+        now = time.monotonic()
+        with self._lock:
+            quiet = self._quiet.get(thread)
+        if quiet is not None and quiet[0] == missing and now - quiet[1] < QUIET_S:
+            return None  # looked a moment ago, for the same seq: a gap is no news that fast
+        found = self._beyond(thread, tdir, missing, listing=listing, fresh=False)
+        if found is None:
+            with self._lock:
+                self._quiet[thread] = (missing, now)
+        return found
+
+    def _beyond(
+        self, thread: str, tdir: Path, missing: int, *, listing: bool, fresh: bool
+    ) -> int | None:
         key = _folder_key(tdir)
         if key is None:
             return None
