@@ -995,6 +995,22 @@ def tasks_in(answer: dict[str, Any]) -> list[int]:
     return [m["seq"] for m in answer["messages"] if "task" in m]
 
 
+def each_done_once(box: Mailbox, outs: list[dict[str, Any]], posted: list[int]) -> None:
+    """Assert that offer_worker outputs outs won each task of "drain" in posted once, and
+    that the folder holds one claim and one result per task, both by its winner."""
+    by_task: dict[int, list[Message]] = defaultdict(list)
+    for m in box.messages("drain"):
+        if m.reply_to is not None:
+            by_task[m.reply_to].append(m)
+    won = {int(seq): (doc["worker"], result) for doc in outs for seq, result in doc["won"].items()}
+    assert sorted(won) == sorted(posted), "every task won once, by one worker"
+    for seq in posted:
+        claims, results = of(by_task[seq], "claim"), of(by_task[seq], "result")
+        assert len(claims) == len(results) == 1, (seq, by_task[seq])
+        assert claims[0].sender == results[0].sender == won[seq][0]
+        assert results[0].seq == won[seq][1]
+
+
 def test_four_workers_offered_one_task_a_wait_drain_them_each_once_with_few_lost_claims(
     root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -1016,19 +1032,7 @@ def test_four_workers_offered_one_task_a_wait_drain_them_each_once_with_few_lost
     posted += [box.post("drain", f"job {i}", sender="boss", type="task")
                for i in range(total // 2, total)]  # fmt: skip
     outs = [json.loads(out) for out in finish(procs, timeout=300)]
-
-    messages = list(box.messages("drain"))
-    by_task: dict[int, list[Message]] = defaultdict(list)
-    for m in messages:
-        if m.reply_to is not None:
-            by_task[m.reply_to].append(m)
-    won = {int(seq): (doc["worker"], result) for doc in outs for seq, result in doc["won"].items()}
-    assert sorted(won) == sorted(posted), "every task won once, by one worker"
-    for seq in posted:
-        claims, results = of(by_task[seq], "claim"), of(by_task[seq], "result")
-        assert len(claims) == len(results) == 1, (seq, by_task[seq])
-        assert claims[0].sender == results[0].sender == won[seq][0]
-        assert results[0].seq == won[seq][1]
+    each_done_once(box, outs, posted)
     calls = sum(doc["claims"] for doc in outs)
     print(f"\n{total} tasks, {n} workers: {calls / total:.2f} task_claim calls per task; won "
           + "/".join(str(len(doc["won"])) for doc in outs))  # fmt: skip
@@ -1058,18 +1062,7 @@ def test_four_workers_taking_the_next_task_drain_them_each_once_and_rarely_colli
             for i in range(total)}  # fmt: skip
     go.touch()
     outs = [json.loads(out) for out in finish(procs, timeout=300)]
-
-    messages = list(box.messages("drain"))
-    by_task: dict[int, list[Message]] = defaultdict(list)
-    for m in messages:
-        if m.reply_to is not None:
-            by_task[m.reply_to].append(m)
-    won = {int(seq): (doc["worker"], result) for doc in outs for seq, result in doc["won"].items()}
-    assert sorted(won) == sorted(jobs), "every task won once, by one worker"
-    for seq in jobs:
-        claims, results = of(by_task[seq], "claim"), of(by_task[seq], "result")
-        assert len(claims) == len(results) == 1, (seq, by_task[seq])
-        assert claims[0].sender == results[0].sender == won[seq][0]
+    each_done_once(box, outs, list(jobs))
     taken = {int(seq): text for doc in outs for seq, text in doc["next"].items()}
     assert taken and all(jobs[seq] == text for seq, text in taken.items()), taken
     assert len(taken) > total // 2, f"only {len(taken)} tasks were taken as the next one"
