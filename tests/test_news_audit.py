@@ -429,11 +429,6 @@ def test_a_next_task_with_a_short_lease_holds_while_its_holder_keeps_calling(
     anyio.run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a real bug: task_claim without a seq tries only tasks already open and never "
-    "looks at holders, so a dead holder's task is not reopened by it (task_list is)",
-)
 def test_a_claim_without_a_seq_takes_a_task_whose_holder_died(
     tmp_path: Path,
     procs: list[subprocess.Popen[str]],  # noqa: F811

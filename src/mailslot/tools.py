@@ -390,7 +390,7 @@ class Session:
         self._join(thread)
         claim = partial(self.box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
                         stale_after=self.stale_after)  # fmt: skip
-        got = claim(seq) if seq is not None else take_next(self.box, thread, me, claim)
+        got = claim(seq) if seq else take_next(self.box, thread, me, claim, self.stale_after)
         if got is None:
             return no_task_view(thread)
         if got.won:

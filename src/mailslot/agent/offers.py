@@ -41,16 +41,22 @@ def rank(me: str, thread: str, task: int) -> int:
     return zlib.crc32(f"{me}\n{thread}\n{task}".encode())
 
 
-def take_next(box: Mailbox, thread: str, me: str, claim: Callable[[int], Claim]) -> Claim | None:
+def take_next(
+    box: Mailbox, thread: str, me: str, claim: Callable[[int], Claim], stale_after: float
+) -> Claim | None:
     """Claim (with claim) the next task of thread open to me and return the claim it won,
-    or None if none was left to win (task_claim without a seq)."""
-    for task in next_open(box, thread, me):
-        try:
-            got = claim(task.seq)
-        except TaskError:
-            continue  # closed meanwhile
-        if got.won:
-            return got
+    or None if none was left to win (task_claim without a seq). With none open, it first
+    looks at the holders, as task_list does: a task whose holder died is taken as well."""
+    for looked in (False, True):
+        for task in next_open(box, thread, me):
+            try:
+                got = claim(task.seq)
+            except TaskError:
+                continue  # closed meanwhile
+            if got.won:
+                return got
+        if looked or not box.tasks.settle([thread], noticed_by=me, stale_after=stale_after):
+            break
     return None
 
 

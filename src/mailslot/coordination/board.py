@@ -317,8 +317,9 @@ def fold(
     board: Board | None,
 ) -> Board:
     """Return thread's board brought up to date with its folder tdir, going on from board
-    (this process's; None: the cache under .state/index/, if usable); rewrite that cache at
-    most every SAVE_EVERY_S."""
+    (this process's; None: the cache under .state/index/, if usable); rewrite that cache for
+    a thread of CACHE_FROM messages or more, at most every SAVE_EVERY_S and at most 1/SAVE_SHARE
+    of the time its last save took."""
     path = f"{files.root}/.state/index/{thread}.tasks.json"  # strings: a fold per claim
     known = board is not None
     if board is None:
