@@ -23,10 +23,9 @@ from mcp.client import Client
 
 from mailslot import Mailbox
 from mailslot.store import plan as _plan
-from mailslot.store import wait as _wait
 
 CALLS = "openat,open,stat,lstat,newfstatat,statx,access,faccessat,faccessat2,readlink"
-THREADS = 2 * _wait.POLL_ALL_UPTO + 100  # past the size where a tick looks at every thread
+THREADS = 612  # many more than a tick sweeps (POLL_SLICE)
 
 
 def _traced(root: Path, agent: str, log: Path) -> StdioServerParameters:

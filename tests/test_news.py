@@ -50,7 +50,7 @@ def test_a_kept_wait_sees_a_post_from_another_process_that_no_sweep_has_reached(
     can bring a quiet thread's new message to the next run of a kept inbox wait (without it,
     the run times out empty)."""
     root = tmp_path / "box"
-    _mailbox(root, _plan.POLL_ALL_UPTO + 44)
+    _mailbox(root, 300)
     monkeypatch.setattr(_plan, "sweep_size", lambda threads, interval: 0)
 
     async def main() -> list[tuple[str, str]]:

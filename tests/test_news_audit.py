@@ -235,7 +235,7 @@ def test_a_wait_of_no_time_sees_a_message_told_before_it_began(
     """The news is read before the look: a message another process stored before the wait
     began is in that wait's one look (docs/tools.md, Writers leave a hint)."""
     root = tmp_path / "box"
-    _mailbox(root, _plan.POLL_ALL_UPTO + 44)
+    _mailbox(root, 300)
     monkeypatch.setattr(_plan, "sweep_size", lambda threads, interval: 0)
     got = _kept_wait_after(root, lambda: _post(root, "t150", "told", "bob"))
     assert got == ["told"]
@@ -249,7 +249,7 @@ def test_a_line_that_is_not_a_thread_id_makes_the_next_look_cover_every_thread(
     into a quiet thread, sweep stopped: a line in the news that names no thread means any
     thread may have changed, and the next look finds it."""
     root = tmp_path / "box"
-    _mailbox(root, _plan.POLL_ALL_UPTO + 44)
+    _mailbox(root, 300)
     monkeypatch.setattr(_plan, "sweep_size", lambda threads, interval: 0)
     message = {
         "id": "c0ffee", "from": "lead", "to": ["bob"], "type": "message", "priority": "normal",

@@ -289,9 +289,9 @@ def _looked_per_poll_tick(
 def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Poll mode sees other machines' writes only by looking; past a few hundred threads a tick
-    # looks at the busy ones and a slice of the rest, whether the wait started from an empty
-    # cursor ({}: every thread from its start) or from cursor() ("from now").
+    # Poll mode sees foreign writers only by looking; a tick looks at the busy threads, those
+    # .state/news names, and a slice of the rest (even of a hundred), whether the wait started
+    # from an empty cursor ({}: every thread from its start) or from cursor() ("from now").
     box = Mailbox(root, fsync=False)
     for agent in ("alice", "bob"):
         box.agents.register(agent)
@@ -301,6 +301,8 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
             thread = box.create_thread(f"quiet {i}", creator="alice").id
             box.post(thread, "old news for someone else", sender="alice", to=["bob"])
 
+    grow_to(100)
+    hundred = _looked_per_poll_tick(root, "zoe", True, monkeypatch)
     grow_to(300)
     few = _looked_per_poll_tick(root, "carol", True, monkeypatch)
     grow_to(2000)
@@ -314,6 +316,7 @@ def test_an_idle_inbox_waiter_looks_at_a_bounded_number_of_threads_per_poll_tick
         return _wait.sweep_size(n, _plan.SWEEP_TICK_S) + 2
 
     assert bound(300) == _wait.POLL_SLICE + 2 and bound(2000) < 2000 / 5
+    assert hundred <= bound(100) < 100, f"a tick looked at {hundred} of 100 threads"
     assert few <= bound(300), f"a tick looked at {few} of 300 threads"
     assert many <= bound(2000), f"a tick looked at {few} of 300 threads but {many} of 2,000"
     assert from_now <= bound(2000), f"{many} threads per tick from {{}}, {from_now} from now"

@@ -23,14 +23,13 @@ from mailslot.store.format import Damage, Message, Pending
 if TYPE_CHECKING:
     from mailslot.store.wait import Waiting
 
-# Timer ticks: a tick looks at the threads active in the last HOT_S seconds, and sweeps the
-# others with one lstat each of the next file name (every DEEP_EVERY rounds, as closely as a
-# named thread: a gap before the next file is seen too): all of them, up to POLL_ALL_UPTO;
-# past that, a slice in turn (sweep_size), so an idle waiter's cost does not grow with idle
-# threads. A write from another machine into a long-quiet thread is seen within a sweep
-# (SWEEP_S up to SWEEP_PER_S * SWEEP_S threads, then threads / SWEEP_PER_S seconds); local
-# writes wake at once through file events, which name their thread.
-POLL_ALL_UPTO = 256
+# Timer ticks: a tick looks at the threads active in the last HOT_S seconds and at those
+# mailslot's writers told in .state/news, and sweeps the others with one lstat each of the next
+# file name (every DEEP_EVERY rounds, as closely as a named thread: a gap before the next file
+# is seen too), a slice in turn (sweep_size), so an idle waiter's cost does not grow with idle
+# threads. A foreign write (git, rsync) from another machine into a long-quiet thread is seen
+# within a sweep (SWEEP_S up to SWEEP_PER_S * SWEEP_S threads, then threads / SWEEP_PER_S
+# seconds); local writes wake at once through file events, which name their thread.
 POLL_SLICE = 64
 SWEEP_S = 5.0  # a sweep of the quiet threads aims to come round in this time...
 SWEEP_PER_S = 640  # ...looking at no more than this many threads a second...
@@ -141,8 +140,7 @@ class WaitPlan:
         """Return the threads to look at now, and those to sweep (looked at closer only if
         their next file is there): all of them on a first look (or when the feed cannot say
         what changed), else those the feed named, those moved from outside and, on a timer
-        tick, the busy ones, plus a sweep of the next slice of the rest (of all of them, up to
-        POLL_ALL_UPTO): a bounded cost."""
+        tick, the busy ones, plus a sweep of the next slice of the rest: a bounded cost."""
         if only is None:
             return names, []
         picked = [t for t in sorted(only) if t in self.scope]
@@ -156,10 +154,7 @@ class WaitPlan:
                 if until < now and thread not in self.pending:
                     hot.pop(thread, None)
             picked += [t for t in hot if t in self.scope]
-            if len(names) <= POLL_ALL_UPTO:
-                swept = names
-                self.rounds += 1
-            elif names:
+            if names:
                 size = sweep_size(len(names), self.every)
                 start = self.turn % len(names)
                 self.turn = (start + size) % len(names)

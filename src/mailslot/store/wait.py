@@ -34,7 +34,6 @@ from mailslot.store.names import check_name
 from mailslot.store.news import NewsReader
 from mailslot.store.plan import (
     HOT_S,
-    POLL_ALL_UPTO,
     POLL_SLICE,
     SWEEP_TICK_S,
     Arrivals,
@@ -190,8 +189,6 @@ class Waiting:
             return min(PENDING_RECHECK_S, self.files.settings.poll_interval)
         if self.wait_mode != "native":
             interval = self.files.settings.poll_interval
-            if len(plan.scope) <= POLL_ALL_UPTO:
-                return interval
             now = time.monotonic()
             if any(until > now and t in plan.scope for t, until in self.hot.items()):
                 return interval  # a busy thread: looked at every interval
