@@ -27,6 +27,7 @@ import pytest
 
 import mailslot
 from mailslot import Mailbox, RootError
+from mailslot.store.threads import CACHE_FROM
 
 TOOLS = ("useradd", "userdel", "groupadd", "groupdel", "setpriv")
 # setpriv runs the command under a shell that sets the umask first: `sh -c 'umask U; exec ...'`.
@@ -243,11 +244,14 @@ def test_shared_mailbox_under_umask_022(team: Team, project: Path) -> None:
     assert json.loads((root / "mailslot.json").read_text())["shared"] == "group"
     team.cli(a, "022", "thread", "from-a", "--as", a.name, "--root", str(root))
     post(team, a, "022", root, "from-a", "hello from a", "--key", "k1")
+    for i in range(CACHE_FROM - 1):  # long enough for its index to be cached
+        post(team, a, "022", root, "from-a", f"more from a {i}")
     team.cli(a, "022", "threads", "--root", str(root))  # a writes the thread's index
-    assert post(team, b, "022", root, "from-a", "hello from b", "--key", "k2") == 2
+    b_seq = post(team, b, "022", root, "from-a", "hello from b", "--key", "k2")
+    assert b_seq == CACHE_FROM + 1
     team.cli(b, "022", "threads", "--root", str(root))  # ... and b brings it up to date
     index = root / ".state" / "index" / "from-a.json"
-    assert json.loads(index.read_text())["seq"] == 2
+    assert json.loads(index.read_text())["seq"] == b_seq
     assert index.stat().st_uid == b.uid
     wait_woken_by(team, b, a, root, "from-a", "022")
     team.cli(b, "022", "thread", "from-b", "--as", b.name, "--root", str(root))

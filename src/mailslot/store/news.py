@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 from mailslot.store import modes
@@ -34,51 +35,69 @@ NEWS_MAX = 1 << 20  # bytes (tens of thousands of posts) before a writer starts 
 _LINE = re.compile(rb"(" + NAME_PATTERN.encode() + rb")\n")
 
 
-_local: dict[Path, bool] = {}  # root -> on a local disk (appends with O_APPEND)
+_KEEP = 8  # roots whose news this process keeps open (the oldest is closed past that)
+_open: dict[Path, tuple[int, bool]] = {}  # root -> (fd, appends with O_APPEND)
+_open_lock = threading.Lock()
 
 
-def _flags(root: Path) -> int:
-    """Return how to open root's news to append to it.
+def _append_fd(root: Path, path: Path) -> tuple[int, bool]:
+    """Return this process's fd of root's news, opened to append, and whether O_APPEND does.
 
     O_APPEND on a local disk, where it makes concurrent appends whole lines. Not on a network
     mount: there it is not atomic between machines anyway, and over smbnetfs (SMB through
     FUSE) one O_APPEND open fails with EIO and leaves every later call on the mount failing
     too. There a writer appends at the end it finds; two that race may lose a line, which
     costs latency only."""
-    local = _local.get(root)
-    if local is None:
-        local = _local[root] = not is_network_fs(filesystem_type(root))
-    return os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if local else 0)
+    with _open_lock:
+        got = _open.get(root)
+        if got is not None:
+            return got
+        local = not is_network_fs(filesystem_type(root))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if local else 0)
+        fd = os.open(path, flags, 0o666)
+        if modes.shared_folder(path.parent):
+            modes.share_fd(fd, path)  # every member of the group tells news here
+        _open[root] = (fd, local)
+        while len(_open) > _KEEP:
+            _forget(next(iter(_open)))
+        return fd, local
+
+
+def _forget(root: Path) -> None:
+    got = _open.pop(root, None)
+    if got is not None:
+        with contextlib.suppress(OSError):
+            os.close(got[0])
 
 
 def tell(root: Path, thread: str) -> None:
-    """Append thread to root's news; never raise (news is a hint: the message is stored)."""
+    """Append thread to root's news; never raise (news is a hint: the message is stored).
+
+    The file stays open from post to post. A line written to a file another writer has since
+    removed (past NEWS_MAX) is written again to the new one: a reader that moved on to it
+    would not read the old one again."""
     path = root / NEWS
     line = thread.encode() + b"\n"
     try:
-        flags = _flags(root)
         for _ in range(2):
-            fd = os.open(path, flags, 0o666)
-            try:
-                if modes.shared_folder(path.parent):
-                    modes.share_fd(fd, path)  # every member of the group tells news here
-                if not flags & os.O_APPEND:
-                    os.lseek(fd, 0, os.SEEK_END)
-                os.write(fd, line)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            try:
-                now = os.stat(path)
-            except FileNotFoundError:
-                continue  # another writer started the file again: tell the new one too
-            if now.st_ino != st.st_ino:
+            fd, appends = _append_fd(root, path)
+            if not appends:
+                os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, line)
+            st = os.fstat(fd)
+            if st.st_nlink == 0:  # removed: start on the file there is now
+                with _open_lock:
+                    _forget(root)
                 continue
             if st.st_size > NEWS_MAX:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # readers holding it read it to its end
+                with _open_lock:
+                    _forget(root)
             return
     except OSError as e:  # a read-only folder, no .state/ yet, a full disk
+        with _open_lock:
+            _forget(root)
         log.debug("news of %s not told: %s", thread, e)
 
 
