@@ -661,9 +661,10 @@ def render(ours: dict[str, Any], theirs: dict[str, Any] | None, why: str | None)
         "message is a file fsynced into a folder, and every call here goes through the MCP SDK "
         "over stdio (JSON-RPC, validation) to a `mailslot serve` process, which is most of each "
         "round trip (see the MCP section). An inbox wait offers a worker one open task, the "
-        "first in its own order among the oldest open ones, so workers seldom race for one (the "
-        "task_claim calls per task say how often they did); a Redis consumer group hands each "
-        "entry to one consumer.",
+        "first in its own order among the oldest open ones, and after each result the worker "
+        "claims the next task open to it (task_claim without a seq, in the same order, decided "
+        "under the thread's lock), so workers seldom race for one (the task_claim calls per "
+        "task say how often they did); a Redis consumer group hands each entry to one consumer.",
         "Handoff. mailslot frees a dead holder's task as soon as it is seen dead: a claim "
         "records its holder's process (the `mailslot serve` that made it), and on one machine "
         "the server of a worker waiting on its inbox checks every 0.5 s that held tasks' "
