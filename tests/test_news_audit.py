@@ -7,9 +7,9 @@ news file warned about on every look or never, news read after the look, a forei
 made no look cover every thread, feed marks lost in a cut, a closed mailbox's news left open;
 open tasks out of order, a task given back or reopened never the next one again, a cached
 board without open tasks, tasks for others hiding the agent's own, every worker trying the
-same task first, a next task's short lease not kept by its holder's calls; caches written at
-CACHE_FROM the wrong way round, a busy board saved more often than its share. One xfail: a
-real bug (a claim without a seq never looks at a dead holder).
+same task first, a claim without a seq that never looks at a dead holder (a real bug, fixed);
+caches written at CACHE_FROM the wrong way round, a busy board saved more often than its share.
+(A next task's lease is kept by the same path as any claim's: test_tasks_mcp holds it.)
 
 Real files and processes: ``mailslot post`` subprocesses, ``mailslot serve`` via the client.
 """
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import anyio
 import pytest
 from helpers import agent, call
+from test_news import _mailbox, _post
 from test_tasks_mcp import hold, kill, procs  # noqa: F401  (procs: the fixture)
 
 from mailslot import Mailbox
@@ -39,28 +39,6 @@ from mailslot.store import plan as _plan
 from mailslot.store.feed import Feed
 from mailslot.store.news import NEWS, NewsReader, tell
 from mailslot.store.threads import CACHE_FROM
-
-
-def _post(root: Path, thread: str, text: str, to: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "mailslot", "post", "--root", str(root), "--as", "lead",
-         "--to", to, thread, text],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-
-
-def _mailbox(root: Path, threads: int) -> None:
-    """A mailbox of threads t000... in poll mode (no file events: only news and sweeps)."""
-    with Mailbox.init(root, fsync=False) as box:
-        box.agents.register("lead")
-        box.agents.register("bob")
-        for i in range(threads):
-            box.create_thread(f"t{i:03d}", creator="lead")
-    config = root / "mailslot.json"
-    doc = json.loads(config.read_text())
-    doc.update(wait_mode="poll", poll_interval=0.1)
-    config.write_text(json.dumps(doc))
-
 
 # ---------------------------------------------------------------- writers
 
@@ -379,44 +357,6 @@ def test_tasks_for_others_do_not_hide_the_agents_own(tmp_path: Path) -> None:
 
     got = anyio.run(main)
     assert (got["claimed"], got["seq"]) == (True, mine), got
-
-
-def test_a_next_task_with_a_short_lease_holds_while_its_holder_keeps_calling(
-    tmp_path: Path,
-) -> None:
-    """A claim without a seq is held as any claim: alpha's lease_s=3 lasts while alpha calls
-    a cheap tool every 0.5 s (the activity reaches its presence file in time); bravo is
-    refused all along."""
-    root = tmp_path / "box"
-    box = Mailbox.init(root, fsync=False)
-    box.create_thread("jobs", creator="boss")
-    (seq,) = _tasks(box, 1)
-
-    async def main() -> None:
-        async with agent(root, "alpha") as a, agent(root, "bravo") as b:
-            got = await call(a, "task_claim", thread="jobs", lease_s=3)
-            assert (got["claimed"], got["seq"]) == (True, seq), got
-            begun = time.monotonic()
-            stop = anyio.Event()
-
-            async def work() -> None:
-                while not stop.is_set():
-                    await call(a, "thread_list")
-                    with anyio.move_on_after(0.5):
-                        await stop.wait()
-
-            tries = 0
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(work)
-                while time.monotonic() - begun < 7:
-                    lost = await call(b, "task_claim", thread="jobs", seq=seq)
-                    assert (lost["claimed"], lost.get("holder")) == (False, "alpha"), lost
-                    tries += 1
-                    await anyio.sleep(0.2)
-                stop.set()
-            assert tries >= 5
-
-    anyio.run(main)
 
 
 def test_a_claim_without_a_seq_takes_a_task_whose_holder_died(
