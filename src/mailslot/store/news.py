@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import re
-import threading
 from pathlib import Path
 
 from mailslot.store import modes
@@ -35,69 +34,49 @@ NEWS_MAX = 1 << 20  # bytes (tens of thousands of posts) before a writer starts 
 _LINE = re.compile(rb"(" + NAME_PATTERN.encode() + rb")\n")
 
 
-_KEEP = 8  # roots whose news this process keeps open (the oldest is closed past that)
-_open: dict[Path, tuple[int, bool]] = {}  # root -> (fd, appends with O_APPEND)
-_open_lock = threading.Lock()
-
-
-def _append_fd(root: Path, path: Path) -> tuple[int, bool]:
-    """Return this process's fd of root's news, opened to append, and whether O_APPEND does.
-
-    O_APPEND on a local disk, where it makes concurrent appends whole lines. Not on a network
-    mount: there it is not atomic between machines anyway, and over smbnetfs (SMB through
-    FUSE) one O_APPEND open fails with EIO and leaves every later call on the mount failing
-    too. There a writer appends at the end it finds; two that race may lose a line, which
-    costs latency only."""
-    with _open_lock:
-        got = _open.get(root)
-        if got is not None:
-            return got
-        local = not is_network_fs(filesystem_type(root))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if local else 0)
-        fd = os.open(path, flags, 0o666)
-        if modes.shared_folder(path.parent):
-            modes.share_fd(fd, path)  # every member of the group tells news here
-        _open[root] = (fd, local)
-        while len(_open) > _KEEP:
-            _forget(next(iter(_open)))
-        return fd, local
-
-
-def _forget(root: Path) -> None:
-    got = _open.pop(root, None)
-    if got is not None:
-        with contextlib.suppress(OSError):
-            os.close(got[0])
+#: root -> (on a local disk: appends with O_APPEND; a shared folder: the file is the group's)
+_kind: dict[Path, tuple[bool, bool]] = {}
 
 
 def tell(root: Path, thread: str) -> None:
     """Append thread to root's news; never raise (news is a hint: the message is stored).
 
-    The file stays open from post to post. A line written to a file another writer has since
-    removed (past NEWS_MAX) is written again to the new one: a reader that moved on to it
-    would not read the old one again."""
+    O_APPEND on a local disk, where it makes concurrent appends whole lines. Not on a network
+    mount: there it is not atomic between machines anyway, and over smbnetfs (SMB through
+    FUSE) one O_APPEND open fails with EIO and leaves every later call on the mount failing
+    too. There a writer appends at the end it finds; two that race may lose a line, which
+    costs latency only. The file is opened for each line, never held open (an open file would
+    keep the disk from being remounted read-only or unmounted). A line written to a file
+    another writer removed meanwhile (past NEWS_MAX) is written again to the new one: a reader
+    that moved on to it would not read the old one again.
+    """
     path = root / NEWS
     line = thread.encode() + b"\n"
     try:
+        kind = _kind.get(root)
+        if kind is None:
+            local = not is_network_fs(filesystem_type(root))
+            kind = _kind[root] = (local, modes.shared_folder(path.parent))
+        local, shared = kind
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if local else 0)
         for _ in range(2):
-            fd, appends = _append_fd(root, path)
-            if not appends:
-                os.lseek(fd, 0, os.SEEK_END)
-            os.write(fd, line)
-            st = os.fstat(fd)
-            if st.st_nlink == 0:  # removed: start on the file there is now
-                with _open_lock:
-                    _forget(root)
+            fd = os.open(path, flags, 0o666)
+            try:
+                if shared:
+                    modes.share_fd(fd, path)  # every member of the group tells news here
+                if not local:
+                    os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, line)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if st.st_nlink == 0:  # removed before the line was in: tell the file there is now
                 continue
             if st.st_size > NEWS_MAX:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # readers holding it read it to its end
-                with _open_lock:
-                    _forget(root)
             return
     except OSError as e:  # a read-only folder, no .state/ yet, a full disk
-        with _open_lock:
-            _forget(root)
         log.debug("news of %s not told: %s", thread, e)
 
 
