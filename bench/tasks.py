@@ -143,8 +143,8 @@ async def _claim_loop(root: Path, n: int) -> tuple[list[float], list[float]]:
 
 def _mailslot_worker(root: str, name: str) -> None:
     """Join the thread, then drain the inbox until it stays quiet for 2 s: claim each task it
-    offers, post the result of each one won, and claim the next one open to it in that thread
-    (task_claim without a seq) until none is, then wait again. Print the time of the last
+    offers, post the result of each one won, and with it claim the next one open to it in that
+    thread (msg_post's next_task) until none is, then wait again. Print the time of the last
     result, how many tasks this worker closed, and how many task_claim calls it made."""
 
     async def main() -> None:
@@ -163,17 +163,18 @@ def _mailslot_worker(root: str, name: str) -> None:
                     calls += 1
                     won = await _try(c, "task_claim", thread=m["thread"], seq=m["seq"])
                     while won is not None and won.get("claimed") is True:
-                        await _call(
+                        posted = await _call(
                             c,
                             "msg_post",
                             thread=m["thread"],
                             content="done",
                             type="result",
                             reply_to=won["seq"],
+                            next_task=True,  # and take the next task open to it there
                         )
                         last, done = time.perf_counter(), done + 1
-                        calls += 1  # then the next task open to it there, as a worker does
-                        won = await _try(c, "task_claim", thread=m["thread"])
+                        calls += 1
+                        won = posted["next"]
             print(last, done, calls, flush=True)
 
     anyio.run(main)

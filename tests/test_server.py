@@ -250,7 +250,8 @@ def test_instructions_say_how_to_collaborate() -> None:
     text_ = instructions("coder", "Chinese")
     assert "You are agent 'coder'" in text_ and "msg_wait" in text_ and "Chinese" in text_
     assert "agent_register" in instructions(None, None)
-    assert "task_claim(thread) without a seq then takes the next one open to you" in text_
+    assert "with next_task=true it also takes the next one open to you" in text_
+    assert "task_claim(thread) without a seq" in text_
 
 
 def test_damage_and_vanishing_never_kill_the_server(root: Path) -> None:

@@ -1041,18 +1041,20 @@ def test_four_workers_offered_one_task_a_wait_drain_them_each_once_with_few_lost
     assert sum(doc["more"] for doc in outs) > 0, "no answer said that more tasks wait"
 
 
+@pytest.mark.parametrize("how", ["1", "post"])
 def test_four_workers_taking_the_next_task_drain_them_each_once_and_rarely_collide(
-    root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+    root: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], how: str
 ) -> None:
-    """After each result a worker claims the next task open to it (task_claim without a seq)
-    until none is: each claim without a seq is decided under the thread's lock and tries the
-    open tasks in the worker's own order, so every task is done once, each such claim that
-    won returned its task's message, and lost claims stay rare."""
+    """After each result a worker claims the next task open to it until none is, by
+    task_claim without a seq ("1") or by the result's msg_post(next_task=true) ("post"): each
+    such claim is decided under the thread's lock and tries the open tasks in the worker's
+    own order, so every task is done once, each one that won returned its task's message,
+    and lost claims stay rare."""
     total, n = 160, 4
     box = Mailbox(root)
     box.create_thread("drain", creator="boss")
     go = tmp_path / "go"
-    procs += [spawn_call("offer_worker", str(root), f"w{i}", "drain", str(total), str(go), "1")
+    procs += [spawn_call("offer_worker", str(root), f"w{i}", "drain", str(total), str(go), how)
               for i in range(n)]  # fmt: skip
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready", (

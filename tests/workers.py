@@ -346,7 +346,8 @@ def offer_worker(
     tasks posted before the first one are owed to it), then wait on the inbox, claim each task
     it offers, post the result of each one won, and wait again; stop once task_list counts
     int(total) done. With take_next, after each result it claims the next task open to it in
-    the thread (task_claim without a seq) until none is, before it waits again.
+    the thread until none is, before it waits again: with "1" by task_claim without a seq,
+    with "post" by the result's own msg_post(next_task=true).
 
     Prints one JSON line: the tasks won (seq -> result seq), the task_claim calls made (and
     those without a seq that won nothing), the most tasks one answer offered, how many answers
@@ -378,13 +379,17 @@ def offer_worker(
                         seq = claim["seq"]  # type: ignore[index]
                         bad, posted = await _tool(c, "msg_post", thread=m["thread"],
                                                   content=f"{name} did {seq}", type="result",
-                                                  reply_to=seq)  # fmt: skip
+                                                  reply_to=seq,
+                                                  next_task=take_next == "post")  # fmt: skip
                         assert not bad, posted
                         won[seq] = posted["seq"]  # type: ignore[index]
                         if not take_next:
                             break
                         claims += 1
-                        bad, claim = await _tool(c, "task_claim", thread=m["thread"])
+                        if take_next == "post":
+                            claim = posted["next"]  # type: ignore[index]
+                        else:
+                            bad, claim = await _tool(c, "task_claim", thread=m["thread"])
                         assert not bad, claim
                         if claim["claimed"] is True:  # type: ignore[index]
                             got_next[claim["seq"]] = claim["message"]["content"]  # type: ignore[index]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -21,7 +20,7 @@ from pydantic import Field
 from mailslot.agent.inbox import Delivery
 from mailslot.agent.offers import take_next
 from mailslot.agent.reading import Reading
-from mailslot.agent.seat import Pace, Seat
+from mailslot.agent.seat import Pace, Seat, client_slug
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import (
     InvalidMessage,
@@ -60,6 +59,7 @@ from mailslot.views.parameters import (
     ListThread,
     Mine,
     MsgType,
+    NextTask,
     Paths,
     Priority,
     ReplyTo,
@@ -91,13 +91,6 @@ PAGE_DEFAULT = 50
 PROGRESS: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = (
     contextvars.ContextVar("mailslot_progress", default=None)
 )
-
-
-def client_slug(client: str | None) -> str:
-    """Return a readable agent name made from a client's name ('Claude Code' -> 'claude-code')."""
-    slug = re.sub(r"[^a-z0-9]+", "-", (client or "").lower()).strip("-")
-    slug = re.sub(r"-(mcp-client|client|mcp)$", "", slug)
-    return slug[:40].strip("-") or "agent"
 
 
 class Session:
@@ -211,10 +204,7 @@ class Session:
 
     # ------------------------------------------------------------------ threads
 
-    def thread_create(
-        self,
-        topic: Topic,
-    ) -> dict[str, Any]:
+    def thread_create(self, topic: Topic) -> dict[str, Any]:
         """Join the thread for a topic, creating it if needed; returns its id and head seq."""
         me = self.me()
         info = self.box.create_thread(topic, creator=me)
@@ -269,6 +259,7 @@ class Session:
         priority: Priority = "normal",
         meta: Annotated[dict[str, Any] | None, Field(description="JSON kept as is")] = None,
         idempotency_key: Key = None,
+        next_task: NextTask = False,
     ) -> dict[str, Any]:
         """Post a message to a thread; returns its seq and id."""
         thread = self._tid(thread)
@@ -281,7 +272,10 @@ class Session:
             self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
-        return posted_view(msg, to or [], reply_to)
+        out = posted_view(msg, to or [], reply_to)
+        if next_task:  # one call per task for a worker: its result, then the next task
+            out["next"] = self._claim(thread, None, None)
+        return out
 
     def save_positions(self, *, now: bool = True) -> None:
         """Write read positions changed since the last save (see Reading.save)."""
@@ -388,6 +382,11 @@ class Session:
             self._activity.drop(("task", thread, seq))
             return {"released": True, "thread": thread, "seq": seq, "event_seq": event.seq}
         self._join(thread)
+        return self._claim(thread, seq, lease_s)
+
+    def _claim(self, thread: str, seq: int | None, lease_s: float | None) -> dict[str, Any]:
+        """Claim task seq of thread (None: the next one open to this agent) and say how it went."""
+        me = self.me()
         claim = partial(self.box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
                         stale_after=self.stale_after)  # fmt: skip
         got = claim(seq) if seq else take_next(self.box, thread, me, claim, self.stale_after)

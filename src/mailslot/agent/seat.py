@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 # A wait still blocked after this long says so in the agent's presence file; one that returns
 # sooner writes nothing there (two file writes saved per message in a busy conversation).
 MARK_WAITING_S = 0.5
+
+
+def client_slug(client: str | None) -> str:
+    """Return a readable agent name made from a client's name ('Claude Code' -> 'claude-code')."""
+    slug = re.sub(r"[^a-z0-9]+", "-", (client or "").lower()).strip("-")
+    slug = re.sub(r"-(mcp-client|client|mcp)$", "", slug)
+    return slug[:40].strip("-") or "agent"
 
 
 class Seat:

@@ -20,8 +20,9 @@ def instructions(
         "Delegate with msg_post(type='task', to=[agent]); answer a task with type='result' "
         "(or 'error') and reply_to=<the task's seq>. A task without `to` is for every agent: "
         "your inbox msg_wait() brings such tasks one per call, whatever threads you joined; take "
-        "one with task_claim before working on it; your result reply closes it, and "
-        "task_claim(thread) without a seq then takes the next one open to you. Before editing "
+        "one with task_claim before working on it; your result reply closes it, and with "
+        "next_task=true it also takes the next one open to you (so does task_claim(thread) "
+        "without a seq). Before editing "
         "files others may edit, files_reserve(paths); files_release when done. "
         "Move the thread with thread_set_state and close it with a summary."
     )

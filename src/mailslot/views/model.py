@@ -168,7 +168,8 @@ def claim_view(got: Claim, message: Message | None = None) -> dict[str, Any]:
             out["failed_before"] = task.failures
         out["hint"] = (
             f"work on it, then msg_post(thread='{thread}', type='result', reply_to={seq}, "
-            "content=...) closes it (type='error' if it failed); task_claim(release=true) "
+            "content=...) closes it (type='error' if it failed; next_task=true takes the next "
+            "one too); task_claim(release=true) "
             "gives it back; any mailslot call before the lease ends keeps it yours"
         )
     else:

@@ -39,6 +39,9 @@ Description = Annotated[str | None, Field(description="What you do, for the othe
 TaskSeq = Annotated[
     int | None, Field(ge=1, description="Seq of the task; omit to take the next one open to you")
 ]
+NextTask = Annotated[
+    bool, Field(description="With a result: also take this thread's next task open to you")
+]
 LeaseS = Annotated[
     float | None,
     Field(ge=1, le=86400, description="Seconds without a sign of work before it is handed out"),
