@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +189,7 @@ class Board:
     #: The tasks that may be open (each added when it came or opened again; open_tasks()
     #: drops the others), so finding the open ones does not cost every task the thread had.
     opened: dict[int, None] = field(default_factory=dict)
+    jumbled: bool = False  # a task opened again after newer ones: opened is out of order
 
     def add(self, m: Message, max_attempts: int) -> None:
         """Take what message m says into the board (messages come in seq order)."""
@@ -217,14 +218,27 @@ class Board:
         task = self.tasks.get(m.reply_to)
         if task is not None:
             _reply(task, m, at, task.max_attempts or max_attempts)
-            if task.status == OPEN:
+            if task.status == OPEN and task.seq not in self.opened:
                 self.opened[task.seq] = None
+                self.jumbled = True
 
-    def open_tasks(self) -> list[Task]:
-        """Return the open tasks, oldest first."""
-        for seq in [s for s in self.opened if self.tasks[s].status != OPEN]:
-            del self.opened[seq]
-        return [self.tasks[s] for s in sorted(self.opened)]
+    def open_tasks(self) -> Iterator[Task]:
+        """Yield the open tasks, oldest first, as far as the caller reads them; those found
+        closed or claimed on the way leave opened."""
+        if self.jumbled:
+            self.opened = dict.fromkeys(sorted(self.opened))
+            self.jumbled = False
+        gone: list[int] = []
+        try:
+            for seq in list(self.opened):  # a copy (of keys alone): a fold may run meanwhile
+                task = self.tasks[seq]
+                if task.status == OPEN:
+                    yield task
+                else:
+                    gone.append(seq)
+        finally:
+            for seq in gone:
+                self.opened.pop(seq, None)
 
     def to_json(self) -> dict[str, Any]:
         """Return the board as cached under .state/index/."""
