@@ -76,7 +76,9 @@ def test_idle_inbox_calls_touch_no_thread_and_a_post_is_found_in_its_thread_alon
 
     async def main() -> tuple[set[str], set[str], set[str], list[str]]:
         async with Client(_traced(root, "idler", log), mode="legacy", cache=None) as c:
-            first = await call(c, "msg_wait", timeout_s=0.2)  # the session's first look
+            # The session's first look, and the look at every thread of the wait that starts
+            # the watch (its first that blocks: a look under strace outlasts a short timeout).
+            first = await call(c, "msg_wait", timeout_s=3)
             assert first["status"] == "timeout", first
             looked_first, mark = _touched(log, 0, threads)
             for _ in range(3):  # an agent calls again as soon as a wait times out

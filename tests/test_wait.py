@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import finish, spawn, until, until_async
+from test_foreign import message_bytes
 
 from mailslot import InvalidMessage, Mailbox, NoSuchThread, RootError
 from mailslot.store import plan as _plan
@@ -366,3 +367,31 @@ def test_a_thread_that_got_news_during_a_poll_wait_is_looked_at_every_tick(
     assert [m.content for m in got.messages] == ["news for carol"] and not got.timed_out
     assert posted_at is not None
     assert ticks - posted_at <= 1, f"seen {ticks - posted_at} ticks after it was posted"
+
+
+def test_only_a_wait_that_blocks_starts_the_watch_and_it_first_looks_everywhere(
+    box: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait that finds messages at once, or has no time to wait, starts no watcher (a worker
+    taking task after task pays nothing for file events). The wait that starts it looks at
+    every thread it is on once: a file another writer (git, rsync) put in a quiet thread
+    before the watch began, which no file event and no news line names, is returned by it
+    without a timer tick."""
+    monkeypatch.setattr(_wait, "SAFETY_RECHECK_S", 3600.0)
+    box.create_thread("u", creator="alice")
+    plan = box.wait_plan(None, box.cursor())  # kept across runs, as an agent's inbox is
+    box.post("t", "one", sender="alice")
+    got = asyncio.run(box.run_wait(plan, 5))
+    assert [m.content for m in got.messages] == ["one"]
+    assert box._watcher is None, "a wait that found messages at once started the watch"
+    assert [m.content for m in box.wait("t", 0, timeout=5).messages] == ["one"]  # in a thread
+    assert box._watcher is None, "a blocking wait() that found messages started the watch"
+    assert asyncio.run(box.run_wait(plan, 0)).messages == []
+    assert box._watcher is None, "a wait with no time to wait started the watch"
+    head = box.cursor("u")["u"]
+    pulled = box.root / ".state" / "tmp" / "pulled"
+    pulled.write_text(message_bytes(head + 1))
+    os.rename(pulled, box.root / "threads" / "u" / f"{head + 1:06d}.json")
+    got = asyncio.run(box.run_wait(plan, 2))
+    assert [m.content for m in got.messages] == [f"message {head + 1}"], got
+    assert box._watcher is not None

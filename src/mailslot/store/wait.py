@@ -1,7 +1,12 @@
 """Waiting: block until messages newer than a cursor exist, in one thread, several, or all.
 
-A wait subscribes to the process's watcher (watch), then checks, then sleeps: no wake-up is
-lost between checking and sleeping. Events are hints; every check re-reads the folder from the
+A wait checks first; only a wait that must block subscribes to the process's watcher (watch),
+checks again, then sleeps: no wake-up is lost between checking and sleeping, and a process
+whose waits always find something (a worker taking task after task) never pays for file
+events. The watcher starts with the first wait that blocks and lives as long as the mailbox;
+until then every look still sees what mailslot's writers told in ``.state/news``, and the look
+of the wait that started it covers every thread the wait is on (files other writers, such as
+git, made before the watch began). Events are hints; every check re-reads the folder from the
 cursor through the thread log, so a lost or late event costs latency, never a message. Waiters
 also re-check on a timer: every ``poll_interval`` where native events cannot see other
 machines' writes, every ``PENDING_RECHECK_S`` while a message is still arriving, and every
@@ -91,13 +96,16 @@ class Waiting:
             self._mode = "hybrid"  # events still wake where they work; polling covers the rest
         return self._mode
 
-    def subscribe(self, signal: Callable[[], None]) -> Callable[[], None]:
-        """Have file events call signal (after the feed noted them); return the unsubscriber.
+    def subscribe(self, signal: Callable[[], None]) -> tuple[Callable[[], None], bool]:
+        """Have file events call signal (after the feed noted them).
 
         The first subscription starts the process's watcher, and the feed hears every event
-        from then on until close(), between waits too (subscribed first, it is told first)."""
+        from then on until close(), between waits too (subscribed first, it is told first).
+        Return the unsubscriber and whether this call started the watcher (what changed
+        before it began is unknown to the feed: the caller looks at every thread once)."""
         if self.wait_mode == "poll":
-            return lambda: None
+            return lambda: None, False
+        began = False
         with self._watch_lock:
             if self.watcher is None:
                 try:
@@ -109,11 +117,11 @@ class Waiting:
                         "file events unavailable (%s); polling %s as well", e, self.files.root
                     )
                     self._mode = "hybrid"
-                    return lambda: None
+                    return lambda: None, False
                 self._unfeed = watcher.subscribe(self.feed.note)
-                self.watcher = watcher
+                self.watcher, began = watcher, True
             watcher = self.watcher
-        return watcher.subscribe(lambda thread: signal())
+        return watcher.subscribe(lambda thread: signal()), began
 
     def names(self) -> list[str]:
         """Return the ids of the threads there are, sorted, listing threads/ only when it
@@ -222,7 +230,7 @@ class Waiting:
         contract is Mailbox.wait's)."""
         plan = self.plan(threads, after, to, timeout, limit)
         flag = threading.Event()
-        unsubscribe = self.subscribe(flag.set)
+        unsubscribe: Callable[[], None] | None = None
         try:
             deadline = time.monotonic() + timeout
             tick = False
@@ -233,10 +241,16 @@ class Waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return plan.take(timed_out=True)
+                if unsubscribe is None:  # it must block: events wake it from now on
+                    unsubscribe, began = self.subscribe(flag.set)
+                    if began:
+                        plan.mark = None  # files made before the watch began: all looked at
+                    continue  # and what came during that look is looked at now
                 every = self.tick(plan)
                 tick = not flag.wait(min(remaining, every)) and remaining >= every
         finally:
-            unsubscribe()
+            if unsubscribe is not None:
+                unsubscribe()
 
     async def wait_async(
         self,
@@ -268,7 +282,7 @@ class Waiting:
             rang = True
             woken.set()
 
-        unsubscribe = self.subscribe(signal)
+        unsubscribe: Callable[[], None] | None = None
         try:
             deadline = time.monotonic() + timeout
             tick = False
@@ -279,6 +293,11 @@ class Waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return plan.take(timed_out=True)
+                if unsubscribe is None:  # as in wait()
+                    unsubscribe, began = self.subscribe(signal)
+                    if began:
+                        plan.mark = None
+                    continue
                 every = self.tick(plan)
                 rang = False
                 timer = loop.call_later(min(remaining, every), ring)
@@ -288,7 +307,8 @@ class Waiting:
                     timer.cancel()
                 tick = rang and remaining >= every  # a tick, not the end of the wait
         finally:
-            unsubscribe()
+            if unsubscribe is not None:
+                unsubscribe()
 
     def close(self) -> None:
         """Stop watching (the process's observer stops with its last user); safe to repeat."""
