@@ -145,7 +145,8 @@ def _mailslot_worker(root: str, name: str) -> None:
     """Join the thread, then drain the inbox until it stays quiet for 2 s: claim each task it
     offers, post the result of each one won, and with it claim the next one open to it in that
     thread (msg_post's next_task) until none is, then wait again. Print the time of the last
-    result, how many tasks this worker closed, and how many task_claim calls it made."""
+    result, how many tasks this worker closed, and how many claims it made (task_claim calls
+    and results that asked for the next task)."""
 
     async def main() -> None:
         async with Client(_params(Path(root), name), mode=MODE, cache=None) as c:
@@ -617,7 +618,7 @@ def render(ours: dict[str, Any], theirs: dict[str, Any] | None, why: str | None)
         drain,
         drain,
         od["check"],
-        f"{od['spread']}; {od['claims_per_task']:.2f} task_claim",
+        f"{od['spread']}; {od['claims_per_task']:.2f} claims",
         _secs(ours["handoff"]),
         _secs(ours["handoff"]),
     ]
@@ -662,10 +663,12 @@ def render(ours: dict[str, Any], theirs: dict[str, Any] | None, why: str | None)
         "message is a file fsynced into a folder, and every call here goes through the MCP SDK "
         "over stdio (JSON-RPC, validation) to a `mailslot serve` process, which is most of each "
         "round trip (see the MCP section). An inbox wait offers a worker one open task, the "
-        "first in its own order among the oldest open ones, and after each result the worker "
-        "claims the next task open to it (task_claim without a seq, in the same order, decided "
-        "under the thread's lock), so workers seldom race for one (the task_claim calls per "
-        "task say how often they did); a Redis consumer group hands each entry to one consumer.",
+        "first in its own order among the oldest open ones, and each result the worker posts "
+        "claims the next task open to it (msg_post with next_task, in the same order, decided "
+        "under the thread's lock: one call per task), so workers seldom race for one (the claim "
+        "calls per task say how often they did); a Redis consumer group hands each entry to "
+        "one consumer. A worker that always finds work never blocks in a wait, so its server "
+        "never starts watching the folder and pays nothing for the others' file events.",
         "Handoff. mailslot frees a dead holder's task as soon as it is seen dead: a claim "
         "records its holder's process (the `mailslot serve` that made it), and on one machine "
         "the server of a worker waiting on its inbox checks every 0.5 s that held tasks' "

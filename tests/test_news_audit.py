@@ -86,7 +86,7 @@ def test_a_writer_whose_file_was_started_again_meanwhile_tells_the_new_one(
             assert got is not None
             seen.update(got)
 
-    monkeypatch.setitem(_news._kind, root, (True, True))
+    monkeypatch.setitem(_news._kind, root, (str(root / NEWS), True, True))
     monkeypatch.setattr(modes, "share_fd", between_open_and_write)
     tell(root, "t000")
     assert raced

@@ -34,8 +34,9 @@ NEWS_MAX = 1 << 20  # bytes (tens of thousands of posts) before a writer starts 
 _LINE = re.compile(rb"(" + NAME_PATTERN.encode() + rb")\n")
 
 
-#: root -> (on a local disk: appends with O_APPEND; a shared folder: the file is the group's)
-_kind: dict[Path, tuple[bool, bool]] = {}
+#: root -> (the file's path; on a local disk: appends with O_APPEND; a shared folder: the
+#: file is the group's)
+_kind: dict[Path, tuple[str, bool, bool]] = {}
 
 
 def tell(root: Path, thread: str) -> None:
@@ -50,14 +51,14 @@ def tell(root: Path, thread: str) -> None:
     another writer removed meanwhile (past NEWS_MAX) is written again to the new one: a reader
     that moved on to it would not read the old one again.
     """
-    path = root / NEWS
     line = thread.encode() + b"\n"
     try:
         kind = _kind.get(root)
         if kind is None:
             local = not is_network_fs(filesystem_type(root))
-            kind = _kind[root] = (local, modes.shared_folder(path.parent))
-        local, shared = kind
+            news = root / NEWS
+            kind = _kind[root] = (str(news), local, modes.shared_folder(news.parent))
+        path, local, shared = kind
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if local else 0)
         for _ in range(2):
             fd = os.open(path, flags, 0o666)
