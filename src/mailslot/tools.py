@@ -12,13 +12,12 @@ import contextvars
 import os
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from mailslot.agent.inbox import Delivery
-from mailslot.agent.offers import take_next
+from mailslot.agent.offers import claim_task
 from mailslot.agent.reading import Reading
 from mailslot.agent.seat import Pace, Seat, client_slug
 from mailslot.mailbox import Mailbox
@@ -272,10 +271,8 @@ class Session:
             self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
-        out = posted_view(msg, to or [], reply_to)
-        if next_task:  # one call per task for a worker: its result, then the next task
-            out["next"] = self._claim(thread, None, None)
-        return out
+        nxt = self._claim(thread, None, None) if next_task else None  # one call per task
+        return posted_view(msg, to or [], reply_to, nxt)
 
     def save_positions(self, *, now: bool = True) -> None:
         """Write read positions changed since the last save (see Reading.save)."""
@@ -386,10 +383,7 @@ class Session:
 
     def _claim(self, thread: str, seq: int | None, lease_s: float | None) -> dict[str, Any]:
         """Claim task seq of thread (None: the next one open to this agent) and say how it went."""
-        me = self.me()
-        claim = partial(self.box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
-                        stale_after=self.stale_after)  # fmt: skip
-        got = claim(seq) if seq else take_next(self.box, thread, me, claim, self.stale_after)
+        got = claim_task(self.box, thread, self.me(), seq, lease_s, self.stale_after)
         if got is None:
             return no_task_view(thread)
         if got.won:

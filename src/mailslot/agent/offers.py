@@ -17,8 +17,10 @@ thread's board, the oldest first, and only until ``PICK`` open ones are found.
 from __future__ import annotations
 
 import heapq
+import os
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 from mailslot.coordination.board import Board, Task, offer_of
@@ -39,6 +41,16 @@ Item = tuple[str, int, int, bool]
 def rank(me: str, thread: str, task: int) -> int:
     """Return where task comes in me's own order (the same in every process and run)."""
     return zlib.crc32(f"{me}\n{thread}\n{task}".encode())
+
+
+def claim_task(
+    box: Mailbox, thread: str, me: str, seq: int | None, lease_s: float | None, stale_after: float
+) -> Claim | None:
+    """Claim task seq of thread for me, held by this process, or with seq None the next task
+    open to me there (take_next); return the claim, or None if no next task was left to win."""
+    claim = partial(box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
+                    stale_after=stale_after)  # fmt: skip
+    return claim(seq) if seq else take_next(box, thread, me, claim, stale_after)
 
 
 def take_next(

@@ -23,7 +23,7 @@ from mailslot.store.errors import (
     NotFound,
     RootError,
 )
-from mailslot.store.files import CLOEXEC, HOST, NOFOLLOW, Files, storage_error
+from mailslot.store.files import CLOEXEC, HOST, NOFOLLOW, Files, read_file, storage_error
 from mailslot.store.format import AgentCard, Damage, check_content, dumps, loads, now_iso
 from mailslot.store.names import check_name
 from mailslot.store.presence import DEFAULT_STALE_AFTER, PRESENCE_STATUSES, NameHold, Presence
@@ -238,8 +238,8 @@ class Agents:
 
     def presence_doc(self, name: str) -> dict[str, Any] | None:
         """Return agent name's presence file as written (None if missing or unreadable)."""
-        try:
-            doc = loads((self.files.root / ".state" / "presence" / f"{name}.json").read_bytes())
+        try:  # a string path: every claim's answer reads its holder's
+            doc = loads(read_file(f"{self.files.root}/.state/presence/{name}.json"))
         except (OSError, ValueError):
             return None
         return doc if isinstance(doc, dict) else None

@@ -46,6 +46,28 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def read_all(fd: int, size: int) -> bytes:
+    """Read fd from where it stands to its end; size: what fstat said it holds (one read
+    does when it still does: no buffered file object, whose set-up costs more system calls
+    than the read)."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data
+    chunks = [data]  # grown or cut meanwhile: read on until the end
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_file(path: str) -> bytes:
+    """Return the bytes of the file at path (following no symlink); raise OSError."""
+    fd = os.open(path, os.O_RDONLY | CLOEXEC | NOFOLLOW)
+    try:
+        return read_all(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | CLOEXEC)
     try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailslot.store.errors import Damaged, InvalidMessage, NoSuchMessage
-from mailslot.store.files import CLOEXEC, NOFOLLOW, Files, exists
+from mailslot.store.files import CLOEXEC, NOFOLLOW, Files, exists, read_all
 from mailslot.store.format import (
     Damage,
     Message,
@@ -333,8 +333,7 @@ class ThreadLog:
                 return self.files.report(
                     Damage(str(path), f"is {size} bytes, too large to be a message")
                 )
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read()
+            data = read_all(fd, size)
         except OSError as e:
             return self.files.report(Damage(str(path), f"cannot be read: {e.strerror}"))
         finally:

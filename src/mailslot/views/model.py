@@ -266,10 +266,15 @@ def agents_view(
     return agents
 
 
-def posted_view(msg: Message, to: list[str], reply_to: int | None) -> dict[str, Any]:
-    """Return a posted message's place, and who was told besides the to that was asked for
-    (the holder of the task a result replies to)."""
+def posted_view(
+    msg: Message, to: list[str], reply_to: int | None, next_task: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return a posted message's place, who was told besides the to that was asked for (the
+    holder of the task a result replies to), and the claim of the next task if one was asked
+    for."""
     out: dict[str, Any] = {"thread": msg.thread, "seq": msg.seq, "id": msg.id}
+    if next_task is not None:
+        out["next"] = next_task
     if told := [a for a in msg.to if a not in to]:
         out["note"] = (
             f"{', '.join(told)} held task {reply_to}: your result closes it, and {told[0]} "
