@@ -1104,6 +1104,48 @@ def test_a_claim_without_a_seq_takes_only_a_task_open_to_the_agent(root: Path) -
     assert box.tasks.task("jobs", for_carol).status == "open"
 
 
+def test_a_result_that_takes_the_next_task_retried_with_its_key_gets_the_same_task(
+    root: Path,
+) -> None:
+    """msg_post(next_task=true) posts the result and claims the next task open to the agent;
+    a retry of that call with the same idempotency key (the answer was lost) stores nothing
+    new and answers with the task the first call took, not a second one."""
+    box = Mailbox(root)
+    box.create_thread("jobs", creator="boss")
+    first = box.post("jobs", "job 1", sender="boss", type="task")
+    box.post("jobs", "job 2", sender="boss", type="task")
+    box.post("jobs", "job 3", sender="boss", type="task")
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with agent(root, "bob") as b:
+            won = await call(b, "task_claim", thread="jobs", seq=first)
+            assert won["claimed"] is True, won
+            args = {"thread": "jobs", "content": "did job 1", "type": "result",
+                    "reply_to": first, "next_task": True, "idempotency_key": "r1"}  # fmt: skip
+            posted = await call(b, "msg_post", **args)
+            again = await call(b, "msg_post", **args)
+            held.extend(t.seq for t in box.tasks.board("jobs").tasks.values()
+                        if t.holder == "bob" and t.status == "claimed")  # fmt: skip
+            plain = await call(b, "msg_post", **{**args, "idempotency_key": None})
+            return posted, again, plain
+
+    held: list[int] = []  # while bob's session lives (its end gives back what it holds)
+    posted, again, plain = anyio.run(main)
+    assert posted["next"]["claimed"] is True and posted["next"]["message"]["content"] in (
+        "job 2",
+        "job 3",
+    ), posted
+    assert again["seq"] == posted["seq"], "the retry stored a second result"
+    assert again["next"]["seq"] == posted["next"]["seq"] and again["next"]["claimed"] is True
+    assert again["next"]["message"]["content"] == posted["next"]["message"]["content"]
+    assert held == [posted["next"]["seq"]], "the retry took another task"
+    # Without the key, a second result is a new post, and takes the task left.
+    assert plain["seq"] != posted["seq"] and plain["next"]["seq"] not in (
+        first,
+        posted["next"]["seq"],
+    )
+
+
 @pytest.mark.parametrize("posted", ["before joining", "while waiting"])
 def test_a_worker_whose_offer_another_took_is_offered_the_next_task_at_once(
     root: Path, posted: str

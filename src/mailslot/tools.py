@@ -62,6 +62,7 @@ from mailslot.views.parameters import (
     Paths,
     Priority,
     ReplyTo,
+    Since,
     State,
     Summary,
     TaskSeq,
@@ -271,7 +272,8 @@ class Session:
             self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
-        nxt = self._claim(thread, None, None) if next_task else None  # one call per task
+        retried = msg.seq if idempotency_key else 0  # gets the task the first call took
+        nxt = self._claim(thread, None, None, retried) if next_task else None  # 1 call a task
         return posted_view(msg, to or [], reply_to, nxt)
 
     def save_positions(self, *, now: bool = True) -> None:
@@ -381,9 +383,11 @@ class Session:
         self._join(thread)
         return self._claim(thread, seq, lease_s)
 
-    def _claim(self, thread: str, seq: int | None, lease_s: float | None) -> dict[str, Any]:
+    def _claim(
+        self, thread: str, seq: int | None, lease_s: float | None, after: int = 0
+    ) -> dict[str, Any]:
         """Claim task seq of thread (None: the next one open to this agent) and say how it went."""
-        got = claim_task(self.box, thread, self.me(), seq, lease_s, self.stale_after)
+        got = claim_task(self.box, thread, self.me(), seq, lease_s, self.stale_after, after)
         if got is None:
             return no_task_view(thread)
         if got.won:
@@ -447,13 +451,7 @@ class Session:
         sender: Agent = None,
         type: MsgType | None = None,
         to: Agent = None,
-        since: Annotated[
-            str | None,
-            Field(
-                description="ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30+02:00 "
-                "(UTC if no offset)"
-            ),
-        ] = None,
+        since: Since = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         """Search all threads' messages, best matches first, with their content."""

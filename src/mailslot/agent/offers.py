@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
-from mailslot.coordination.board import Board, Task, offer_of
+from mailslot.coordination.board import CLAIMED, Board, Task, offer_of
 from mailslot.store.errors import MailslotError, TaskError
 from mailslot.store.format import Message
 
@@ -44,12 +44,25 @@ def rank(me: str, thread: str, task: int) -> int:
 
 
 def claim_task(
-    box: Mailbox, thread: str, me: str, seq: int | None, lease_s: float | None, stale_after: float
+    box: Mailbox,
+    thread: str,
+    me: str,
+    seq: int | None,
+    lease_s: float | None,
+    stale_after: float,
+    after: int = 0,
 ) -> Claim | None:
     """Claim task seq of thread for me, held by this process, or with seq None the next task
-    open to me there (take_next); return the claim, or None if no next task was left to win."""
+    open to me there (take_next); return the claim, or None if no next task was left to win.
+
+    after: the seq of a post retried with its idempotency key (0: none); a task me claimed
+    after it is the one the first call took, and is returned again instead of a new one."""
     claim = partial(box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
                     stale_after=stale_after)  # fmt: skip
+    if seq is None and after:
+        took = [t.seq for t in box.tasks.board(thread).tasks.values()
+                if t.status == CLAIMED and t.holder == me and (t.claim or 0) > after]  # fmt: skip
+        seq = min(took, default=None)
     return claim(seq) if seq else take_next(box, thread, me, claim, stale_after)
 
 

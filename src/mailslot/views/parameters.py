@@ -57,3 +57,9 @@ Paths = Annotated[
     Field(min_length=1, max_length=100, description="Repository-relative files, folders or globs"),
 ]
 ListThread = Annotated[str | None, Field(description="Thread id or topic; omit for all threads")]
+Since = Annotated[
+    str | None,
+    Field(
+        description="ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30+02:00 (UTC if no offset)"
+    ),
+]
