@@ -37,6 +37,7 @@ from mcp.client import Client
 from test_netfs import mounts  # noqa: F401  (the sshfs fixture: two mounts of one export)
 
 from mailslot import Mailbox
+from mailslot.agent.offers import rank
 from mailslot.store.files import HOST
 from mailslot.store.format import Message
 
@@ -1109,41 +1110,42 @@ def test_a_result_that_takes_the_next_task_retried_with_its_key_gets_the_same_ta
 ) -> None:
     """msg_post(next_task=true) posts the result and claims the next task open to the agent;
     a retry of that call with the same idempotency key (the answer was lost) stores nothing
-    new and answers with the task the first call took, not a second one."""
+    new and answers with the task the first call took, not a second one, even when the agent
+    claimed an older task in between."""
     box = Mailbox(root)
     box.create_thread("jobs", creator="boss")
     first = box.post("jobs", "job 1", sender="boss", type="task")
-    box.post("jobs", "job 2", sender="boss", type="task")
-    box.post("jobs", "job 3", sender="boss", type="task")
+    jobs = [box.post("jobs", f"job {i}", sender="boss", type="task") for i in (2, 3, 4)]
+    # The worker whose own order takes a job that is not the oldest left (see offers.rank).
+    me = next(f"w{i}" for i in range(100) if min(jobs, key=lambda s: rank(f"w{i}", "jobs", s))
+              != jobs[0])  # fmt: skip
+    took = min(jobs, key=lambda s: rank(me, "jobs", s))
 
     async def main() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        async with agent(root, "bob") as b:
+        async with agent(root, me) as b:
             won = await call(b, "task_claim", thread="jobs", seq=first)
             assert won["claimed"] is True, won
             args = {"thread": "jobs", "content": "did job 1", "type": "result",
                     "reply_to": first, "next_task": True, "idempotency_key": "r1"}  # fmt: skip
             posted = await call(b, "msg_post", **args)
+            # Meanwhile it claims the oldest task, older than the one the first call took.
+            assert (await call(b, "task_claim", thread="jobs", seq=jobs[0]))["claimed"] is True
             again = await call(b, "msg_post", **args)
             held.extend(t.seq for t in box.tasks.board("jobs").tasks.values()
-                        if t.holder == "bob" and t.status == "claimed")  # fmt: skip
+                        if t.holder == me and t.status == "claimed")  # fmt: skip
             plain = await call(b, "msg_post", **{**args, "idempotency_key": None})
             return posted, again, plain
 
-    held: list[int] = []  # while bob's session lives (its end gives back what it holds)
+    held: list[int] = []  # while the session lives (its end gives back what it holds)
     posted, again, plain = anyio.run(main)
-    assert posted["next"]["claimed"] is True and posted["next"]["message"]["content"] in (
-        "job 2",
-        "job 3",
-    ), posted
+    assert (posted["next"]["claimed"], posted["next"]["seq"]) == (True, took), posted
     assert again["seq"] == posted["seq"], "the retry stored a second result"
-    assert again["next"]["seq"] == posted["next"]["seq"] and again["next"]["claimed"] is True
+    assert (again["next"]["claimed"], again["next"]["seq"]) == (True, took), again
     assert again["next"]["message"]["content"] == posted["next"]["message"]["content"]
-    assert held == [posted["next"]["seq"]], "the retry took another task"
+    assert sorted(held) == sorted([jobs[0], took]), "the retry took another task"
     # Without the key, a second result is a new post, and takes the task left.
-    assert plain["seq"] != posted["seq"] and plain["next"]["seq"] not in (
-        first,
-        posted["next"]["seq"],
-    )
+    left = set(jobs) - {jobs[0], took}
+    assert plain["seq"] != posted["seq"] and {plain["next"]["seq"]} == left, plain
 
 
 @pytest.mark.parametrize("posted", ["before joining", "while waiting"])

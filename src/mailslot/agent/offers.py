@@ -59,10 +59,10 @@ def claim_task(
     after it is the one the first call took, and is returned again instead of a new one."""
     claim = partial(box.tasks.claim, thread, agent=me, pid=os.getpid(), lease_s=lease_s,
                     stale_after=stale_after)  # fmt: skip
-    if seq is None and after:
-        took = [t.seq for t in box.tasks.board(thread).tasks.values()
+    if seq is None and after:  # the first claim me made after the post: the first call's
+        took = [(t.claim, t.seq) for t in box.tasks.board(thread).tasks.values()
                 if t.status == CLAIMED and t.holder == me and (t.claim or 0) > after]  # fmt: skip
-        seq = min(took, default=None)
+        seq = min(took)[1] if took else None
     return claim(seq) if seq else take_next(box, thread, me, claim, stale_after)
 
 
