@@ -90,8 +90,6 @@ def test_a_retried_result_whose_task_is_done_since_is_answered_not_refused(root:
     assert again["next"]["claimed"] is False, again
 
 
-@pytest.mark.xfail(strict=True, reason="a real bug: claim_task picks the lowest task seq "
-                   "claimed after the post, not the earliest claim (the first call's)")  # fmt: skip
 def test_a_retried_result_answers_with_its_task_after_the_agent_claimed_an_older_one(
     root: Path,
 ) -> None:
