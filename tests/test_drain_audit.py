@@ -1,4 +1,4 @@
-"""What issue 30's drain changes must not lose: found by a mutation audit of 62f28ed..465cee7.
+"""What issue 30's drain changes must not lose: found by mutation audits of 62f28ed..80a39ce.
 
 Each test here failed on a small bug in that code that the rest of the suite let through: a
 wait that started the watch and then slept without looking again, or looked again only where
@@ -6,7 +6,10 @@ the feed said (a file git put in place as the watch began waited for a timer tic
 no time that started the watch all the same; a kept wait in poll mode that looked at every
 thread again on each call that blocked; a read that stopped at the size fstat gave before the
 file grew; a presence file read through a symlink; a thread id refused once, then let through
-from the cache of thread folders.
+from the cache of thread folders; open tasks read lazily that broke on a fold meanwhile, or
+closed tasks never leaving the board's list of open ones. A second audit (of ..80a39ce) found a
+real bug: a task given back while the open tasks were being read, after the read passed it as
+claimed, was left out of them for good (a claim without a seq never took it again).
 
 Real files, real processes where another writer matters; the library where the wait itself is
 what is held (as in test_wait.py).
@@ -112,6 +115,55 @@ def test_a_retried_result_answers_with_its_task_after_the_agent_claimed_an_older
     assert (posted["next"]["claimed"], posted["next"]["seq"]) == (True, third), posted
     assert again["seq"] == posted["seq"], "the retry stored a second result"
     assert (again["next"]["claimed"], again["next"]["seq"]) == (True, third), again
+
+
+# ---------------------------------------------------------------- the board's open tasks
+
+
+def test_open_tasks_read_as_far_as_the_caller_reads_outlive_a_fold_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Board.open_tasks yields the open tasks "as far as the caller reads them", and a fold
+    may run meanwhile (the board is folded in place: a task posted since comes into it): the
+    tasks read after that fold are the rest of those open when the reading began."""
+    box = Mailbox.init(tmp_path / "box", fsync=False)
+    seqs = _jobs(box.root, 3)
+    board = box.tasks.board("jobs")
+    reading = board.open_tasks()
+    assert next(reading).seq == seqs[0]
+    box.post("jobs", "job 4", sender="boss", type="task")
+    assert box.tasks.board("jobs") is board and board.seq == seqs[-1] + 1
+    assert [t.seq for t in reading] == seqs[1:]
+
+
+def test_tasks_found_closed_leave_the_boards_list_of_open_ones(tmp_path: Path) -> None:
+    """open_tasks: "those found closed or claimed on the way leave opened", so finding the
+    open tasks costs what is open, not every task the thread ever had."""
+    box = Mailbox.init(tmp_path / "box", fsync=False)
+    seqs = _jobs(box.root, 5)
+    for seq in seqs[:3]:
+        assert box.tasks.claim("jobs", seq, agent="carol").won
+        box.post("jobs", "done", sender="carol", type="result", reply_to=seq)
+    assert box.tasks.claim("jobs", seqs[3], agent="carol").won
+    board = box.tasks.board("jobs")
+    assert [t.seq for t in board.open_tasks()] == seqs[4:]
+    assert list(board.opened) == seqs[4:]
+
+
+def test_a_task_given_back_while_the_open_tasks_are_read_is_open_after(tmp_path: Path) -> None:
+    """As above, a fold meanwhile: carol gives task 1 back while the open tasks are being
+    read, after the read passed it as claimed. Task 1 is open, and the open tasks read after
+    that include it (else a claim without a seq never takes it while this board lives)."""
+    box = Mailbox.init(tmp_path / "box", fsync=False)
+    first, second = _jobs(box.root, 2)
+    assert box.tasks.claim("jobs", first, agent="carol").won
+    board = box.tasks.board("jobs")
+    reading = board.open_tasks()
+    assert next(reading).seq == second
+    box.tasks.release("jobs", first, agent="carol")
+    assert box.tasks.board("jobs") is board and board.tasks[first].status == "open"
+    assert list(reading) == []
+    assert [t.seq for t in board.open_tasks()] == [first, second]
 
 
 # ---------------------------------------------------------------- waits and the watch

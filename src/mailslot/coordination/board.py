@@ -237,8 +237,9 @@ class Board:
                 else:
                     gone.append(seq)
         finally:
-            for seq in gone:
-                self.opened.pop(seq, None)
+            for seq in gone:  # unless a fold meanwhile opened it again
+                if self.tasks[seq].status != OPEN:
+                    self.opened.pop(seq, None)
 
     def to_json(self) -> dict[str, Any]:
         """Return the board as cached under .state/index/."""
