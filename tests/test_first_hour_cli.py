@@ -55,6 +55,7 @@ JSON_RUNS: dict[str, list[str]] = {
     "state": ["state", "t", "review"],
     "agents": ["agents"],
     "register": ["register", "carol"],
+    "dnd": ["dnd", "bob"],
     "export": ["export", "t"],
     "doctor": ["doctor"],
     "mcp-config": ["mcp-config", "codex"],

@@ -70,6 +70,7 @@ COMMANDS: list[Command] = [
     serve.cmd_ui,
     agents.cmd_agents,
     agents.cmd_register,
+    agents.cmd_dnd,
     threads.cmd_export,
     setup.cmd_doctor,
     setup.cmd_mcp_config,

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 # A wait still blocked after this long says so in the agent's presence file; one that returns
 # sooner writes nothing there (two file writes saved per message in a busy conversation).
 MARK_WAITING_S = 0.5
+# Waits on one thread (or the inbox) each begun within this long of the last one's end are one
+# stretch of waiting: its start is what the presence file says it waits since.
+AGAIN_WITHIN_S = 10.0
 
 
 def client_slug(client: str | None) -> str:
@@ -62,6 +65,8 @@ class Seat:
         self._hold: NameHold | None = None
         self._waits = 0
         self._waiting_on: str | None = None
+        self._waiting_since = 0.0  # when this stretch of waits on _waiting_on began
+        self._last_wait: tuple[str, float] | None = None  # what the last wait was on, its end
         self._status_written = "online"  # the status the presence file has from this seat
 
     @property
@@ -120,8 +125,9 @@ class Seat:
         status = "waiting" if self._waits else "online"
         active = self.last_active
         self.box.agents.set_presence(
-            self._hold.name, status, waiting_on=self._waiting_on, last_active=active
-        )
+            self._hold.name, status, waiting_on=self._waiting_on, last_active=active,
+            waiting_since=self._waiting_since if self._waits else None,
+        )  # fmt: skip
         self._status_written = status
         self.activity.written = active
 
@@ -136,6 +142,10 @@ class Seat:
     @contextlib.contextmanager
     def waiting(self, on: str) -> Iterator[None]:
         """Count a wait on a thread (or "inbox") for as long as the block runs."""
+        now = time.time()
+        last = self._last_wait
+        if not self._waits and (last is None or last[0] != on or now - last[1] > AGAIN_WITHIN_S):
+            self._waiting_since = now  # not the same wait called again: a new stretch
         self._waits += 1
         self._waiting_on = on
         try:
@@ -144,6 +154,7 @@ class Seat:
             self._waits -= 1
             if not self._waits:
                 self._waiting_on = None
+                self._last_wait = (on, time.time())
 
     def waiting_for(self, m: Message) -> bool:
         """Return True if this agent is blocked in a wait that will return m."""

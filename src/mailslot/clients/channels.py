@@ -15,10 +15,12 @@ from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCNotification
 
 from mailslot.agent.notices import News, Notices, reportable
+from mailslot.agent.pressure import dnd_of
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message
 
 if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
     from mailslot.tools import Session
 
 log = logging.getLogger("mailslot.serve")
@@ -33,6 +35,26 @@ def _for(me: str) -> Callable[[Message], bool]:
     return lambda m: m.sender != me and (me in m.to or not m.to)
 
 
+class Held:
+    """The threads whose news the agent's do not disturb held back (None: any thread)."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] | None = set()
+
+    def __bool__(self) -> bool:
+        return self.threads != set()
+
+    def sift(self, box: Mailbox, me: str, threads: set[str] | None) -> tuple[bool, set[str] | None]:
+        """Return (True, threads) while me's do not disturb is on, holding threads; once it is
+        lifted (False, threads and those held): what was held is news again, pushed once."""
+        if dnd_of(box, me) is not None:
+            held = self.threads
+            self.threads = None if held is None or threads is None else held | threads
+            return True, threads
+        held, self.threads = self.threads, set()
+        return False, None if held is None or threads is None else threads | held
+
+
 async def push_news(
     session: Session, write: Any, ready: anyio.Event, *, check_every: float = 5.0
 ) -> None:
@@ -40,6 +62,7 @@ async def push_news(
 
     Each message addressed to the agent (and each open task it may take) is pushed once,
     urgent first, a burst together; not while the agent is blocked in a wait that returns it;
+    nothing while the agent's do not disturb is on (what it held is pushed once it is lifted);
     only from senders with an agent card (a push goes into the model's prompt: a person or a
     script that never registered cannot put words there). A push is a hint: it moves no read
     position, and the shared record in .state/notified/ keeps hooks from repeating it.
@@ -53,6 +76,7 @@ async def push_news(
     plan = box.wait_plan(None, box.cursor(), limit=1000, match=_for(session.agent or ""))
     planned_for = session.agent
     look: set[str] = set()  # threads whose news was held back while the agent waited
+    held = Held()
     now = True  # look before waiting: news from before the start, or left out of the last look
     while True:
         me = session.agent
@@ -65,12 +89,16 @@ async def push_news(
         threads: set[str] | None = None  # where to look for news (None: every thread)
         if not now:
             got = await box.run_wait(plan, check_every)
-            if not got.messages and not look:
+            if not got.messages and not look and not held:
                 continue  # nothing arrived: nothing new to look for
             threads = {m.thread for m in got.messages} | look
             if got.messages:
                 await anyio.sleep(PUSH_GATHER_S)  # let the rest of a burst land
                 threads |= {m.thread for m in (await box.run_wait(plan, 0)).messages}
+        hold, threads = held.sift(box, me, threads)
+        if hold:
+            now = False
+            continue
         # The session's own positions: what its waits and reads returned a moment ago may not
         # be on disk yet (they are written once a second), and must not be pushed again.
         notices = Notices(box, me, session.reading)

@@ -15,6 +15,9 @@ Claude Code (SessionStart, UserPromptSubmit, Stop), Codex CLI (the same three, p
 - ``notify`` (Codex only) cannot reach the model: it raises a desktop notification
   (``notify-send``, else a terminal bell on stderr) and marks nothing as reported.
 
+While the agent's do not disturb is on (``agent.pressure``), every event prints nothing and
+marks nothing: what it held is reported by the first hook after it is lifted.
+
 Nothing new prints nothing. A hook must never break its client: no agent name, no mailbox, a
 stdin that is not a JSON object, any error, all print nothing on stdout, at most one line on
 stderr, and exit 0. If stdin names its event (``hook_event_name``) and that is not the event
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mailslot.agent.notices import News, Notices, reportable
+from mailslot.agent.pressure import dnd_of
 from mailslot.clients.launch import CLIENT_EVENTS
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import MailslotError
@@ -120,6 +124,8 @@ def _run(
             raise ValueError(f"`hook {event}` runs for {theirs} but was given {named!r}")
     path = _root(root, doc, environ)
     with Mailbox(path, sweep=False) as box:
+        if dnd_of(box, agent) is not None:
+            return ""  # do not disturb: nothing is reported (nor marked), nor held at a stop
         notices = Notices(box, agent)
         if event == "notify":
             _notify(len(notices.new()), agent, environ)

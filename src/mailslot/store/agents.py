@@ -203,10 +203,12 @@ class Agents:
         *,
         waiting_on: str | None = None,
         last_active: float | None = None,
+        waiting_since: float | None = None,
     ) -> None:
         """Write this process's presence for name (a heartbeat); status online/waiting/offline.
 
-        last_active is when the agent last did something (epoch seconds; default now).
+        last_active is when the agent last did something (epoch seconds; default now);
+        waiting_since when it began waiting on waiting_on.
         """
         if status not in PRESENCE_STATUSES:
             raise InvalidState(f"presence must be one of {', '.join(PRESENCE_STATUSES)}")
@@ -221,6 +223,7 @@ class Agents:
             "last_seen": now_iso(),
             "last_seen_epoch": time.time(),
             "waiting_on": waiting_on,
+            "waiting_since_epoch": waiting_since if waiting_on is not None else None,
             "last_active_epoch": time.time() if last_active is None else last_active,
         }
         self.files.write_state_file(self.files.dir(".state/presence") / f"{name}.json", doc)

@@ -46,6 +46,8 @@ class Presence:
     started: str | None = None
     last_seen: str | None = None
     waiting_on: str | None = None
+    #: When it began waiting on waiting_on, its waits there following each other (epoch s).
+    waiting_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the presence as a JSON-able dict."""
@@ -66,6 +68,7 @@ def effective(doc: dict[str, Any], agent: str, host: str, stale_after: float) ->
     status = str(doc.get("status")) if doc.get("status") in PRESENCE_STATUSES else "offline"
     pid = doc.get("pid") if type(doc.get("pid")) is int else None
     seen = doc.get("last_seen_epoch")
+    since = doc.get("waiting_since_epoch")
     if not isinstance(seen, int | float) or time.time() - seen > stale_after:
         status = "offline"
     elif doc.get("host") == host and pid is not None and not pid_alive(pid):
@@ -87,6 +90,7 @@ def effective(doc: dict[str, Any], agent: str, host: str, stale_after: float) ->
         started=doc.get("started") if isinstance(doc.get("started"), str) else None,
         last_seen=doc.get("last_seen") if isinstance(doc.get("last_seen"), str) else None,
         waiting_on=doc.get("waiting_on") if status == "waiting" else None,
+        waiting_since=since if status == "waiting" and isinstance(since, int | float) else None,
     )
 
 

@@ -212,7 +212,7 @@ class Peers:
             ):
                 return  # a process of this machine holds the name
         landed = dict(doc)
-        for key in ("last_seen_epoch", "last_active_epoch"):
+        for key in ("last_seen_epoch", "last_active_epoch", "waiting_since_epoch"):
             value = doc.get(key)
             if isinstance(value, int | float):  # their clock's age, on our clock
                 landed[key] = now - max(0.0, peer["at"] - float(value))

@@ -93,6 +93,7 @@ def agents_table(agents: list[dict[str, Any]], *, color: bool) -> str:
     for a in agents:
         since = a.get("since") if a["status"] != "offline" else a.get("last_seen")
         what = a["status"] + (f" on {a['waiting_on']}" if a.get("waiting_on") else "")
+        what += ", do not disturb" if a.get("do_not_disturb") else ""
         status = paint(what, colors.get(a["status"], "0"), color=color)
         rows.append([a["agent"], status, when(since) if since else "-", a.get("client") or "-",
                      a.get("model") or "-", a.get("description") or ""])  # fmt: skip
