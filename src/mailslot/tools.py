@@ -19,6 +19,7 @@ from pydantic import Field
 from mailslot.agent.inbox import Delivery
 from mailslot.agent.offers import claim_task
 from mailslot.agent.reading import Reading
+from mailslot.agent.receipts import Receipts, Sent
 from mailslot.agent.seat import Pace, Seat, client_slug
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import (
@@ -38,10 +39,13 @@ from mailslot.views.model import (
     inbox_view,
     no_task_view,
     page_view,
+    past_head_view,
     posted_view,
+    read_view,
     released_view,
     results_view,
     thread_view,
+    thread_waited_view,
     threads_view,
     trouble,
     waited_view,
@@ -70,6 +74,7 @@ from mailslot.views.parameters import (
     ThreadId,
     To,
     Topic,
+    UntilRead,
     WaitAfter,
     WaitThread,
     WaitTimeout,
@@ -134,6 +139,7 @@ class Session:
         self.progress_every = progress_every
         self._reading = Reading(box, save_every=save_every)
         self._delivery = Delivery(box, self._reading, stale_after=stale_after)
+        self._sent = Sent(box)  # this session's messages to someone, and their receipts
         self._seat = Seat(box, client=client, stale_after=stale_after, on_rename=self._renamed)
         self._activity = self._seat.activity
         self._joined: set[str] = set()  # threads this session has joined (see _join)
@@ -233,8 +239,9 @@ class Session:
         return threads_view(self.box.threads(state=state, include_archived=include_archived), limit)
 
     def thread_get(self, thread: ThreadId) -> dict[str, Any]:
-        """Get one thread: topic, state, head seq, participants, summary."""
-        return thread_view(self.box.thread(self._tid(thread)))
+        """Get one thread: topic, state, head, participants, summary, your messages' receipts."""
+        info = self.box.thread(self._tid(thread))
+        return thread_view(info) | self._sent.recent(info.id, self.agent)
 
     def thread_set_state(
         self,
@@ -270,6 +277,7 @@ class Session:
         )  # fmt: skip
         if type in ("result", "error") and reply_to is not None:
             self._activity.drop(("task", thread, reply_to))  # closed, or a failed attempt
+        self._sent.add(msg)
         # Posting moves no read position: a message another agent posted just before this
         # one has not been shown yet. Waits never return an agent's own messages instead.
         retried = msg.seq if idempotency_key else 0  # gets the task the first call took
@@ -298,13 +306,11 @@ class Session:
         if after_seq > head:
             head = self.box.head(thread, exact=True)  # see past any gap before saying so
         if after_seq > head:
-            return {
-                "messages": [], "next_after_seq": head, "has_more": False,
-                "hint": f"after_seq {after_seq} is past the newest message ({head}); "
-                f"wait for new ones with msg_wait(thread='{thread}', after_seq={head})",
-            }  # fmt: skip
-        out = page_view(thread, self.box.read(thread, after_seq, limit))
+            return past_head_view(thread, after_seq, head)
+        page = self.box.read(thread, after_seq, limit)
+        out = page_view(thread, page, self._sent.mine(self.me()))
         self._reading.position(thread, self.me()).shown(after_seq, out["next_after_seq"])
+        self._reading.receipts(self.me(), page.messages[: len(out["messages"])])
         self.save_positions(now=False)
         return out
 
@@ -313,16 +319,22 @@ class Session:
         thread: WaitThread = None,
         after_seq: WaitAfter = None,
         timeout_s: WaitTimeout = None,
+        until_read: UntilRead = None,
     ) -> dict[str, Any]:
         """Block until new messages arrive, then return them; on status 'timeout', call again."""
         me = self.me()
         timeout = self.wait_default if timeout_s is None else min(timeout_s, self.wait_max)
         thread = self._tid(thread) if thread is not None else None
-        if thread is None and after_seq is not None:
-            raise InvalidMessage("after_seq needs a thread; omit both to wait on your inbox")
+        if thread is None and (after_seq is not None or until_read is not None):
+            name = "after_seq" if after_seq is not None else "until_read"
+            raise InvalidMessage(f"{name} needs a thread; omit both to wait on your inbox")
         begun = time.monotonic()
         try:
             with self._seat.waiting(thread or "inbox"):
+                if thread is not None and until_read is not None:
+                    m = self.box.get(thread, until_read)
+                    got = await Receipts(self.box).until(m, "shown", timeout, self._pace())
+                    return read_view(m, got, time.monotonic() - begun)
                 if thread is not None:
                     out = await self._wait_thread(me, thread, after_seq, timeout)
                 else:
@@ -333,7 +345,7 @@ class Session:
         if timeout_s is not None and timeout_s > self.wait_max:  # said, never silently cut
             cap = f"timeout_s capped at {self.wait_max:g} (this server's maximum wait)"
             out["note"] = f"{out['note']}; {cap}" if "note" in out else cap
-        return waited_view(out, thread)
+        return waited_view(out, thread, self._sent.texts(thread))
 
     async def _wait_thread(
         self, me: str, thread: str, after_seq: int | None, timeout: float
@@ -342,12 +354,7 @@ class Session:
         views, _ = fit(got.messages)
         nxt = got.mark(len(views))
         self.save_positions(now=False)
-        out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
-        if past is not None:
-            out["note"] = f"after_seq was past the newest message ({past}): waited from {past}"
-        out["next_after_seq"] = nxt
-        trouble(out, got.arrivals.skipped, got.arrivals.pending)
-        return out
+        return thread_waited_view(views, nxt, past, got.arrivals)
 
     async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
         got = await self._delivery.inbox(me, timeout, self._pace())

@@ -59,8 +59,12 @@ class Delivered:
     #: shows one at a time).
     more: bool = False
 
+    #: Called with the messages mark says were shown (their receipts).
+    receipts: Callable[[list[Message]], None] = field(default=lambda _: None, repr=False)
+
     def mark(self, shown: int) -> int | None:
         """Record that the first shown messages were shown; return where a thread wait goes on."""
+        self.receipts(self.messages[:shown])
         return self._mark(shown)
 
 
@@ -141,7 +145,7 @@ class Delivery:
             pos.shown(begun[thread], nxt)
             return nxt
 
-        return Delivered(got, messages, mark), head if past else None
+        return Delivered(got, messages, mark, receipts=self._receipts(me)), head if past else None
 
     async def inbox(self, me: str, timeout: float, pace: Pace) -> Delivered:
         """Wait for what is addressed to me and the tasks for anyone it may take, in any thread;
@@ -199,8 +203,11 @@ class Delivery:
             self.reading.inbox_shown(messages, seen, moved, me, tokens, back)
             self._align(me, plan, set(moved))
 
-        delivered = Delivered(got, messages, mark)
+        delivered = Delivered(got, messages, mark, receipts=self._receipts(me))
         return delivered
+
+    def _receipts(self, me: str) -> Callable[[list[Message]], None]:
+        return lambda shown: self.reading.receipts(me, shown)
 
     def _inbox_plan(self, me: str) -> WaitPlan:
         """Return me's inbox wait, its cursor brought up to date with its positions where they

@@ -19,6 +19,7 @@ a hook run within that second may repeat what a wait just returned.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from mailslot.store.positions import Position
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
 
+MAX_STEPS = 32  # when each reported seq was reported: the last this many steps per thread
 MAX_NEWS = 200  # messages one look reports at most (the rest comes on the next look)
 EXCERPT_CHARS = 200
 
@@ -239,10 +241,18 @@ class Notices:
         """Record news as reported, so that neither hooks nor pushes report it again."""
         marks = self._marks()
         reported = self.reported()
+        steps = marks.get("reported_at")
+        steps = steps if isinstance(steps, dict) else {}
+        at = round(time.time(), 3)
         for n in news:
             m = n.message
             reported[m.thread] = max(reported.get(m.thread, 0), n.found)
-        marks["reported"] = reported
+        for thread, upto in reported.items():  # when each seq was reported: receipts read it
+            its = steps.get(thread)
+            its = [s for s in its if isinstance(s, list)] if isinstance(its, list) else []
+            if not its or its[-1][0] < upto:
+                steps[thread] = [*its, [upto, at]][-MAX_STEPS:]
+        marks["reported"], marks["reported_at"] = reported, steps
         self._save(marks)
 
     def stop_due(self) -> list[Message]:

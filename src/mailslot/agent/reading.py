@@ -196,6 +196,15 @@ class Reading:
                 out[thread] = pos
         return out
 
+    def receipts(self, me: str, messages: Iterable[Message]) -> None:
+        """Record that messages were shown to me (a wait or read returned them): a receipt of
+        each addressed to me, written with its position (coordination/receipts reads them)."""
+        at = time.time()
+        for m in messages:
+            if me in m.to:
+                with contextlib.suppress(MailslotError):
+                    self.position(m.thread, me).receipt(m.id, at)
+
     def save(self, agent: str, *, now: bool = True) -> None:
         """Write the positions changed since the last save to .state/cursors/ (best effort).
 

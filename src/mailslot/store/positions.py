@@ -37,6 +37,8 @@ from mailslot.store.names import check_name
 MAX_MOVED = 4096
 #: Rewinds a thread's mark keeps, for positions not loaded while the later ones were written.
 MAX_REWINDS = 16
+#: Receipts kept per position: the messages to the agent it was shown last (by id, with when).
+MAX_RECEIPTS = 256
 
 
 def _seq(value: object) -> int | None:
@@ -46,6 +48,15 @@ def _seq(value: object) -> int | None:
 def _lowest(seqs: set[int]) -> set[int]:
     """Return the lowest MAX_MOVED of seqs."""
     return seqs if len(seqs) <= MAX_MOVED else set(sorted(seqs)[:MAX_MOVED])
+
+
+def receipts_of(value: object) -> dict[str, float]:
+    """Return the stored receipts (message id -> when shown) that can be read, newest kept."""
+    if not isinstance(value, dict):
+        return {}
+    kept = {k: float(v) for k, v in value.items()
+            if isinstance(k, str) and type(v) in (int, float)}  # fmt: skip
+    return dict(sorted(kept.items(), key=lambda kv: kv[1])[-MAX_RECEIPTS:])
 
 
 def _seqs(value: object) -> set[int]:
@@ -129,6 +140,10 @@ class Position:
     #: past ``inbox`` of tasks for anyone an inbox wait showed while it held back others
     #: before them (see ``inbox_shown``).
     moved_inbox: set[int] = field(default_factory=set)
+    #: The messages addressed to the agent that a wait or read returned to it: message id ->
+    #: when (epoch seconds, this machine's clock); ids survive a rewind that moves seqs. The
+    #: last MAX_RECEIPTS are kept. What others read as receipts (coordination/receipts).
+    receipts: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: object, incarnation: str) -> Position:
@@ -149,6 +164,7 @@ class Position:
         return cls(
             incarnation, _seq(doc.get("read")), _seq(doc.get("inbox")), dirty, start, rewound,
             joined, _seqs(doc.get("moved_read")), _seqs(doc.get("moved_inbox")),
+            receipts_of(doc.get("shown_at")),
         )  # fmt: skip
 
     @classmethod
@@ -167,7 +183,16 @@ class Position:
             "joined": self.joined,
             "moved_read": sorted(self.moved_read),
             "moved_inbox": sorted(self.moved_inbox),
+            "shown_at": self.receipts,
         }
+
+    def receipt(self, message_id: str, at: float) -> None:
+        """Record that the message (addressed to the agent) was shown to it at time at."""
+        if message_id not in self.receipts:
+            self.receipts[message_id] = round(at, 3)
+            if len(self.receipts) > MAX_RECEIPTS:
+                del self.receipts[min(self.receipts, key=self.receipts.__getitem__)]
+            self.dirty = True
 
     @property
     def inbox_seen(self) -> int:

@@ -23,6 +23,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from mailslot.agent.receipts import incoming, outgoing
 from mailslot.store.files import HOST
 from mailslot.store.format import loads
 from mailslot.store.names import check_name
@@ -42,6 +43,22 @@ FORGET_AFTER_S = 7 * 86400.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: How often a landed presence file is refreshed while its machine's heartbeat holds.
 REFRESH_S = DEFAULT_STALE_AFTER / 3
+
+
+#: Receipts that moved are pushed with a heartbeat at most this often (else every heartbeat_s).
+RECEIPTS_EVERY_S = 10.0
+
+
+def _states(receipts: dict[str, Any]) -> object:
+    """Return what of receipts decides a push: who was shown or told what (not the ages)."""
+    return {(a, t, tuple(sorted(its.get("shown", ()))), tuple(its.get("reported", ())[:1]))
+            for a, threads in receipts.items() for t, its in threads.items()}  # fmt: skip
+
+
+def _halved(receipts: dict[str, Any]) -> dict[str, Any]:
+    """Return receipts with each agent's older half of threads left out (a heartbeat's size)."""
+    return {a: dict(list(threads.items())[: len(threads) // 2]) for a, threads in receipts.items()
+            if len(threads) > 1}  # fmt: skip
 
 
 class Peers:
@@ -65,6 +82,7 @@ class Peers:
         self._sent: tuple[float, frozenset[str]] = (0.0, frozenset())
         self._refreshed = 0.0
         self._on_remote = False  # this machine's heartbeat ref is on the remote
+        self._receipts: object = None  # what the last heartbeat carried of receipts
 
     @property
     def presence(self) -> str:
@@ -104,21 +122,29 @@ class Peers:
         agents = self.ours()
         names = frozenset(agents)
         last, sent = self._sent
+        now = time.time()
+        receipts = outgoing(self.sync.root, names, now)  # carried as ages
+        moved = _states(receipts) != self._receipts and now - last >= RECEIPTS_EVERY_S
         if not names:
             if self._on_remote:
                 self.sync.git.push(self.sync.remote, [f":{self.PREFIX}{self.sync.machine}"])
                 self._on_remote = False
             self._sent = (time.time(), names)
             return
-        if not force and names == sent and time.time() - last < self.config.heartbeat_s:
+        if not force and not moved and names == sent and now - last < self.config.heartbeat_s:
             return
-        doc = {"machine": self.sync.machine, "host": HOST, "at": time.time(), "agents": agents}
+        doc: dict[str, Any] = {"machine": self.sync.machine, "host": HOST, "at": now,
+                               "agents": agents, "receipts": receipts}  # fmt: skip
         data = json.dumps(doc, sort_keys=True).encode()
+        while len(data) > MAX_PRESENCE_BYTES and doc["receipts"]:  # receipts give way first
+            doc["receipts"] = _halved(doc["receipts"])
+            data = json.dumps(doc, sort_keys=True).encode()
         git = self.sync.git
         sha = repo.commit(git, None, {"presence.json": data}, f"{self.sync.machine} is here\n",
                           self.sync.who(), ref=OUT)  # fmt: skip
         git.push(self.sync.remote, [f"+{sha}:{self.PREFIX}{self.sync.machine}"])
         self._sent = (time.time(), names)
+        self._receipts = _states(receipts)
         self._on_remote = True
 
     # -- in ---------------------------------------------------------------------------------
@@ -176,6 +202,16 @@ class Peers:
         self._gone(machine, agents)
         self.peers[machine] = {"received": time.time(), "at": at, "agents": agents}
         self._refreshed = 0.0
+        self._land_receipts(machine, doc.get("receipts"))
+
+    def _land_receipts(self, machine: str, doc: Any) -> None:
+        """Keep what machine's heartbeat said of its agents' receipts in
+        .state/receipts/<machine>.json, its ages turned into times on this machine's clock
+        from when it was taken (agent/receipts reads it)."""
+        landed = {"machine": machine, "agents": incoming(doc, time.time())}
+        with contextlib.suppress(Exception):
+            self.sync.files.write_state_file(self.sync.files.dir(".state/receipts") /
+                                             f"{machine}.json", landed)  # fmt: skip
 
     def _gone(self, machine: str, agents: dict[str, Any]) -> None:
         """Mark offline at once the agents machine announced before and no longer does."""

@@ -6,6 +6,7 @@ ones, so a person and a model read one shape. Views leave out empty fields and i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -283,10 +284,57 @@ def posted_view(
     return out
 
 
-def page_view(thread: str, page: Page) -> dict[str, Any]:
+def read_view(m: Message, receipts: list[Any], waited: float) -> dict[str, Any]:
+    """Return msg_wait(until_read=...)'s answer: whether every recipient of m has been shown
+    it ("read") or the wait timed out, with each recipient's receipt."""
+    now = time.time()
+    done = all(r.reached("shown") for r in receipts)
+    out: dict[str, Any] = {"status": "read" if done else "timeout", "thread": m.thread,
+                           "seq": m.seq, "receipts": {r.agent: r.text(now) for r in receipts},
+                           "waited_s": round(waited, 1)}  # fmt: skip
+    if not receipts:
+        out["note"] = f"message #{m.seq} has no recipients: it has no receipts to wait for"
+    elif not done:
+        out["hint"] = (f"not read by all yet; call msg_wait(thread='{m.thread}', "
+                       f"until_read={m.seq}) again, or carry on")  # fmt: skip
+    return out
+
+
+def past_head_view(thread: str, after_seq: int, head: int) -> dict[str, Any]:
+    """Return msg_list's answer for an after_seq past the newest message (head)."""
+    return {
+        "messages": [], "next_after_seq": head, "has_more": False,
+        "hint": f"after_seq {after_seq} is past the newest message ({head}); "
+        f"wait for new ones with msg_wait(thread='{thread}', after_seq={head})",
+    }  # fmt: skip
+
+
+def thread_waited_view(
+    views: list[dict[str, Any]],
+    nxt: int | None,
+    past: int | None,
+    arrivals: Any,
+) -> dict[str, Any]:
+    """Return a thread wait's answer: the messages that fit (views), where it goes on (nxt),
+    the newest seq if after_seq was past it, and what was stepped over or is still arriving."""
+    out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
+    if past is not None:
+        out["note"] = f"after_seq was past the newest message ({past}): waited from {past}"
+    out["next_after_seq"] = nxt
+    trouble(out, arrivals.skipped, arrivals.pending)
+    return out
+
+
+def page_view(
+    thread: str, page: Page, receipts: Callable[[Message], dict[str, str]] | None = None
+) -> dict[str, Any]:
     """Return a page of a thread as msg_list shows it: the messages that fit, where to go on
-    (next_after_seq), and what was stepped over or is still arriving."""
+    (next_after_seq), and what was stepped over or is still arriving; receipts, if given,
+    says how far each recipient has got with a message (only those with recipients)."""
     views, cut = fit(page.messages)
+    for view, m in zip(views, page.messages, strict=False):
+        if receipts is not None and m.to and (its := receipts(m)):
+            view["receipts"] = its
     cursor = cut if cut is not None else page.cursor
     more = page.has_more or cut is not None
     out: dict[str, Any] = {"messages": views, "next_after_seq": cursor, "has_more": more}
@@ -332,8 +380,14 @@ def created_view(info: ThreadInfo, open_tasks: int) -> dict[str, Any]:
     return out
 
 
-def waited_view(out: dict[str, Any], thread: str | None) -> dict[str, Any]:
-    """Add to a wait's answer what to call next (the same wait, or a reply then the wait)."""
+def waited_view(
+    out: dict[str, Any], thread: str | None, receipts: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """Add to a wait's answer what to call next (the same wait, or a reply then the wait), and
+    the receipts of the agent's own messages that moved since it was last told ("thread#seq"
+    -> recipient -> receipt)."""
+    if receipts:
+        out["receipts"] = receipts
     again = (
         f"msg_wait(thread='{thread}', after_seq={out['next_after_seq']})"
         if thread is not None

@@ -30,6 +30,10 @@ ThreadId = Annotated[str, Field(description="Thread id (or its topic)")]
 WaitAfter = Annotated[
     int | None, Field(ge=0, description="Seq to wait past: next_after_seq of the last call")
 ]
+UntilRead = Annotated[
+    int | None,
+    Field(ge=1, description="Seq of a message with recipients: wait until all have read it"),
+]
 WaitTimeout = Annotated[
     float | None,
     Field(gt=0, description="Seconds; default 50, capped at 600; many clients cut calls at 60"),
