@@ -76,6 +76,7 @@ def test_a_receipt_moves_stored_reported_shown_answered_for_each_recipient(box: 
         async with agent(root, "alice") as a, agent(root, "bob") as b:
             posted = await call(a, "msg_post", thread="t", content="review?", to=["bob", "carol"])
             seq = posted["seq"]
+            stored = (root / "threads" / "t" / f"{seq:06d}.json").read_bytes()
             got = await call(a, "thread_get", thread="t")
             assert got["receipts"] == {f"t#{seq}": {"bob": "stored", "carol": "stored"}}
             first = await call(a, "msg_wait", thread="t", timeout_s=0.1)
@@ -100,9 +101,26 @@ def test_a_receipt_moves_stored_reported_shown_answered_for_each_recipient(box: 
             assert states(root, seq) == {"bob": "answered", "carol": "stored"}
             page = await call(a, "msg_list", thread="t")
             assert page["messages"][0]["receipts"] == {"bob": "answered", "carol": "stored"}
+            assert (root / "threads" / "t" / f"{seq:06d}.json").read_bytes() == stored
             assert "receipts" not in page["messages"][1], "bob's reply is not alice's message"
 
     anyio.run(main)
+
+
+def test_thread_get_shows_the_last_three_of_yours_to_someone(box: Mailbox) -> None:
+    """thread_get: the receipts of your last three messages to someone, none of others'."""
+    for i in range(4):
+        box.publish("t", f"ask {i}", sender="alice", to=["bob"])
+    box.publish("t", "to nobody", sender="alice")
+    box.publish("t", "bob to alice", sender="bob", to=["alice"])
+
+    async def main() -> dict[str, Any]:
+        async with agent(box.root, "alice") as a:
+            await call(a, "agent_register")
+            return dict(await call(a, "thread_get", thread="t"))
+
+    got = anyio.run(main)
+    assert got["receipts"] == {f"t#{s}": {"bob": "stored"} for s in (2, 3, 4)}, got
 
 
 def test_a_thread_read_or_wait_shows_and_a_post_alone_does_not(box: Mailbox) -> None:
@@ -124,6 +142,33 @@ def test_a_thread_read_or_wait_shows_and_a_post_alone_does_not(box: Mailbox) -> 
             await reach(root, to_carol, {"carol": "shown"})
 
     anyio.run(main)
+
+
+def test_the_command_shows_receipts_under_a_message_to_someone(box: Mailbox) -> None:
+    """`mailslot read` prints a line of receipts under each message with recipients (what
+    bob's server, another process, showed him), and --json carries them per recipient."""
+    root = box.root
+    seq = box.publish("t", "both of you", sender="alice", to=["bob", "carol"]).seq
+    box.publish("t", "to nobody", sender="alice")
+
+    async def main() -> None:
+        async with agent(root, "bob") as b:
+            await call(b, "msg_wait", timeout_s=10)
+            await reach(root, seq, {"bob": "shown", "carol": "stored"})
+
+    anyio.run(main)
+    argv = [sys.executable, "-m", "mailslot", "read", "t", "--root", str(root)]
+    text = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = [line.strip() for line in text.splitlines()]
+    assert re.fullmatch(r"↳ bob: shown (just now|\d+ s ago) · carol: stored", lines[2]), lines
+    assert sum(line.startswith("↳") for line in lines) == 1, "a message to nobody has none"
+    doc = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True,
+                                    timeout=60, check=True).stdout)  # fmt: skip
+    first, second = doc["messages"]
+    assert first["receipts"]["carol"] == {"state": "stored", "at": None}
+    assert first["receipts"]["bob"]["state"] == "shown"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["receipts"]["bob"]["at"])
+    assert "receipts" not in second
 
 
 def test_a_channel_push_reports(box: Mailbox) -> None:

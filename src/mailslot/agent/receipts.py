@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mailslot.coordination.board import iso
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.positions import Position, receipts_of
@@ -109,6 +110,15 @@ class Receipts:
         """Return recipient -> its receipt as a person reads it, for a view."""
         now = time.time() if now is None else now
         return {r.agent: r.text(now) for r in self.of(m)}
+
+    def json(self, m: Message) -> dict[str, Any]:
+        """Return {"receipts": recipient -> {"state", "at" (ISO time or null)}} for m, or {}
+        if it has no recipient (what `--json` prints beside a message)."""
+        got = self.of(m)
+        if not got:
+            return {}
+        return {"receipts": {r.agent: {"state": r.state, "at": None if r.at is None else iso(r.at)}
+                             for r in got}}  # fmt: skip
 
     def _one(self, m: Message, agent: str) -> Receipt:
         try:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterable
 
+from mailslot.agent.receipts import Receipts
 from mailslot.commands.declare import (
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -20,7 +22,7 @@ from mailslot.commands.declare import (
 )
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import PRIORITIES, STATES, TYPES, Message, loads
-from mailslot.views.terminal import table, trouble, when
+from mailslot.views.terminal import receipt_line, table, trouble, when
 
 
 def _emit(
@@ -83,10 +85,11 @@ def cmd_read(args: argparse.Namespace, here: Here) -> int:
     if args.last is not None:
         after = max(after, box.head(args.thread) - args.last)
     page = box.read(args.thread, after, args.limit)
+    receipts = Receipts(box)  # how far each recipient has got with a message to someone
     if args.json:
         print_json(
             {
-                "messages": [m.to_dict() for m in page.messages],
+                "messages": [m.to_dict() | receipts.json(m) for m in page.messages],
                 "cursor": page.cursor,
                 "has_more": page.has_more,
                 "skipped": [{"path": d.path, "reason": d.reason} for d in page.skipped],
@@ -95,7 +98,7 @@ def cmd_read(args: argparse.Namespace, here: Here) -> int:
         )
         return EXIT_OK
     for m in page.messages:
-        print(here.show(m))
+        print(here.show(m) + receipt_line(receipts.of(m), time.time(), color=here.color()))
     trouble(page.skipped, [page.pending] if page.pending else [], args.told)
     if page.pending is not None and not page.pending.blocked:
         print(f"... run `mailslot read {args.thread} --after {page.cursor}` again shortly",

@@ -11,6 +11,7 @@ import textwrap
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from mailslot.agent.receipts import Receipt
 from mailslot.store.format import Damage, Message, Pending
 
 if TYPE_CHECKING:  # the doctor is imported when `doctor` runs, not by every command
@@ -76,6 +77,15 @@ def show(m: Message, *, thread: bool = False, color: bool, width: int) -> str:
     else:
         body = m.content
     return head + "\n" + textwrap.indent(wrap(body, width), "  ", lambda _: True) + "\n"
+
+
+def receipt_line(receipts: list[Receipt], now: float, *, color: bool) -> str:
+    """Return the line a terminal shows under a message of how far each recipient has got
+    with it ("↳ bob: shown 2 min ago · carol: stored"), or "" when it has no recipient."""
+    if not receipts:
+        return ""
+    return "  " + paint("↳ " + " · ".join(f"{r.agent}: {r.text(now)}" for r in receipts), "2",
+                        color=color) + "\n"  # fmt: skip
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
