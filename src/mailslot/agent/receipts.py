@@ -226,6 +226,8 @@ class Sent:
         """Follow m's receipts if it has a recipient besides its sender."""
         if any(a != m.sender for a in m.to):
             its = [x for x in self._sent.get(m.thread, []) if x.id != m.id] + [m]
+            for old in its[:-MAX_SENT]:  # followed no longer: forget what was told of it
+                self._told.pop(f"{old.thread}#{old.seq}", None)
             self._sent[m.thread] = its[-MAX_SENT:]
 
     def texts(self, thread: str | None = None) -> dict[str, dict[str, str]]:
