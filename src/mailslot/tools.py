@@ -42,6 +42,7 @@ from mailslot.views.model import (
     past_head_view,
     posted_view,
     read_view,
+    registered_view,
     released_view,
     results_view,
     thread_view,
@@ -282,7 +283,7 @@ class Session:
         # one has not been shown yet. Waits never return an agent's own messages instead.
         retried = msg.seq if idempotency_key else 0  # gets the task the first call took
         nxt = self._claim(thread, None, None, retried) if next_task else None  # 1 call a task
-        return posted_view(msg, to or [], reply_to, nxt)
+        return posted_view(msg, to or [], reply_to, nxt, self.box, self.stale_after)
 
     def save_positions(self, *, now: bool = True) -> None:
         """Write read positions changed since the last save (see Reading.save)."""
@@ -475,6 +476,7 @@ class Session:
         name: AgentName = None,
         model: Annotated[str | None, Field(description="e.g. claude-sonnet-4")] = None,
         description: Description = None,
+        dnd: Annotated[bool | None, Field(description="Do not disturb: hold hooks, pushes")] = None,
     ) -> dict[str, Any]:
         """Choose your agent name and describe yourself to the other agents."""
         if name is not None and name != self.agent:
@@ -483,13 +485,13 @@ class Session:
         card = self.box.agents.register(
             me, client=self.client, model=model, description=description
         )
-        return {"agent": me, **{k: v for k, v in card.to_dict().items() if k != "name"}}
+        return registered_view(self.box, me, card, dnd)
 
     def agent_list(self) -> dict[str, Any]:
         """List agents: status (online, waiting, idle, offline), since, and what they wait on."""
         cards = self.box.agents.cards()
         seen = self.box.agents.presences(stale_after=self.stale_after)
-        return {"agents": agents_view(cards, seen, self.agent)}
+        return {"agents": agents_view(cards, seen, self.agent, self.box)}
 
     def bus_get_config(self) -> dict[str, Any]:
         """Get this bus's settings: your name, language, limits, and how to collaborate."""

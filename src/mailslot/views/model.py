@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mailslot import __version__
+from mailslot.agent.pressure import disturb, dnd_agents, pressure
 from mailslot.coordination.board import CLAIMED, Question, Task, TaskBoard, iso
 from mailslot.coordination.reservations import Grant, Held, held_view
 from mailslot.coordination.tasks import Claim
 from mailslot.store.format import AgentCard, Damage, Message, Page, Pending, ThreadInfo
-from mailslot.store.presence import Presence
+from mailslot.store.presence import DEFAULT_STALE_AFTER, Presence
 
 if TYPE_CHECKING:
     from mailslot.coordination.search import Results
@@ -242,9 +243,11 @@ def results_view(found: Results) -> dict[str, Any]:
 
 
 def agents_view(
-    cards: list[AgentCard], presences: list[Presence], me: str | None
+    cards: list[AgentCard], presences: list[Presence], me: str | None, box: Mailbox | None = None
 ) -> list[dict[str, Any]]:
-    """Return every agent with a card or a presence: status, since, what it waits on, card."""
+    """Return every agent with a card or a presence: status, since, what it waits on, card;
+    with box, whether it asked not to be disturbed there."""
+    dnd = dnd_agents(box) if box is not None else set()
     by_name = {c.name: c for c in cards}
     seen = {p.agent: p for p in presences}
     agents = []
@@ -257,6 +260,8 @@ def agents_view(
             entry["last_seen"] = p.last_seen
         if p and p.waiting_on:
             entry["waiting_on"] = p.waiting_on
+        if name in dnd:
+            entry["do_not_disturb"] = True
         for key in ("client", "model", "description"):
             value = getattr(card, key) if card else None
             if value:
@@ -268,12 +273,19 @@ def agents_view(
 
 
 def posted_view(
-    msg: Message, to: list[str], reply_to: int | None, next_task: dict[str, Any] | None = None
+    msg: Message,
+    to: list[str],
+    reply_to: int | None,
+    next_task: dict[str, Any] | None = None,
+    box: Mailbox | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
 ) -> dict[str, Any]:
     """Return a posted message's place, who was told besides the to that was asked for (the
-    holder of the task a result replies to), and the claim of the next task if one was asked
-    for."""
+    holder of the task a result replies to), the claim of the next task if one was asked
+    for, and with box a line for each recipient under pressure there (agent.pressure)."""
     out: dict[str, Any] = {"thread": msg.thread, "seq": msg.seq, "id": msg.id}
+    if lines := pressure(box, msg, stale_after) if box is not None else []:
+        out["recipients"] = lines
     if next_task is not None:
         out["next"] = next_task
     if told := [a for a in msg.to if a not in to]:
@@ -323,6 +335,13 @@ def thread_waited_view(
     out["next_after_seq"] = nxt
     trouble(out, arrivals.skipped, arrivals.pending)
     return out
+
+
+def registered_view(box: Mailbox, me: str, card: AgentCard, dnd: bool | None) -> dict[str, Any]:
+    """Return agent_register's answer: the card, and dnd: true while me asked not to be
+    disturbed (dnd, if given, turns it on or off first)."""
+    out = {"agent": me, **{k: v for k, v in card.to_dict().items() if k != "name"}}
+    return out | ({"dnd": True} if disturb(box, me, dnd) else {})
 
 
 def page_view(
