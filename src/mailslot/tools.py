@@ -28,29 +28,7 @@ from mailslot.store.errors import (
 )
 from mailslot.store.format import Message
 from mailslot.store.presence import DEFAULT_STALE_AFTER
-from mailslot.views.model import (
-    agents_view,
-    board_view,
-    claim_view,
-    config_view,
-    created_view,
-    fit,
-    grant_view,
-    inbox_view,
-    no_task_view,
-    page_view,
-    past_head_view,
-    posted_view,
-    read_view,
-    registered_view,
-    released_view,
-    results_view,
-    thread_view,
-    thread_waited_view,
-    threads_view,
-    trouble,
-    waited_view,
-)
+from mailslot.views import model as v
 from mailslot.views.parameters import (
     AfterSeq,
     Agent,
@@ -99,6 +77,14 @@ PROGRESS: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None]
 )
 
 
+def _check_waits(wait_default: float, wait_max: float) -> None:
+    if not 0 < wait_default <= wait_max:
+        raise InvalidMessage(
+            f"the default wait ({wait_default:g} s) must be above 0 and at most the maximum "
+            f"wait ({wait_max:g} s): give `mailslot serve` a --wait-default within --wait-max"
+        )
+
+
 class Session:
     """One agent's tools over a mailbox; the agent's name is taken on first need."""
 
@@ -126,11 +112,7 @@ class Session:
         (0: at once); reading.on_due is then called, and the owner calls flush_positions()
         within save_every.
         """
-        if not 0 < wait_default <= wait_max:
-            raise InvalidMessage(
-                f"the default wait ({wait_default:g} s) must be above 0 and at most the maximum "
-                f"wait ({wait_max:g} s): give `mailslot serve` a --wait-default within --wait-max"
-            )
+        _check_waits(wait_default, wait_max)
         self.box = box
         self.client = client
         self.lang = lang
@@ -217,7 +199,7 @@ class Session:
         info = self.box.create_thread(topic, creator=me)
         self._join(info.id)
         open_tasks = sum(t.open_to(me) for t in self.box.tasks.board(info.id).tasks.values())
-        return created_view(info, open_tasks)
+        return v.created_view(info, open_tasks)
 
     def _join(self, thread: str) -> None:
         """Take part in thread: its tasks for anyone come to this agent's inbox."""
@@ -237,12 +219,14 @@ class Session:
         limit: Limit = PAGE_DEFAULT,
     ) -> dict[str, Any]:
         """List threads, newest activity first (mailslot's file-reservations last), with heads."""
-        return threads_view(self.box.threads(state=state, include_archived=include_archived), limit)
+        return v.threads_view(
+            self.box.threads(state=state, include_archived=include_archived), limit
+        )
 
     def thread_get(self, thread: ThreadId) -> dict[str, Any]:
         """Get one thread: topic, state, head, participants, summary, your messages' receipts."""
         info = self.box.thread(self._tid(thread))
-        return thread_view(info) | self._sent.recent(info.id, self.agent)
+        return v.thread_view(info) | self._sent.recent(info.id, self.agent)
 
     def thread_set_state(
         self,
@@ -283,7 +267,7 @@ class Session:
         # one has not been shown yet. Waits never return an agent's own messages instead.
         retried = msg.seq if idempotency_key else 0  # gets the task the first call took
         nxt = self._claim(thread, None, None, retried) if next_task else None  # 1 call a task
-        return posted_view(msg, to or [], reply_to, nxt, self.box, self.stale_after)
+        return v.posted_view(msg, to or [], reply_to, nxt, self.box, self.stale_after)
 
     def save_positions(self, *, now: bool = True) -> None:
         """Write read positions changed since the last save (see Reading.save)."""
@@ -307,9 +291,9 @@ class Session:
         if after_seq > head:
             head = self.box.head(thread, exact=True)  # see past any gap before saying so
         if after_seq > head:
-            return past_head_view(thread, after_seq, head)
+            return v.past_head_view(thread, after_seq, head)
         page = self.box.read(thread, after_seq, limit)
-        out = page_view(thread, page, self._sent.mine(self.me()))
+        out = v.page_view(thread, page, self._sent.mine(self.me()))
         self._reading.position(thread, self.me()).shown(after_seq, out["next_after_seq"])
         self._reading.receipts(self.me(), page.messages[: len(out["messages"])])
         self.save_positions(now=False)
@@ -335,7 +319,7 @@ class Session:
                 if thread is not None and until_read is not None:
                     m = self.box.get(thread, until_read)
                     got = await Receipts(self.box).until(m, "shown", timeout, self._pace())
-                    return read_view(m, got, time.monotonic() - begun)
+                    return v.read_view(m, got, time.monotonic() - begun)
                 if thread is not None:
                     out = await self._wait_thread(me, thread, after_seq, timeout)
                 else:
@@ -346,26 +330,26 @@ class Session:
         if timeout_s is not None and timeout_s > self.wait_max:  # said, never silently cut
             cap = f"timeout_s capped at {self.wait_max:g} (this server's maximum wait)"
             out["note"] = f"{out['note']}; {cap}" if "note" in out else cap
-        return waited_view(out, thread, self._sent.texts(thread))
+        return v.waited_view(out, thread, self._sent.texts(thread))
 
     async def _wait_thread(
         self, me: str, thread: str, after_seq: int | None, timeout: float
     ) -> dict[str, Any]:
         got, past = await self._delivery.thread(me, thread, after_seq, timeout, self._pace())
-        views, _ = fit(got.messages)
+        views, _ = v.fit(got.messages)
         nxt = got.mark(len(views))
         self.save_positions(now=False)
-        return thread_waited_view(views, nxt, past, got.arrivals)
+        return v.thread_waited_view(views, nxt, past, got.arrivals)
 
     async def _wait_inbox(self, me: str, timeout: float) -> dict[str, Any]:
         got = await self._delivery.inbox(me, timeout, self._pace())
-        views, cut = fit(got.messages, lambda m: inbox_view(self._delivery.offer(me, m), m))
+        views, cut = v.fit(got.messages, lambda m: v.inbox_view(self._delivery.offer(me, m), m))
         got.mark(len(views))
         self.save_positions(now=False)
         out: dict[str, Any] = {"status": "messages" if views else "timeout", "messages": views}
         if cut is not None or self._reading.owes or got.more:
             out["has_more"] = True  # more is there now (tasks for anyone come one at a time)
-        trouble(out, got.arrivals.skipped, got.arrivals.pending)
+        v.trouble(out, got.arrivals.skipped, got.arrivals.pending)
         return out
 
     def _pace(self) -> Pace:
@@ -397,10 +381,10 @@ class Session:
         """Claim task seq of thread (None: the next one open to this agent) and say how it went."""
         got = claim_task(self.box, thread, self.me(), seq, lease_s, self.stale_after, after)
         if got is None:
-            return no_task_view(thread)
+            return v.no_task_view(thread)
         if got.won:
             self._activity.hold(("task", thread, got.task.seq), self.box.tasks.lease_of(got.task))
-        return claim_view(got, self.box.get(thread, got.task.seq) if seq is None else None)
+        return v.claim_view(got, self.box.get(thread, got.task.seq) if seq is None else None)
 
     def task_list(
         self,
@@ -417,7 +401,7 @@ class Session:
         if self.box.read_only is None:
             self.box.tasks.settle(threads, noticed_by=me, stale_after=self.stale_after)
         board = self.box.tasks.overview(threads, status, mine=me if mine else None)
-        return board_view(self.box, board, limit)
+        return v.board_view(self.box, board, limit)
 
     # ------------------------------------------------------------------ file reservations
 
@@ -438,7 +422,7 @@ class Session:
         )  # fmt: skip
         for h in grant.held:
             self._activity.hold(("files", h.pattern, 0), h.ttl_s)
-        return grant_view(self.box, grant)
+        return v.grant_view(self.box, grant)
 
     def files_release(
         self,
@@ -448,7 +432,7 @@ class Session:
         released, not_held = self.box.reservations.release(paths, agent=self.me())
         for h in released:
             self._activity.drop(("files", h.pattern, 0))
-        return released_view(released, not_held)
+        return v.released_view(released, not_held)
 
     # ------------------------------------------------------------------ search
 
@@ -467,7 +451,7 @@ class Session:
             query, thread=self._tid(thread) if thread is not None else None, sender=sender,
             type=type, to=to, since=since, limit=limit,
         )  # fmt: skip
-        return results_view(found)
+        return v.results_view(found)
 
     # ------------------------------------------------------------------ agents and config
 
@@ -485,16 +469,16 @@ class Session:
         card = self.box.agents.register(
             me, client=self.client, model=model, description=description
         )
-        return registered_view(self.box, me, card, dnd)
+        return v.registered_view(self.box, me, card, dnd)
 
     def agent_list(self) -> dict[str, Any]:
         """List agents: status (online, waiting, idle, offline), since, and what they wait on."""
         cards = self.box.agents.cards()
         seen = self.box.agents.presences(stale_after=self.stale_after)
-        return {"agents": agents_view(cards, seen, self.agent, self.box)}
+        return {"agents": v.agents_view(cards, seen, self.agent, self.box)}
 
     def bus_get_config(self) -> dict[str, Any]:
         """Get this bus's settings: your name, language, limits, and how to collaborate."""
         me = self.me()  # the name this session posts under, taken now if need be
-        return config_view(self.box, me, self.fallback_from, self.lang, self.wait_default,
+        return v.config_view(self.box, me, self.fallback_from, self.lang, self.wait_default,
                            self.wait_max)  # fmt: skip
