@@ -258,7 +258,7 @@ def test_broken_receipt_files_read_as_not_yet_and_nothing_fails(box: Mailbox) ->
 
 def test_a_receipt_reads_as_a_person_says_it() -> None:
     assert [ago(s) for s in (0.2, 40, 125, 3 * 3600 + 5, 2 * 86400)] == [
-        "just now", "40 s ago", "2 min ago", "3 h ago", "2 d ago"]  # fmt: skip
+        "just now", "40 s ago", "2 min ago", "3 h ago", "2 days ago"]  # fmt: skip
     assert Receipt("bob", "shown", 1000.0).text(1120.0) == "shown 2 min ago"
     assert Receipt("bob", "answered").text(5.0) == "answered"
     assert Receipt("bob", "shown").reached("reported")

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from mailslot.agent.receipts import span
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads, now_iso
 from mailslot.store.names import check_name
@@ -140,14 +141,7 @@ def unread(box: Mailbox, agent: str, threads: Iterable[str], skip: Message | Non
 
 def ago(epoch: float, now: float | None = None) -> str:
     """Return how long ago epoch was, in words a model reads at a glance ("20 min", "3 h")."""
-    s = max(0.0, (time.time() if now is None else now) - epoch)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.0f} h"
-    return f"{s / 86400:.0f} days"
+    return span((time.time() if now is None else now) - epoch)
 
 
 def _epoch(iso: str | None) -> float | None:

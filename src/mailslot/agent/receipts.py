@@ -66,14 +66,21 @@ class Receipt:
         return self.state if self.at is None else f"{self.state} {ago(now - self.at)}"
 
 
+def span(seconds: float) -> str:
+    """Return a duration in words a model reads at a glance ("40 s", "20 min", "3 h", "2 days")."""
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.0f} h"
+    return f"{s / 86400:.0f} days"
+
+
 def ago(seconds: float) -> str:
     """Return an age as a person says it ("just now", "40 s ago", "2 min ago", "3 h ago")."""
-    if seconds < 1:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return f"{int(seconds)} s ago"
+    return "just now" if seconds < 1 else f"{span(seconds)} ago"
 
 
 def _steps(value: object) -> list[tuple[int, float]]:
