@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailslot import __version__
-from mailslot.commands import agents, reservations, serve, setup, sync, tasks, threads
+from mailslot.commands import agents, reservations, run, serve, setup, sync, tasks, threads
 from mailslot.commands.declare import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -35,6 +35,7 @@ from mailslot.commands.declare import (
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import (
     InvalidName,
+    LoopRefused,
     MailslotError,
     NoSuchAgent,
     NoSuchMessage,
@@ -66,6 +67,7 @@ COMMANDS: list[Command] = [
     serve.cmd_guard,
     serve.cmd_notify,
     serve.cmd_hook,
+    run.cmd_run,
     threads.cmd_search,
     serve.cmd_ui,
     agents.cmd_agents,
@@ -140,6 +142,9 @@ def command_text(e: MailslotError) -> str:
                 f"`mailslot thread {shlex.quote(str(e.name))}`")  # fmt: skip
     if isinstance(e, TaskError):
         return f"{e}; `mailslot tasks` shows the tasks and their status"
+    if isinstance(e, LoopRefused):
+        return (f"{e}. A person lifts it with `mailslot post {e.thread} TEXT` as a name with no "
+                "agent card (--as NAME)")  # fmt: skip
     return str(e)
 
 

@@ -8,13 +8,11 @@ once, where it lives. Dependencies point one way (this front → coordination �
 - ``store/files``: temp files, fsync, the thread lock and the no-replace claim of a seq; the
   one place that knows how bytes become a message on disk. ``store/roots`` finds and creates
   roots, ``store/settings`` reads ``mailslot.json``.
-- ``store/log``: reading a thread in seq order, its head, files still arriving and gaps.
-- ``store/publish``: validating and publishing a message, idempotency keys.
-- ``store/threads``: creating threads, their record, incarnation and the index of their state.
+- ``store/log``: a thread read in seq order, its head, files still arriving and gaps;
+  ``store/publish``: validation, idempotency keys; ``store/threads``: threads and their index.
 - ``store/agents``: cards, presence and name holds. ``store/positions``: what an agent has
-  been shown.
-- ``store/wait``: waiting for new messages; ``store/watch``: the watcher that wakes waiters.
-- ``coordination/search``: the full-text index, loaded by the first search.
+  been shown. ``store/wait``: waiting for new messages; ``store/watch``: the watcher.
+  ``coordination/loops``: the loop guard; ``coordination/search``: the full-text index.
 
 Contract (design.md §2-3): a message is written and fsynced to a temp file under
 ``.state/tmp/``, then published with ``os.link`` onto the next free ``<seq>.json`` of its thread.
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailslot.coordination.board import Board, Question, Task
+from mailslot.coordination.loops import Loops
 from mailslot.coordination.reservations import Grant, Held, Reservations
 from mailslot.coordination.tasks import Claim, Tasks
 from mailslot.store import positions
@@ -150,6 +149,8 @@ class Mailbox:
         self.agents = Agents(self._files)
         self._writer = Writer(self._files, self._log, self.agents, self._participants)
         self._waiting = Waiting(self._files, self._log)
+        #: The loop guard: who is a person, and the posts of agents in a loop refused.
+        self.loops = Loops(self._files, self._log, self._writer)
         #: The task boards: claim, release, settle (see coordination/tasks.py).
         self.tasks = Tasks(
             self._files, self._log, self.agents, self._writer, self._threads.incarnation
@@ -267,9 +268,10 @@ class Mailbox:
         The message is on disk (fsynced, unless the root says ``fsync: false``) when this
         returns. With an idempotency_key, a retry by the same sender with the same key returns
         the first message instead of storing a duplicate. Raise NoSuchThread,
-        NoSuchAgent (unknown recipient), InvalidName, InvalidMessage or StorageError; on any
-        error nothing is stored.
+        NoSuchAgent (unknown recipient), InvalidName, InvalidMessage, StorageError or
+        LoopRefused (an agent in a loop: coordination/loops.py); on any error nothing is stored.
         """
+        self.loops.check(thread, sender, to, type, reply_to, content, idempotency_key)
         guard = None
         if type in ("result", "error"):  # the task rules (Tasks.check_reply), under the lock
             told = self.tasks.check_reply(thread, sender, type, reply_to)

@@ -51,6 +51,7 @@ from mailslot.server.tool_list import argument_model, tool_list
 from mailslot.server.transport import on_event_loop, stdio
 from mailslot.store.errors import (
     InvalidName,
+    LoopRefused,
     MailslotError,
     NameTaken,
     NoSuchAgent,
@@ -87,6 +88,10 @@ def model_text(e: MailslotError) -> str:
     if isinstance(e, InvalidName) and e.kind == "thread id":
         return (f"{e}; pass a thread id (see thread_list) or the topic of an existing thread, "
                 "or start one with thread_create(topic)")  # fmt: skip
+    if isinstance(e, LoopRefused):
+        return (f"{e}. With the tools: a summary for the person goes in "
+                "msg_post(type='status') (status posts are never refused), then msg_wait for a "
+                "person's answer")  # fmt: skip
     return str(e)
 
 

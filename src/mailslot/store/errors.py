@@ -117,3 +117,17 @@ class Damaged(MailslotError):
 
 class TaskError(MailslotError):
     """A task operation that cannot be done: not a task, done, dead, or held by another."""
+
+
+class LoopRefused(MailslotError):
+    """A post the loop guard refused (coordination/loops.py); nothing was stored.
+
+    rule is "exchanges", "messages" or "repeats", the key of "loop_guard" in mailslot.json
+    that raises or turns off the limit; agents are the agents it counted.
+    """
+
+    def __init__(self, message: str, *, thread: str, rule: str, agents: list[str]) -> None:
+        self.thread = thread
+        self.rule = rule
+        self.agents = agents
+        super().__init__(message)

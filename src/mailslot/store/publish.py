@@ -20,6 +20,7 @@ from typing import Any
 from mailslot.store.agents import Agents
 from mailslot.store.errors import (
     InvalidMessage,
+    MailslotError,
     NoSuchAgent,
     NoSuchMessage,
     RootError,
@@ -227,6 +228,19 @@ class Writer:
             thread, 0, message_id, sender, recipients, type_, priority,
             reply_to if type(reply_to) is int else None, now_iso(), content, check_meta(meta),
         )  # fmt: skip
+
+    def retried(self, thread: str, sender: str, key: str) -> Message | None:
+        """Return the message sender already stored in thread with this idempotency key (the
+        one a retry gets), or None: no such post, or a key or name that cannot be used."""
+        try:
+            check_name(sender, "agent name")
+            check_key(key)
+            tdir = self.files.thread_dir(thread)
+            message_id = uuid.uuid5(ID_NAMESPACE, f"{thread}\0{sender}\0{key}").hex
+            seen = self._find_keyed(thread, tdir, self._marker(thread, sender, key), message_id)
+            return None if seen is None else self.log.get(thread, seen)
+        except MailslotError:
+            return None
 
     def _marker(self, thread: str, sender: str, key: str) -> Path:
         digest = hashlib.sha256(f"{sender}\0{key}".encode()).hexdigest()[:40]

@@ -26,6 +26,56 @@ SHARED = "group"
 
 
 @dataclass(frozen=True, slots=True)
+class LoopGuard:
+    """The loop guard's limits ("loop_guard" in mailslot.json; coordination/loops.py).
+
+    Counted in a thread over the last window_s seconds after its last message from a person,
+    of agents' messages and questions only: exchanges between two agents (0: not limited),
+    messages of all agents together (0: not limited), and an agent's repeated content.
+    """
+
+    on: bool = True
+    exchanges: int = 20
+    messages: int = 50
+    window_s: float = 600.0
+    repeats: bool = True
+
+    @classmethod
+    def parse(cls, value: object) -> LoopGuard:
+        """Return the guard "loop_guard" holds (true, false or an object); raise ValueError."""
+        if type(value) is bool:
+            return cls(on=value)
+        if not isinstance(value, dict):
+            raise ValueError(
+                "'loop_guard' must be false (off), true (the defaults) or an object such as "
+                '{"exchanges": 20, "messages": 50, "window_s": 600, "repeats": true}'
+            )
+        unknown = sorted(set(value) - {"exchanges", "messages", "window_s", "repeats"})
+        if unknown:
+            raise ValueError(
+                f"'loop_guard' has no key {unknown[0]!r}; its keys are exchanges, messages, "
+                "window_s and repeats"
+            )
+        limits: dict[str, int] = {}
+        default = cls()
+        for key in ("exchanges", "messages"):
+            n = value.get(key, getattr(default, key))
+            if type(n) is not int or not 0 <= n <= 100_000:
+                raise ValueError(
+                    f"'loop_guard.{key}' must be a whole number from 0 (no limit) to 100000"
+                )
+            limits[key] = n
+        return cls(
+            exchanges=limits["exchanges"],
+            messages=limits["messages"],
+            window_s=_seconds(
+                "loop_guard.window_s", value.get("window_s", default.window_s), 1, 86400
+            ),
+            repeats=_flag("loop_guard.repeats", value.get("repeats", default.repeats)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The settings of a mailbox, from its mailslot.json."""
 
@@ -50,6 +100,8 @@ class Settings:
     #: Seconds a file reservation stays with a live holder that shows no sign of work (a
     #: request's own ttl_s wins over it).
     reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
+    #: When agents in a loop are refused their next post (see LoopGuard).
+    loop_guard: LoopGuard = LoopGuard()
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -71,6 +123,7 @@ class Settings:
                 task_lease_s=doc.get("task_lease_s"),
                 task_max_attempts=doc.get("task_max_attempts"),
                 reservation_ttl_s=doc.get("reservation_ttl_s"),
+                loop_guard=doc.get("loop_guard"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -89,6 +142,7 @@ class Settings:
         task_lease_s: object = None,
         task_max_attempts: object = None,
         reservation_ttl_s: object = None,
+        loop_guard: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         changes: dict[str, Any] = {}
@@ -120,6 +174,8 @@ class Settings:
             changes["reservation_ttl_s"] = _seconds(
                 "reservation_ttl_s", reservation_ttl_s, 1, 604800
             )
+        if loop_guard is not None:
+            changes["loop_guard"] = LoopGuard.parse(loop_guard)
         return replace(self, **changes)
 
 
