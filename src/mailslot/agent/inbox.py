@@ -3,8 +3,9 @@
 The rule every front door shares: the MCP tools wait through it, and the command and the console
 through the tools. A thread wait returns what others posted after the agent's position (or after
 a seq it names), leaving out what its inbox already returned. An inbox wait returns what is
-addressed to the agent, and the tasks for anyone that it may take now, in any thread; what it owes
-from before the agent's first look comes first. While others hold tasks the agent could take, an
+addressed to the agent, and the tasks for anyone that it may take now, in any thread; people's
+messages (senders with no agent card) come first, then what it owes from before the agent's first
+look. While others hold tasks the agent could take, an
 inbox wait watches their holders and hands a dead or stalled holder's task out again.
 
 A wait's answer is a ``Delivered``: the front door shows as many of its messages as fit, then
@@ -191,7 +192,8 @@ class Delivery:
             got, found = await self._waiting(
                 me, plan, timeout, keep, pace, settle=True, back=_inbox, tokens=tokens
             )
-        messages = offers.choose(found)  # one task for anyone at most, last
+        person = self.box.loops.is_person  # people's messages first, never buried by agents'
+        messages = offers.choose(sorted(found, key=lambda m: not person(m.sender)))  # a task last
 
         def mark(shown: int) -> None:
             chosen = offers.chosen is not None and shown == len(messages)
