@@ -23,6 +23,7 @@ from test_channels import channel_agent
 from test_hooks import clean_env, recorded
 from test_netfs import mounts  # noqa: F401  (a fixture: two sshfs mounts of one folder)
 from test_sync import make_clone, remote, sync  # noqa: F401  (remote: a fixture)
+from test_sync_coordination import daemons, start_sync  # noqa: F401  (daemons: a fixture)
 
 from mailslot import Mailbox
 from mailslot.agent.receipts import Receipt, Receipts, ago
@@ -321,5 +322,46 @@ def test_a_receipt_travels_between_clones_through_sync(
             await anyio.to_thread.run_sync(sync, git, b)
         await anyio.to_thread.run_sync(sync, git, a)
         assert states(a, seq) == {"bob": "answered"}
+
+    anyio.run(main)
+
+
+def test_running_syncs_carry_a_receipt_that_moved_long_before_the_next_heartbeat(
+    tmp_path: Path,
+    git: dict[str, str],
+    remote: Path,  # noqa: F811
+    daemons: dict[Path, subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """With heartbeats an hour apart, a receipt that moved still reaches the other clone: a
+    running sync pushes moved receipts on their own (at most every 10 s)."""
+    a = make_clone(git, remote, tmp_path / "a", "alice")
+    b = make_clone(git, remote, tmp_path / "b", "bob")
+    for root in (a, b):
+        doc = json.loads((root / "mailslot.json").read_text())
+        doc["sync"] = {"heartbeat_s": 3600, "max_look_s": 1, "look_s": 0.5}
+        (root / "mailslot.json").write_text(json.dumps(doc))
+    with Mailbox(a) as box:
+        box.agents.register("bob")
+        box.create_thread("t", creator="alice")
+        seq = box.publish("t", "from a", sender="alice", to=["bob"]).seq
+    sync(git, a)
+
+    async def main() -> None:
+        async with agent(b, "bob") as bob:
+            start_sync(git, b, daemons)
+            start_sync(git, a, daemons)
+
+            async def arrived() -> bool:
+                return Mailbox(b).head("t") >= seq
+
+            await until_async("alice's message on b", arrived, 60)
+            await anyio.sleep(1)  # the heartbeat of bob coming goes out first, without it
+            got = await call(bob, "msg_wait", timeout_s=10)
+            assert [m["seq"] for m in got["messages"]] == [seq]
+
+            async def shown() -> bool:
+                return await anyio.to_thread.run_sync(states, a, seq) == {"bob": "shown"}
+
+            await until_async("bob's receipt on a, an hour before the next heartbeat", shown, 90)
 
     anyio.run(main)

@@ -55,6 +55,19 @@ def _states(receipts: dict[str, Any]) -> object:
             for a, threads in receipts.items() for t, its in threads.items()}  # fmt: skip
 
 
+def _marks(root: Any, agents: frozenset[str]) -> object:
+    """Return when the files each agent's receipts come from last changed: its folder of
+    positions (a position written replaces a file there) and its notices file."""
+    out = []
+    for agent in sorted(agents):
+        for path in (f".state/cursors/{agent}", f".state/notified/{agent}.json"):
+            try:
+                out.append(os.stat(os.path.join(root, path)).st_mtime_ns)
+            except OSError:
+                out.append(0)
+    return tuple(out)
+
+
 def _halved(receipts: dict[str, Any]) -> dict[str, Any]:
     """Return receipts with each agent's older half of threads left out (a heartbeat's size)."""
     return {a: dict(list(threads.items())[: len(threads) // 2]) for a, threads in receipts.items()
@@ -83,6 +96,7 @@ class Peers:
         self._refreshed = 0.0
         self._on_remote = False  # this machine's heartbeat ref is on the remote
         self._receipts: object = None  # what the last heartbeat carried of receipts
+        self._marks: object = None  # when the files receipts come from last changed
 
     @property
     def presence(self) -> str:
@@ -123,15 +137,22 @@ class Peers:
         names = frozenset(agents)
         last, sent = self._sent
         now = time.time()
-        receipts = outgoing(self.sync.root, names, now)  # carried as ages
-        moved = _states(receipts) != self._receipts and now - last >= RECEIPTS_EVERY_S
+        due = force or names != sent or now - last >= self.config.heartbeat_s
+        # Receipts are read only when a file they come from changed (a stat per agent), so a
+        # quiet round stays cheap; moved ones go out at most every RECEIPTS_EVERY_S.
+        marks = _marks(self.sync.root, names)
+        receipts: dict[str, Any] = {}
+        if due or (marks != self._marks and now - last >= RECEIPTS_EVERY_S):
+            receipts = outgoing(self.sync.root, names, now)  # carried as ages
+            self._marks = marks
+        moved = bool(receipts) and _states(receipts) != self._receipts
         if not names:
             if self._on_remote:
                 self.sync.git.push(self.sync.remote, [f":{self.PREFIX}{self.sync.machine}"])
                 self._on_remote = False
             self._sent = (time.time(), names)
             return
-        if not force and not moved and names == sent and now - last < self.config.heartbeat_s:
+        if not due and not moved:
             return
         doc: dict[str, Any] = {"machine": self.sync.machine, "host": HOST, "at": now,
                                "agents": agents, "receipts": receipts}  # fmt: skip
