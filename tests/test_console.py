@@ -17,10 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from helpers import agent, call, until
 
 from mailslot import Mailbox
 
@@ -492,3 +495,64 @@ def test_the_command_takes_a_task_back_as_the_person(tmp_path: Path) -> None:
         assert box.tasks.task("work", 1).status == "open"
     again = run("claim", "work", "1", "--release", "--holder", "bob")
     assert again.returncode == 1 and "bob does not hold task 1" in again.stderr
+
+
+# ---------------------------------------------------------------- receipts (issue 31)
+
+
+def receipts(ui: UI, seq: int, thread: str = "release") -> dict[str, dict[str, Any]]:
+    """Return recipient -> receipt of message seq, as the thread's JSON carries them."""
+    page = ui.json("GET", f"/api/threads/{thread}")
+    [m] = [m for m in page["messages"] if m["seq"] == seq]
+    return {r["agent"]: r for r in m.get("receipts", [])}
+
+
+def test_the_thread_carries_receipts_that_move_as_bob_reads_and_answers(ui: UI) -> None:
+    """alice's question to bob: stored, shown once a real `mailslot serve` for bob waited
+    (when, as an ISO time), answered once he replied; messages without recipients have none."""
+    root = ui_root(ui)
+    assert receipts(ui, 1) == {"bob": {"agent": "bob", "state": "stored", "at": None,
+                                       "text": "stored"}}  # fmt: skip
+    seen: list[dict[str, Any]] = []
+
+    def shown() -> bool:
+        seen.append(receipts(ui, 1)["bob"])
+        return seen[-1]["state"] == "shown"
+
+    async def bob() -> None:
+        async with agent(root, "bob") as b:
+            got = await call(b, "msg_wait", timeout_s=10)
+            assert [m["seq"] for m in got["messages"]] == [1]
+            await anyio.to_thread.run_sync(until, "bob shown it", shown)
+            await call(b, "msg_post", thread="release", content="Yes.", reply_to=1, to=["alice"])
+
+    before = time.time()
+    anyio.run(bob)
+    at = datetime.fromisoformat(seen[-1]["at"].replace("Z", "+00:00"))
+    assert at.tzinfo == UTC and before - 5 <= at.timestamp() <= time.time() + 5, seen[-1]
+    assert re.fullmatch(r"shown (just now|\d+ s ago)", seen[-1]["text"]), seen[-1]
+    assert receipts(ui, 1)["bob"] == {"agent": "bob", "state": "answered", "at": None,
+                                      "text": "answered"}  # fmt: skip
+    assert receipts(ui, 2) == {"alice": {"agent": "alice", "state": "stored", "at": None,
+                                         "text": "stored"}}  # fmt: skip
+    with Mailbox(root) as box:
+        box.post("release", "a note", sender="alice")
+    assert "receipts" not in ui.json("GET", "/api/threads/release")["messages"][2]
+
+
+def test_the_persons_read_in_the_console_is_a_receipt(ui: UI) -> None:
+    """dave reads in the console: alice's message to him is "shown" to dave; her question to
+    bob stays stored for bob (dave's read is not bob's), and so does one to dave past the read."""
+    ui.json("POST", "/api/threads/release/messages", {"content": "I am here."})
+    with Mailbox(ui_root(ui)) as box:
+        to_dave = box.post("release", "dave, a look?", sender="alice", to=["dave", "bob"])
+        later = box.post("release", "and this one", sender="alice", to=["dave"])
+    assert receipts(ui, to_dave)["dave"]["state"] == "stored"
+    assert ui.json("POST", "/api/threads/release/read", {"seq": to_dave}) == {"ok": True}
+    got = receipts(ui, to_dave)
+    assert got["dave"]["state"] == "shown" and got["dave"]["at"] is not None, got
+    assert got["bob"]["state"] == "stored"
+    assert receipts(ui, 1)["bob"]["state"] == "stored"
+    assert receipts(ui, later)["dave"]["state"] == "stored", "shown past what was read"
+    assert ui.json("POST", "/api/threads/release/read", {"seq": later}) == {"ok": True}
+    assert receipts(ui, later)["dave"]["state"] == "shown"

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from helpers import raw_serve, require, until
+from helpers import agent, call, raw_serve, require, until
 
 from mailslot import Mailbox
 
@@ -694,4 +695,52 @@ def test_the_person_steps_in_as_themselves(root: Path, ui: str, browser: Any) ->
         assert (freed.sender, freed.to) == ("dave", ["bob"])
         assert freed.meta["release"] == {"paths": ["src/store/**"], "holder": "bob"}
         assert box.reservations.live() == []
+    no_page_errors(browser)
+
+
+# ------------------------------------------------------------------ issue 31: receipts
+
+
+def receipt(driver: Any, seq: int, name: str) -> list[str] | None:
+    """Return [state, text] of name's receipt under message seq as the page shows it (None if
+    none), read in one step."""
+    got = driver.execute_script(
+        "const e = document.querySelector('[data-test=message][data-seq=\"' + arguments[0] +"
+        " '\"] [data-test=receipts] [data-agent=\"' + arguments[1] + '\"]');"
+        "return e && [e.dataset.state, e.textContent]", seq, name,
+    )  # fmt: skip
+    return None if got is None else [str(x) for x in got]
+
+
+def test_receipts_follow_bob_as_he_reads_and_answers(root: Path, ui: str, browser: Any) -> None:
+    """The line under alice's question: bob and carol not yet; bob read it once his real
+    `mailslot serve` waited (no reload: the page looks again); answered when his reply arrives
+    live, on the page by the time the reply is."""
+    with seed(root) as box:
+        box.create_thread("review", creator="alice")
+        box.post("review", "Can you review the patch?", sender="alice", to=["bob", "carol"])
+    open_console(browser, ui, "review")
+    assert receipt(browser, 1, "bob") == ["stored", "bob not yet"]
+    assert receipt(browser, 1, "carol") == ["stored", "carol not yet"]
+    assert "bob not yet · carol not yet" in text(browser, "[data-test=receipts]")
+
+    def state(name: str) -> str | None:
+        got = receipt(browser, 1, name)
+        return got[0] if got else None
+
+    async def bob() -> None:
+        async with agent(root, "bob") as b:
+            got = await call(b, "msg_wait", timeout_s=10)
+            assert [m["seq"] for m in got["messages"]] == [1]
+            await anyio.to_thread.run_sync(until, "bob read", lambda: state("bob") == "shown")
+            shown = receipt(browser, 1, "bob")
+            assert shown and re.fullmatch(r"✓ bob read (just now|\d+ s ago)", shown[1]), shown
+            assert state("carol") == "stored"
+            await call(b, "msg_post", thread="review", content="LGTM", reply_to=1, to=["alice"])
+
+    anyio.run(bob)
+    until("the reply shown", lambda: bool(css(browser, '[data-test=message][data-seq="2"]')))
+    assert receipt(browser, 1, "bob") == ["answered", "✓ bob answered"]
+    assert state("carol") == "stored"
+    assert receipt(browser, 2, "alice") == ["stored", "alice not yet"]
     no_page_errors(browser)

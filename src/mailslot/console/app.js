@@ -294,7 +294,61 @@
         el("summary", { text: "meta" }),
         el("pre", { text: JSON.stringify(meta, null, 2) })));
     }
+    if (m.receipts) setReceipts(node, m.receipts);
     return node;
+  }
+
+  // A message's receipts: how far each recipient has got with it, one quiet line.
+  const RECEIPT = {
+    stored: ["", "not yet"],
+    reported: ["", "notified"],
+    shown: ["✓ ", "read"],
+    answered: ["✓ ", "answered"],
+  };
+  const RECEIPTS = new WeakMap(); // a shown message -> its receipts as the server last gave them
+
+  function receiptsLine(list) {
+    const line = el("div", { class: "receipts small", "data-test": "receipts" });
+    list.forEach((r, i) => {
+      const [mark, said] = RECEIPT[r.state] || ["", r.state];
+      const at = toDate(r.at);
+      if (i) line.append(el("span", { class: "sep", "aria-hidden": "true", text: " · " }));
+      line.append(el("span", {
+        class: "receipt receipt-" + r.state, "data-agent": r.agent, "data-state": r.state,
+        title: r.agent + ": " + r.state + (at ? " at " + at.toLocaleString() : ""),
+        text: mark + r.agent + " " + said + (at ? " " + relative(at) : ""),
+      }));
+    });
+    return line;
+  }
+
+  // Put receipts under a shown message (replacing what was there), or none.
+  function setReceipts(node, list) {
+    RECEIPTS.set(node, list);
+    const old = node.querySelector(":scope > [data-test=receipts]");
+    const line = list && list.length ? receiptsLine(list) : null;
+    if (old && line) old.replaceWith(line);
+    else if (old) old.remove();
+    else if (line) node.append(line);
+  }
+
+  function updateReceipts(m) {
+    const node = shown(m.seq);
+    if (node && m.receipts) setReceipts(node, m.receipts);
+  }
+
+  // Receipts move without new messages (a recipient's wait showed it one): the events stream
+  // says when they may have; then, if the open thread shows one not yet answered, its last
+  // page is read again for them.
+  async function refreshReceipts() {
+    const id = S.current;
+    if (!id || document.visibilityState === "hidden") return;
+    if (!messagesBox().querySelector("[data-test=receipts] [data-state]:not([data-state=answered])")) return;
+    await enqueue(async () => {
+      if (S.current !== id) return;
+      const doc = await api("GET", threadPath(id, "?limit=" + PAGE));
+      if (S.current === id) for (const m of doc.messages || []) updateReceipts(m);
+    });
   }
 
   function messagesBox() {
@@ -417,7 +471,10 @@
       let mine = false;
       for (const page of pages) {
         for (const m of page) {
-          if (m.seq <= S.last || shown(m.seq)) continue;
+          if (m.seq <= S.last || shown(m.seq)) {
+            updateReceipts(m); // a reply moves a receipt to answered
+            continue;
+          }
           messagesBox().append(renderMessage(m));
           S.last = m.seq;
           if (!S.first) S.first = m.seq;
@@ -892,6 +949,9 @@
       debounce("threads", 250, loadThreads);
       debounce("side", 400, refreshSide);
     });
+    events.addEventListener("receipts", () => {
+      debounce("receipts", 200, () => refreshReceipts().catch((e) => showError(e.message)));
+    });
     events.addEventListener("presence", (ev) => {
       try {
         const data = JSON.parse(ev.data);
@@ -945,6 +1005,9 @@
     setInterval(() => {
       renderThreads();
       renderAgents();
+      for (const node of messagesBox().querySelectorAll("[data-test=message]")) {
+        if (RECEIPTS.has(node)) setReceipts(node, RECEIPTS.get(node));
+      }
     }, 30000);
 
     try {

@@ -14,13 +14,18 @@ field in with ``textContent``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,6 +41,7 @@ from starlette.routing import Route
 
 from mailslot import __version__
 from mailslot.agent.reading import Reading
+from mailslot.agent.receipts import Receipt, Receipts
 from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError, NotFound, TaskError
@@ -51,6 +57,9 @@ PAGE = 50
 # Unread counts read the messages after the person's position to leave out their own; past this
 # many only the newest are looked at (older ones count as unread: a count, never a loss).
 UNREAD_LOOK = 2000
+# Marking a thread read records receipts of the messages to the person it passes: at most this
+# many before the new position are read for them (older ones are left without one).
+RECEIPT_LOOK = 300
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -184,13 +193,26 @@ class Console:
 
         return JSONResponse({"threads": await asyncio.to_thread(rows)})
 
-    def message_view(self, m: Message) -> dict[str, Any]:
+    def message_view(
+        self, m: Message, receipts: Receipts | None = None, now: float | None = None
+    ) -> dict[str, Any]:
+        """Return a message as the page shows it; with receipts, each recipient's (one
+        Receipts per request: it reads each agent's files once)."""
         view = {
             "thread": m.thread, "seq": m.seq, "from": m.sender, "to": m.to, "type": m.type,
             "priority": m.priority, "reply_to": m.reply_to, "created_at": m.created_at,
             "html": markdown_html(m.content), "meta": m.meta,
         }  # fmt: skip
+        if receipts is not None and any(a != m.sender for a in m.to):
+            now = time.time() if now is None else now
+            view["receipts"] = [receipt_view(r, now) for r in receipts.of(m)]
         return view
+
+    def message_views(self, messages: list[Message]) -> list[dict[str, Any]]:
+        """Return messages as the page shows them, with their receipts (reads files: run it
+        off the event loop)."""
+        receipts, now = Receipts(self.box), time.time()
+        return [self.message_view(m, receipts, now) for m in messages]
 
     async def thread(self, request: Request) -> Response:
         thread = request.path_params["thread"]
@@ -205,7 +227,7 @@ class Console:
         return JSONResponse(
             {
                 "thread": row,
-                "messages": [self.message_view(m) for m in messages],
+                "messages": await asyncio.to_thread(self.message_views, messages),
                 "has_before": start > 0,
             }
         )
@@ -213,11 +235,21 @@ class Console:
     async def read(self, request: Request) -> Response:
         thread = request.path_params["thread"]
         seq = int((await request.json())["seq"])
+        await asyncio.to_thread(self.mark_read, thread, seq)
+        return JSONResponse({"ok": True})
+
+    def mark_read(self, thread: str, seq: int) -> None:
+        """Move the person's read position in thread to seq, with a receipt of each message
+        to them it passes (the last RECEIPT_LOOK before seq): the person is a recipient too."""
         with self.lock:
             pos = self.reading.position(thread, self.person)
-            pos.shown(pos.read if pos.read is not None else 0, seq)
+            read = pos.read if pos.read is not None else 0
+            start = max(read, seq - RECEIPT_LOOK)
+            if start < seq:
+                page = self.box.read(thread, start, seq - start)
+                self.reading.receipts(self.person, [m for m in page.messages if m.seq <= seq])
+            pos.shown(read, seq)
             self.reading.save(self.person)
-        return JSONResponse({"ok": True})
 
     async def post(self, request: Request) -> Response:
         thread = request.path_params["thread"]
@@ -323,6 +355,7 @@ class Console:
         async def stream() -> AsyncIterator[str]:
             cursor = await asyncio.to_thread(self.box.cursor)
             seen = ""
+            marks, moved = await asyncio.to_thread(receipt_marks, self.box.root), False
             quiet = 0.0
             yield ": mailslot events\n\n"
             while True:
@@ -339,6 +372,12 @@ class Console:
                 if agents != seen:
                     seen = agents
                     yield f"event: presence\ndata: {agents}\n\n"
+                # Receipts move without a message: said on a change and once more a round
+                # later (a folder's time may not move again for a change within its tick).
+                now_marks = await asyncio.to_thread(receipt_marks, self.box.root)
+                if now_marks != marks or moved:
+                    moved, marks = now_marks != marks, now_marks
+                    yield "event: receipts\ndata: {}\n\n"
                 quiet = 0.0 if got.messages else quiet + 1.0
                 if quiet >= 15:
                     quiet = 0.0
@@ -357,6 +396,32 @@ class Console:
             if not task.done() or self.closing.is_set():
                 task.cancel()  # a wait is cancellable at once and leaves nothing behind
         return None if self.closing.is_set() else task.result()
+
+
+def receipt_view(r: Receipt, now: float) -> dict[str, Any]:
+    """Return a recipient's receipt as the page reads it: its state, when (ISO time, or None
+    when not known) and the text a person reads ("shown 2 min ago")."""
+    at = None
+    if r.at is not None:
+        at = datetime.fromtimestamp(r.at, UTC).isoformat(timespec="milliseconds")
+        at = at.replace("+00:00", "Z")
+    return {"agent": r.agent, "state": r.state, "at": at, "text": r.text(now)}
+
+
+def receipt_marks(root: Path) -> list[tuple[str, int]]:
+    """Return the modification times of the folders receipts are read from (each agent's read
+    positions, the hooks' and pushes' marks, other machines' receipts): a receipt may have
+    moved when one changed. A few stats, one per agent."""
+    state = os.path.join(root, ".state")
+    out = []
+    for name in ("notified", "receipts"):
+        with contextlib.suppress(OSError):
+            out.append((name, os.stat(os.path.join(state, name)).st_mtime_ns))
+    with contextlib.suppress(OSError), os.scandir(os.path.join(state, "cursors")) as entries:
+        for e in entries:
+            with contextlib.suppress(OSError):
+                out.append((e.name, e.stat(follow_symlinks=False).st_mtime_ns))
+    return sorted(out)
 
 
 def run(console: Console, sock: socket.socket) -> None:
