@@ -17,10 +17,17 @@ from mailslot.clients.launch import hook_argv, serve_command
 from mailslot.store.errors import MailslotError
 
 EVENTS = {
-    "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
-    "codex": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
-    "gemini": {"SessionStart": "session-start", "BeforeAgent": "prompt", "AfterAgent": "stop"},
-}
+    "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop",
+                    "PreToolUse": "pre-tool"},
+    "codex": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop",
+              "PreToolUse": "pre-tool"},
+    "gemini": {"SessionStart": "session-start", "BeforeAgent": "prompt", "AfterAgent": "stop",
+               "BeforeTool": "pre-tool"},
+}  # fmt: skip
+#: The pre-tool hook runs for the edit and shell tools alone (tests/test_edit_guard.py).
+TOOLS_MATCHER = {"claude-code": "Edit|Write|MultiEdit|NotebookEdit|Bash",
+                 "codex": "^(apply_patch|Bash)$",
+                 "gemini": "^(write_file|replace|run_shell_command)$"}  # fmt: skip
 FILES = {"claude-code": ".claude/settings.json", "codex": ".codex/hooks.json",
          "gemini": ".gemini/settings.json"}  # fmt: skip
 
@@ -64,10 +71,13 @@ def check_ours(client: str, doc: dict, agent: str) -> None:
         [handler] = ours(client, doc, event)
         assert shlex.split(handler["command"]) == program(name, client, agent)
         [group] = [g for g in doc["hooks"][event] if handler in g["hooks"]]
+        tools = TOOLS_MATCHER[client] if name == "pre-tool" else None
         if client == "gemini":
-            assert group == {"matcher": "*", "hooks": [handler]}
+            assert group == {"matcher": tools or "*", "hooks": [handler]}
             assert handler == {"name": "mailslot", "type": "command",
                                "command": handler["command"], "timeout": 10_000}  # fmt: skip
+        elif tools:
+            assert group == {"matcher": tools, "hooks": [handler]}
         else:
             assert group == {"hooks": [handler]}
             assert handler == {"type": "command", "command": handler["command"]}
@@ -99,13 +109,14 @@ def test_other_hooks_and_settings_survive(client: str, project: Path, home: Path
     path = project / FILES[client]
     path.parent.mkdir(parents=True)
     prompt = "BeforeAgent" if client == "gemini" else "UserPromptSubmit"
+    after = "AfterTool" if client == "gemini" else "PostToolUse"  # an event mailslot leaves alone
     other_group = '{ "matcher": "Bash",  "hooks": [ {"type": "command", "command": "lint.sh"} ] }'
     original = (
         "{\n"
         '    "model":   "opus",\n'
         '    "permissions": {"allow": ["Bash(ls:*)"]},\n'
         '    "hooks": {\n'
-        f'        "PreToolUse": [ {other_group} ],\n'
+        f'        "{after}": [ {other_group} ],\n'
         f'        "{prompt}": [\n'
         '            {"hooks": [{"type": "command", "command": "echo hi"}]}\n'
         "        ]\n"
@@ -120,11 +131,11 @@ def test_other_hooks_and_settings_survive(client: str, project: Path, home: Path
     # Every line of the old file is still there as it was (one gained a comma, as it must).
     for line in original.splitlines():
         assert line in text, line
-    assert f'        "PreToolUse": [ {other_group} ],\n' in text
+    assert f'        "{after}": [ {other_group} ],\n' in text
     assert doc["model"] == "opus" and doc["permissions"] == {"allow": ["Bash(ls:*)"]}
     assert doc["hooks"][prompt][0] == {"hooks": [{"type": "command", "command": "echo hi"}]}
     assert len(doc["hooks"][prompt]) == 2, "the other hook of the same event stays first"
-    assert list(doc["hooks"]) == ["PreToolUse", prompt, *(e for e in EVENTS[client]
+    assert list(doc["hooks"]) == [after, prompt, *(e for e in EVENTS[client]
                                                          if e != prompt)]  # fmt: skip
 
     # Installed again, and for another name: the other hooks are untouched, one entry each.
@@ -135,7 +146,7 @@ def test_other_hooks_and_settings_survive(client: str, project: Path, home: Path
     doc = load(client, path)
     check_ours(client, doc, "v")
     assert doc["hooks"][prompt][0] == {"hooks": [{"type": "command", "command": "echo hi"}]}
-    assert f'        "PreToolUse": [ {other_group} ],\n' in path.read_text()
+    assert f'        "{after}": [ {other_group} ],\n' in path.read_text()
 
 
 def test_gemini_keeps_comments_and_the_server_entry(project: Path, home: Path) -> None:

@@ -498,10 +498,11 @@ def test_codex_notify_rings_the_bell_without_notify_send(
 
 def test_hook_commands_per_client(tmp_path: Path) -> None:
     assert set(hook_commands("claude-code", "claude")) == {
-        "SessionStart", "UserPromptSubmit", "Stop"}  # fmt: skip
+        "SessionStart", "UserPromptSubmit", "Stop", "PreToolUse"}  # fmt: skip
     assert set(hook_commands("codex", "codex")) == {
-        "SessionStart", "UserPromptSubmit", "Stop", "notify"}  # fmt: skip
-    assert set(hook_commands("gemini", "gemini")) == {"SessionStart", "BeforeAgent", "AfterAgent"}
+        "SessionStart", "UserPromptSubmit", "Stop", "PreToolUse", "notify"}  # fmt: skip
+    assert set(hook_commands("gemini", "gemini")) == {
+        "SessionStart", "BeforeAgent", "AfterAgent", "BeforeTool"}  # fmt: skip
     cmds = hook_commands("gemini", "gem ini", tmp_path / "my box")
     argv = shlex.split(cmds["AfterAgent"])
     assert Path(argv[0]).is_absolute() and Path(argv[0]).exists()

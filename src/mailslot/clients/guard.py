@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailslot.coordination.board import iso
-from mailslot.coordination.globs import matches
+from mailslot.coordination.globs import matches, overlaps
 from mailslot.coordination.reservations import THREAD, Held
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import InvalidName, MailslotError, RootError
@@ -176,17 +176,34 @@ def check(
             return Verdict(None, None, skipped=f"no mailbox for {top}: nothing is reserved")
     who = agent_name(repo, agent, env=env)
     paths = staged(repo, env=env)
-    conflicts = []
+    found: list[Conflict] = []
     if paths:
         with Mailbox(root, sweep=False) as box:
-            others = [h for h in box.reservations.live() if h.exclusive and h.holder != who]
-            ends = {h.seq: box.reservations.until(h) for h in others}
-        for p in paths:
-            for h in others:
-                with contextlib.suppress(InvalidName):  # a pattern no reservation could hold
-                    if matches(h.pattern, p):
-                        conflicts.append(Conflict(p, h, ends[h.seq]))
-    return Verdict(who, root, paths, conflicts)
+            found = conflicts(box, who, paths)
+    return Verdict(who, root, paths, found)
+
+
+def conflicts(box: Mailbox, who: str | None, paths: Sequence[str]) -> list[Conflict]:
+    """Return the paths that a live exclusive reservation of an agent other than who covers.
+
+    paths are relative to the repository's top, as reservations are. A path with a glob in
+    it (``*``, ``?``, or ending in ``/**`` for a whole folder) stands for every file it could
+    name, and meets a reservation it overlaps. The commit guard and the edit-time hook
+    (`clients.edit_guard`) both decide with this. Nothing is written to the mailbox.
+    """
+    live = box.reservations.live()
+    others = [h for h in live if h.exclusive and h.holder != who]
+    out: list[Conflict] = []
+    ends: dict[int, float] = {}
+    for p in paths:
+        meet = overlaps if any(c in p for c in "*?") else matches
+        for h in others:
+            with contextlib.suppress(InvalidName):  # a pattern no reservation could hold
+                if meet(h.pattern, p):
+                    if h.seq not in ends:
+                        ends[h.seq] = box.reservations.until(h)
+                    out.append(Conflict(p, h, ends[h.seq]))
+    return out
 
 
 def report(conflicts: Sequence[Conflict]) -> str:
@@ -437,6 +454,7 @@ __all__ = [
     "Verdict",
     "agent_name",
     "check",
+    "conflicts",
     "disabled",
     "hooks_dir",
     "install",

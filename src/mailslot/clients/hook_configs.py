@@ -23,10 +23,21 @@ from mailslot.store.errors import MailslotError
 HOOK_CLIENTS = ("claude-code", "codex", "gemini")
 # The client's event -> the `mailslot hook` event that handles it. Gemini CLI names Claude's
 # UserPromptSubmit BeforeAgent and its Stop AfterAgent (its own `hooks migrate` maps them so).
+# The pre-tool hook (reservations at edit time) runs only for the tools that change files and
+# for shell commands (edit_guard.TOOLS): its group carries the client's matcher for them,
+# names joined by | for Claude Code, a regular expression for Codex and Gemini CLI.
 HOOK_EVENTS = {
-    "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
-    "codex": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop"},
-    "gemini": {"SessionStart": "session-start", "BeforeAgent": "prompt", "AfterAgent": "stop"},
+    "claude-code": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop",
+                    "PreToolUse": "pre-tool"},
+    "codex": {"SessionStart": "session-start", "UserPromptSubmit": "prompt", "Stop": "stop",
+              "PreToolUse": "pre-tool"},
+    "gemini": {"SessionStart": "session-start", "BeforeAgent": "prompt", "AfterAgent": "stop",
+               "BeforeTool": "pre-tool"},
+}  # fmt: skip
+PRE_TOOL_MATCHERS = {
+    "claude-code": "Edit|Write|MultiEdit|NotebookEdit|Bash",
+    "codex": "^(apply_patch|Bash)$",
+    "gemini": "^(write_file|replace|run_shell_command)$",
 }
 GEMINI_HOOK_TIMEOUT_MS = 10_000
 
@@ -80,9 +91,12 @@ def hook_groups(
             "type": "command",
             "command": _shell(_argv(client, ours, agent, root, argv)),
         }
+        tools = PRE_TOOL_MATCHERS[client] if ours == "pre-tool" else None
         if client == "gemini":  # matcher "*" is every source, prompt and turn; timeout in ms
             handler = {"name": "mailslot", **handler, "timeout": GEMINI_HOOK_TIMEOUT_MS}
-            groups[event] = {"matcher": "*", "hooks": [handler]}
+            groups[event] = {"matcher": tools or "*", "hooks": [handler]}
+        elif tools:  # the edit and shell tools alone
+            groups[event] = {"matcher": tools, "hooks": [handler]}
         else:  # no matcher: SessionStart then fires for every source, the others have none
             groups[event] = {"hooks": [handler]}
     return groups

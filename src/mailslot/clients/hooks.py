@@ -14,6 +14,9 @@ Claude Code (SessionStart, UserPromptSubmit, Stop), Codex CLI (the same three, p
   read, that rule is the loop guard;
 - ``notify`` (Codex only) cannot reach the model: it raises a desktop notification
   (``notify-send``, else a terminal bell on stderr) and marks nothing as reported.
+- ``pre-tool`` (Claude Code and Codex PreToolUse, Gemini BeforeTool) refuses an edit, a write
+  or a shell command that changes a file another live agent reserved exclusively
+  (`edit_guard`); it holds under do not disturb too.
 
 While the agent's do not disturb is on (``agent.pressure``), every event prints nothing and
 marks nothing: what it held is reported by the first hook after it is lifted.
@@ -39,13 +42,14 @@ from typing import Any
 
 from mailslot.agent.notices import News, Notices, reportable
 from mailslot.agent.pressure import dnd_of
+from mailslot.clients import edit_guard
 from mailslot.clients.launch import CLIENT_EVENTS
 from mailslot.mailbox import Mailbox, find_root
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 
 CLIENTS = ("claude-code", "codex", "gemini")
-EVENTS = ("session-start", "prompt", "stop", "notify")
+EVENTS = ("session-start", "prompt", "stop", "notify", "pre-tool")
 
 MAX_TEXT = 9_000  # characters of context or reason; the clients cap hook output at 10,000
 ARROW = " \u2192 "  # "→": News.line() says "->", and Gemini HTML-escapes "<" and ">"
@@ -122,6 +126,8 @@ def _run(
         named = doc.get("hook_event_name")
         if named is not None and named != theirs:
             raise ValueError(f"`hook {event}` runs for {theirs} but was given {named!r}")
+    if event == "pre-tool":  # reservations at edit time; do not disturb does not hold it
+        return edit_guard.check(client, agent, doc, lambda: _root(root, doc, environ))
     path = _root(root, doc, environ)
     with Mailbox(path, sweep=False) as box:
         if dnd_of(box, agent) is not None:

@@ -10,14 +10,25 @@ from pathlib import Path
 
 #: Per client, our event name -> the client's own event name (as hook_event_name spells it).
 CLIENT_EVENTS: dict[str, dict[str, str]] = {
-    "claude-code": {"session-start": "SessionStart", "prompt": "UserPromptSubmit", "stop": "Stop"},
+    "claude-code": {
+        "session-start": "SessionStart",
+        "prompt": "UserPromptSubmit",
+        "stop": "Stop",
+        "pre-tool": "PreToolUse",
+    },
     "codex": {
         "session-start": "SessionStart",
         "prompt": "UserPromptSubmit",
         "stop": "Stop",
+        "pre-tool": "PreToolUse",
         "notify": "notify",
     },
-    "gemini": {"session-start": "SessionStart", "prompt": "BeforeAgent", "stop": "AfterAgent"},
+    "gemini": {
+        "session-start": "SessionStart",
+        "prompt": "BeforeAgent",
+        "stop": "AfterAgent",
+        "pre-tool": "BeforeTool",
+    },
 }
 
 
@@ -45,10 +56,10 @@ def hook_argv(client: str, event: str, agent: str, root: Path | str | None = Non
 def hook_commands(client: str, agent: str, root: Path | str | None = None) -> dict[str, str]:
     """Return, for client, its event name -> the shell command line of our hook for it.
 
-    Claude Code and Codex: SessionStart, UserPromptSubmit, Stop (and, for Codex, ``notify``:
-    split it with shlex for config.toml's ``notify = [...]``); Gemini: SessionStart,
-    BeforeAgent, AfterAgent. root, if given, is passed as --root (hooks run in the client's
-    working directory, without the server's MAILSLOT_ROOT).
+    Claude Code and Codex: SessionStart, UserPromptSubmit, Stop, PreToolUse (and, for Codex,
+    ``notify``: split it with shlex for config.toml's ``notify = [...]``); Gemini:
+    SessionStart, BeforeAgent, AfterAgent, BeforeTool. root, if given, is passed as --root
+    (hooks run in the client's working directory, without the server's MAILSLOT_ROOT).
     """
     return {
         theirs: shlex.join(hook_argv(client, ours, agent, root))
