@@ -241,6 +241,34 @@ def test_a_holder_through_mailslot_serve_refuses_until_it_is_killed(repo: Path) 
     assert hook("claude-code", "bob", stdin, repo) == ""
 
 
+def test_codex_patches_that_move_or_delete_a_reserved_file_are_refused(
+    repo: Path, holder: subprocess.Popen[bytes]
+) -> None:
+    reserve(repo, ["src/a.py"], holder.pid, reason=REASON)
+    doc = json.loads(recorded("codex", "edit", repo))
+    for patch in (
+        "*** Begin Patch\n*** Update File: old.py\n*** Move to: src/a.py\n@@\n-a\n+b\n"
+        "*** End Patch\n",
+        "*** Begin Patch\n*** Delete File: src/a.py\n*** End Patch\n",
+    ):
+        doc["tool_input"]["command"] = patch
+        assert REASON in denial(hook("codex", "bob", json.dumps(doc), repo), "codex")
+    doc["tool_input"]["command"] = "*** Begin Patch\n*** Add File: src/b.py\n+x\n*** End Patch\n"
+    assert hook("codex", "bob", json.dumps(doc), repo) == ""
+
+
+def test_do_not_disturb_does_not_lift_the_guard(
+    repo: Path, holder: subprocess.Popen[bytes]
+) -> None:
+    with Mailbox(repo / ".mailslot") as box:
+        box.agents.register("bob")
+    done = subprocess.run([sys.executable, "-m", "mailslot", "dnd", "bob"], capture_output=True,
+                          text=True, timeout=60, cwd=repo, env=env())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reserve(repo, ["src/**"], holder.pid, reason=REASON)
+    assert REASON in denial(hook("gemini", "bob", recorded("gemini", "edit", repo), repo), "gemini")
+
+
 # ---------------------------------------------------------------------------- shell commands
 
 
@@ -249,7 +277,8 @@ DENIED = ["echo x > src/a.py", "sed -i s/a/b/ src/a.py", "mv tmp src/a.py", "cp 
           "git status && touch src/a.py", "cat x | tee -a src/a.py", "cd src; truncate -s 0 a.py",
           "ln -sf x src/a.py", "mv src/a.py elsewhere.py", "rm -rf src", "cp x a.py src/",
           "bash -lc 'echo 1 > src/a.py'", "sudo rm -f src/*.py",
-          "rm {REPO}/src/a.py"]  # fmt: skip
+          "rm {REPO}/src/a.py", "dd if=x of=src/a.py", "install -m 644 x src/a.py",
+          "false || rm src/a.py", "echo x &> src/a.py", "env X=1 tee src/a.py"]  # fmt: skip
 ALLOWED = ["cat src/a.py", "grep x src/a.py", "git status", "echo x > other.py",
            "sed s/a/b/ src/a.py", "cp src/a.py /tmp/copy.py", "echo x > /dev/null",
            "cat <<EOF > notes.txt\nrm src/a.py\nEOF", "echo 'rm src/a.py'", "echo x # > src/a.py",
