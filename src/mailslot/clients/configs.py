@@ -301,6 +301,18 @@ def _codex_global(home: Path) -> list[str]:
     ]
 
 
+# Clients with a terminal interface `mailslot run` wakes when idle, and their program's name.
+RUN_PROGRAMS = {"claude-code": "claude", "codex": "codex", "gemini": "gemini"}
+
+
+def run_hint(client: str, agent: str) -> str | None:
+    """Return the `mailslot run` line that wakes client's agent when it idles, or None."""
+    program = RUN_PROGRAMS.get(client)
+    if program is None:
+        return None
+    return f"to wake {agent} when idle: mailslot run --agent {agent} -- {program}"
+
+
 def channel_hint() -> str:
     """Return how to start Claude Code so that mailslot's channel pushes messages to it."""
     return (

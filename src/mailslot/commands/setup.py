@@ -132,6 +132,7 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
                 doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
             if args.channel:
                 doc["launch"] = configs.CHANNEL_LAUNCH
+            doc["run"] = configs.run_hint(args.client, agent)
             print_json(doc)
         else:
             sys.stdout.write(text)
@@ -142,6 +143,8 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
                 sys.stdout.write(snippet)
             if args.channel:
                 sys.stderr.write(configs.channel_hint())
+            if (run := configs.run_hint(args.client, agent)) is not None:
+                print(run, file=sys.stderr)  # stdout is the file's text
         return EXIT_OK
     where = configs.keys(args.client, path, project, home)
     how = configs.install(args.client, path, root, agent, channel=args.channel, at=at,
@@ -158,7 +161,8 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
             print(f"mailslot (agent {agent!r}, root {root}) is already in {path}: nothing changed")
         else:
             print(f"{how} mailslot (agent {agent!r}, root {root}) in {path}")
-        for line in done + notes:
+        run = configs.run_hint(args.client, agent)
+        for line in done + notes + ([run] if run else []):
             print(line)
         if args.channel:
             sys.stdout.write(configs.channel_hint())
