@@ -8,6 +8,7 @@ real Claude Code, Codex and Gemini CLI from npm.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,12 @@ def test_never_while_a_line_is_half_typed(root: Path, repl: pexpect.spawn) -> No
     repl.expect(NUDGE, timeout=15)
 
 
+def test_what_the_terminal_reports_of_itself_is_no_typing(root: Path, repl: pexpect.spawn) -> None:
+    repl.send("\x1b[I\x1b[<35;10;5M\x1b[O")  # focus in, a mouse move, focus out
+    post(root, "please review #12")
+    repl.expect(r"echo: [^\r\n]*mailslot: 1 new for you", timeout=15)  # after the reports
+
+
 def test_a_burst_is_one_nudge_and_the_gap_holds_the_next(root: Path, repl: pexpect.spawn) -> None:
     box = Mailbox(root)
     time.sleep(3)  # the REPL idle (past --quiet) before the burst begins, so it could be split
@@ -158,10 +165,18 @@ def test_the_terminal_is_relayed_size_keys_signals_and_exit_status(
     other = start(root)  # SIGTERM to run reaches the client; its end is run's: 128 + 15
     other.sendline("env MAILSLOT_AGENT")  # no --agent: the program's name
     other.expect("env python")
+    os.kill(other.pid, signal.SIGINT)  # passed on, as SIGTERM is
+    other.expect("interrupted")
     os.kill(other.pid, signal.SIGTERM)
     other.expect(pexpect.EOF)
     other.close()
     assert other.exitstatus == 128 + signal.SIGTERM
+
+    gone = subprocess.run(
+        [sys.executable, "-m", "mailslot", "run", "--", str(root / "none")],
+        env=env_for(root), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert gone.returncode == 127 and "cannot run" in gone.stderr, gone.stderr
 
 
 def test_a_nudge_in_tmux(root: Path, tmp_path: Path) -> None:
@@ -195,6 +210,11 @@ def test_mcp_config_prints_the_run_line(root: Path) -> None:
         )  # fmt: skip
         want = f"to wake {agent} when idle: mailslot run --agent {agent} -- {program}"
         assert want in done.stderr, done.stderr
+        doc = subprocess.run(
+            [sys.executable, "-m", "mailslot", "mcp-config", client, "--root", str(root),
+             "--json", *extra], capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(doc.stdout)["run"] == want.removeprefix(f"to wake {agent} when idle: ")
 
 
 # ---------------------------------------------------------------------- the real clients

@@ -132,7 +132,8 @@ def cmd_mcp_config(args: argparse.Namespace, here: Here) -> int:
                 doc["hooks_paths"] = {k: str(v) for k, v in targets.items()}
             if args.channel:
                 doc["launch"] = configs.CHANNEL_LAUNCH
-            doc["run"] = configs.run_hint(args.client, agent)
+            hint = configs.run_hint(args.client, agent)
+            doc["run"] = hint.split(": ", 1)[1] if hint else None
             print_json(doc)
         else:
             sys.stdout.write(text)
