@@ -282,6 +282,16 @@ def waiting(root: Path, name: str) -> bool:
     return bool(doc.get("status") == "waiting" and doc.get("waiting_on") == "inbox")
 
 
+def no_loop_guard(root: Path) -> Path:
+    """Turn the loop guard off in root's mailslot.json and return root: for a test whose burst
+    of one agent's posts, far past what agents in a loop may post, is the point and not a loop
+    (docs/coordination.md#loops). A Mailbox opened before keeps the settings it read."""
+    config = Path(root) / "mailslot.json"
+    doc = json.loads(config.read_text(encoding="utf-8"))
+    config.write_text(json.dumps({**doc, "loop_guard": False}), encoding="utf-8")
+    return Path(root)
+
+
 def documentation() -> str:
     """Return the README and every docs/ page as one text, README first: all the docs promise."""
     repo = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import agent, call, until_async
+from helpers import agent, call, no_loop_guard, until_async
 
 from mailslot import Mailbox
 from mailslot.clients.hooks import CLIENTS, MAX_TEXT, run
@@ -193,6 +193,7 @@ def test_a_reoffered_task_shown_first_never_hides_what_is_left_for_later(mailbox
     """A hook shows what fits and marks it reported; a task offered again late in the thread,
     shown first, must not mark the messages left out before that offer as reported."""
     _join(mailbox)
+    no_loop_guard(mailbox)  # 80 messages from one agent to another: past the loop guard's limit
     seq = post(mailbox, "task for anyone", to=None, type="task")
     assert hook(mailbox, "prompt")
     with Mailbox(mailbox) as b:
@@ -239,6 +240,7 @@ def test_news_the_agent_got_from_msg_wait_is_not_reported(mailbox: Path) -> None
 
 
 def test_a_long_list_is_cut_and_the_rest_comes_next_time(mailbox: Path) -> None:
+    no_loop_guard(mailbox)  # 60 messages from one agent to another: past the loop guard's limit
     for i in range(60):
         post(mailbox, f"message {i:02d} " + "x" * 300)
     post(mailbox, "urgent at the end", priority="urgent")

@@ -65,7 +65,7 @@ def records(root: Path, thread: str) -> list[Message]:
 
 # ---------------------------------------------------------------- a ping-pong loop
 
-DOCUMENTED = re.search(r"```text\n(loop guard, thread 'plan'.*?)```", documentation(), re.S)[1]
+DOCUMENTED = re.search(r"```\n(loop guard, thread 'plan'.*?)```", documentation(), re.S)[1]
 
 
 def shape(text: str) -> str:

@@ -159,9 +159,9 @@ def test_a_news_file_that_cannot_be_read_is_warned_about_once(
         for i in range(300):  # the folder grows: the reader tries to read what was "added"
             (path / f"{i:04d}-{'x' * 60}").touch()
     with caplog.at_level(logging.WARNING, logger="mailslot"):
-        for _ in range(5):
+        for i in range(5):
             assert reader.read() == set()
-            _post(root, "t000", "still stored", "bob")
+            _post(root, "t000", f"still stored ({i})", "bob")  # new words: no loop
     warned = [r for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(warned) == 1, [r.getMessage() for r in caplog.records]
     reader.close()

@@ -187,8 +187,8 @@ def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Pa
             first = [box.post("build", f"task {i}", sender="boss", to=["worker"], type="task")
                      for i in range(3)]  # fmt: skip
             assert once(await drain(worker)) == {("build", s) for s in first}
-            for seq in first:  # the worker answers what it handled
-                await call(worker, "msg_post", thread="build", content="done", reply_to=seq)
+            for seq in first:  # the worker answers what it handled (in new words each time)
+                await call(worker, "msg_post", thread="build", content=f"done #{seq}", reply_to=seq)
             shutil.rmtree(root / ".state")  # as `git clean -fdX` does
             # A live name still cannot be taken twice.
             with pytest.raises(NameTaken, match="in use by a live process") as taken:
@@ -202,7 +202,8 @@ def test_removing_state_under_running_servers_loses_and_repeats_nothing(root: Pa
             assert once(await drain(worker)) == {("review", s) for s in second}
             assert await drain(boss) == []  # boss was never addressed
             for seq in second:
-                await call(worker, "msg_post", thread="review", content="done", reply_to=seq)
+                await call(worker, "msg_post", thread="review", content=f"done #{seq}",
+                           reply_to=seq)  # fmt: skip
         shutil.rmtree(root / ".state")
         async with agent(root, "worker") as worker:  # a restart with .state/ gone
             assert await drain(worker) == []  # everything it answered stays handled

@@ -10,8 +10,9 @@ size never meets the guard, and a person is never refused.
   when B is in its ``to`` or it replies to one of B's messages; both ways count, and so does a
   one-way stream (an agent flooding another).
 - messages: agents together have posted ``messages`` (a storm of three or more, a flood).
-- repeats: the agent's new post says what one of its last REPEATS posts said (whitespace
-  aside). A retry with the post's idempotency key is not a repeat: publish answers it.
+- repeats: the agent's new post says to an agent what one of its last REPEATS posts said to
+  it (whitespace aside). A retry with the post's idempotency key is not a repeat: publish
+  answers it.
 
 A refused post stores nothing and raises LoopRefused. The first refusal since the last
 person's message leaves one ``status`` message in the thread, from the refused agent,
@@ -81,7 +82,8 @@ class _Recorded(Exception):
 
 def _digest(content: str | bytes) -> bytes:
     text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
-    return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).digest()
+    said = " ".join(text.split()).encode("utf-8", "surrogatepass")  # bad text: the post says so
+    return hashlib.blake2b(said, digest_size=16).digest()
 
 
 def _epoch(iso: str) -> float:
@@ -135,6 +137,8 @@ class Loops:
         guard = self.files.settings.loop_guard
         if not guard.on or type not in CONVERSATION or self.files.read_only is not None:
             return
+        if not isinstance(content, str | bytes):
+            return  # the post says what is wrong
         try:
             check_name(sender, "agent name")
         except InvalidName:
@@ -244,7 +248,9 @@ class Loops:
         if guard.repeats:
             digest = _digest(content)
             mine = [s for s in said if s.sender == sender][-REPEATS:]
-            same = next((s for s in reversed(mine) if s.digest == digest), None)
+            same = next(
+                (s for s in reversed(mine) if s.digest == digest and s.partners & partners), None
+            )  # to one of the same agents: words said again to no one are no loop
             if same is not None:
                 ago = _span(now - same.at)
                 why = f"{sender} posted the same content as its #{same.seq} ({ago} earlier) again"
