@@ -186,7 +186,8 @@ def test_the_same_content_again_is_refused_an_idempotency_retry_is_not(root: Pat
                                  content="  The tests   pass\non my machine.\n")  # fmt: skip
             assert f"the same content as your #{first['seq']}" in text, text
             assert '"loop_guard": {"repeats": false}' in text, text
-            # Another agent may say the same thing.
+            # Another agent may say the same thing; words said again to no one are no loop.
+            await call(b, "msg_post", thread="review", content="The tests pass on my machine.")
             await call(b, "msg_post", thread="review", content="The tests pass on my machine.")
 
             # A retry with the idempotency key gets the first post: not a repeat, no error.
