@@ -417,12 +417,6 @@ def test_more_shell_forms_of_the_writes_the_docs_name(
     assert refused(pre_tool(shell(command, repo), repo)), command
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real bug: shell_writes joins '~/...' to the cwd before edit_guard.relative expands "
-    "it, so `rm ~/repo/src/a.py` (a path the command clearly writes) is read as "
-    "<cwd>/~/repo/src/a.py and goes through",
-)
 def test_a_path_from_the_home_folder_is_read_as_the_shell_reads_it(
     repo: Path, holder: subprocess.Popen[bytes]
 ) -> None:

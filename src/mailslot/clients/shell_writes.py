@@ -81,10 +81,15 @@ def _written(command: str, cwd: str, depth: int) -> list[str]:
     out: list[str] = []
     base = cwd
     for words, targets in _commands(tokens):
-        out += [os.path.join(base, t) for t in targets]
+        out += [_at(base, t) for t in targets]
         base, paths = _command(words, base, depth)
         out += paths
     return out
+
+
+def _at(base: str, path: str) -> str:
+    """Return path as the shell reads it from base: a leading ~ is the home folder."""
+    return os.path.join(base, os.path.expanduser(path))
 
 
 def _without_heredocs(text: str) -> str:
@@ -164,19 +169,19 @@ def _command(words: list[str], base: str, depth: int) -> tuple[str, list[str]]:
     if name == "cd":
         operands = [a for a in args if not a.startswith("-")]
         if len(operands) == 1 and not _opaque(operands[0]) and not operands[0].startswith("~"):
-            return os.path.join(base, operands[0]), []
+            return _at(base, operands[0]), []
         return base, []
     if name in SHELLS and depth < MAX_DEPTH:
         script = _shell_script(args)
         return base, [] if script is None else _written(script, base, depth + 1)
     if name in WRITE_ALL:
-        return base, [os.path.join(base, a) for a in _operands(args, WRITE_ALL[name])[0]]
+        return base, [_at(base, a) for a in _operands(args, WRITE_ALL[name])[0]]
     if name == "sed":
-        return base, [os.path.join(base, a) for a in _sed(args)]
+        return base, [_at(base, a) for a in _sed(args)]
     if name in COPIERS:
         return base, _copied(name, args, base)
     if name == "dd":
-        return base, [os.path.join(base, a[3:]) for a in args if a.startswith("of=")]
+        return base, [_at(base, a[3:]) for a in args if a.startswith("of=")]
     return base, []
 
 
@@ -261,10 +266,10 @@ def _copied(name: str, args: list[str], base: str) -> list[str]:
         *sources, dest = operands
     else:
         sources, dest = operands, folder
-    dest = os.path.join(base, dest)
+    dest = _at(base, dest)
     into = folder is not None or dest.endswith("/") or len(sources) > 1 or os.path.isdir(dest)
     out = [os.path.join(dest, os.path.basename(s.rstrip("/"))) for s in sources] if into else [dest]
-    gone = [os.path.join(base, s) for s in sources] if name == "mv" else []
+    gone = [_at(base, s) for s in sources] if name == "mv" else []
     return [*gone, *out]
 
 
