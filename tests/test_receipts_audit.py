@@ -206,12 +206,6 @@ def test_the_last_receipts_are_kept(box: Mailbox) -> None:
     assert states(box.root, seqs[-MAX_RECEIPTS]) == {"bob": "shown"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real bug: past the last 256 receipts, a message read by msg_list (or a thread "
-    "wait) goes back to 'stored'; receipts.py promises 'an older one by the position alone' "
-    "but _shown only falls back on the inbox position, never the thread read position",
-)
 def test_a_message_read_long_ago_stays_shown(box: Mailbox) -> None:
     """ "The furthest of stored, reported, shown, answered": bob's read position covers his
     first message, which he was shown, after 299 more; its receipt must not go back."""

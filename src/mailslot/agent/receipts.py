@@ -170,8 +170,10 @@ class Receipts:
             at = here if at is None else min(at, here)
         if at is not None:
             return float(at)
-        if pos is not None and pos.inbox is not None and m.seq <= pos.inbox_seen:
-            return 0.0  # passed by the inbox before receipts were kept (the last 256 are)
+        if pos is not None and (
+            (pos.inbox is not None and m.seq <= pos.inbox_seen) or pos.was_shown(m.seq)
+        ):
+            return 0.0  # passed by the inbox or a thread read, its receipt no longer kept
         return None
 
     def _reported_at(self, m: Message, agent: str) -> float | None:
