@@ -291,15 +291,10 @@ def test_a_receipt_is_true_on_a_second_mount(mounts: tuple[Path, Path]) -> None:
     anyio.run(main)
 
 
-def test_a_receipt_travels_between_clones_through_sync(
-    tmp_path: Path,
-    git: dict[str, str],
-    remote: Path,  # noqa: F811
-) -> None:
-    """alice posts on clone a; bob's server on clone b is shown it; after b's and a's sync
-    rounds, alice's receipt on a says shown, and a later answer says answered."""
-    a = make_clone(git, remote, tmp_path / "a", "alice")
-    b = make_clone(git, remote, tmp_path / "b", "bob")
+def two_clones(tmp_path: Path, git: dict[str, str], bare: Path) -> tuple[Path, Path, int]:
+    """Return clones a and b of bare, both synced, with alice's message to bob (its seq)."""
+    a = make_clone(git, bare, tmp_path / "a", "alice")
+    b = make_clone(git, bare, tmp_path / "b", "bob")
     with Mailbox(a) as box:
         box.agents.register("alice")
         box.agents.register("bob")
@@ -307,6 +302,17 @@ def test_a_receipt_travels_between_clones_through_sync(
         seq = box.publish("t", "from a", sender="alice", to=["bob"]).seq
     sync(git, a)
     sync(git, b)
+    return a, b, seq
+
+
+def test_a_receipt_travels_between_clones_through_sync(
+    tmp_path: Path,
+    git: dict[str, str],
+    remote: Path,  # noqa: F811
+) -> None:
+    """alice posts on clone a; bob's server on clone b is shown it; after b's and a's sync
+    rounds, alice's receipt on a says shown, and a later answer says answered."""
+    a, b, seq = two_clones(tmp_path, git, remote)
 
     async def main() -> None:
         async with agent(b, "bob") as bob:

@@ -20,7 +20,7 @@ from helpers import agent, call, until_async
 from test_console import UI, receipts, ui, ui_root  # noqa: F401  (ui: a fixture)
 from test_loops import mailslot, records, refused, settings
 from test_pressure import said
-from test_receipts import hook, reach, states
+from test_receipts import hook, reach, states, two_clones
 from test_sync import make_clone, remote, sync  # noqa: F401  (remote: a fixture)
 
 from mailslot import Mailbox
@@ -233,15 +233,7 @@ def test_a_receipt_from_another_clone_is_a_time_in_the_past_here(
     """ "Times are the reader's clock; what another machine reported travels as an age": bob
     is shown alice's message on clone b; on clone a it reads shown, at a time between bob's
     wait and now, never in the future."""
-    a = make_clone(git, remote, tmp_path / "a", "alice")
-    b = make_clone(git, remote, tmp_path / "b", "bob")
-    with Mailbox(a) as box:
-        box.agents.register("alice")
-        box.agents.register("bob")
-        box.create_thread("t", creator="alice")
-        seq = box.publish("t", "from a", sender="alice", to=["bob"]).seq
-    sync(git, a)
-    sync(git, b)
+    a, b, seq = two_clones(tmp_path, git, remote)
     before = time.time()
 
     async def main() -> None:
