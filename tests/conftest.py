@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,10 @@ import pytest
 from helpers import require
 
 from mailslot import Mailbox
+
+# Keys and pins (store/keys.py) live in the user's configuration folder: the test session has
+# its own, shared by every process a test starts (one machine), and nothing lands in a real home.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mailslot-test-config-")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailslot import __version__
-from mailslot.commands import agents, reservations, run, serve, setup, sync, tasks, threads
+from mailslot.commands import agents, keys, reservations, run, serve, setup, sync, tasks, threads
 from mailslot.commands.declare import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -73,6 +73,8 @@ COMMANDS: list[Command] = [
     agents.cmd_agents,
     agents.cmd_register,
     agents.cmd_dnd,
+    keys.cmd_key,
+    keys.cmd_verify,
     threads.cmd_export,
     setup.cmd_doctor,
     setup.cmd_mcp_config,

@@ -2,17 +2,10 @@
 
 ``Mailbox`` holds the everyday verbs (post, read, wait, threads) and hands out the other
 concepts as objects: ``box.tasks`` (``coordination/tasks.py``), ``box.reservations``
-(``coordination/reservations.py``) and ``box.agents`` (``store/agents.py``), each documented
-once, where it lives. Dependencies point one way (this front → coordination → the store):
-
-- ``store/files``: temp files, fsync, the thread lock and the no-replace claim of a seq; the
-  one place that knows how bytes become a message on disk. ``store/roots`` finds and creates
-  roots, ``store/settings`` reads ``mailslot.json``.
-- ``store/log``: a thread read in seq order, its head, files still arriving and gaps;
-  ``store/publish``: validation, idempotency keys; ``store/threads``: threads and their index.
-- ``store/agents``: cards, presence and name holds. ``store/positions``: what an agent has
-  been shown. ``store/wait``: waiting for new messages; ``store/watch``: the watcher.
-  ``coordination/loops``: the loop guard; ``coordination/search``: the full-text index.
+(``coordination/reservations.py``), ``box.agents`` (``store/agents.py``) and ``box.trust``
+(``coordination/trust.py``: every message its reads return carries ``signed``), each documented
+once, where it lives. Dependencies point one way (this front → coordination → the store);
+docs/layout.md names what each module does.
 
 Contract (design.md §2-3): a message is written and fsynced to a temp file under
 ``.state/tmp/``, then published with ``os.link`` onto the next free ``<seq>.json`` of its thread.
@@ -25,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +26,7 @@ from mailslot.coordination.board import Board, Question, Task
 from mailslot.coordination.loops import Loops
 from mailslot.coordination.reservations import Grant, Held, Reservations
 from mailslot.coordination.tasks import Claim, Tasks
+from mailslot.coordination.trust import Trust
 from mailslot.store import positions
 from mailslot.store.agents import Agents
 from mailslot.store.errors import Damaged, InvalidState, MailslotError, RootError
@@ -111,9 +106,8 @@ class Mailbox:
     Any number of Mailbox objects, in any number of processes, may use one root at once. An
     instance is safe to use from several threads. Opening sweeps temp files that dead writers
     left (``sweep=False`` to only look). Keyword arguments override the root's settings for
-    this instance only (benchmarks and tests use ``fsync=False``, and
-    ``lock=False`` to behave as on a network mount where locks do not reach). Tasks, file
-    reservations and agents are the attributes ``tasks``, ``reservations`` and ``agents``.
+    this instance only (benchmarks and tests use ``fsync=False``, and ``lock=False`` to behave
+    as on a network mount where locks do not reach).
     """
 
     def __init__(
@@ -147,7 +141,11 @@ class Mailbox:
         self._threads = Threads(self._files, self._log)
         #: The agents: cards, presence, and the names this process holds.
         self.agents = Agents(self._files)
-        self._writer = Writer(self._files, self._log, self.agents, self._participants)
+        #: Who wrote each message: signatures checked, keys pinned (coordination/trust.py).
+        self.trust = Trust(self._files, self.agents, self._log)
+        self._writer = Writer(
+            self._files, self._log, self.agents, self._participants, self.trust.keys
+        )
         self._waiting = Waiting(self._files, self._log)
         #: The loop guard: who is a person, and the posts of agents in a loop refused.
         self.loops = Loops(self._files, self._log, self._writer)
@@ -215,7 +213,7 @@ class Mailbox:
         After that it is stepped over, reported in Page.skipped and logged; so are files that
         cannot be read. Raise NoSuchThread, or InvalidMessage for a bad after/limit.
         """
-        return self._log.read(thread, after, limit)
+        return self.trust.marked(self._log.read(thread, after, limit))
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over thread ids."""
@@ -227,7 +225,7 @@ class Mailbox:
 
     def get(self, thread: str, seq: int) -> Message:
         """Return message seq of thread; raise NoSuchThread, NoSuchMessage or Damaged."""
-        return self._log.get(thread, seq)
+        return self.trust.mark(self._log.get(thread, seq))
 
     # ------------------------------------------------------------------ writing
 
@@ -302,9 +300,7 @@ class Mailbox:
         return self._threads.create(topic, creator=creator)
 
     def incarnation(self, thread: str) -> str:
-        """Return a token that changes when thread is deleted and created again (from its
-        immutable thread.json). Raise NoSuchThread.
-        """
+        """Return a token that changes when thread is deleted and made again; raise NoSuchThread."""
         return self._threads.incarnation(thread)
 
     def resolve(self, thread: str) -> str:
@@ -383,14 +379,14 @@ class Mailbox:
         that cannot be read, with examples of what can.
         """
         if self._search is None:
-            from mailslot.coordination.search import (
-                Search,  # sqlite3: loaded by the first search only
-            )
+            from mailslot.coordination.search import Search  # sqlite3: the first search's
 
             self._search = Search(self.root, self._log, self._threads)
-        return self._search.search(
+        found = self._search.search(
             query, thread=thread, sender=sender, type_=type, to=to, since=since, limit=limit
         )
+        hits = [replace(h, message=self.trust.mark(h.message)) for h in found.hits]
+        return replace(found, hits=hits)
 
     # ------------------------------------------------------------------ positions
 
@@ -442,7 +438,9 @@ class Mailbox:
         limit, in seq order per thread. A timeout returns empty Arrivals with timed_out=True.
         A message still arriving is waited for, and named in Arrivals.pending if time runs out.
         """
-        return self._waiting.wait(threads, after, to=to, timeout=timeout, limit=limit)
+        return self.trust.marked(
+            self._waiting.wait(threads, after, to=to, timeout=timeout, limit=limit)
+        )
 
     async def wait_async(
         self,
@@ -460,9 +458,10 @@ class Mailbox:
         behind (no subscription, no thread, no lock: a wait never holds a lock). match, if
         given, chooses the messages to return instead of to (an inbox with more in it).
         """
-        return await self._waiting.wait_async(
+        got = await self._waiting.wait_async(
             threads, after, to=to, timeout=timeout, limit=limit, match=match
         )
+        return self.trust.marked(got)
 
     def wait_plan(self, threads: str | Iterable[str] | None, after: Mapping[str, int], *,
                   to: str | None = None, limit: int = 100,
@@ -473,7 +472,7 @@ class Mailbox:
 
     async def run_wait(self, plan: WaitPlan, timeout: float) -> Arrivals:
         """Await plan's new messages for up to timeout seconds, as wait_async does."""
-        return await self._waiting.run_async(plan, timeout)
+        return self.trust.marked(await self._waiting.run_async(plan, timeout))
 
     @property
     def changes(self) -> Feed:

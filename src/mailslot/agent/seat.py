@@ -10,6 +10,7 @@ holds end when the process is seen dead, and a task's failed attempt is counted 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from mailslot.store.presence import NameHold
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
+
+log = logging.getLogger("mailslot")
 
 # A wait still blocked after this long says so in the agent's presence file; one that returns
 # sooner writes nothing there (two file writes saved per message in a busy conversation).
@@ -93,6 +96,10 @@ class Seat:
             card = None
         if card is None or (self.client and card.client != self.client):
             self.box.agents.register(name, client=self.client)
+        try:  # its key: made here once, on its card, trusted here (coordination/trust.py)
+            self.box.trust.own(name)
+        except MailslotError as e:
+            log.warning("%s posts unsigned: %s", name, e)
 
     def take_free(self, base: str) -> str:
         """Take base, or its first free numbered variant; return the name taken."""

@@ -46,10 +46,11 @@ from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError, NotFound, TaskError
 from mailslot.store.format import STATES, Message, ThreadInfo
+from mailslot.store.signing import INVALID, UNKNOWN_KEY
 from mailslot.store.threads import BOOKKEEPING
 from mailslot.store.wait import Arrivals
 from mailslot.tools import Session
-from mailslot.views.model import question_view, task_view, thread_view
+from mailslot.views.model import question_view, signature_warning, task_view, thread_view
 from mailslot.views.transcript import markdown_html
 
 COOKIE = "mailslot_token_{port}"  # by port: a browser sends 127.0.0.1's cookies to every port
@@ -201,8 +202,10 @@ class Console:
         view = {
             "thread": m.thread, "seq": m.seq, "from": m.sender, "to": m.to, "type": m.type,
             "priority": m.priority, "reply_to": m.reply_to, "created_at": m.created_at,
-            "html": markdown_html(m.content), "meta": m.meta,
+            "html": markdown_html(m.content), "meta": m.meta, "signed": m.signed,
         }  # fmt: skip
+        if m.signed in (INVALID, UNKNOWN_KEY):
+            view["warning"] = signature_warning(m)
         if receipts is not None and any(a != m.sender for a in m.to):
             now = time.time() if now is None else now
             view["receipts"] = [receipt_view(r, now) for r in receipts.of(m)]

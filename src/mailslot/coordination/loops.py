@@ -114,10 +114,17 @@ class Loops:
         self._lock = threading.Lock()
 
     def is_person(self, name: str) -> bool:
-        """Return True if name (a valid name) has no agent card: people post with the command
-        or the console and never register; every agent has a card. mailslot's own notes
-        (SYSTEM, which no agent may take) are no person's."""
-        return name != SYSTEM and not os.path.lexists(f"{self.files.root}/agents/{name}.json")
+        """Return True if name (a valid name) has no agent card, or a person's card (which
+        holds their key: ``mailslot key``): people post with the command or the console and
+        never register; every agent has a card. mailslot's own notes (SYSTEM, which no agent
+        may take) are no person's."""
+        if name == SYSTEM:
+            return False
+        if not os.path.lexists(f"{self.files.root}/agents/{name}.json"):
+            return True
+        with contextlib.suppress(MailslotError):
+            return self.writer.agents.card(name).person
+        return False
 
     def check(
         self,

@@ -28,12 +28,12 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mailslot.doctor.repair import keep_copy, mark_rewound, note, placeholder, put, thread_lock
-from mailslot.store.format import MESSAGE_KEYS, Message, dumps, loads, message_name, parse_message
+from mailslot.store.format import Message, dumps, loads, message_name, parse_message
 from mailslot.store.roots import _git_top
 
 _MIN_MARKER = 7
@@ -222,9 +222,8 @@ def moved_bytes(
     if isinstance(first, dict):
         moved["previous"] = {k: first[k] for k in ("seq", "reason") if k in first}
     meta["moved_from"] = moved
-    values = (message.id, message.sender, message.to, message.type, message.priority, reply_to,
-              message.created_at, message.content, meta)  # fmt: skip
-    return dumps(dict(zip(MESSAGE_KEYS, values, strict=True)))
+    # The signature stays: it covers neither the seq nor moved_from (store/signing.py).
+    return dumps(replace(message, meta=meta, reply_to=reply_to).file_doc())
 
 
 def _append(tdir: Path, data: bytes, tmpdir: Path, head: int, *, dry: bool = False) -> int:

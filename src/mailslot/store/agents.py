@@ -28,6 +28,7 @@ from mailslot.store.format import AgentCard, Damage, check_content, dumps, loads
 from mailslot.store.names import check_name
 from mailslot.store.presence import DEFAULT_STALE_AFTER, PRESENCE_STATUSES, NameHold, Presence
 from mailslot.store.presence import effective as presence_of
+from mailslot.store.signing import from_ssh_line
 
 MAX_DESCRIPTION_CHARS = 2000
 # Names agents cannot take: "mailslot" signs the notes `mailslot doctor` writes.
@@ -48,6 +49,18 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _keys(value: object) -> tuple[dict[str, Any], ...]:
+    """Return a card's key entries that hold an ed25519 public key (others are no key)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(k for k in value if isinstance(k, dict) and from_ssh_line(k.get("key")))
+
+
+def card_keys(card: AgentCard) -> list[bytes]:
+    """Return the raw public keys on a card."""
+    return [k for k in (from_ssh_line(e["key"]) for e in card.keys) if k is not None]
+
+
 class Agents:
     """The agents of a root: cards, presence, and names held by this process."""
 
@@ -62,8 +75,14 @@ class Agents:
         client: str | None = None,
         model: str | None = None,
         description: str | None = None,
+        key: str | None = None,
+        person: bool | None = None,
     ) -> AgentCard:
-        """Create or update the card of agent name and return it; None keeps a field as is."""
+        """Create or update the card of agent name and return it; None keeps a field as is.
+
+        key, an OpenSSH public key line, is added to the card's keys (for this host) unless
+        there; person marks a person's card (``mailslot key``), who stays a person.
+        """
         check_agent(name)
         for field_name, value in (
             ("client", client),
@@ -87,6 +106,9 @@ class Agents:
         except Damaged:
             old = None  # a damaged card is replaced by a good one
         now = now_iso()
+        keys = list(old.keys) if old else []
+        if key is not None and from_ssh_line(key) not in {from_ssh_line(k["key"]) for k in keys}:
+            keys.append({"key": key, "host": HOST, "added_at": now})
         card = AgentCard(
             name=name,
             client=client if client is not None else (old.client if old else None),
@@ -96,6 +118,8 @@ class Agents:
             else (old.description if old else None),
             registered_at=old.registered_at if old else now,
             updated_at=now,
+            keys=tuple(keys),
+            person=person if person is not None else (old.person if old else False),
         )
         # A card is mutable: readers see the old or the new one whole.
         self.files.replace_file(path, dumps(card.to_dict()), f"writing the card of {name!r}")
@@ -122,6 +146,8 @@ class Agents:
                 description=_opt_str(doc.get("description")),
                 registered_at=str(doc.get("registered_at", "")),
                 updated_at=str(doc.get("updated_at", "")),
+                keys=_keys(doc.get("keys")),
+                person=doc.get("person") is True,
             )
         except (OSError, ValueError, AttributeError) as e:
             # Raised, not logged: the caller hears of it once; cards() logs what it steps over.

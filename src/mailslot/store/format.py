@@ -138,10 +138,15 @@ class Message:
     created_at: str
     content: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The file's ``sig`` object as written (None: the file has none); store/signing.py.
+    sig: Any = None
+    #: What the signature says here (store/signing.py: valid, invalid, unsigned, unknown key),
+    #: once a reader checked it (Mailbox's reads do); None if nobody did.
+    signed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the message as JSON-able dict, with thread and seq first."""
-        return {
+        out: dict[str, Any] = {
             "thread": self.thread,
             "seq": self.seq,
             "id": self.id,
@@ -154,6 +159,20 @@ class Message:
             "content": self.content,
             "meta": self.meta,
         }
+        if self.signed is not None:
+            out["signed"] = self.signed
+        return out
+
+    def file_doc(self, reply_to: int | None = None) -> dict[str, Any]:
+        """Return the message file's content: format v1's keys in their fixed order, then its
+        signature if it has one; reply_to: another seq (a moved reply's), default its own."""
+        reply = self.reply_to if reply_to is None else reply_to
+        values = (self.id, self.sender, self.to, self.type, self.priority, reply,
+                  self.created_at, self.content, self.meta)  # fmt: skip
+        doc = dict(zip(MESSAGE_KEYS, values, strict=True))
+        if self.sig is not None:
+            doc["sig"] = self.sig
+        return doc
 
 
 def check_content(content: object, limit: int) -> str:
@@ -253,6 +272,7 @@ def parse_message(data: bytes, thread: str, seq: int) -> Message:
         created_at=doc["created_at"],
         content=doc["content"],
         meta=doc["meta"],
+        sig=doc.get("sig"),
     )
 
 
@@ -306,10 +326,15 @@ class AgentCard:
     description: str | None
     registered_at: str
     updated_at: str
+    #: The public keys its messages are signed with, one per machine it runs on:
+    #: ``{"key": "ssh-ed25519 AAAA... name@host", "host": ..., "added_at": ...}``.
+    keys: tuple[dict[str, Any], ...] = ()
+    #: A person's card (``mailslot key``): it holds their key; they stay a person, not an agent.
+    person: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the card as a JSON-able dict (the file's content)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "client": self.client,
             "model": self.model,
@@ -317,6 +342,11 @@ class AgentCard:
             "registered_at": self.registered_at,
             "updated_at": self.updated_at,
         }
+        if self.keys:
+            out["keys"] = [dict(k) for k in self.keys]
+        if self.person:
+            out["person"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mailslot.store.agents import Agents
+from mailslot.store.agents import RESERVED_AGENTS, Agents
 from mailslot.store.errors import (
     InvalidMessage,
     MailslotError,
@@ -28,7 +28,6 @@ from mailslot.store.errors import (
 )
 from mailslot.store.files import Files, exists, fsync_dir
 from mailslot.store.format import (
-    MESSAGE_KEYS,
     PRIORITIES,
     TYPES,
     Message,
@@ -39,9 +38,11 @@ from mailslot.store.format import (
     loads,
     now_iso,
 )
+from mailslot.store.keys import Keys
 from mailslot.store.log import ThreadLog
 from mailslot.store.names import check_key, check_name
 from mailslot.store.news import tell
+from mailslot.store.signing import sign
 
 log = logging.getLogger("mailslot")
 
@@ -57,11 +58,14 @@ class Writer:
         log: ThreadLog,
         agents: Agents,
         participants: Callable[[str], Sequence[str]] = lambda thread: (),
+        keys: Keys | None = None,
     ) -> None:
         self.files = files
         self.log = log
         self.agents = agents
         self.participants = participants
+        #: The private keys of this machine: a sender with one signs (store/signing.py).
+        self.keys = keys if keys is not None else Keys()
 
     def _recipients(self, thread: str, to: object) -> list[str]:
         """Return the recipients, each an agent with a card or someone who wrote in thread.
@@ -160,7 +164,7 @@ class Writer:
             reply_to=reply_to, content=content, meta=meta, key=key,
         )  # fmt: skip
         try:
-            data = dumps(_doc(message))
+            data = dumps(message.file_doc())
         except (ValueError, UnicodeEncodeError) as e:
             raise InvalidMessage(f"the message cannot be stored as JSON: {e}") from None
         check_message_file(data, self.files.settings.max_content_bytes)  # acknowledged => readable
@@ -224,10 +228,30 @@ class Writer:
             message_id = uuid.uuid5(ID_NAMESPACE, f"{thread}\0{sender}\0{key}").hex
         else:
             message_id = uuid.uuid4().hex
-        return Message(
+        message = Message(
             thread, 0, message_id, sender, recipients, type_, priority,
             reply_to if type(reply_to) is int else None, now_iso(), content, check_meta(meta),
         )  # fmt: skip
+        return self._signed(message)
+
+    def _signed(self, m: Message) -> Message:
+        """Return m signed with its sender's key on this machine, if it has one; raise
+        RootError if the mailbox requires signed messages and it has none."""
+        key = None if m.sender in RESERVED_AGENTS else self.keys.private(m.sender)
+        if key is None:
+            if self.files.settings.require_signed and m.sender not in RESERVED_AGENTS:
+                raise RootError(
+                    self.files.root,
+                    f'this mailbox requires signed messages ("require_signed": true in '
+                    f"mailslot.json) and {m.sender} has no key on this machine; nothing was "
+                    f"stored. Run `mailslot key {m.sender}` to make one, then post again",
+                )
+            return m
+        reply_id = None
+        if m.reply_to is not None:
+            with contextlib.suppress(MailslotError):
+                reply_id = self.log.get(m.thread, m.reply_to).id
+        return replace(m, sig=sign(key, m, reply_id))
 
     def retried(self, thread: str, sender: str, key: str) -> Message | None:
         """Return the message sender already stored in thread with this idempotency key (the
@@ -288,9 +312,3 @@ class Writer:
             if isinstance(item, Message) and item.id == message_id:
                 return s
         return None
-
-
-def _doc(m: Message) -> dict[str, Any]:
-    """Return the file content of message m: format v1's keys in their fixed order."""
-    values = (m.id, m.sender, m.to, m.type, m.priority, m.reply_to, m.created_at, m.content, m.meta)
-    return dict(zip(MESSAGE_KEYS, values, strict=True))

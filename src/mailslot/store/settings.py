@@ -102,6 +102,8 @@ class Settings:
     reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S
     #: When agents in a loop are refused their next post (see LoopGuard).
     loop_guard: LoopGuard = LoopGuard()
+    #: Refuse a post whose sender has no key on the posting machine (store/signing.py).
+    require_signed: bool = False
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], path: Path) -> Settings:
@@ -124,6 +126,7 @@ class Settings:
                 task_max_attempts=doc.get("task_max_attempts"),
                 reservation_ttl_s=doc.get("reservation_ttl_s"),
                 loop_guard=doc.get("loop_guard"),
+                require_signed=doc.get("require_signed"),
             )
         except ValueError as e:
             raise RootError(path, f"{path}: {e}") from None
@@ -143,6 +146,7 @@ class Settings:
         task_max_attempts: object = None,
         reservation_ttl_s: object = None,
         loop_guard: object = None,
+        require_signed: object = None,
     ) -> Settings:
         """Return these settings with every non-None value replaced; raise ValueError if bad."""
         changes: dict[str, Any] = {}
@@ -176,6 +180,8 @@ class Settings:
             )
         if loop_guard is not None:
             changes["loop_guard"] = LoopGuard.parse(loop_guard)
+        if require_signed is not None:
+            changes["require_signed"] = _flag("require_signed", require_signed)
         return replace(self, **changes)
 
 

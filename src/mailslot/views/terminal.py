@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailslot.agent.receipts import Receipt
 from mailslot.store.format import Damage, Message, Pending
+from mailslot.store.signing import INVALID, UNKNOWN_KEY, UNSIGNED, VALID
 
 if TYPE_CHECKING:  # the doctor is imported when `doctor` runs, not by every command
     from mailslot.doctor.report import Report
@@ -55,6 +56,15 @@ def wrap(text: str, width: int) -> str:
     return "\n".join(out)
 
 
+#: How a message's signature shows in a terminal (store/signing.py), and its colour.
+SIGNED_BADGES = {
+    VALID: ("✓ signed", "32"),
+    INVALID: ("✗ INVALID SIGNATURE", "1;31"),
+    UNKNOWN_KEY: ("? unknown key", "33"),
+    UNSIGNED: ("unsigned", "2"),
+}
+
+
 def show(m: Message, *, thread: bool = False, color: bool, width: int) -> str:
     """Return a message for a terminal: author, recipients, badges, reply, time, wrapped body."""
     head = paint(f"#{m.seq}", "2", color=color) + " " + paint(m.sender, "1", color=color)
@@ -69,6 +79,8 @@ def show(m: Message, *, thread: bool = False, color: bool, width: int) -> str:
         head += " " + paint(f"!{m.priority}", code, color=color)
     if m.reply_to:
         head += f" (re #{m.reply_to})"
+    if m.signed is not None:
+        head += " " + paint(*SIGNED_BADGES[m.signed], color=color)
     head += "  " + paint(when(m.created_at), "2", color=color)
     if m.type == "state":
         body = f"state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}"
