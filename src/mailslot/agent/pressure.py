@@ -30,9 +30,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mailslot.agent.receipts import span
 from mailslot.store.errors import MailslotError
-from mailslot.store.format import Message, loads, now_iso
+from mailslot.store.format import Message, loads, now_iso, span
 from mailslot.store.names import check_name
 from mailslot.store.news import NEWS
 from mailslot.store.positions import Position

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailslot.coordination.board import iso
 from mailslot.store.errors import MailslotError
-from mailslot.store.format import Message, loads
+from mailslot.store.format import Message, loads, span
 from mailslot.store.positions import Position, receipts_of
 
 if TYPE_CHECKING:
@@ -64,18 +64,6 @@ class Receipt:
     def text(self, now: float) -> str:
         """Return the receipt as a person reads it: "shown 2 min ago"."""
         return self.state if self.at is None else f"{self.state} {ago(now - self.at)}"
-
-
-def span(seconds: float) -> str:
-    """Return a duration in words a model reads at a glance ("40 s", "20 min", "3 h", "2 days")."""
-    s = max(0.0, seconds)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.0f} h"
-    return f"{s / 86400:.0f} days"
 
 
 def ago(seconds: float) -> str:

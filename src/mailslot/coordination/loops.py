@@ -43,7 +43,7 @@ from pathlib import Path
 from mailslot.coordination.board import SYSTEM
 from mailslot.store.errors import InvalidName, LoopRefused, MailslotError
 from mailslot.store.files import Files
-from mailslot.store.format import Message
+from mailslot.store.format import Message, span
 from mailslot.store.log import ThreadLog
 from mailslot.store.names import check_name
 from mailslot.store.publish import Writer
@@ -91,16 +91,6 @@ def _epoch(iso: str) -> float:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
-
-
-def _span(seconds: float) -> str:
-    """Return a duration as a person says it: '45 s', '3 min', '2 h'."""
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
 
 
 class Loops:
@@ -251,7 +241,7 @@ class Loops:
         """Return the refusal of sender's post (and why, for the record), or None."""
         now = time.time()
         said = [s for s in tail.said if s.at >= now - guard.window_s]
-        window = _span(guard.window_s)
+        window = span(guard.window_s)
         if guard.repeats:
             digest = _digest(content)
             mine = [s for s in said if s.sender == sender][-REPEATS:]
@@ -259,7 +249,7 @@ class Loops:
                 (s for s in reversed(mine) if s.digest == digest and s.partners & partners), None
             )  # to one of the same agents: words said again to no one are no loop
             if same is not None:
-                ago = _span(now - same.at)
+                ago = span(now - same.at)
                 why = f"{sender} posted the same content as its #{same.seq} ({ago} earlier) again"
                 text = (
                     f"loop guard, thread {thread!r}: this is the same content as your "
@@ -276,12 +266,12 @@ class Loops:
                     or (s.sender == other and sender in s.partners)
                 ]  # fmt: skip
                 if len(pair) >= guard.exchanges:
-                    span = _span(now - min(s.at for s in pair))
+                    took = span(now - min(s.at for s in pair))
                     if all(s.sender == sender for s in pair):
                         did = f"{sender} has sent {other} {len(pair)} messages"
                     else:
                         did = f"{sender} and {other} have exchanged {len(pair)} messages"
-                    why = (f"{did} in {span} with no message from a person (the limit is "
+                    why = (f"{did} in {took} with no message from a person (the limit is "
                            f"{guard.exchanges} in {window})")  # fmt: skip
                     return self._refusal(thread, "exchanges", [sender, other], why, guard), why
         if guard.messages and len(said) >= guard.messages:
@@ -290,7 +280,7 @@ class Loops:
             more = f" and {len(counts) - 4} more" if len(counts) > 4 else ""
             why = (
                 f"agents have posted {len(said)} messages and questions in "
-                f"{_span(now - min(s.at for s in said))} ({who}{more}) with no message from a "
+                f"{span(now - min(s.at for s in said))} ({who}{more}) with no message from a "
                 f"person (the limit is {guard.messages} in {window})"
             )
             agents = [name for name, _ in counts]

@@ -46,6 +46,18 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def span(seconds: float) -> str:
+    """Return a duration as a person says it ("40 s", "20 min", "3 h", "2 days")."""
+    s = max(0.0, seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.0f} h"
+    return f"{s / 86400:.0f} days"
+
+
 def message_name(seq: int) -> str:
     """Return the file name of message seq: zero-padded to six digits, wider past 999999."""
     return f"{seq:06d}.json"
