@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from test_sync import make_clone, remote, sync  # noqa: F401  (remote: a fixture
 from test_sync_coordination import daemons, start_sync  # noqa: F401  (daemons: a fixture)
 
 from mailslot import Mailbox
-from mailslot.agent.receipts import Receipt, Receipts, ago
+from mailslot.agent.receipts import Receipt, Receipts, Stamps, ago
 from mailslot.store.errors import MailslotError
 
 
@@ -255,6 +256,62 @@ def test_broken_receipt_files_read_as_not_yet_and_nothing_fails(box: Mailbox) ->
     except MailslotError:
         return  # the thread itself is unreadable now: said so by the read, not by receipts
     assert got == {"bob": "reported"}
+
+
+def test_stamps_say_when_a_file_receipts_come_from_changed(box: Mailbox) -> None:
+    """Stamps (what the console's receipts event, sync's heartbeat and waits ask before reading):
+    a position, a notice, a landed receipt or a message in the thread is a change; nothing
+    written is none; a stamp as new as the last look is not trusted (a coarse clock)."""
+    root, scope = box.root, (["bob"], ["t"])
+    box.save_cursor("bob", "t", {"incarnation": box.incarnation("t")})
+    box.save_cursor("carol", "t", {"incarnation": box.incarnation("t")})
+    for name in ("notified", "receipts"):
+        (root / ".state" / name).mkdir(exist_ok=True)
+
+    def settled(stamps: Stamps, *asked: Any) -> bool:
+        """Age every stamp a minute (as after a quiet minute); return what a second ask says."""
+        old = time.time() - 60
+        for path in [
+            root / "threads" / "t",
+            *(root / ".state").glob("*/*"),
+            *(root / ".state").glob("*"),
+        ]:
+            os.utime(path, (old, old), follow_symlinks=False)
+        stamps.changed(*asked)
+        return stamps.changed(*asked)
+
+    def write(path: Path) -> None:
+        path.with_suffix(".tmp").write_text("{}")
+        os.replace(path.with_suffix(".tmp"), path)  # as every .state/ file is written
+
+    stamps = Stamps(root)
+    assert stamps.changed(*scope), "the first ask"
+    assert not settled(stamps, *scope)
+    box.save_cursor("bob", "t", {"incarnation": box.incarnation("t"), "read": 1})
+    assert stamps.changed(*scope)
+    assert stamps.changed(*scope), "a stamp as new as the last look may hide a second write"
+    assert not settled(stamps, *scope)
+    box.save_cursor("carol", "t", {"incarnation": box.incarnation("t"), "read": 1})
+    assert not stamps.changed(*scope), "carol is not asked about"
+    box.post("t", "an answer", sender="bob")
+    assert stamps.changed(*scope)
+    assert not settled(stamps, *scope)
+    write(root / ".state" / "notified" / "bob.json")
+    assert stamps.changed(*scope)
+    assert not settled(stamps, *scope)
+    write(root / ".state" / "receipts" / "far.json")
+    assert stamps.changed(*scope)
+
+    everyone, here = Stamps(root), Stamps(root, landed=False)
+    assert not settled(everyone) and not settled(here, ["bob"])
+    write(root / ".state" / "receipts" / "far.json")
+    assert everyone.changed() and not here.changed(["bob"]), "landed=False: not landed ones"
+    assert not settled(everyone)
+    box.save_cursor("carol", "t", {"incarnation": box.incarnation("t"), "read": 2})
+    assert everyone.changed(), "None: every agent"
+    assert not settled(everyone)
+    box.save_cursor("dave", "t", {"incarnation": box.incarnation("t")})
+    assert everyone.changed(), "an agent's first position"
 
 
 def test_a_receipt_reads_as_a_person_says_it() -> None:

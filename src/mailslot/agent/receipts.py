@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from mailslot.coordination.board import iso
 from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads, span
-from mailslot.store.positions import Position, receipts_of
+from mailslot.store.positions import Position
 
 if TYPE_CHECKING:
     from mailslot.agent.seat import Pace
@@ -46,6 +46,9 @@ MAX_SENT = 3
 #: at most this many per agent (the heartbeat is one small file).
 OUT_AGE_S = 86400.0
 OUT_THREADS = 64
+#: A file written this soon after a look may share the time stamp the look saw (a file system
+#: with a coarse clock): until a look is this far past every stamp, Stamps says "changed" again.
+SETTLE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,54 @@ def _steps(value: object) -> list[tuple[int, float]]:
             if type(seq) is int and type(at) in (int, float):
                 out.append((seq, float(at)))
     return sorted(out)
+
+
+_Stamp = tuple[str, int, int]  # path, inode, modification time (ns)
+
+
+class Stamps:
+    """Whether the files receipts come from changed since last asked, told by stats alone (a
+    few per agent, nothing read): each agent's folder of read positions (a position written
+    replaces a file there) and its notices file, other machines' landed receipts (unless
+    landed is False), and the folders of threads (a reply answers; a thread made again is
+    another folder). Every write there replaces a file, so its folder's stamp moves."""
+
+    def __init__(self, root: os.PathLike[str] | str, *, landed: bool = True) -> None:
+        self.root = os.fspath(root)
+        self.landed = landed
+        self._last: list[_Stamp] | None = None
+        self._at = 0  # when the last look began (time.time_ns)
+
+    def changed(self, agents: Iterable[str] | None = None, threads: Iterable[str] = ()) -> bool:
+        """Return True if a file the receipts of agents (None: every agent) in threads come
+        from changed since the last call, or may have (a stamp too new to trust; the first
+        call). Ask before reading, so that what changes during the read is told next time."""
+        at, now = time.time_ns(), self._look(agents, threads)
+        moved = now != self._last or any(ns >= self._at - SETTLE_NS for _, _, ns in now)
+        self._last, self._at = now, at
+        return moved
+
+    def _look(self, agents: Iterable[str] | None, threads: Iterable[str]) -> list[_Stamp]:
+        state = os.path.join(self.root, ".state")
+        paths = [os.path.join(self.root, "threads", t) for t in threads]
+        if self.landed:
+            paths.append(os.path.join(state, "receipts"))
+        if agents is None:
+            paths.append(os.path.join(state, "notified"))
+            with contextlib.suppress(OSError), os.scandir(os.path.join(state, "cursors")) as found:
+                paths += [e.path for e in found]
+        else:
+            for agent in sorted(set(agents)):
+                paths.append(os.path.join(state, "cursors", agent))
+                paths.append(os.path.join(state, "notified", f"{agent}.json"))
+        out = []
+        for path in paths:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+                out.append((path, st.st_ino, st.st_mtime_ns))
+            except OSError:
+                out.append((path, 0, 0))
+        return sorted(out)
 
 
 class Receipts:
@@ -261,6 +312,16 @@ class Sent:
         return lambda m: receipts.texts(m, now) if m.sender == me else {}
 
 
+def _shown_in(path: str) -> dict[str, float]:
+    """Return the receipts (message id -> when shown) of the read position stored at path (a
+    file of .state/cursors/, taken for its own incarnation), or {} if it cannot be read."""
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+        doc = loads(f.read(1 << 20))
+        if isinstance(doc, dict):
+            return Position.from_json(doc, str(doc.get("incarnation") or "?")).receipts
+    return {}
+
+
 def outgoing(root: os.PathLike[str] | str, agents: Iterable[str], now: float) -> dict[str, Any]:
     """Return the receipts of agents (this machine's live ones) that sync's heartbeat carries
     to other machines: agent -> thread -> {"shown": {message id: age}, "reported": [seq, age]},
@@ -276,15 +337,10 @@ def outgoing(root: os.PathLike[str] | str, agents: Iterable[str], now: float) ->
             for entry in found[:OUT_THREADS]:
                 if now - entry.stat().st_mtime > OUT_AGE_S:
                     break
-                with (
-                    contextlib.suppress(OSError, ValueError, AttributeError),
-                    open(entry, "rb") as f,
-                ):
-                    shown = loads(f.read(1 << 20)).get("shown_at")
-                    kept = {k: round(now - v, 1) for k, v in receipts_of(shown).items()
-                            if now - v <= OUT_AGE_S}  # fmt: skip
-                    if kept:
-                        threads[entry.name[: -len(".json")]] = {"shown": kept}
+                kept = {k: round(now - v, 1) for k, v in _shown_in(entry.path).items()
+                        if now - v <= OUT_AGE_S}  # fmt: skip
+                if kept:
+                    threads[entry.name[: -len(".json")]] = {"shown": kept}
         with contextlib.suppress(OSError, ValueError, AttributeError):
             path = os.path.join(root, ".state", "notified", f"{agent}.json")
             with open(path, "rb") as f:

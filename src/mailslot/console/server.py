@@ -14,10 +14,8 @@ field in with ``textContent``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
-import os
 import secrets
 import socket
 import threading
@@ -25,7 +23,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -41,7 +38,7 @@ from starlette.routing import Route
 
 from mailslot import __version__
 from mailslot.agent.reading import Reading
-from mailslot.agent.receipts import Receipt, Receipts
+from mailslot.agent.receipts import Receipt, Receipts, Stamps
 from mailslot.coordination.reservations import held_view
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError, NotFound, TaskError
@@ -358,7 +355,8 @@ class Console:
         async def stream() -> AsyncIterator[str]:
             cursor = await asyncio.to_thread(self.box.cursor)
             seen = ""
-            marks, moved = await asyncio.to_thread(receipt_marks, self.box.root), False
+            stamps = Stamps(self.box.root)
+            await asyncio.to_thread(stamps.changed)  # what is there now is no news
             quiet = 0.0
             yield ": mailslot events\n\n"
             while True:
@@ -375,11 +373,9 @@ class Console:
                 if agents != seen:
                     seen = agents
                     yield f"event: presence\ndata: {agents}\n\n"
-                # Receipts move without a message: said on a change and once more a round
-                # later (a folder's time may not move again for a change within its tick).
-                now_marks = await asyncio.to_thread(receipt_marks, self.box.root)
-                if now_marks != marks or moved:
-                    moved, marks = now_marks != marks, now_marks
+                # Receipts move without a message: said when a file they come from changed
+                # (and while a change may share a stamp with the last look: Stamps).
+                if await asyncio.to_thread(stamps.changed):
                     yield "event: receipts\ndata: {}\n\n"
                 quiet = 0.0 if got.messages else quiet + 1.0
                 if quiet >= 15:
@@ -409,22 +405,6 @@ def receipt_view(r: Receipt, now: float) -> dict[str, Any]:
         at = datetime.fromtimestamp(r.at, UTC).isoformat(timespec="milliseconds")
         at = at.replace("+00:00", "Z")
     return {"agent": r.agent, "state": r.state, "at": at, "text": r.text(now)}
-
-
-def receipt_marks(root: Path) -> list[tuple[str, int]]:
-    """Return the modification times of the folders receipts are read from (each agent's read
-    positions, the hooks' and pushes' marks, other machines' receipts): a receipt may have
-    moved when one changed. A few stats, one per agent."""
-    state = os.path.join(root, ".state")
-    out = []
-    for name in ("notified", "receipts"):
-        with contextlib.suppress(OSError):
-            out.append((name, os.stat(os.path.join(state, name)).st_mtime_ns))
-    with contextlib.suppress(OSError), os.scandir(os.path.join(state, "cursors")) as entries:
-        for e in entries:
-            with contextlib.suppress(OSError):
-                out.append((e.name, e.stat(follow_symlinks=False).st_mtime_ns))
-    return sorted(out)
 
 
 def run(console: Console, sock: socket.socket) -> None:

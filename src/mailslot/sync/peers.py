@@ -23,7 +23,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from mailslot.agent.receipts import incoming, outgoing
+from mailslot.agent.receipts import Stamps, incoming, outgoing
 from mailslot.store.files import HOST
 from mailslot.store.format import loads
 from mailslot.store.names import check_name
@@ -55,19 +55,6 @@ def _states(receipts: dict[str, Any]) -> object:
             for a, threads in receipts.items() for t, its in threads.items()}  # fmt: skip
 
 
-def _marks(root: Any, agents: frozenset[str]) -> object:
-    """Return when the files each agent's receipts come from last changed: its folder of
-    positions (a position written replaces a file there) and its notices file."""
-    out = []
-    for agent in sorted(agents):
-        for path in (f".state/cursors/{agent}", f".state/notified/{agent}.json"):
-            try:
-                out.append(os.stat(os.path.join(root, path)).st_mtime_ns)
-            except OSError:
-                out.append(0)
-    return tuple(out)
-
-
 def _halved(receipts: dict[str, Any]) -> dict[str, Any]:
     """Return receipts with each agent's older half of threads left out (a heartbeat's size)."""
     return {a: dict(list(threads.items())[: len(threads) // 2]) for a, threads in receipts.items()
@@ -96,7 +83,9 @@ class Peers:
         self._refreshed = 0.0
         self._on_remote = False  # this machine's heartbeat ref is on the remote
         self._receipts: object = None  # what the last heartbeat carried of receipts
-        self._marks: object = None  # when the files receipts come from last changed
+        # When the files this machine's receipts come from last changed (other machines'
+        # landed receipts are not carried on).
+        self._stamps = Stamps(sync.root, landed=False)
 
     @property
     def presence(self) -> str:
@@ -138,13 +127,11 @@ class Peers:
         last, sent = self._sent
         now = time.time()
         due = force or names != sent or now - last >= self.config.heartbeat_s
-        # Receipts are read only when a file they come from changed (a stat per agent), so a
-        # quiet round stays cheap; moved ones go out at most every RECEIPTS_EVERY_S.
-        marks = _marks(self.sync.root, names)
+        # Receipts are read only when a file they come from changed (a few stats per agent),
+        # so a quiet round stays cheap; moved ones go out at most every RECEIPTS_EVERY_S.
         receipts: dict[str, Any] = {}
-        if due or (marks != self._marks and now - last >= RECEIPTS_EVERY_S):
+        if (due or now - last >= RECEIPTS_EVERY_S) and (self._stamps.changed(names) or due):
             receipts = outgoing(self.sync.root, names, now)  # carried as ages
-            self._marks = marks
         moved = bool(receipts) and _states(receipts) != self._receipts
         if not names:
             if self._on_remote:
