@@ -18,7 +18,21 @@ from pathlib import Path
 if "--dir" in sys.argv:
     os.environ["MAILSLOT_BENCH_DIR"] = sys.argv[sys.argv.index("--dir") + 1]
 
-from bench import cold, console, idle, mcp, peer, publish, scale, search, server, sync, tasks, wake
+from bench import (
+    cold,
+    console,
+    idle,
+    mcp,
+    peer,
+    publish,
+    scale,
+    search,
+    server,
+    signing,
+    sync,
+    tasks,
+    wake,
+)
 from bench._util import SCRATCH
 from mailslot.store.watch import filesystem_type
 
@@ -66,6 +80,10 @@ section("Publish through the library, beside the raw os.link floor", publish.run
 t = time.monotonic()
 section("Wake: a waiting process woken by another's publish, beside a raw inotify read",
         wake.run(quick), t)  # fmt: skip
+
+t = time.monotonic()
+section("Signing: signed messages beside unsigned ones, interleaved in the same run",
+        signing.run(quick), t)  # fmt: skip
 
 t = time.monotonic()
 ours = mcp.measure(quick)

@@ -108,17 +108,20 @@ class Trust:
 
     def trusted(self, name: str) -> Pinned:
         """Return the keys trusted for name here, pinning its card's keys on first sight."""
+        pinned = self.pins.get(name)
         if self.fixed is not None:
-            pinned = self.pins.get(name)
             return Pinned(self.fixed.get(name, frozenset()) | (pinned.keys if pinned else set()))
+        if pinned is not None:  # pinned already: the card is not looked at (one stat, not three)
+            return pinned
         card = self.card_keys(name)
         try:
             return self.pins.first(name, card)
         except (KeyFileError, ValueError):
             return Pinned(frozenset(card), "the pins could not be written: the card is trusted")
 
-    def check(self, m: Message) -> Verdict:
-        """Return what m's signature says (see the module docstring)."""
+    def check(self, m: Message, seen: dict[str, Pinned] | None = None) -> Verdict:
+        """Return what m's signature says (see the module docstring); seen, if given, keeps the
+        keys trusted per sender for the next checks (one read's messages: one look each)."""
         if m.sig is None:
             return Verdict(UNSIGNED)
         got = parse(m.sig)
@@ -144,7 +147,12 @@ class Trust:
             why = (f"its signature does not match it: changed after it was signed, moved from "
                    f"another thread, or not written by {m.sender}")  # fmt: skip
             return Verdict(INVALID, why, key)
-        if key in self.trusted(m.sender).keys:
+        trusted = seen.get(m.sender) if seen is not None else None
+        if trusted is None:
+            trusted = self.trusted(m.sender)
+            if seen is not None:
+                seen[m.sender] = trusted
+        if key in trusted.keys:
             return Verdict(VALID, key=key)
         why = (f"signed with {fingerprint(key)}, which this machine does not trust for "
                f"{m.sender}")  # fmt: skip
@@ -155,13 +163,14 @@ class Trust:
             return self.log.get(thread, seq).id
         return None
 
-    def mark(self, m: Message) -> Message:
+    def mark(self, m: Message, seen: dict[str, Pinned] | None = None) -> Message:
         """Return m with ``signed`` set."""
-        return replace(m, signed=self.check(m).state)
+        return replace(m, signed=self.check(m, seen).state)
 
     def marked(self, got: Read) -> Read:
         """Return a page or arrivals of a read with ``signed`` set on each message."""
-        return replace(got, messages=[self.mark(m) for m in got.messages])
+        seen: dict[str, Pinned] = {}
+        return replace(got, messages=[self.mark(m, seen) for m in got.messages])
 
     def changes(self) -> list[KeyChange]:
         """Return the keys on cards that this machine does not trust for their owners (a card
