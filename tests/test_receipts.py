@@ -27,7 +27,7 @@ from test_sync import make_clone, remote, sync  # noqa: F401  (remote: a fixture
 from test_sync_coordination import daemons, start_sync  # noqa: F401  (daemons: a fixture)
 
 from mailslot import Mailbox
-from mailslot.agent.receipts import Receipt, Receipts, Stamps, ago
+from mailslot.agent.receipts import Receipt, Receipts, Sent, Stamps, ago
 from mailslot.store.errors import MailslotError
 
 
@@ -312,6 +312,32 @@ def test_stamps_say_when_a_file_receipts_come_from_changed(box: Mailbox) -> None
     assert not settled(everyone)
     box.save_cursor("dave", "t", {"incarnation": box.incarnation("t")})
     assert everyone.changed(), "an agent's first position"
+
+
+def test_a_wait_with_nothing_new_reads_no_receipt_file(box: Mailbox) -> None:
+    """Sent.texts (after every msg_wait) reads positions only when a stamp of the files they
+    come from moved: bob's position changed in place (no stamp moves; nothing of ours writes
+    so) is not read until its folder's stamp moves, as a position written does move it."""
+    root = box.root
+    m = box.get("t", box.post("t", "review?", sender="alice", to=["bob"]))
+    box.save_cursor("bob", "t", {"incarnation": box.incarnation("t")})
+    sent = Sent(box)
+    sent.add(m)
+    assert sent.texts("t") == {f"t#{m.seq}": {"bob": "stored"}}
+    old = time.time() - 60
+    for path in (root / "threads" / "t", root / ".state" / "cursors" / "bob"):
+        os.utime(path, (old, old))  # a quiet minute: stamps are trusted
+    assert sent.texts("t") == {}
+    assert sent.texts("t") == {}
+    position = root / ".state" / "cursors" / "bob" / "t.json"
+    doc = {"incarnation": box.incarnation("t"), "shown_at": {m.id: time.time()}}
+    position.write_text(json.dumps(doc))  # in place: its folder's stamp stays
+    assert sent.texts("t") == {}, "read although no stamp moved"
+    os.utime(root / ".state" / "cursors" / "bob")  # what a position written by replace does
+    assert sent.texts("t") == {f"t#{m.seq}": {"bob": "shown just now"}}
+    assert sent.texts(None) == {}, "told once"
+    sent.add(box.get("t", box.post("t", "and this?", sender="alice", to=["bob"])))
+    assert list(sent.texts(None)) == [f"t#{m.seq + 1}"], "a message newly followed is told"
 
 
 def test_a_receipt_reads_as_a_person_says_it() -> None:

@@ -247,11 +247,13 @@ class Receipts:
     ) -> list[Receipt]:
         """Wait until every recipient of m is at state or past it, or timeout; return the
         receipts then. Receipts are files under .state/ that no watch sees: looked at every
-        POLL_S (a few small reads)."""
+        POLL_S (a few stats; files read again only when one changed: Stamps)."""
         deadline = time.monotonic() + timeout
+        stamps, agents, got = Stamps(self.box.root), [a for a in m.to if a != m.sender], []
         while True:
-            self.fresh()
-            got = self.of(m)
+            if stamps.changed(agents, [m.thread]):
+                self.fresh()
+                got = self.of(m)
             left = deadline - time.monotonic()
             if all(r.reached(state) for r in got) or left <= 0:
                 return got
@@ -269,6 +271,7 @@ class Sent:
         self.box = box
         self._sent: dict[str, list[Message]] = {}  # thread -> the last MAX_SENT messages
         self._told: dict[str, tuple[str, ...]] = {}  # "thread#seq" -> the states told
+        self._stamps: dict[str | None, Stamps] = {}  # texts' thread -> its files' last look
 
     def add(self, m: Message) -> None:
         """Follow m's receipts if it has a recipient besides its sender."""
@@ -280,9 +283,16 @@ class Sent:
 
     def texts(self, thread: str | None = None) -> dict[str, dict[str, str]]:
         """Return "thread#seq" -> recipient -> receipt, for this session's messages (in thread,
-        or all) whose receipts moved since the last call; answered by all, they are dropped."""
+        or all) whose receipts moved since the last call; answered by all, they are dropped.
+        Nothing is read unless a file receipts come from changed (Stamps; a message newly
+        followed was just posted: its thread's stamp moved)."""
+        threads = [thread] if thread is not None else list(self._sent)
+        agents = {a for t in threads for m in self._sent.get(t, ()) for a in m.to}
+        stamps = self._stamps.setdefault(thread, Stamps(self.box.root))
+        if not agents or not stamps.changed(agents, threads):
+            return {}
         receipts, now, out = Receipts(self.box), time.time(), {}
-        for t in [thread] if thread is not None else list(self._sent):
+        for t in threads:
             for m in list(self._sent.get(t, ())):
                 got = receipts.of(m)
                 key, states = f"{m.thread}#{m.seq}", tuple(r.state for r in got)
