@@ -69,7 +69,7 @@ class KeyChange:
             f"{self.name}'s card has a key this machine has not pinned: {self.fingerprint} "
             f"(added {self.added_at or 'at an unknown time'} for host {self.host or '?'}). If "
             f"you expect it ({self.name} started on a new machine), accept it with `mailslot "
-            f"key --trust {self.name} {self.fingerprint}`; if not, someone who can write the "
+            f"key {self.name} --trust {self.fingerprint}`; if not, someone who can write the "
             "folder may be posing as them: its messages show `unknown key`"
         )
 

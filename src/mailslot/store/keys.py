@@ -10,7 +10,7 @@ by default ``~/.config/mailslot``), so none of them is ever committed or synced:
 - ``pins/<mailbox>/<name>.json``: the keys of NAME this machine trusts in that mailbox (a hash
   of the root's real path). The first keys seen on NAME's card are pinned (trust on first use,
   as ssh's ``known_hosts``), with the same no-replace link; a key the card gains later is not
-  trusted here until a person accepts it (``mailslot key --trust NAME FINGERPRINT``).
+  trusted here until a person accepts it (``mailslot key NAME --trust FINGERPRINT``).
 """
 
 from __future__ import annotations
