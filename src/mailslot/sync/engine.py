@@ -27,8 +27,9 @@ from pathlib import Path
 from mailslot.coordination.board import SYSTEM
 from mailslot.mailbox import Mailbox
 from mailslot.store.errors import MailslotError
-from mailslot.store.files import Files
-from mailslot.store.format import message_name
+from mailslot.store.files import HOST, Files
+from mailslot.store.format import dumps, loads, message_name, now_iso
+from mailslot.store.signing import from_ssh_line
 from mailslot.sync import layout, repo
 from mailslot.sync.config import SyncConfig, machine_id, state_dir
 from mailslot.sync.git import GitError
@@ -308,9 +309,26 @@ class Sync:
             here = path.read_bytes()
         except FileNotFoundError:
             here = None
-        if here != data:
-            place(self.files, path, data, replace=True)  # cards change: the remote's wins
+        if here != data:  # cards change: the remote's wins, with this machine's key kept
+            place(self.files, path, self._own_key_kept(name, data), replace=True)
         self.state.cards[name] = blob
+
+    def _own_key_kept(self, name: str, data: bytes) -> bytes:
+        """Return the remote's card, with the key name signs with on this machine added if it
+        lacks it (two machines adding their keys at once: each keeps its own, and pushes it)."""
+        try:
+            line = self.box.trust.keys.public_line(name)
+            doc = loads(data)
+        except (MailslotError, ValueError):
+            return data
+        keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
+        ours = from_ssh_line(line)
+        if ours is None or ours in {
+            from_ssh_line(k.get("key")) for k in keys if isinstance(k, dict)
+        }:
+            return data
+        doc["keys"] = [*keys, {"key": line, "host": HOST, "added_at": now_iso()}]
+        return dumps(doc)
 
     # -- giving what this clone has ---------------------------------------------------------
 
