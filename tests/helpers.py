@@ -239,10 +239,16 @@ def params(root: Path, *args: str) -> StdioServerParameters:
         command=SERVE[0],
         args=[*SERVE[1:], "--root", str(root), *args],
         # The SDK passes servers only a safe subset of the environment; PYTHONPATH goes along
-        # so the suite can be pointed at another source tree (a mutation run, an old release).
-        env={"PYTHONDONTWRITEBYTECODE": "1"}
-        | ({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+        # so the suite can be pointed at another source tree (a mutation run, an old release),
+        # and XDG_CONFIG_HOME so a served agent's key is the test session's (conftest.py).
+        env=server_env(),
     )
+
+
+def server_env() -> dict[str, str]:
+    """Return what a served process is given of the environment (see params)."""
+    passed = {k: os.environ[k] for k in ("PYTHONPATH", "XDG_CONFIG_HOME") if k in os.environ}
+    return {"PYTHONDONTWRITEBYTECODE": "1"} | passed
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import answer, raw_serve
+from helpers import answer, raw_serve, server_env
 from mcp import StdioServerParameters, types
 from mcp.client import Client
 
@@ -204,7 +204,7 @@ def params(root: Path, agent: str) -> StdioServerParameters:
     return StdioServerParameters(
         command=SERVE[0],
         args=[*SERVE[1:], "serve", "--root", str(root), "--agent", agent],
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        env=server_env(),
     )
 
 

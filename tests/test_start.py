@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from helpers import SERVE
+from helpers import SERVE, server_env
 from mcp import StdioServerParameters
 from mcp.client import Client
 
@@ -25,7 +25,7 @@ def _tool_list(root: Path, cache: Path) -> list[dict[str, Any]]:
     params = StdioServerParameters(
         command=SERVE[0],
         args=[*SERVE[1:], "--root", str(root), "--agent", "alice"],
-        env={"XDG_CACHE_HOME": str(cache), "PYTHONDONTWRITEBYTECODE": "1"},
+        env=server_env() | {"XDG_CACHE_HOME": str(cache)},
     )
 
     async def main() -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ def mcp_agent(root: str, name: str, count: str, go: str) -> None:
             command=sys.executable,
             args=["-m", "mailslot", "serve", "--root", root, "--agent", name],
             # As helpers.params: the suite may be pointed at another source tree.
-            env={"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else None,
+            env={k: os.environ[k] for k in ("PYTHONPATH", "XDG_CONFIG_HOME") if k in os.environ},
         )
         async with Client(params, mode="legacy", cache=None) as c:
             acked = []
@@ -258,7 +258,7 @@ def _serve_params(root: str, name: str) -> object:
         args=["-m", "mailslot", "serve", "--root", root, "--agent", name],
         # As helpers.params: the suite may be pointed at another source tree.
         env={"PYTHONDONTWRITEBYTECODE": "1"}
-        | ({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+        | {k: os.environ[k] for k in ("PYTHONPATH", "XDG_CONFIG_HOME") if k in os.environ},
     )
 
 
