@@ -4,11 +4,12 @@ transcript's signatures checked (verify). The rules are in coordination/trust.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailslot.commands.declare import (
     EXIT_ERROR,
@@ -24,6 +25,9 @@ from mailslot.store.errors import MailslotError
 from mailslot.store.format import MESSAGE_NAME_RE, Damage, loads
 from mailslot.store.roots import _git_top
 from mailslot.store.signing import INVALID, UNKNOWN_KEY, UNSIGNED, VALID, fingerprint, from_ssh_line
+
+if TYPE_CHECKING:
+    from mailslot.mailbox import Mailbox
 
 
 @command(
@@ -122,27 +126,9 @@ def cmd_verify(args: argparse.Namespace, here: Here) -> int:
     bad: list[dict[str, Any]] = []
     unreadable: list[Damage] = []
     for thread in threads:
-        if only is not None and thread not in only:
-            continue
-        after = 0
-        while True:
-            page = box.read(thread, after, 200)
-            unreadable += page.skipped
-            for m in page.messages:
-                if only is not None and m.seq not in only[thread]:
-                    continue
-                verdict: Verdict = trust.check(m)
-                counts[verdict.state] += 1
-                if verdict.state != VALID:
-                    bad.append({"file": f"threads/{m.thread}/{m.seq:06d}.json", "thread": m.thread,
-                                "seq": m.seq, "from": m.sender, "signed": verdict.state,
-                                "why": verdict.why})  # fmt: skip
-            if not page.messages and page.pending is None:
-                break
-            if page.pending is not None and not page.messages:
-                unreadable.append(Damage(page.pending.path, page.pending.reason))
-                break
-            after = page.cursor
+        if only is None or thread in only:
+            seqs = None if only is None else only[thread]
+            unreadable += _check(box, thread, seqs, counts, bad)
     failing = {INVALID} | ({UNKNOWN_KEY, UNSIGNED} if args.strict else set())
     if box.settings.require_signed:
         failing.add(UNSIGNED)
@@ -160,11 +146,65 @@ def cmd_verify(args: argparse.Namespace, here: Here) -> int:
         print(f"{d}: could not be read, so it was not checked")
     for c in changes:
         print(c)
-    total = sum(counts.values())
-    print(f"checked {total} messages: {counts[VALID]} valid, {counts[INVALID]} invalid, "
-          f"{counts[UNKNOWN_KEY]} with an unknown key, {counts[UNSIGNED]} unsigned"
-          + (f", {len(unreadable)} unreadable" if unreadable else ""))  # fmt: skip
+    print(_summary(counts, len(unreadable)))
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _check(
+    box: Mailbox,
+    thread: str,
+    seqs: set[int] | None,
+    counts: dict[str, int],
+    bad: list[dict[str, Any]],
+) -> list[Damage]:
+    """Check thread's messages (those of seqs, if given): count each by what its signature
+    says, add those not valid to bad; return the files that could not be read."""
+    unreadable: list[Damage] = []
+    after = 0
+    while True:
+        page = box.read(thread, after, 200)
+        unreadable += page.skipped
+        for m in page.messages:
+            if seqs is not None and m.seq not in seqs:
+                continue
+            verdict: Verdict = box.trust.check(m)
+            counts[verdict.state] += 1
+            if verdict.state != VALID:
+                bad.append({"file": f"threads/{m.thread}/{m.seq:06d}.json", "thread": m.thread,
+                            "seq": m.seq, "from": m.sender, "signed": verdict.state,
+                            "why": verdict.why})  # fmt: skip
+        if page.pending is not None and not page.messages:
+            # A reader waits for a file still arriving; a check steps past it, says so, and
+            # goes on to what follows it.
+            unreadable.append(Damage(page.pending.path, page.pending.reason))
+            after = _past(Path(page.pending.path), page.pending.seq)
+            continue
+        if not page.messages:
+            return unreadable
+        after = page.cursor
+
+
+def _summary(counts: dict[str, int], unreadable: int) -> str:
+    """Return verify's last line: how many messages were checked, by what they say."""
+    total = sum(counts.values())
+    text = (f"checked {total} message{'' if total == 1 else 's'}: {counts[VALID]} valid, "
+            f"{counts[INVALID]} invalid, {counts[UNKNOWN_KEY]} with an unknown key, "
+            f"{counts[UNSIGNED]} unsigned")  # fmt: skip
+    return text + (f", {unreadable} unreadable" if unreadable else "")
+
+
+def _past(path: Path, seq: int) -> int:
+    """Return the seq to read after to step past the pending file path of seq: past all of a
+    gap (path missing, a later seq there) at once, so the gap is reported once."""
+    if path.exists():
+        return seq
+    later = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path.parent):
+            match = MESSAGE_NAME_RE.fullmatch(name)
+            if match and int(match.group(1)) > seq:
+                later.append(int(match.group(1)))
+    return min(later, default=seq + 1) - 1
 
 
 def _git(top: Path, *argv: str) -> str:
@@ -179,6 +219,15 @@ def _git(top: Path, *argv: str) -> str:
     return done.stdout
 
 
+def _git_ok(top: Path, *argv: str) -> bool:
+    """Return True if git argv succeeds in top."""
+    try:
+        _git(top, *argv)
+    except MailslotError:
+        return False
+    return True
+
+
 def _repo(root: Path) -> tuple[Path, str]:
     found = _git_top(root)
     if found is None:
@@ -190,7 +239,12 @@ def _repo(root: Path) -> tuple[Path, str]:
 def _changed(top: Path, rel: str, rev: str) -> dict[str, set[int]]:
     """Return the messages, by thread and seq, whose files differ from rev or are new since."""
     base = f"{rel}/threads/" if rel != "." else "threads/"
-    _git(top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if rev.startswith("-") or not _git_ok(top, "rev-parse", "--verify", "--quiet",
+                                          f"{rev}^{{commit}}"):  # fmt: skip
+        raise UsageError(
+            f"--since {rev}: no such commit in {top} (give a commit, a branch, a tag or e.g. "
+            "HEAD~3; after a pull, ORIG_HEAD is where you were)"
+        )
     names = _git(top, "diff", "--name-only", "--no-renames", rev, "--", base).splitlines()
     names += _git(top, "ls-files", "--others", "--exclude-standard", "--", base).splitlines()
     out: dict[str, set[int]] = {}
