@@ -56,6 +56,8 @@ JSON_RUNS: dict[str, list[str]] = {
     "agents": ["agents"],
     "register": ["register", "carol"],
     "dnd": ["dnd", "bob"],
+    "key": ["key", "--list"],
+    "verify": ["verify"],
     "export": ["export", "t"],
     "doctor": ["doctor"],
     "mcp-config": ["mcp-config", "codex"],

@@ -581,3 +581,26 @@ def test_a_corrupt_pin_file_does_not_crash_reads(root: Path, tmp_path: Path) -> 
         assert mailslot(root, reader, "key", "--list").returncode == 0
 
     anyio.run(main)
+
+
+# ---------------------------------------------------------------- the file stays format 1
+
+
+def test_a_signed_file_is_a_format_1_file_with_sig_last(root: Path, tmp_path: Path) -> None:
+    """docs/signing.md: every other key, and its order, is as in an unsigned file, so a reader
+    that does not know sig reads the message the same."""
+    from mailslot.store.format import MESSAGE_KEYS, parse_message
+
+    a = machine(tmp_path, "a")
+    mailslot(root, a, "key", "ana")
+    mailslot(root, a, "post", "t", "signed, from ana", "--as", "ana")
+    mailslot(root, a, "post", "t", "unsigned, from carl", "--as", "carl")
+    signed, unsigned = path_of(root, "t", 1), path_of(root, "t", 2)
+    doc = json.loads(signed.read_text())
+    assert list(doc) == [*MESSAGE_KEYS, "sig"]
+    assert list(json.loads(unsigned.read_text())) == list(MESSAGE_KEYS)
+    without = {k: v for k, v in doc.items() if k != "sig"}
+    data = (json.dumps(without, indent=2, ensure_ascii=False) + "\n").encode()
+    m, plain = parse_message(signed.read_bytes(), "t", 1), parse_message(data, "t", 1)
+    assert m.sig is not None and plain.sig is None
+    assert m.to_dict() == plain.to_dict()
