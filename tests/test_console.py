@@ -10,6 +10,7 @@ import html.parser
 import http.client
 import http.cookiejar
 import json
+import os
 import re
 import subprocess
 import sys
@@ -556,3 +557,63 @@ def test_the_persons_read_in_the_console_is_a_receipt(ui: UI) -> None:
     assert receipts(ui, later)["dave"]["state"] == "stored", "shown past what was read"
     assert ui.json("POST", "/api/threads/release/read", {"seq": later}) == {"ok": True}
     assert receipts(ui, later)["dave"]["state"] == "shown"
+
+
+# ---------------------------------------------------------------- signatures (issue 33)
+
+
+def mailslot(root: Path, config: Path, *args: str) -> None:
+    """Run the command on the machine whose configuration folder is config."""
+    subprocess.run(
+        [sys.executable, "-m", "mailslot", *args, "--root", str(root)],
+        env={**os.environ, "XDG_CONFIG_HOME": str(config)}, check=True, timeout=60,
+        capture_output=True,
+    )  # fmt: skip
+
+
+def signatures(ui: UI) -> dict[int, tuple[str, str | None]]:
+    """Return seq -> (signed, warning) of each message of 'release' as the console's JSON has it."""
+    page = ui.json("GET", "/api/threads/release")
+    return {m["seq"]: (m["signed"], m.get("warning")) for m in page["messages"]}
+
+
+def test_the_thread_carries_each_messages_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's question, posted with no key here: unsigned. bob's answer from a real `mailslot
+    serve` (his key made when he took his name): valid, until its file is edited: invalid, with
+    the warning. erin signs on machine B (pinned here at first sight), then with a new key on
+    machine C: unknown key, with its warning."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "here"))  # the console's machine
+    root = tmp_path / "box"
+    running = launch(root)
+    ui = next(running)
+    try:
+        assert signatures(ui) == {1: ("unsigned", None)}
+
+        async def bob() -> None:
+            async with agent(root, "bob") as b:
+                await call(b, "msg_post", thread="release", content="Yes, today.", reply_to=1)
+
+        anyio.run(bob)
+        assert signatures(ui) == {1: ("unsigned", None), 2: ("valid", None)}
+
+        path = root / "threads" / "release" / "000002.json"
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc["content"] = "No, not today."
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        state, warning = signatures(ui)[2]
+        assert state == "invalid" and warning is not None
+        assert "says it is from bob, but its signature does not match" in warning
+
+        mailslot(root, tmp_path / "B", "key", "erin")
+        mailslot(root, tmp_path / "B", "post", "release", "erin here", "--as", "erin")
+        assert signatures(ui)[3] == ("valid", None)  # the console pins erin's first key
+        mailslot(root, tmp_path / "C", "key", "erin")
+        mailslot(root, tmp_path / "C", "post", "release", "erin again", "--as", "erin")
+        state, warning = signatures(ui)[4]
+        assert state == "unknown key" and warning is not None
+        assert "a key this machine does not trust for erin" in warning
+        assert signatures(ui)[3] == ("valid", None)
+    finally:
+        running.close()

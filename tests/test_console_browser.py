@@ -139,6 +139,15 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Give this test a machine of its own (keys and pins; ask for it before `ui`, which then
+    runs on it): no key made elsewhere in the session signs its posts."""
+    config = tmp_path / "here"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -516,8 +525,9 @@ def test_phone_size(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
     no_page_errors(browser)
 
 
-def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
-    """A small realistic conversation, as the README shows it."""
+def test_screenshot(machine: Path, root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
+    """A small realistic conversation, as the README shows it: the agents sign, as served
+    agents do (their keys on a machine of the test's own)."""
     with seed(root) as box:
         box.agents.register("alice", client="claude-code", model="claude-opus-4",
                            description="plans the work and delegates it")  # fmt: skip
@@ -526,6 +536,8 @@ def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
         )
         box.agents.register("carol", client="gemini-cli", model="gemini-2.5-pro",
                            description="reviews changes")  # fmt: skip
+        for name in ("alice", "bob", "carol"):
+            box.trust.own(name)
         box.create_thread("Wire the config loader", creator="bob")
         box.post("wire-the-config-loader", "Config loader is merged; thanks all.", sender="bob")
         t = box.create_thread("Add a --version flag to the CLI", creator="alice").id
@@ -549,6 +561,11 @@ def test_screenshot(root: Path, ui: str, browser: Any, tmp_path: Path) -> None:
     until("the agents shown", lambda: len(css(browser, "[data-test=agent]")) == 3)
     assert attr(browser, '[data-test=agent][data-name="alice"]', "data-status") == "waiting"
     assert f"waiting on {t}" in text(browser, '[data-test=agent][data-name="alice"]')
+    marks = browser.execute_script(
+        "return [...document.querySelectorAll('#messages [data-test=signed]')]"
+        ".map(e => e.dataset.signed)"
+    )
+    assert marks and set(marks) == {"valid"}, marks
     until(
         "the fonts loaded",
         lambda: browser.execute_script("return document.fonts.status") == "loaded",
@@ -743,4 +760,106 @@ def test_receipts_follow_bob_as_he_reads_and_answers(root: Path, ui: str, browse
     assert receipt(browser, 1, "bob") == ["answered", "✓ bob answered"]
     assert state("carol") == "stored"
     assert receipt(browser, 2, "alice") == ["stored", "alice not yet"]
+    no_page_errors(browser)
+
+
+# ------------------------------------------------------------------ issue 33: signatures
+
+
+def signature(driver: Any, seq: int) -> dict[str, Any] | None:
+    """Return how message seq shows its signature (None until it is shown), read in one step:
+    its mark (state, text, title, colours), its warning line's text, the message's border."""
+    got = driver.execute_script(
+        """const m = document.querySelector('[data-test=message][data-seq="' + arguments[0] + '"]');
+        if (!m) return null;
+        const mark = m.querySelector('[data-test=signed]');
+        const warning = m.querySelector('[data-test=signed-warning]');
+        const look = mark && getComputedStyle(mark);
+        return {state: mark && mark.dataset.signed, text: mark && mark.textContent,
+                title: mark && mark.title, color: look && look.color,
+                background: look && look.backgroundColor,
+                warning: warning && warning.innerText,
+                shown: !!warning && warning.getBoundingClientRect().height > 0,
+                border: getComputedStyle(m).borderTopColor}""",
+        seq,
+    )
+    return got if isinstance(got, dict) else None
+
+
+def mailslot_on(root: Path, config: Path, *args: str) -> None:
+    """Run the command as a person on the machine whose configuration folder is config."""
+    subprocess.run(
+        [sys.executable, "-m", "mailslot", *args, "--root", str(root)],
+        env={**os.environ, "XDG_CONFIG_HOME": str(config)}, check=True, timeout=60,
+        capture_output=True,
+    )  # fmt: skip
+
+
+RED, AMBER = "rgb(195, 54, 43)", "rgb(201, 138, 0)"  # app.css's --danger and --warn
+
+
+def test_each_message_shows_its_signature(
+    machine: Path, root: Path, ui: str, browser: Any, tmp_path: Path
+) -> None:
+    """alice's message, posted with no key: a quiet "unsigned". bob's two answers from a real
+    `mailslot serve`: "✓ signed", and one edited in its file: a red "invalid signature" with the
+    warning in words. erin with a new key on another machine, arriving live: an amber
+    "unknown key" with its warning; bob's next answer, live: "✓ signed", and his first, edited
+    while shown, turns red when the page reads the thread again."""
+    with seed(root) as box:
+        box.create_thread("release", creator="alice")
+        box.post("release", "Ship 1.2 today?", sender="alice", to=["bob"])
+
+    async def bob(*answers: str) -> None:
+        async with agent(root, "bob") as b:
+            for content in answers:
+                await call(b, "msg_post", thread="release", content=content, reply_to=1)
+
+    anyio.run(bob, "Yes, today.", "The tests pass.")
+    doc = message_file(root, "release", 3)
+    doc["content"] = "The tests fail; ship anyway."
+    (root / "threads" / "release" / "000003.json").write_text(json.dumps(doc), encoding="utf-8")
+    mailslot_on(root, tmp_path / "B", "key", "erin")
+    mailslot_on(root, tmp_path / "B", "post", "release", "erin here", "--as", "erin")
+
+    open_console(browser, ui, "release")
+    until("four messages", lambda: seqs(browser) == [1, 2, 3, 4])
+    unsigned = signature(browser, 1)
+    assert unsigned and (unsigned["state"], unsigned["text"]) == ("unsigned", "unsigned")
+    assert unsigned["warning"] is None and unsigned["background"] != RED
+    for seq in (2, 4):
+        valid = signature(browser, seq)
+        assert valid and (valid["state"], valid["text"]) == ("valid", "✓ signed"), valid
+        assert valid["warning"] is None and valid["border"] != RED
+    invalid = signature(browser, 3)
+    assert invalid and (invalid["state"], invalid["text"]) == ("invalid", "✗ invalid signature")
+    assert invalid["background"] == RED and invalid["border"] == RED, invalid
+    said = "This message says it is from bob, but its signature does not match it"
+    assert invalid["shown"] and said in invalid["warning"] and said in invalid["title"]
+    assert said in one(browser, '[data-test=message][data-seq="3"]').text
+
+    # The console pinned erin's first key when it showed #4: her next key is not trusted here.
+    mailslot_on(root, tmp_path / "C", "key", "erin")
+    mailslot_on(root, tmp_path / "C", "post", "release", "erin, new laptop", "--as", "erin")
+    until("erin's message shown", lambda: signature(browser, 5) is not None)
+    unknown = signature(browser, 5)
+    assert unknown and (unknown["state"], unknown["text"]) == ("unknown key", "? unknown key")
+    assert unknown["border"] == AMBER and unknown["background"] != RED, unknown
+    said = "Signed with a key this machine does not trust for erin"
+    assert unknown["shown"] and said in unknown["warning"] and said in unknown["title"]
+
+    # #2 edited while shown: the page tells once it reads the thread again, as it does for
+    # bob's next answer (live, "✓ signed").
+    doc = message_file(root, "release", 2)
+    doc["content"] = "No, next week."
+    (root / "threads" / "release" / "000002.json").write_text(json.dumps(doc), encoding="utf-8")
+    anyio.run(bob, "Tagged 1.2.")
+    until("bob's live answer shown", lambda: signature(browser, 6) is not None)
+    live = signature(browser, 6)
+    assert live and (live["state"], live["text"]) == ("valid", "✓ signed"), live
+    edited = signature(browser, 2)
+    assert edited and (edited["state"], edited["border"]) == ("invalid", RED), edited
+    assert edited["shown"] and "says it is from bob" in edited["warning"]
+    assert signature(browser, 3)["state"] == "invalid"  # type: ignore[index]
+    browser.save_screenshot(str(tmp_path / "console-signatures.png"))
     no_page_errors(browser)

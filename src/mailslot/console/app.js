@@ -229,6 +229,56 @@
     return line;
   }
 
+  // A message's signature as the server checked it (m.signed; m.warning when it is invalid or
+  // signed with a key this machine does not trust): a mark in its head and, for those two, the
+  // warning in words under it.
+  const SIGNED = {
+    valid: ["✓ signed", "signed with a key this machine trusts for "],
+    invalid: ["✗ invalid signature", ""],
+    "unknown key": ["? unknown key", ""],
+    unsigned: ["unsigned", "no signature: anyone who can write the folder could have posted this as "],
+  };
+
+  function signedKind(state) {
+    return String(state).replace(/[^a-z]+/g, "-");
+  }
+
+  function signedMark(m) {
+    const known = SIGNED[m.signed];
+    if (!known || (m.type === "state" && m.signed === "unsigned")) return null; // a quiet line stays quiet
+    return el("span", {
+      class: "sig sig-" + signedKind(m.signed), "data-test": "signed", "data-signed": m.signed,
+      title: m.warning || known[1] + m.from, text: known[0],
+    });
+  }
+
+  function signedWarning(m) {
+    if (!m.warning || !SIGNED[m.signed]) return null;
+    return el("div", { class: "sig-warning sig-" + signedKind(m.signed), "data-test": "signed-warning",
+      "data-signed": m.signed, text: "⚠ " + m.warning });
+  }
+
+  // Put the signature's mark and warning on a shown message as the server last gave them.
+  function setSigned(node, m) {
+    if (node.dataset.signed === (m.signed || "") && node.dataset.warning === (m.warning || "")) return;
+    for (const k of Object.keys(SIGNED)) node.classList.remove("sig-" + signedKind(k));
+    if (SIGNED[m.signed]) node.classList.add("sig-" + signedKind(m.signed));
+    node.dataset.signed = m.signed || "";
+    node.dataset.warning = m.warning || "";
+    const head = node.querySelector(":scope > .message-head, :scope > .event-line");
+    const mark = signedMark(m);
+    const old = node.querySelector("[data-test=signed]");
+    if (old && mark) old.replaceWith(mark);
+    else if (old) old.remove();
+    else if (mark && head) head.insertBefore(mark, head.querySelector(":scope > .seq")); // an event line: at its end
+    const oldWarning = node.querySelector(":scope > [data-test=signed-warning]");
+    const warning = signedWarning(m);
+    if (oldWarning && warning) oldWarning.replaceWith(warning);
+    else if (oldWarning) oldWarning.remove();
+    else if (warning && head) head.after(warning);
+    else if (warning) node.prepend(warning);
+  }
+
   function renderMessage(m) {
     const isState = m.type === "state";
     const node = el("article", {
@@ -295,6 +345,7 @@
         el("pre", { text: JSON.stringify(meta, null, 2) })));
     }
     if (m.receipts) setReceipts(node, m.receipts);
+    setSigned(node, m);
     return node;
   }
 
@@ -332,9 +383,12 @@
     else if (line) node.append(line);
   }
 
-  function updateReceipts(m) {
+  // A shown message read again: its receipts, and its signature (a file changed since).
+  function updateShown(m) {
     const node = shown(m.seq);
-    if (node && m.receipts) setReceipts(node, m.receipts);
+    if (!node) return;
+    if (m.receipts) setReceipts(node, m.receipts);
+    setSigned(node, m);
   }
 
   // Receipts move without new messages (a recipient's wait showed it one): the events stream
@@ -347,7 +401,7 @@
     await enqueue(async () => {
       if (S.current !== id) return;
       const doc = await api("GET", threadPath(id, "?limit=" + PAGE));
-      if (S.current === id) for (const m of doc.messages || []) updateReceipts(m);
+      if (S.current === id) for (const m of doc.messages || []) updateShown(m);
     });
   }
 
@@ -472,7 +526,7 @@
       for (const page of pages) {
         for (const m of page) {
           if (m.seq <= S.last || shown(m.seq)) {
-            updateReceipts(m); // a reply moves a receipt to answered
+            updateShown(m); // a reply moves a receipt to answered
             continue;
           }
           messagesBox().append(renderMessage(m));
