@@ -163,7 +163,7 @@ class Pins:
 
     def __init__(self, root: Path) -> None:
         real = os.path.realpath(root)
-        self.folder = config_home() / "pins" / hashlib.sha256(real.encode()).hexdigest()[:16]
+        self.folder = config_home() / "pins" / hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
         self._cache: dict[str, tuple[tuple[int, int], Pinned]] = {}
 
     def path(self, name: str) -> Path:
