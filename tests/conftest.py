@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,37 @@ def root(tmp_path: Path) -> Path:
     """Return the path of a fresh, durable (fsync on) mailbox root."""
     Mailbox.init(tmp_path / "box")
     return tmp_path / "box"
+
+
+@pytest.fixture
+def run_root(tmp_path: Path) -> Path:
+    """Return a mailbox root with a thread 'review' (by alice) and an agent bob: the mailbox
+    `mailslot run` nudges bob of (tests/test_run.py, tests/test_run_audit.py)."""
+    box = Mailbox.init(tmp_path / "box")
+    box.create_thread("review", creator="alice")
+    box.agents.register("bob")
+    return box.root
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """Return a git repository with a mailbox at its top and a file src/a.py (the edit-time
+    guard's tests)."""
+    top = tmp_path / "repo"
+    (top / "src").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(top)], check=True, timeout=120)
+    (top / "src" / "a.py").write_text("def a():\n    return 1\n")
+    Mailbox.init(top / ".mailslot")
+    return top
+
+
+@pytest.fixture
+def holder() -> Iterator[subprocess.Popen[bytes]]:
+    """Return a live process for alice's reservations to be held by."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    yield proc
+    proc.kill()
+    proc.wait()
 
 
 @pytest.fixture

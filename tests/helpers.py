@@ -386,3 +386,10 @@ def loopback_sshd(base: Path) -> Iterator[Sshd]:
         if sshd.poll() is None:
             sshd.terminate()
         sshd.communicate(timeout=10)
+
+
+def env_for(root: Path) -> dict[str, str]:
+    """Return this environment for `mailslot run` on root in a terminal: MAILSLOT_ROOT set,
+    the rest of MAILSLOT_* left out, an xterm TERM (tests/test_run.py, test_run_audit.py)."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLOT_")}
+    return keep | {"MAILSLOT_ROOT": str(root), "TERM": "xterm-256color"}

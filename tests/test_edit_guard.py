@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,26 +77,6 @@ def denial(out: str, client: str) -> str:
         reason = said["permissionDecisionReason"]
     assert isinstance(reason, str) and reason
     return str(reason)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """Return a git repository with a mailbox at its top and a file src/a.py."""
-    top = tmp_path / "repo"
-    (top / "src").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", str(top)], check=True, timeout=60)
-    (top / "src" / "a.py").write_text("def a():\n    return 1\n")
-    Mailbox.init(top / ".mailslot")
-    return top
-
-
-@pytest.fixture
-def holder() -> Iterator[subprocess.Popen[bytes]]:
-    """Return a live process for alice's reservations to be held by."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def reserve(repo: Path, paths: list[str], pid: int | None, **kw: Any) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect
 import pyte
 import pytest
-from helpers import require, until
+from helpers import env_for, require, until
 
 from mailslot import Mailbox
 from mailslot.agent.notices import Notices
@@ -34,21 +34,8 @@ QUIET_WINDOW = 6  # seconds a test watches for a nudge that must not come (settl
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    box = Mailbox.init(tmp_path / "box")
-    box.create_thread("review", creator="alice")
-    box.agents.register("bob")
-    return box.root
-
-
-def env_for(root: Path) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLOT_")}
-    return keep | {"MAILSLOT_ROOT": str(root), "TERM": "xterm-256color"}
-
-
-@pytest.fixture
-def repl(root: Path) -> Iterator[pexpect.spawn]:
-    child = start(root, "--agent", "bob")
+def repl(run_root: Path) -> Iterator[pexpect.spawn]:
+    child = start(run_root, "--agent", "bob")
     yield child
     child.close(force=True)
 
@@ -76,63 +63,69 @@ def no_nudge(child: pexpect.spawn) -> None:
 
 
 def test_a_nudge_comes_when_news_arrives_and_the_agent_idles(
-    root: Path, repl: pexpect.spawn
+    run_root: Path, repl: pexpect.spawn
 ) -> None:
-    post(root, "please review #12")
+    post(run_root, "please review #12")
     repl.expect(NUDGE, timeout=15)
     line = repl.match.group(1).decode()
     assert line == "mailslot: 1 new for you (from alice in review) - call msg_wait() to read them"
     # Marked reported: hooks and pushes do not tell it again, and nor does run.
-    assert Notices(Mailbox(root), "bob").new() == []
+    assert Notices(Mailbox(run_root), "bob").new() == []
     no_nudge(repl)
 
 
-def test_never_while_a_line_is_half_typed(root: Path, repl: pexpect.spawn) -> None:
+def test_never_while_a_line_is_half_typed(run_root: Path, repl: pexpect.spawn) -> None:
     repl.send("abc")
-    post(root, "please review #12")
+    post(run_root, "please review #12")
     no_nudge(repl)
     repl.send("\r")
     repl.expect("echo: abc\r\n")  # the person's line, whole, and the nudge after it
     repl.expect(NUDGE, timeout=15)
 
 
-def test_what_the_terminal_reports_of_itself_is_no_typing(root: Path, repl: pexpect.spawn) -> None:
+def test_what_the_terminal_reports_of_itself_is_no_typing(
+    run_root: Path, repl: pexpect.spawn
+) -> None:
     repl.send("\x1b[I\x1b[<35;10;5M\x1b[O")  # focus in, a mouse move, focus out
-    post(root, "please review #12")
+    post(run_root, "please review #12")
     repl.expect(r"echo: [^\r\n]*mailslot: 1 new for you", timeout=15)  # after the reports
 
 
-def test_a_burst_is_one_nudge_and_the_gap_holds_the_next(root: Path, repl: pexpect.spawn) -> None:
-    box = Mailbox(root)
+def test_a_burst_is_one_nudge_and_the_gap_holds_the_next(
+    run_root: Path, repl: pexpect.spawn
+) -> None:
+    box = Mailbox(run_root)
     time.sleep(3)  # the REPL idle (past --quiet) before the burst begins, so it could be split
     for i in range(5):  # a burst spread over a second: several of run's looks see part of it
         box.post("review", f"part {i}", sender="alice", to=["bob"])
         time.sleep(0.25)
     repl.expect(NUDGE, timeout=15)
     assert repl.match.group(1).decode().startswith("mailslot: 5 new for you (from alice in review)")
-    post(root, "one more")  # within the gap (30 s by default): no second nudge yet
+    post(run_root, "one more")  # within the gap (30 s by default): no second nudge yet
     no_nudge(repl)
 
 
 def test_no_nudge_under_do_not_disturb_then_once_it_is_lifted(
-    root: Path, repl: pexpect.spawn
+    run_root: Path, repl: pexpect.spawn
 ) -> None:
     def dnd(*flags: str) -> None:
-        subprocess.run([sys.executable, "-m", "mailslot", "dnd", "--root", str(root), "bob",
+        subprocess.run([sys.executable, "-m", "mailslot", "dnd", "--root", str(run_root), "bob",
                         *flags], check=True, capture_output=True)  # fmt: skip
 
     dnd()
-    post(root, "please review #12")
+    post(run_root, "please review #12")
     no_nudge(repl)
     dnd("--off")
     repl.expect(NUDGE, timeout=15)
     assert "1 new for you" in repl.match.group(1).decode()
 
 
-def test_the_pause_chord_holds_nudges_until_pressed_again(root: Path, repl: pexpect.spawn) -> None:
+def test_the_pause_chord_holds_nudges_until_pressed_again(
+    run_root: Path, repl: pexpect.spawn
+) -> None:
     repl.send("\x1dp")  # Ctrl-] p: pause
     repl.expect("\x1b]2;mailslot: nudges paused\x07")
-    post(root, "please review #12")
+    post(run_root, "please review #12")
     no_nudge(repl)
     repl.send("\x1dp")
     repl.expect("\x1b]2;mailslot: nudges on\x07")
@@ -143,7 +136,7 @@ def test_the_pause_chord_holds_nudges_until_pressed_again(root: Path, repl: pexp
 
 
 def test_the_terminal_is_relayed_size_keys_signals_and_exit_status(
-    root: Path, repl: pexpect.spawn
+    run_root: Path, repl: pexpect.spawn
 ) -> None:
     repl.send("xyz\r")  # raw mode: only the client's terminal echoes, once
     repl.expect("echo: xyz\r\n")
@@ -162,7 +155,7 @@ def test_the_terminal_is_relayed_size_keys_signals_and_exit_status(
     repl.close()
     assert repl.exitstatus == 3
 
-    other = start(root)  # SIGTERM to run reaches the client; its end is run's: 128 + 15
+    other = start(run_root)  # SIGTERM to run reaches the client; its end is run's: 128 + 15
     other.sendline("env MAILSLOT_AGENT")  # no --agent: the program's name
     other.expect("env python")
     os.kill(other.pid, signal.SIGINT)  # passed on, as SIGTERM is
@@ -173,20 +166,20 @@ def test_the_terminal_is_relayed_size_keys_signals_and_exit_status(
     assert other.exitstatus == 128 + signal.SIGTERM
 
     gone = subprocess.run(
-        [sys.executable, "-m", "mailslot", "run", "--", str(root / "none")],
-        env=env_for(root), capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "mailslot", "run", "--", str(run_root / "none")],
+        env=env_for(run_root), capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert gone.returncode == 127 and "cannot run" in gone.stderr, gone.stderr
 
 
-def test_a_nudge_in_tmux(root: Path, tmp_path: Path) -> None:
+def test_a_nudge_in_tmux(run_root: Path, tmp_path: Path) -> None:
     if shutil.which("tmux") is None:
         require("needs tmux (.ci/run installs it)")
     sock = str(tmp_path / "tmux.sock")
     run = [sys.executable, "-m", "mailslot", "run", "--agent", "bob", "--", sys.executable, REPL]
     tmux = ["tmux", "-S", sock]
     subprocess.run([*tmux, "-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "30",
-                    "-e", f"MAILSLOT_ROOT={root}", *run], check=True)  # fmt: skip
+                    "-e", f"MAILSLOT_ROOT={run_root}", *run], check=True)  # fmt: skip
     try:
 
         def pane() -> str:
@@ -194,24 +187,24 @@ def test_a_nudge_in_tmux(root: Path, tmp_path: Path) -> None:
             return shown.stdout
 
         until("the REPL's prompt in the tmux pane", lambda: "repl>" in pane())
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         until("the nudge in the tmux pane", lambda: "echo: mailslot: 1 new for you" in pane())
     finally:
         subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
 
 
-def test_mcp_config_prints_the_run_line(root: Path) -> None:
+def test_mcp_config_prints_the_run_line(run_root: Path) -> None:
     for client, agent, program in (("claude-code", "claude", "claude"), ("codex", "codex",
                                    "codex"), ("gemini", "ann", "gemini")):  # fmt: skip
         extra = ["--agent", agent] if agent == "ann" else []
         done = subprocess.run(
-            [sys.executable, "-m", "mailslot", "mcp-config", client, "--root", str(root), *extra],
-            capture_output=True, text=True, check=True,
+            [sys.executable, "-m", "mailslot", "mcp-config", client, "--root", str(run_root),
+             *extra], capture_output=True, text=True, check=True,
         )  # fmt: skip
         want = f"to wake {agent} when idle: mailslot run --agent {agent} -- {program}"
         assert want in done.stderr, done.stderr
         doc = subprocess.run(
-            [sys.executable, "-m", "mailslot", "mcp-config", client, "--root", str(root),
+            [sys.executable, "-m", "mailslot", "mcp-config", client, "--root", str(run_root),
              "--json", *extra], capture_output=True, text=True, check=True,
         )  # fmt: skip
         assert json.loads(doc.stdout)["run"] == want.removeprefix(f"to wake {agent} when idle: ")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from helpers import Sshd, loopback_sshd, until
+from helpers import Sshd, env_for, loopback_sshd, until
 
 from mailslot import Mailbox
 from mailslot.agent.notices import Notices
@@ -28,19 +28,6 @@ from mailslot.agent.notices import Notices
 REPO = Path(__file__).resolve().parent.parent
 REPL = str(Path(__file__).with_name("run_inputs") / "scripted_repl.py")
 NUDGE = r"echo: (mailslot: [^\r\n]*)\r\n"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    box = Mailbox.init(tmp_path / "box")
-    box.create_thread("review", creator="alice")
-    box.agents.register("bob")
-    return box.root
-
-
-def env_for(root: Path) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("MAILSLOT_")}
-    return keep | {"MAILSLOT_ROOT": str(root), "TERM": "xterm-256color"}
 
 
 def post(root: Path, text: str, *, to: str = "bob") -> None:
@@ -63,18 +50,18 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield server
 
 
-def test_a_nudge_over_ssh_and_the_exit_status_comes_back(root: Path, sshd: Sshd) -> None:
+def test_a_nudge_over_ssh_and_the_exit_status_comes_back(run_root: Path, sshd: Sshd) -> None:
     """ssh -tt gives the remote side a pty of its own; run relays it, the nudge crosses the
     connection, a resize of this terminal reaches the REPL through ssh and run, and the REPL's
     exit code is ssh's exit status."""
     # sshd starts the session with an environment of its own: name python, its path and the
     # mailbox on the command line, as a person would in a remote shell.
     remote = shlex.join(
-        ["env", f"PYTHONPATH={REPO / 'src'}", f"MAILSLOT_ROOT={root}", "TERM=xterm-256color",
+        ["env", f"PYTHONPATH={REPO / 'src'}", f"MAILSLOT_ROOT={run_root}", "TERM=xterm-256color",
          sys.executable, "-m", "mailslot", "run", "--agent", "bob", "--", sys.executable, REPL]
     )  # fmt: skip
     child = pexpect.spawn(
-        "ssh", ssh_args(sshd, remote), env=env_for(root), dimensions=(24, 80), timeout=60
+        "ssh", ssh_args(sshd, remote), env=env_for(run_root), dimensions=(24, 80), timeout=60
     )
     try:
         child.expect("repl> ")
@@ -85,7 +72,7 @@ def test_a_nudge_over_ssh_and_the_exit_status_comes_back(root: Path, sshd: Sshd)
         child.setwinsize(31, 97)  # ssh's window-change -> the remote pty's SIGWINCH -> run
         child.sendline("size")
         child.expect(r"size 31x97")
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         child.expect(NUDGE, timeout=60)
         assert child.match.group(1).decode() == (
             "mailslot: 1 new for you (from alice in review) - call msg_wait() to read them"
@@ -98,15 +85,15 @@ def test_a_nudge_over_ssh_and_the_exit_status_comes_back(root: Path, sshd: Sshd)
         child.close(force=True)
 
 
-def test_a_dropped_ssh_connection_ends_run_and_its_client(root: Path, sshd: Sshd) -> None:
+def test_a_dropped_ssh_connection_ends_run_and_its_client(run_root: Path, sshd: Sshd) -> None:
     """The connection goes (the ssh client killed): the remote pty hangs up, and neither run
     nor the client is left behind."""
-    marker = f"audit-{os.getpid()}-{id(root)}"  # the REPL ignores its arguments: a name to find
+    marker = f"audit-{os.getpid()}-{id(run_root)}"  # the REPL ignores its arguments: a name to find
     remote = shlex.join(
-        ["env", f"PYTHONPATH={REPO / 'src'}", f"MAILSLOT_ROOT={root}", sys.executable, "-m",
+        ["env", f"PYTHONPATH={REPO / 'src'}", f"MAILSLOT_ROOT={run_root}", sys.executable, "-m",
          "mailslot", "run", "--agent", "bob", "--", sys.executable, REPL, marker]
     )  # fmt: skip
-    child = pexpect.spawn("ssh", ssh_args(sshd, remote), env=env_for(root), timeout=60)
+    child = pexpect.spawn("ssh", ssh_args(sshd, remote), env=env_for(run_root), timeout=60)
     try:
         child.expect("repl> ")
         assert len(with_marker(marker)) >= 2  # run and the REPL, both with the marker in argv
@@ -152,8 +139,8 @@ def start(
     return child
 
 
-def test_sighup_is_passed_on_and_run_ends_with_128_plus_1(root: Path) -> None:
-    child = start(root, "--agent", "bob")
+def test_sighup_is_passed_on_and_run_ends_with_128_plus_1(run_root: Path) -> None:
+    child = start(run_root, "--agent", "bob")
     try:
         os.kill(child.pid, signal.SIGHUP)  # the REPL does not catch it: it ends by it
         child.expect(pexpect.EOF)
@@ -163,10 +150,10 @@ def test_sighup_is_passed_on_and_run_ends_with_128_plus_1(root: Path) -> None:
         child.close(force=True)
 
 
-def test_the_terminal_leaves_raw_mode_when_run_ends(root: Path) -> None:
+def test_the_terminal_leaves_raw_mode_when_run_ends(run_root: Path) -> None:
     """run puts the person's terminal in raw mode; once the client ends it is as it was."""
     run = shlex.join([sys.executable, "-m", "mailslot", "run", "--", sys.executable, REPL])
-    child = pexpect.spawn("sh", ["-c", f"{run}; stty -a; echo stty-done"], env=env_for(root),
+    child = pexpect.spawn("sh", ["-c", f"{run}; stty -a; echo stty-done"], env=env_for(run_root),
                           dimensions=(24, 80), timeout=60)  # fmt: skip
     try:
         child.expect("repl> ")
@@ -180,11 +167,11 @@ def test_the_terminal_leaves_raw_mode_when_run_ends(root: Path) -> None:
 
 
 def test_the_agent_is_the_option_then_the_environment_then_the_clients_name(
-    root: Path, tmp_path: Path
+    run_root: Path, tmp_path: Path
 ) -> None:
     def agent(*options: str, env: dict[str, str] | None = None, program: str = "") -> str:
         prog = [program or sys.executable, REPL]
-        child = start(root, *options, program=prog, env=env)
+        child = start(run_root, *options, program=prog, env=env)
         try:
             child.sendline("env MAILSLOT_AGENT")
             child.expect(r"env ([a-z0-9_-]+)\r\n")
@@ -192,7 +179,7 @@ def test_the_agent_is_the_option_then_the_environment_then_the_clients_name(
         finally:
             child.close(force=True)
 
-    named = env_for(root) | {"MAILSLOT_AGENT": "carol"}
+    named = env_for(run_root) | {"MAILSLOT_AGENT": "carol"}
     assert agent("--agent", "bob", env=named) == "bob"
     assert agent(env=named) == "carol"
     codex = tmp_path / "bin" / "codex"  # a program called codex: mcp-config's agent `codex`
@@ -209,7 +196,7 @@ def mailslot_typed(child: pexpect.spawn, within: float) -> bool:
     return child.expect([r"mailslot: ", pexpect.TIMEOUT], timeout=within) == 0
 
 
-def test_a_busy_client_that_redraws_every_second_is_not_nudged(root: Path) -> None:
+def test_a_busy_client_that_redraws_every_second_is_not_nudged(run_root: Path) -> None:
     """Quiet output for 2 s (--quiet) is what says a turn is over: a client that writes a
     spinner every 0.7 s for 12 s gets nothing typed until it stops."""
     spin = (
@@ -218,9 +205,9 @@ def test_a_busy_client_that_redraws_every_second_is_not_nudged(root: Path) -> No
         "    sys.stdout.flush()\n    time.sleep(0.7)\nprint('spin-done', flush=True)\n"
         "time.sleep(120)\n"
     )
-    child = start(root, "--agent", "bob", program=[sys.executable, "-c", spin])
+    child = start(run_root, "--agent", "bob", program=[sys.executable, "-c", spin])
     try:
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         got = child.expect([r"mailslot: ", "spin-done"], timeout=90)
         assert got == 1, f"a nudge was typed while the client wrote: {child.before!r}"
         assert mailslot_typed(child, 60), "no nudge once the client went quiet"
@@ -228,12 +215,12 @@ def test_a_busy_client_that_redraws_every_second_is_not_nudged(root: Path) -> No
         child.close(force=True)
 
 
-def test_keys_hold_the_nudge_even_when_no_line_is_half_typed(root: Path) -> None:
+def test_keys_hold_the_nudge_even_when_no_line_is_half_typed(run_root: Path) -> None:
     """'you pressed no key for 3 s': Ctrl-U (an empty line, nothing echoed) every half second
     keeps the nudge back; it comes once the keys stop."""
-    child = start(root, "--agent", "bob")
+    child = start(run_root, "--agent", "bob")
     try:
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         end = time.monotonic() + 8
         while time.monotonic() < end:
             child.sendcontrol("u")
@@ -243,26 +230,26 @@ def test_keys_hold_the_nudge_even_when_no_line_is_half_typed(root: Path) -> None
         child.close(force=True)
 
 
-def test_ctrl_c_ends_a_half_typed_line(root: Path) -> None:
-    child = start(root, "--agent", "bob")
+def test_ctrl_c_ends_a_half_typed_line(run_root: Path) -> None:
+    child = start(run_root, "--agent", "bob")
     try:
         child.send("abc")
         child.sendcontrol("c")  # the REPL's terminal drops "abc": no line is half typed now
         child.expect("interrupted")
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         child.expect(NUDGE, timeout=60)
     finally:
         child.close(force=True)
 
 
-def test_a_line_begun_after_an_enter_in_one_read_is_half_typed(root: Path) -> None:
+def test_a_line_begun_after_an_enter_in_one_read_is_half_typed(run_root: Path) -> None:
     """Keys that come in one read (fast typing, a paste): a line, Enter, and the start of the
     next; that start is half typed, and no nudge goes over it."""
-    child = start(root, "--agent", "bob")
+    child = start(run_root, "--agent", "bob")
     try:
         child.send("xyz\rab")
         child.expect("echo: xyz\r\n")
-        post(root, "please review #12")
+        post(run_root, "please review #12")
         assert not mailslot_typed(child, 8), f"typed over a half typed line: {child.before!r}"
         child.send("\r")
         child.expect("echo: ab\r\n")
@@ -271,11 +258,11 @@ def test_a_line_begun_after_an_enter_in_one_read_is_half_typed(root: Path) -> No
         child.close(force=True)
 
 
-def test_a_trickle_of_news_is_nudged_while_it_goes_on(root: Path) -> None:
+def test_a_trickle_of_news_is_nudged_while_it_goes_on(run_root: Path) -> None:
     """A burst is gathered for at most 3 s: news every quarter second for up to 40 s does not
     hold the nudge back until it stops."""
-    child = start(root, "--agent", "bob")
-    box = Mailbox(root)
+    child = start(run_root, "--agent", "bob")
+    box = Mailbox(run_root)
     try:
         time.sleep(3)  # idle before the news begins
         posted = 0
@@ -291,14 +278,14 @@ def test_a_trickle_of_news_is_nudged_while_it_goes_on(root: Path) -> None:
         child.close(force=True)
 
 
-def test_news_in_two_threads_of_one_burst_is_all_told(root: Path) -> None:
+def test_news_in_two_threads_of_one_burst_is_all_told(run_root: Path) -> None:
     """After a first nudge, news that comes in one thread and then another within a burst is
     all named (none is left news that no nudge ever tells)."""
-    box = Mailbox(root)
+    box = Mailbox(run_root)
     box.create_thread("other", creator="alice")
-    child = start(root, "--agent", "bob", "--gap", "1")
+    child = start(run_root, "--agent", "bob", "--gap", "1")
     try:
-        post(root, "first")
+        post(run_root, "first")
         child.expect(NUDGE, timeout=60)
         time.sleep(3)  # past the gap and --quiet again
         for thread in ("review", "other", "other", "other"):
@@ -323,7 +310,9 @@ time.sleep(120)
 """
 
 
-def test_a_known_client_showing_esc_to_interrupt_is_not_nudged(root: Path, tmp_path: Path) -> None:
+def test_a_known_client_showing_esc_to_interrupt_is_not_nudged(
+    run_root: Path, tmp_path: Path
+) -> None:
     """For claude, codex and gemini the screen decides: their prompt's hint at the bottom and
     no "esc to interrupt" (a turn that shows it may be quiet). A program called claude that
     draws both, quiet, gets nothing typed until the busy line goes."""
@@ -331,9 +320,9 @@ def test_a_known_client_showing_esc_to_interrupt_is_not_nudged(root: Path, tmp_p
     claude.parent.mkdir()
     claude.write_text(f"#!{sys.executable}\n{CLAUDE_LIKE}")
     claude.chmod(0o755)
-    box = Mailbox(root)
+    box = Mailbox(run_root)
     box.agents.register("claude")
-    child = start(root, program=[str(claude)])
+    child = start(run_root, program=[str(claude)])
     try:
         box.post("review", "please review #12", sender="alice", to=["claude"])
         got = child.expect([r"mailslot: ", "\x1b]2;prompt\x07"], timeout=90)
@@ -344,24 +333,6 @@ def test_a_known_client_showing_esc_to_interrupt_is_not_nudged(root: Path, tmp_p
 
 
 # ---------------------------------------------------------------------------- at edit time
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    top = tmp_path / "repo"
-    (top / "src").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", str(top)], check=True, timeout=120)
-    (top / "src" / "a.py").write_text("def a():\n    return 1\n")
-    Mailbox.init(top / ".mailslot")
-    return top
-
-
-@pytest.fixture
-def holder() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def reserve(repo: Path, pattern: str, pid: int) -> None:
