@@ -604,3 +604,19 @@ def test_a_signed_file_is_a_format_1_file_with_sig_last(root: Path, tmp_path: Pa
     m, plain = parse_message(signed.read_bytes(), "t", 1), parse_message(data, "t", 1)
     assert m.sig is not None and plain.sig is None
     assert m.to_dict() == plain.to_dict()
+
+
+def test_doctor_notes_a_key_this_machine_does_not_trust(root: Path, tmp_path: Path) -> None:
+    a, b = machine(tmp_path, "a"), machine(tmp_path, "b")
+    own_fingerprint(root, a, "bob")  # pinned on a
+    healthy = json.loads(mailslot(root, a, "doctor", "--json").stdout)
+    assert not [f for f in healthy["findings"] if f["kind"] == "agent key"]
+    fp = own_fingerprint(root, b, "bob")  # a key bob's card gains later
+    done = mailslot(root, a, "doctor", "--json")  # a note: still healthy, exit 0
+    found = [f for f in json.loads(done.stdout)["findings"] if f["kind"] == "agent key"]
+    assert len(found) == 1 and fp in found[0]["detail"], found
+    assert found[0]["severity"] == "note" and json.loads(done.stdout)["healthy"], found
+    assert f"mailslot key bob --trust {fp}" in found[0]["todo"]
+    mailslot(root, a, "key", "bob", "--trust", fp)
+    again = json.loads(mailslot(root, a, "doctor", "--json").stdout)
+    assert not [f for f in again["findings"] if f["kind"] == "agent key"]

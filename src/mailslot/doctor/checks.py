@@ -279,6 +279,16 @@ def _check_cards(box: Mailbox, root: Path, report: Report) -> None:
                 todo=f"`mailslot register {name}` writes a new card (its fields are lost), or "
                 "repair its JSON by hand; --fix leaves it",
             ))  # fmt: skip
+    with contextlib.suppress(MailslotError):  # keys a card gained that this machine does not trust
+        for c in box.trust.changes():
+            report.findings.append(Finding(
+                "agent key", str(agents / f"{c.name}.json"),
+                f"holds {c.fingerprint} (host {c.host or '?'}, added {c.added_at or '?'}), which "
+                f"this machine does not trust for {c.name}: its messages show `unknown key`",
+                todo=f"`mailslot key {c.name} --trust {c.fingerprint}` if you expect it ({c.name} "
+                "on a new machine); if not, someone who can write the folder may pose as "
+                f"{c.name}", note=True,
+            ))  # fmt: skip
 
 
 def diagnose(root: Path, *, fix: bool = False, stale_after: float = DEFAULT_STALE_AFTER) -> Report:
