@@ -620,3 +620,19 @@ def test_doctor_notes_a_key_this_machine_does_not_trust(root: Path, tmp_path: Pa
     mailslot(root, a, "key", "bob", "--trust", fp)
     again = json.loads(mailslot(root, a, "doctor", "--json").stdout)
     assert not [f for f in again["findings"] if f["kind"] == "agent key"]
+
+
+def test_an_export_says_each_messages_signature(root: Path, tmp_path: Path) -> None:
+    a = machine(tmp_path, "a")
+    mailslot(root, a, "key", "ana")
+    mailslot(root, a, "post", "t", "I approve this change", "--as", "ana")
+    mailslot(root, a, "post", "t", "and I wrote this", "--as", "ana")
+    mailslot(root, a, "post", "t", "no key here", "--as", "carl")
+    doc = load(path_of(root, "t", 2))
+    put(path_of(root, "t", 2), doc | {"content": "and I did not write this"})
+    md = mailslot(root, a, "export", "t").stdout
+    heads = [line for line in md.splitlines() if line.startswith("**#")]
+    assert heads[0].endswith("· ✓ signed") and heads[1].endswith("· ✗ INVALID SIGNATURE"), heads
+    assert heads[2].endswith("· unsigned"), heads
+    page = mailslot(root, a, "export", "t", "--format", "html").stdout
+    assert page.count("✓ signed") == 1 and page.count("✗ INVALID SIGNATURE") == 1

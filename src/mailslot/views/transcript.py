@@ -7,6 +7,11 @@ import re
 
 from mailslot.mailbox import Mailbox
 from mailslot.store.format import ThreadInfo
+from mailslot.store.signing import INVALID, UNKNOWN_KEY, UNSIGNED, VALID
+
+#: A message's signature as a transcript says it (docs/signing.md).
+SIGNED = {VALID: "✓ signed", INVALID: "✗ INVALID SIGNATURE", UNKNOWN_KEY: "? unknown key",
+          UNSIGNED: "unsigned", "": "unsigned"}  # fmt: skip
 
 
 def transcript_markdown(box: Mailbox, thread: str) -> str:
@@ -21,7 +26,7 @@ def transcript_markdown(box: Mailbox, thread: str) -> str:
     if info.summary:
         label = _summary_label(info)
         lines += ["", f"> **{label}:** " + info.summary.replace("\n", "\n> ")]
-    for m in box.messages(thread):
+    for m in map(box.trust.mark, box.messages(thread)):
         head = f"**#{m.seq} {m.sender}**"
         if m.to:
             head += " → " + ", ".join(m.to)
@@ -30,7 +35,7 @@ def transcript_markdown(box: Mailbox, thread: str) -> str:
             tags.append(m.priority)
         if m.reply_to:
             tags.append(f"re #{m.reply_to}")
-        head += "".join(f" · {t}" for t in tags) + f" · {m.created_at}"
+        head += "".join(f" · {t}" for t in tags) + f" · {m.created_at} · {SIGNED[m.signed or '']}"
         body = m.content
         if m.type == "state":
             body = f"*state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}*"
@@ -65,7 +70,7 @@ def transcript_html(box: Mailbox, thread: str) -> str:
             f'<div class="s"><b>{esc(_summary_label(info))}:</b> '
             f'<div class="c">{markdown_html(info.summary)}</div></div>'
         )
-    for m in box.messages(thread):
+    for m in map(box.trust.mark, box.messages(thread)):
         tags = [esc(m.type)] if m.type != "message" else []
         if m.priority != "normal":
             tags.append(esc(m.priority))
@@ -74,7 +79,7 @@ def transcript_html(box: Mailbox, thread: str) -> str:
         to = f" → {esc(', '.join(m.to))}" if m.to else ""
         head = (f'<div class="h"><a href="#m{m.seq}"><b>#{m.seq}</b></a> <b>{esc(m.sender)}</b>'
                 f"{to}" + "".join(f'<span class="t">{t}</span>' for t in tags)
-                + f" · {esc(m.created_at)}</div>")  # fmt: skip
+                + f" · {esc(m.created_at)} · {SIGNED[m.signed or '']}</div>")  # fmt: skip
         body = markdown_html(m.content)
         if m.type == "state":
             change = f"state: {m.meta.get('previous', '?')} → {m.meta.get('state', '?')}"
