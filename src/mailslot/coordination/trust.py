@@ -44,6 +44,7 @@ from mailslot.store.signing import (
 )
 
 Read = TypeVar("Read", Page, Arrivals)
+Ids = dict[tuple[str, int], str]  # a message's id by its thread and seq
 CHECKED_MAX = 20_000  # signatures remembered as checked (a message's bytes and its signature)
 
 
@@ -119,9 +120,13 @@ class Trust:
         except (KeyFileError, ValueError):
             return Pinned(frozenset(card), "the pins could not be written: the card is trusted")
 
-    def check(self, m: Message, seen: dict[str, Pinned] | None = None) -> Verdict:
+    def check(
+        self, m: Message, seen: dict[str, Pinned] | None = None, ids: Ids | None = None
+    ) -> Verdict:
         """Return what m's signature says (see the module docstring); seen, if given, keeps the
-        keys trusted per sender for the next checks (one read's messages: one look each)."""
+        keys trusted per sender for the next checks (one read's messages: one look each), and
+        ids the id of each message of the read by thread and seq (a reply's answered one is
+        looked up there before its file is read)."""
         if m.sig is None:
             return Verdict(UNSIGNED)
         got = parse(m.sig)
@@ -131,7 +136,7 @@ class Trust:
         if reply_id is not None and m.reply_to is None:
             return Verdict(INVALID, "it was signed as an answer, and answers nothing now", key)
         if reply_id is not None and m.reply_to is not None:
-            answered = self._id_at(m.thread, m.reply_to)
+            answered = (ids or {}).get((m.thread, m.reply_to)) or self._id_at(m.thread, m.reply_to)
             if answered is not None and answered != reply_id:
                 why = f"it answers #{m.reply_to}, which is not the message it was signed answering"
                 return Verdict(INVALID, why, key)
@@ -163,14 +168,17 @@ class Trust:
             return self.log.get(thread, seq).id
         return None
 
-    def mark(self, m: Message, seen: dict[str, Pinned] | None = None) -> Message:
+    def mark(
+        self, m: Message, seen: dict[str, Pinned] | None = None, ids: Ids | None = None
+    ) -> Message:
         """Return m with ``signed`` set."""
-        return replace(m, signed=self.check(m, seen).state)
+        return replace(m, signed=self.check(m, seen, ids).state)
 
     def marked(self, got: Read) -> Read:
         """Return a page or arrivals of a read with ``signed`` set on each message."""
         seen: dict[str, Pinned] = {}
-        return replace(got, messages=[self.mark(m, seen) for m in got.messages])
+        ids = {(m.thread, m.seq): m.id for m in got.messages}
+        return replace(got, messages=[self.mark(m, seen, ids) for m in got.messages])
 
     def changes(self) -> list[KeyChange]:
         """Return the keys on cards that this machine does not trust for their owners (a card
