@@ -17,9 +17,20 @@ from helpers import require
 
 from mailslot import Mailbox
 
-# Keys and pins (store/keys.py) live in the user's configuration folder: the test session has
-# its own, shared by every process a test starts (one machine), and nothing lands in a real home.
+# Keys and pins (store/keys.py) live in the user's configuration folder: nothing of the tests
+# lands in a real home (each test also gets its own: see machine_config).
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mailslot-test-config-")
+
+
+@pytest.fixture(autouse=True)
+def machine_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Give each test a configuration folder of its own (its machine's keys and pins), shared
+    by every process it starts: a key an earlier test made does not sign this test's posts."""
+    path = tmp_path_factory.mktemp("config")
+    before = os.environ["XDG_CONFIG_HOME"]
+    os.environ["XDG_CONFIG_HOME"] = str(path)
+    yield path
+    os.environ["XDG_CONFIG_HOME"] = before
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def test_a_dead_or_expired_holder_holds_nothing(
     assert hook(client, "bob", stdin, repo) == ""  # its process is gone: at once
 
     with Mailbox(repo / ".mailslot") as box:  # a person's reservation: no process, a TTL
-        assert box.reservations.reserve(["src/a.py"], agent="carol", ttl_s=1).granted
+        assert box.reservations.reserve(["src/a.py"], agent="carol", ttl_s=5).granted
         assert "reserved by carol" in denial(hook(client, "bob", stdin, repo), client)
         until("carol's reservation runs out", lambda: box.reservations.live() == [])
     assert hook(client, "bob", stdin, repo) == ""
