@@ -636,3 +636,26 @@ def test_an_export_says_each_messages_signature(root: Path, tmp_path: Path) -> N
     assert heads[2].endswith("· unsigned"), heads
     page = mailslot(root, a, "export", "t", "--format", "html").stdout
     assert page.count("✓ signed") == 1 and page.count("✗ INVALID SIGNATURE") == 1
+
+
+def test_a_lone_surrogate_in_a_file_is_reported_not_a_failed_read(
+    root: Path, tmp_path: Path
+) -> None:
+    """JSON can escape one; no post stores one. The file is unreadable and reported; the
+    messages around it are read, and the read itself does not fail."""
+    a = machine(tmp_path, "a")
+
+    async def main() -> None:
+        async with served(root, "bob", a) as bob:
+            for text in ("before", "to be replaced", "after"):
+                await call(bob, "msg_post", thread="t", content=text)
+            doc = load(path_of(root, "t", 2)) | {"content": "a \ud800 b"}
+            path_of(root, "t", 2).write_text(json.dumps(doc, indent=2) + "\n")  # escaped
+            old = time.time() - 60  # not a file still arriving (those are waited for)
+            os.utime(path_of(root, "t", 2), (old, old))
+            got = await call(bob, "msg_list", thread="t")
+        assert [m["seq"] for m in got["messages"]] == [1, 3], got
+        assert {m["signed"] for m in got["messages"]} == {"valid"}
+        assert any("000002.json" in u and "surrogate" in u for u in got["unreadable"]), got
+
+    anyio.run(main)

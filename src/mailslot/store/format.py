@@ -272,6 +272,13 @@ def parse_message(data: bytes, thread: str, seq: int) -> Message:
     )
     if not checks:
         raise ValueError("a field has the wrong type or an unknown value")
+    if b"\\ud" in data or b"\\uD" in data:  # escaped surrogates: a lone one is no text
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "holds an unpaired surrogate (\\ud800-\\udfff), which is no text"
+            ) from None
     return Message(
         thread=thread,
         seq=seq,

@@ -58,7 +58,7 @@ def canonical(m: Message, reply_to_id: str | None) -> bytes:
         "meta": meta,
     }
     text = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return DOMAIN + text.encode("utf-8")
+    return DOMAIN + text.encode("utf-8", "surrogatepass")  # a hand-written lone surrogate: no crash
 
 
 def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
