@@ -341,6 +341,8 @@ def test_demo_runs_three_agents(tmp_path: Path) -> None:
         text=True,
         timeout=180,
         check=False,
+        env={k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}
+        | {"HOME": str(tmp_path / "home")},
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -360,6 +362,10 @@ def test_demo_runs_three_agents(tmp_path: Path) -> None:
     assert [m.seq for m in box.messages(info.id)] == list(range(1, 10))
     assert {p.agent: p.status for p in box.agents.presences()} == {
         "planner": "offline", "coder": "offline", "reviewer": "offline"}  # fmt: skip
+    # The agents signed with keys of the demo's own, gone with it: none among this machine's.
+    page = box.read(info.id)
+    assert {m.signed for m in page.messages} == {"valid"}, [m.signed for m in page.messages]
+    assert not (tmp_path / "home" / ".config" / "mailslot" / "keys").exists()
 
 
 def test_demo_refuses_a_used_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

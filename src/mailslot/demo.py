@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import anyio
 from mcp import StdioServerParameters, types
 from mcp.client import Client
+from mcp.client.stdio import get_default_environment
 
 from mailslot.mailbox import Mailbox
 
@@ -167,10 +169,15 @@ async def run(
     show.line(f"mailbox: {root}")
     show.line("starting three `mailslot serve` processes: planner, coder, reviewer", "dim")
 
+    # The demo's agents sign with keys of their own, made in a folder that goes with the demo,
+    # not among the person's keys (~/.config/mailslot/keys: docs/signing.md).
+    keys = tempfile.TemporaryDirectory(prefix="mailslot-demo-keys-")
+
     def params(agent: str) -> StdioServerParameters:
         return StdioServerParameters(
             command=sys.executable,
             args=["-m", "mailslot", "serve", "--root", str(root), "--agent", agent],
+            env={**get_default_environment(), "XDG_CONFIG_HOME": keys.name},
         )
 
     thread: list[str] = []
@@ -190,6 +197,7 @@ async def run(
             await anyio.sleep(0.3)  # let the printer show the last message
             done.set()
     show.line("all three servers exited when their clients closed stdin", "dim")
+    keys.cleanup()
     t = thread[0]
     info = Mailbox(root).thread(t)
     print("\nThe folder is the whole truth (`find`, without the per-machine .state/):\n", file=out)
