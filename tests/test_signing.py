@@ -636,6 +636,25 @@ def test_an_export_says_each_messages_signature(root: Path, tmp_path: Path) -> N
     assert heads[2].endswith("· unsigned"), heads
     page = mailslot(root, a, "export", "t", "--format", "html").stdout
     assert page.count("✓ signed") == 1 and page.count("✗ INVALID SIGNATURE") == 1
+    doc = json.loads(mailslot(root, a, "export", "t", "--json").stdout)
+    assert [m["signed"] for m in doc["messages"]] == ["valid", "invalid", "unsigned"]
+
+
+def test_the_librarys_reads_set_signed(root: Path) -> None:
+    """docs/api.md: read, get, wait, wait_async and search set signed; messages() does not."""
+    with Mailbox(root, fsync=False) as box:
+        box.trust.own("ana")
+        box.post("t", "signed words", sender="ana")
+        box.post("t", "plain words", sender="carl")
+        want = ["valid", "unsigned"]
+        assert [m.signed for m in box.read("t").messages] == want
+        assert [box.get("t", s).signed for s in (1, 2)] == want
+        assert [m.signed for m in box.wait("t", 0, timeout=1).messages] == want
+        got = anyio.run(lambda: box.wait_async("t", 0, timeout=1))
+        assert [m.signed for m in got.messages] == want
+        assert {h.message.signed for h in box.search("words").hits} == set(want)
+        assert [m.signed for m in box.messages("t")] == [None, None]
+        assert [box.trust.mark(m).signed for m in box.messages("t")] == want
 
 
 def test_a_lone_surrogate_in_a_file_is_reported_not_a_failed_read(

@@ -287,7 +287,8 @@ def cmd_export(args: argparse.Namespace, here: Here) -> int:
     elif form == "html":
         sys.stdout.write(transcript_html(box, args.thread))
     else:
+        marked = map(box.trust.mark, box.messages(args.thread))
         doc = {"thread": box.thread(args.thread).to_dict(),
-               "messages": [m.to_dict() for m in box.messages(args.thread)]}  # fmt: skip
+               "messages": [m.to_dict() for m in marked]}  # fmt: skip
         print_json(doc)
     return EXIT_OK
