@@ -30,6 +30,7 @@ from mailslot.store.errors import MailslotError
 from mailslot.store.format import Message, loads
 from mailslot.store.names import check_name
 from mailslot.store.positions import Position
+from mailslot.store.signing import INVALID, UNKNOWN_KEY
 
 if TYPE_CHECKING:
     from mailslot.mailbox import Mailbox
@@ -59,6 +60,9 @@ class News:
         if len(text) > EXCERPT_CHARS:
             text = text[: EXCERPT_CHARS - 1] + "…"
         badge = m.type if m.priority == "normal" else f"{m.type}, {m.priority}"
+        if m.signed in (INVALID, UNKNOWN_KEY):  # docs/signing.md: the reader is told
+            what = "INVALID SIGNATURE" if m.signed == INVALID else "UNKNOWN KEY"
+            badge += f", {what}: may not be from {m.sender}"
         call = (
             f"task_claim(thread='{m.thread}', seq={m.seq})"
             if self.task
@@ -206,7 +210,7 @@ class Notices:
                     if m.seq <= judged:
                         continue  # answered: the index said so
                     open_task = task is not None and task.status == OPEN
-                    out.append(News(m, open_task))
+                    out.append(News(self.box.trust.mark(m), open_task))
                     seen[m.seq] = len(out) - 1
                 elif not m.to:
                     offered = self._offered(thread, m, tasks)
@@ -231,7 +235,7 @@ class Notices:
         if task is None or not task.open_to(self.agent):
             return None
         if seq == m.seq:
-            return News(m, True)
+            return News(self.box.trust.mark(m), True)
         try:  # reopened, released or failed: the task itself is the news, found at m
             return News(self.box.get(thread, seq), True, at=m.seq)
         except MailslotError:
