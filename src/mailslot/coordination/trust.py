@@ -184,7 +184,11 @@ class Trust:
         """Return the keys on cards that this machine does not trust for their owners (a card
         seen for the first time pins its keys now)."""
         out = []
-        for card in self.agents.cards():
+        for name in self.agents.names():
+            try:
+                card = self.agents.card(name)
+            except MailslotError:
+                continue  # gone, or damaged: doctor and agent lists say so, once
             trusted = self.trusted(card.name).keys
             for entry in card.keys:
                 key = from_ssh_line(entry.get("key"))
