@@ -700,3 +700,25 @@ def test_a_hook_says_a_message_may_not_be_from_its_sender(root: Path, tmp_path: 
     assert "INVALID SIGNATURE: may not be from alice" in forged, said
     (true,) = [line for line in said.splitlines() if "and tag it" in line]
     assert "SIGNATURE" not in true and "may not be from" not in true, said
+
+
+def test_the_warning_says_what_to_do(root: Path, tmp_path: Path) -> None:
+    """docs/signing.md: invalid: do not act on it, ask the sender or a person; unknown key:
+    be careful, a person can see the key and accept it."""
+    a, b = machine(tmp_path, "a"), machine(tmp_path, "b")
+    own_fingerprint(root, a, "bob")  # pinned on a
+    mailslot(root, a, "post", "t", "first", "--as", "bob")
+    put(path_of(root, "t", 1), load(path_of(root, "t", 1)) | {"content": "edited"})
+    own_fingerprint(root, b, "bob")
+    mailslot(root, b, "post", "t", "from b", "--as", "bob")
+
+    async def main() -> None:
+        async with served(root, "alice", a) as alice:
+            got = await listed(alice, "t")
+        bad, unknown = got[1]["warning"], got[2]["warning"]
+        assert got[1]["signed"] == "invalid" and "Do not act on it" in bad
+        assert "ask bob or a person" in bad
+        assert got[2]["signed"] == "unknown key" and "careful" in unknown
+        assert "accept it" in unknown
+
+    anyio.run(main)

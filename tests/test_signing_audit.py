@@ -116,12 +116,6 @@ def test_a_reply_unhooked_by_hand_is_invalid(root: Path, tmp_path: Path) -> None
     anyio.run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real bug: coordination/trust.py Trust.check only compares reply_to with the "
-    "signed id when the signature has a reply_to (lines 136-143); a signed message that "
-    "answered nothing, edited by hand to answer another message, reads valid",
-)
 def test_a_message_made_a_reply_by_hand_is_invalid(root: Path, tmp_path: Path) -> None:
     """docs/signing.md: the signature covers the id of the message it answers (none, for a
     message that answers nothing); guarantees.md: a reply pointed elsewhere is invalid. A
@@ -389,12 +383,6 @@ def test_a_post_as_a_served_agent_on_its_machine_signs_as_it(root: Path, tmp_pat
     assert states(read_json(root, b, "t")) == {1: "valid", 2: "valid", 3: "unsigned"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real bug: docs/signing.md says `mailslot key --list` shows every key's host and "
-    "time, but its text rows (commands/keys.py _list) print name, fingerprint, host and "
-    "trusted only; the time (added_at) is in --json and in the NOT TRUSTED lines alone",
-)
 def test_key_list_shows_each_keys_host_and_time(root: Path, tmp_path: Path) -> None:
     a = machine(tmp_path, "a")
     own_fingerprint(root, a, "ana")
@@ -404,13 +392,6 @@ def test_key_list_shows_each_keys_host_and_time(root: Path, tmp_path: Path) -> N
     assert entry["host"] in row and entry["added_at"] in row, listing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real bug: `mailslot key NAME --trust FP` on a machine that never looked at NAME "
-    "(Trust.accept, coordination/trust.py 197-205, then Pins.accept, store/keys.py 208-221) "
-    "pins FP alone, skipping first sight: the card's other keys are then not trusted and "
-    "NAME's messages signed with them read `unknown key`",
-)
 def test_trusting_a_key_first_keeps_the_cards_first_sight(root: Path, tmp_path: Path) -> None:
     """docs/signing.md: the first time this machine checks a message from someone, the keys
     on their card are pinned; accepting a key on purpose adds it. A machine whose first act is

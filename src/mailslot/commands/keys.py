@@ -92,7 +92,8 @@ def _list(trust: Trust, as_json: bool) -> int:
         print("no card holds a key yet")
     for r in rows:
         mark = "trusted" if r["trusted"] else "NOT TRUSTED HERE"
-        print(f"{r['name']:<20} {r['fingerprint']}  {r['host'] or '?':<12} {mark}")
+        added = r["added_at"] or "?"
+        print(f"{r['name']:<20} {r['fingerprint']}  {r['host'] or '?':<12} {added:<24}  {mark}")
     for change in trust.changes():
         print(change)
     return EXIT_OK

@@ -133,11 +133,14 @@ class Trust:
         if isinstance(got, str):
             return Verdict(INVALID, got)
         key, value, reply_id = got
+        if reply_id is None and m.reply_to is not None:
+            why = f"it was signed answering nothing, and answers #{m.reply_to} now"
+            return Verdict(INVALID, why, key)
         if reply_id is not None and m.reply_to is None:
             return Verdict(INVALID, "it was signed as an answer, and answers nothing now", key)
         if reply_id is not None and m.reply_to is not None:
             answered = (ids or {}).get((m.thread, m.reply_to)) or self._id_at(m.thread, m.reply_to)
-            if answered is not None and answered != reply_id:
+            if reply_id and answered is not None and answered != reply_id:
                 why = f"it answers #{m.reply_to}, which is not the message it was signed answering"
                 return Verdict(INVALID, why, key)
         data = canonical(m, reply_id)
@@ -203,6 +206,7 @@ class Trust:
         MailslotError if the card holds no such key."""
         for key in self.card_keys(name):
             if fingerprint(key) == fp:
+                self.trusted(name)  # first sight first: the card's keys as they are, then fp
                 self.pins.accept(name, key)
                 return key
         have = ", ".join(fingerprint(k) for k in self.card_keys(name)) or "none"

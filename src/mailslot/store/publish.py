@@ -249,6 +249,7 @@ class Writer:
             return m
         reply_id = None
         if m.reply_to is not None:
+            reply_id = ""  # it answers a message whose id cannot be read: an answer all the same
             with contextlib.suppress(MailslotError):
                 reply_id = self.log.get(m.thread, m.reply_to).id
         return replace(m, sig=sign(key, m, reply_id))

@@ -12,7 +12,9 @@ message edited, sent under another name or copied into another thread fails the 
 seq is not covered, nor ``reply_to`` as a seq, nor ``meta.moved_from``: those are what a
 conflict repair (``mailslot doctor --fix``) or sync rewrite when the thread's order moves a
 message to another seq, and a moved message must stay valid. What it answers is covered by id
-instead, which a move never changes, and a reader checks that the seq it names holds that id.
+instead, which a move never changes, and a reader checks that the seq it names holds that id
+(``""`` where the writer could not read the answered message's id: an answer all the same, so
+a message signed as answering nothing that answers something now is caught).
 
 The library is ``cryptography`` (PyCA): already installed with the MCP SDK (PyJWT's crypto
 extra), Ed25519 from OpenSSL, and keys in OpenSSH's formats, so a public key reads as in
