@@ -722,3 +722,16 @@ def test_the_warning_says_what_to_do(root: Path, tmp_path: Path) -> None:
         assert "accept it" in unknown
 
     anyio.run(main)
+
+
+def test_a_signature_of_another_algorithm_is_not_checked_as_ed25519(root: Path) -> None:
+    """Only the message's own signature changes: a label other than ed25519 is invalid."""
+    from dataclasses import replace
+
+    with Mailbox(root, fsync=False) as box:
+        box.trust.own("ana")
+        m = box.get("t", box.post("t", "signed words", sender="ana"))
+        assert box.trust.check(m).state == "valid"
+        other = replace(m, sig={**m.sig, "alg": "rsa"})
+        assert box.trust.check(other).state == "invalid"
+        assert "rsa" in box.trust.check(other).why
