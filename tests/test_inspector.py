@@ -28,8 +28,10 @@ def _inspector() -> None:
 
 
 def _pythonpath() -> list[str]:
-    """Pass PYTHONPATH on to the server, so the suite can be pointed at another source tree."""
-    return ["-e", f"PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ else []
+    """Pass PYTHONPATH on to the server, so the suite can be pointed at another source tree,
+    and XDG_CONFIG_HOME, so the server's key is the test's (conftest.py), not in a real home."""
+    passed = ("PYTHONPATH", "XDG_CONFIG_HOME")
+    return [a for k in passed if k in os.environ for a in ("-e", f"{k}={os.environ[k]}")]
 
 
 def inspect(root: Path, *args: str) -> tuple[int, dict]:

@@ -148,6 +148,7 @@ def test_config_snippets_start_the_server(tmp_path: Path, index: int) -> None:
     root = tmp_path / "project" / ".mailslot"
     Mailbox.init(root)
     env = {k: _fill(v, root) for k, v in entry["env"].items()}
+    env["XDG_CONFIG_HOME"] = os.environ["XDG_CONFIG_HOME"]  # the server's key: the test's
     params = StdioServerParameters(
         command=_fill(entry["command"], root), args=entry["args"], env=env, cwd=str(tmp_path)
     )
