@@ -169,9 +169,7 @@ async def run(
     show.line(f"mailbox: {root}")
     show.line("starting three `mailslot serve` processes: planner, coder, reviewer", "dim")
 
-    # The demo's agents sign with keys of their own, made in a folder that goes with the demo,
-    # not among the person's keys (~/.config/mailslot/keys: docs/signing.md).
-    keys = tempfile.TemporaryDirectory(prefix="mailslot-demo-keys-")
+    keys = tempfile.TemporaryDirectory(prefix="mailslot-demo-keys-")  # docs/signing.md
 
     def params(agent: str) -> StdioServerParameters:
         return StdioServerParameters(
