@@ -218,14 +218,9 @@ class Trust:
         What a process acting as name does before it signs: its own key is the one this
         machine trusts first.
         """
+        raw = raw_public(self.keys.ensure(name))  # made here if name has no key yet
         line = self.keys.public_line(name)
-        if line is None:
-            self.keys.ensure(name)
-            line = self.keys.public_line(name)
         assert line is not None
-        ours = self.keys.private(name)
-        assert ours is not None
-        raw = raw_public(ours)
         if raw not in self.card_keys(name) or person is not None:
             self.agents.register(name, key=line, person=person)
         if raw not in self.trusted(name).keys:
