@@ -56,6 +56,16 @@ def _keys(value: object) -> tuple[dict[str, Any], ...]:
     return tuple(k for k in value if isinstance(k, dict) and from_ssh_line(k.get("key")))
 
 
+def with_key(entries: list[Any], line: str | None) -> list[Any] | None:
+    """Return a card's key entries with the public key line added for this host, or None if
+    they hold it already (or line is no key). Entries that are not keys are kept as they are."""
+    new = from_ssh_line(line)
+    held = {from_ssh_line(e.get("key")) for e in entries if isinstance(e, dict)}
+    if new is None or new in held:
+        return None
+    return [*entries, {"key": line, "host": HOST, "added_at": now_iso()}]
+
+
 def card_keys(card: AgentCard) -> list[bytes]:
     """Return the raw public keys on a card."""
     return [k for k in (from_ssh_line(e["key"]) for e in card.keys) if k is not None]
@@ -107,8 +117,8 @@ class Agents:
             old = None  # a damaged card is replaced by a good one
         now = now_iso()
         keys = list(old.keys) if old else []
-        if key is not None and from_ssh_line(key) not in {from_ssh_line(k["key"]) for k in keys}:
-            keys.append({"key": key, "host": HOST, "added_at": now})
+        if key is not None:
+            keys = with_key(keys, key) or keys
         card = AgentCard(
             name=name,
             client=client if client is not None else (old.client if old else None),

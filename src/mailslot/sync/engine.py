@@ -26,10 +26,10 @@ from pathlib import Path
 
 from mailslot.coordination.board import SYSTEM
 from mailslot.mailbox import Mailbox
+from mailslot.store.agents import with_key
 from mailslot.store.errors import MailslotError
-from mailslot.store.files import HOST, Files
-from mailslot.store.format import dumps, loads, message_name, now_iso
-from mailslot.store.signing import from_ssh_line
+from mailslot.store.files import Files
+from mailslot.store.format import dumps, loads, message_name
 from mailslot.sync import layout, repo
 from mailslot.sync.config import SyncConfig, machine_id, state_dir
 from mailslot.sync.git import GitError
@@ -321,13 +321,10 @@ class Sync:
             doc = loads(data)
         except (MailslotError, ValueError):
             return data
-        keys = doc.get("keys") if isinstance(doc.get("keys"), list) else []
-        ours = from_ssh_line(line)
-        if ours is None or ours in {
-            from_ssh_line(k.get("key")) for k in keys if isinstance(k, dict)
-        }:
+        keys = with_key(doc.get("keys") if isinstance(doc.get("keys"), list) else [], line)
+        if keys is None:
             return data
-        doc["keys"] = [*keys, {"key": line, "host": HOST, "added_at": now_iso()}]
+        doc["keys"] = keys
         return dumps(doc)
 
     # -- giving what this clone has ---------------------------------------------------------
